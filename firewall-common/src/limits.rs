@@ -1,0 +1,26 @@
+//! Sizes of the policy maps. The controller rejects a policy that does not
+//! fit with an error that names the limit; the XDP program's loops are
+//! bounded by the same numbers.
+
+/// Most rules a policy may hold.
+pub const MAX_RULES: u32 = 16_384;
+/// Most match boxes: a rule whose fields hold lists becomes one box per
+/// combination of list items (src x dst x sport x dport).
+pub const MAX_BOXES: u32 = 65_536;
+/// Most decision-tree nodes per policy slot.
+pub const MAX_NODES: u32 = 131_072;
+/// Most leaf entries (box references) per policy slot.
+pub const MAX_LEAF_REFS: u32 = 262_144;
+/// Most boxes one leaf may hold: the XDP program scans a leaf linearly.
+pub const MAX_LEAF_BOXES: u32 = 16;
+/// Deepest path from the root to a leaf.
+pub const MAX_TREE_DEPTH: u32 = 40;
+/// Bytes of a rule name kept in the kernel for `stats` (longer names are rejected).
+pub const RULE_NAME_LEN: usize = 48;
+/// The policy lives twice in every map: the XDP program reads the slot that
+/// `ACTIVE` names, the controller writes the other one and then flips.
+pub const POLICY_SLOTS: u32 = 2;
+/// Most VLAN tags (802.1Q / 802.1ad) parsed before the frame is malformed.
+pub const MAX_VLAN_TAGS: u32 = 2;
+/// Most IPv6 extension headers skipped before the packet is malformed.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;

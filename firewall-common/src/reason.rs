@@ -1,0 +1,94 @@
+//! Why a packet got its verdict. Every return path of the XDP program counts
+//! exactly one reason, so the reason counters add up to the packets seen.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed, the policy is about IP.
+    NonIp = 0,
+    /// A rule with action `accept` matched.
+    RuleAccept = 1,
+    /// A rule with action `drop` matched.
+    RuleDrop = 2,
+    /// No rule matched; the policy's default is `accept`.
+    DefaultAccept = 3,
+    /// No rule matched; the policy's default is `drop`.
+    DefaultDrop = 4,
+    /// Frame too short for its Ethernet or VLAN headers.
+    MalformedL2 = 5,
+    /// More VLAN tags than `MAX_VLAN_TAGS`.
+    TooManyVlans = 6,
+    /// Truncated or invalid IPv4/IPv6 header (version, IHL, lengths).
+    MalformedL3 = 7,
+    /// More IPv6 extension headers than `MAX_IPV6_EXT_HEADERS`.
+    Ipv6ExtLimit = 8,
+    /// Truncated TCP/UDP/ICMP header, or a TCP data offset below 5.
+    MalformedL4 = 9,
+    /// A non-first IP fragment: it has no transport header to match, so the
+    /// policy's `fragments` setting decides. Dropped.
+    FragmentDrop = 10,
+    /// A non-first IP fragment, passed by `fragments = "accept"`.
+    FragmentAccept = 11,
+    /// No policy loaded yet (the controller writes it before attaching, so
+    /// this is only seen in tests); passed.
+    NoPolicy = 12,
+    /// The policy maps were inconsistent (a bug): the packet was passed.
+    Internal = 13,
+}
+
+/// Number of reason counters (the map's size).
+pub const REASON_COUNT: u32 = 14;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::NonIp,
+        Reason::RuleAccept,
+        Reason::RuleDrop,
+        Reason::DefaultAccept,
+        Reason::DefaultDrop,
+        Reason::MalformedL2,
+        Reason::TooManyVlans,
+        Reason::MalformedL3,
+        Reason::Ipv6ExtLimit,
+        Reason::MalformedL4,
+        Reason::FragmentDrop,
+        Reason::FragmentAccept,
+        Reason::NoPolicy,
+        Reason::Internal,
+    ];
+
+    /// Name shown by `stats` and used in its JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NonIp => "non_ip",
+            Reason::RuleAccept => "rule_accept",
+            Reason::RuleDrop => "rule_drop",
+            Reason::DefaultAccept => "default_accept",
+            Reason::DefaultDrop => "default_drop",
+            Reason::MalformedL2 => "malformed_l2",
+            Reason::TooManyVlans => "too_many_vlans",
+            Reason::MalformedL3 => "malformed_l3",
+            Reason::Ipv6ExtLimit => "ipv6_ext_limit",
+            Reason::MalformedL4 => "malformed_l4",
+            Reason::FragmentDrop => "fragment_drop",
+            Reason::FragmentAccept => "fragment_accept",
+            Reason::NoPolicy => "no_policy",
+            Reason::Internal => "internal",
+        }
+    }
+
+    /// Whether packets counted under this reason were dropped.
+    pub const fn drops(self) -> bool {
+        matches!(
+            self,
+            Reason::RuleDrop
+                | Reason::DefaultDrop
+                | Reason::MalformedL2
+                | Reason::TooManyVlans
+                | Reason::MalformedL3
+                | Reason::Ipv6ExtLimit
+                | Reason::MalformedL4
+                | Reason::FragmentDrop
+        )
+    }
+}

@@ -1,0 +1,170 @@
+//! The compiled policy as the XDP program reads it.
+//!
+//! Rules are compiled into a decision tree (HyperSplit-style: every inner
+//! node splits one field at a threshold) whose leaves hold at most
+//! `MAX_LEAF_BOXES` match boxes, scanned in rule order. See
+//! `firewall-user/src/compile.rs` for why a tree and how it is built.
+//!
+//! Field values are unsigned integers so that every match is a range test:
+//! addresses are 128-bit, IPv4 mapped into `::ffff:0:0/96` (the compiler
+//! keeps IPv6 ranges out of that block, so the families never mix); for
+//! ICMP and ICMPv6 the type and code stand in the source and destination
+//! port fields.
+
+use crate::limits::RULE_NAME_LEN;
+
+pub const ACTION_ACCEPT: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+
+/// Field numbers a tree node can split on.
+pub const DIM_SRC: u32 = 0;
+pub const DIM_DST: u32 = 1;
+pub const DIM_SPORT: u32 = 2;
+pub const DIM_DPORT: u32 = 3;
+pub const DIM_PROTO: u32 = 4;
+pub const DIMS: usize = 5;
+
+/// A child reference with this bit set is a leaf: bits 24..31 hold the box
+/// count, bits 0..24 the first entry in `LEAF_REFS`. Otherwise it is the
+/// index of an inner node.
+pub const NODE_LEAF: u32 = 1 << 31;
+pub const LEAF_COUNT_SHIFT: u32 = 24;
+pub const LEAF_COUNT_MASK: u32 = 0x7f;
+pub const LEAF_START_MASK: u32 = 0x00ff_ffff;
+
+pub const fn leaf_ref(start: u32, count: u32) -> u32 {
+    NODE_LEAF | ((count & LEAF_COUNT_MASK) << LEAF_COUNT_SHIFT) | (start & LEAF_START_MASK)
+}
+
+/// TCP flag bits as they appear in byte 13 of the TCP header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// A 128-bit value as two host-order halves (the BPF ISA has no u128).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct U128 {
+    pub hi: u64,
+    pub lo: u64,
+}
+
+impl U128 {
+    pub const fn from_u128(v: u128) -> Self {
+        Self { hi: (v >> 64) as u64, lo: v as u64 }
+    }
+    pub const fn to_u128(self) -> u128 {
+        ((self.hi as u128) << 64) | self.lo as u128
+    }
+    /// `self <= other`, written so the BPF backend needs no 128-bit ops.
+    #[inline(always)]
+    pub fn le(&self, other: &U128) -> bool {
+        self.hi < other.hi || (self.hi == other.hi && self.lo <= other.lo)
+    }
+}
+
+/// `FW_ACTIVE[0]`: which policy slot the XDP program reads, and who wrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Active {
+    pub slot: u32,
+    /// Interface the controller attached to, for `stats` to find it again.
+    pub ifindex: u32,
+    /// Inode of the controller's network namespace (ifindexes are per namespace).
+    pub netns_ino: u64,
+    /// Incremented on every successful load or reload.
+    pub generation: u64,
+}
+
+/// `FW_POLICY[slot]`: settings and tree root of one policy slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PolicyHeader {
+    /// 0 when the slot holds no policy.
+    pub loaded: u8,
+    pub default_action: u8,
+    pub fragment_action: u8,
+    pub _pad: u8,
+    pub rule_count: u32,
+    /// Root of the tree: a node index or a leaf reference.
+    pub root: u32,
+    pub _pad2: u32,
+}
+
+/// `FW_NODES[slot * MAX_NODES + i]`: go left when `key[dim] <= threshold`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Node {
+    pub dim: u32,
+    pub left: u32,
+    pub right: u32,
+    pub _pad: u32,
+    pub threshold: U128,
+}
+
+/// `FW_BOXES[slot * MAX_BOXES + i]`: one conjunction of field ranges of a
+/// rule (inclusive bounds) plus its TCP flags test.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchBox {
+    pub src_lo: U128,
+    pub src_hi: U128,
+    pub dst_lo: U128,
+    pub dst_hi: U128,
+    pub sport_lo: u16,
+    pub sport_hi: u16,
+    pub dport_lo: u16,
+    pub dport_hi: u16,
+    pub proto_lo: u8,
+    pub proto_hi: u8,
+    /// Matches when `flags & mask == value` (mask 0: any packet, any protocol).
+    pub tcp_flags_mask: u8,
+    pub tcp_flags_value: u8,
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// Index of the policy rule (its counters and name).
+    pub rule: u32,
+}
+
+/// `FW_RULE_META[slot * MAX_RULES + rule]`: written by the controller, read by `stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RuleMeta {
+    pub name: [u8; RULE_NAME_LEN],
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Default for RuleMeta {
+    fn default() -> Self {
+        Self { name: [0; RULE_NAME_LEN], action: 0, _pad: [0; 7] }
+    }
+}
+
+/// Per-CPU packet and byte counts (`FW_RULE_CNT`, `FW_REASON_CNT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integers, no padding the kernel could leak
+    // (explicit `_pad` fields), valid for every bit pattern.
+    unsafe impl aya::Pod for Active {}
+    unsafe impl aya::Pod for PolicyHeader {}
+    unsafe impl aya::Pod for Node {}
+    unsafe impl aya::Pod for MatchBox {}
+    unsafe impl aya::Pod for RuleMeta {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,237 @@
+//! Header parsing: Ethernet, up to `MAX_VLAN_TAGS` VLAN tags, IPv4 (with
+//! options), IPv6 (skipping up to `MAX_IPV6_EXT_HEADERS` extension headers),
+//! then the TCP/UDP/ICMP/ICMPv6 fields the rules match on. Every failure is
+//! a `Reason`, never a panic.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use firewall_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason, U128};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+
+/// Offsets past this are not believed: it keeps packet offsets bounded for
+/// the verifier and no sane header chain is longer.
+const MAX_L4_OFFSET: usize = 512;
+
+/// `::ffff:0:0/96`, where IPv4 addresses live in the 128-bit key.
+const V4_MAPPED_HI: u64 = 0;
+const V4_MAPPED_LO_PREFIX: u64 = 0x0000_ffff_0000_0000;
+
+/// The fields the policy matches on.
+#[derive(Clone, Copy)]
+pub struct Key {
+    pub src: U128,
+    pub dst: U128,
+    /// Source port, or the ICMP type.
+    pub sport: u16,
+    /// Destination port, or the ICMP code.
+    pub dport: u16,
+    pub proto: u8,
+    /// TCP flags byte; 0 for other protocols.
+    pub tcp_flags: u8,
+}
+
+pub struct Packet {
+    pub key: Key,
+    /// A non-first fragment: no transport header, ports are zero.
+    pub fragment: bool,
+}
+
+/// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// `Ok(None)` for frames that are not IP.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::MalformedL2)?;
+    // SAFETY: ptr_at checked the bounds.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // A tag is TCI (2 bytes) then the inner EtherType (2 bytes).
+        let tag: *const [u8; 4] = ptr_at(ctx, offset).ok_or(Reason::MalformedL2)?;
+        let tag = unsafe { *tag };
+        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
+        offset += 4;
+    }
+    match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, offset).map(Some),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset).map(Some),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::TooManyVlans),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn v4_mapped(addr: [u8; 4]) -> U128 {
+    U128 {
+        hi: V4_MAPPED_HI,
+        lo: V4_MAPPED_LO_PREFIX | u32::from_be_bytes(addr) as u64,
+    }
+}
+
+#[inline(always)]
+fn v6_key(addr: [u8; 16]) -> U128 {
+    let v = u128::from_be_bytes(addr);
+    U128 { hi: (v >> 64) as u64, lo: v as u64 }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL3)?;
+    // SAFETY: ptr_at checked the bounds.
+    let ip = unsafe { &*ip };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        return Err(Reason::MalformedL3);
+    }
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if total_len < header_len || ctx.data() + offset + total_len > ctx.data_end() {
+        return Err(Reason::MalformedL3);
+    }
+    let mut key = Key {
+        src: v4_mapped(ip.src_addr),
+        dst: v4_mapped(ip.dst_addr),
+        sport: 0,
+        dport: 0,
+        proto: ip.proto as u8,
+        tcp_flags: 0,
+    };
+    // Fragment offset (13 bits); non-zero means no transport header here.
+    if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+        return Ok(Packet { key, fragment: true });
+    }
+    parse_l4(ctx, offset + header_len, &mut key)?;
+    Ok(Packet { key, fragment: false })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL3)?;
+    // SAFETY: ptr_at checked the bounds.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Reason::MalformedL3);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    if ctx.data() + offset + Ipv6Hdr::LEN + payload_len > ctx.data_end() {
+        return Err(Reason::MalformedL3);
+    }
+    let src = v6_key(ip.src_addr);
+    let dst = v6_key(ip.dst_addr);
+    // IPv4-mapped addresses never appear on the wire (RFC 4291 2.5.5.2); the
+    // key reserves that block for IPv4 packets.
+    if is_v4_mapped(&src) || is_v4_mapped(&dst) {
+        return Err(Reason::MalformedL3);
+    }
+    let mut key = Key { src, dst, sport: 0, dport: 0, proto: ip.next_hdr as u8, tcp_flags: 0 };
+    let mut next = ip.next_hdr as u8;
+    let mut l4 = offset + Ipv6Hdr::LEN;
+    let mut fragment = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                // Next header, then length in 8-octet units not counting the first.
+                let h: *const [u8; 2] = ptr_at(ctx, l4).ok_or(Reason::MalformedL3)?;
+                let h = unsafe { *h };
+                next = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let h: *const [u8; 4] = ptr_at(ctx, l4).ok_or(Reason::MalformedL3)?;
+                let h = unsafe { *h };
+                next = h[0];
+                // Offset in the top 13 bits of bytes 2..4.
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    fragment = true;
+                }
+                l4 += 8;
+            }
+            _ => break,
+        }
+        if l4 > MAX_L4_OFFSET {
+            return Err(Reason::MalformedL3);
+        }
+    }
+    if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT) {
+        return Err(Reason::Ipv6ExtLimit);
+    }
+    key.proto = next;
+    if fragment {
+        return Ok(Packet { key, fragment: true });
+    }
+    parse_l4(ctx, l4, &mut key)?;
+    Ok(Packet { key, fragment: false })
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &U128) -> bool {
+    addr.hi == V4_MAPPED_HI && addr.lo >> 32 == V4_MAPPED_LO_PREFIX >> 32
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, offset: usize, key: &mut Key) -> Result<(), Reason> {
+    if offset > MAX_L4_OFFSET {
+        return Err(Reason::MalformedL3);
+    }
+    match key.proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            let tcp = unsafe { &*tcp };
+            // Data offset and flags are bytes 12 and 13 of the header.
+            let raw: *const [u8; 14] = tcp as *const TcpHdr as *const [u8; 14];
+            let raw = unsafe { *raw };
+            let data_offset = (raw[12] >> 4) as usize * 4;
+            if data_offset < TcpHdr::LEN || ctx.data() + offset + data_offset > ctx.data_end() {
+                return Err(Reason::MalformedL4);
+            }
+            key.sport = u16::from_be_bytes(tcp.source);
+            key.dport = u16::from_be_bytes(tcp.dest);
+            key.tcp_flags = raw[13];
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            let udp = unsafe { &*udp };
+            key.sport = u16::from_be_bytes(udp.src);
+            key.dport = u16::from_be_bytes(udp.dst);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp: *const [u8; 4] = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            let icmp = unsafe { *icmp };
+            key.sport = icmp[0] as u16;
+            key.dport = icmp[1] as u16;
+        }
+        _ => {}
+    }
+    Ok(())
+}

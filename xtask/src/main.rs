@@ -1,0 +1,40 @@
+//! Project tasks: `cargo xtask setup | build | run | test`.
+//!
+//! The xtask starts on the machine's default stable toolchain and installs
+//! the pinned ones (see `pins.rs`) before it drives any other build.
+
+mod build;
+mod pins;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test the firewall")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a fresh machine lacks: toolchains, rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Build the eBPF object and the `firewall` binary.
+    Build(build::Options),
+    /// Build, then run `firewall run ARGS` (defaults: config/default.toml, the default-route interface).
+    Run(run::Options),
+    /// Run the whole test suite (unit, BPF_PROG_TEST_RUN and namespace end-to-end tests).
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::ensure_all(),
+        Command::Build(opts) => build::build(&opts),
+        Command::Run(opts) => run::run(opts),
+        Command::Test(opts) => test::test(opts),
+    }
+}
