@@ -1,0 +1,91 @@
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::programs::XdpMode;
+use firewall_user::{compile, loader, policy};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Mode;
+
+pub fn run(iface: &str, policy_path: &Path, mode: Mode) -> Result<ExitCode> {
+    loader::check_kernel()?;
+    loader::check_privileges()?;
+    loader::ifindex(iface)?;
+    let compiled = load_policy(policy_path)?;
+
+    let mut fw = loader::Firewall::load()?;
+    fw.install(&compiled).context("failed to write the policy into the maps")?;
+    let xdp_mode = match mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Generic => XdpMode::Skb,
+    };
+    let in_effect = fw.attach(iface, xdp_mode)?;
+    let pins = fw.pin_maps(iface)?;
+    log::info!(
+        "attached to {iface} ({} mode), policy {} ({}){}",
+        if in_effect == XdpMode::Skb { "generic" } else { "native" },
+        policy_path.display(),
+        compile::describe(&compiled),
+        pins.as_ref().map(|p| format!(", maps pinned at {}", p.display())).unwrap_or_default()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf()));
+    if let Some(dir) = pins {
+        loader::unpin_maps(&dir);
+    }
+    // Dropping the program detaches it.
+    drop(fw);
+    log::info!("detached from {iface}");
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn load_policy(path: &Path) -> Result<compile::Compiled> {
+    let policy = policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &policy.warnings {
+        log::warn!("{}", w.render("warning"));
+    }
+    compile::compile(&policy).with_context(|| format!("{}: cannot compile the policy", path.display()))
+}
+
+/// What identifies a version of the policy file.
+fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
+async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut stamp = file_stamp(&path);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(fw, &path, "SIGHUP"),
+            _ = poll.tick() => {
+                let now = file_stamp(&path);
+                if now != stamp && now.is_some() {
+                    stamp = now;
+                    reload(fw, &path, "file changed");
+                }
+            }
+            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        }
+    }
+}
+
+/// A policy that fails to load leaves the running one in force.
+fn reload(fw: &mut loader::Firewall, path: &Path, why: &str) {
+    match load_policy(path).and_then(|c| fw.install(&c).map(|()| c)) {
+        Ok(c) => log::info!("reloaded {} ({why}): generation {}, {}", path.display(), fw.generation(), compile::describe(&c)),
+        Err(e) => log::error!("reload of {} ({why}) failed; keeping the running policy (generation {}):\n{e:#}", path.display(), fw.generation()),
+    }
+}

@@ -1,0 +1,278 @@
+//! Loads the XDP program, writes compiled policies into its maps (double
+//! buffered, so a reload is atomic per packet), attaches it, pins its maps.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use firewall_common::{
+    Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node, POLICY_SLOTS,
+    PolicyHeader, RuleMeta, maps,
+};
+
+use crate::compile::Compiled;
+
+/// The XDP object, built by build.rs with the pinned nightly.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));
+
+/// Where the maps of the firewall on `iface` are pinned when a bpffs is at /sys/fs/bpf.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    Path::new(BPFFS).join("firewall").join(iface)
+}
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// A loaded (not necessarily attached) firewall program and its maps.
+pub struct Firewall {
+    pub ebpf: Ebpf,
+    active: Active,
+}
+
+impl Firewall {
+    /// Loads the object into the kernel (the verifier runs here).
+    pub fn load() -> Result<Self> {
+        check_privileges()?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
+            let msg = format!("{e:#}");
+            if msg.contains("Operation not permitted") {
+                anyhow!("loading the XDP program was refused (EPERM): run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+            } else {
+                anyhow!(e).context("failed to load the firewall's eBPF object")
+            }
+        })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("the eBPF object has no `firewall` program")?
+            .try_into()?;
+        program.load().context("the kernel's verifier rejected the XDP program")?;
+        let active = Active { netns_ino: netns_inode()?, ..Default::default() };
+        Ok(Self { ebpf, active })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.active.generation
+    }
+
+    /// Writes `policy` into the slot the XDP program is not reading, then
+    /// flips `FW_ACTIVE`: every packet sees either the old or the new policy.
+    /// On error the running policy is untouched.
+    pub fn install(&mut self, policy: &Compiled) -> Result<()> {
+        let slot = if self.active.generation == 0 { 0 } else { 1 - self.active.slot };
+        let e = &mut self.ebpf;
+        write_all::<Node>(e, maps::NODES, slot * MAX_NODES, &policy.nodes)?;
+        write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;
+        write_all::<MatchBox>(e, maps::BOXES, slot * MAX_BOXES, &policy.boxes)?;
+        write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
+        // Counters belong to the loaded policy (as with an nftables ruleset
+        // reload): the new slot starts at zero.
+        let mut counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map(e, maps::RULE_COUNTERS)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+        for rule in 0..policy.meta.len() as u32 {
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+            counters
+                .set(slot * MAX_RULES + rule, zeros, 0)
+                .context("failed to reset rule counters")?;
+        }
+        let mut headers: Array<_, PolicyHeader> = Array::try_from(map(e, maps::POLICY)?)?;
+        headers.set(slot, &policy.header, 0).context("failed to write the policy header")?;
+        let mut active: Array<_, Active> = Array::try_from(map(e, maps::ACTIVE)?)?;
+        let next = Active { slot, generation: self.active.generation + 1, ..self.active };
+        active.set(0, &next, 0).context("failed to switch to the new policy")?;
+        self.active = next;
+        Ok(())
+    }
+
+    /// Attaches to `iface`. `Driver` falls back to `Skb` (generic) when the
+    /// driver has no native XDP, and says so; returns the mode in effect.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode> {
+        let ifindex = ifindex(iface)?;
+        self.active.ifindex = ifindex;
+        let mut active: Array<_, Active> = Array::try_from(map(&mut self.ebpf, maps::ACTIVE)?)?;
+        active.set(0, &self.active, 0)?;
+        let name = CString::new(iface)?;
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        match program.attach(name.as_c_str(), mode) {
+            Ok(_) => Ok(mode),
+            Err(e) if mode == XdpMode::Driver && is_errno(&e, libc::EOPNOTSUPP) => {
+                log::warn!("{iface} has no native XDP support; attaching in generic (skb) mode, which is slower");
+                program
+                    .attach(name.as_c_str(), XdpMode::Skb)
+                    .map_err(|e| attach_error(iface, e))?;
+                Ok(XdpMode::Skb)
+            }
+            Err(e) => Err(attach_error(iface, e)),
+        }
+    }
+
+    /// Pins the maps under `pin_dir(iface)` when a bpffs can be used there;
+    /// returns where, or `None` (then `stats` finds the maps by program id).
+    pub fn pin_maps(&self, iface: &str) -> Result<Option<PathBuf>> {
+        if !ensure_bpffs()? {
+            return Ok(None);
+        }
+        let dir = pin_dir(iface);
+        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        for name in maps::ALL {
+            let path = dir.join(name);
+            // A pin left by a firewall that did not exit cleanly: our attach
+            // succeeded, so that firewall is gone.
+            let _ = fs::remove_file(&path);
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("no map {name}"))?
+                .pin(&path)
+                .with_context(|| format!("failed to pin {name} at {}", path.display()))?;
+        }
+        Ok(Some(dir))
+    }
+}
+
+pub fn unpin_maps(dir: &Path) {
+    for name in maps::ALL {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+fn write_all<T: aya::Pod>(ebpf: &mut Ebpf, name: &str, base: u32, values: &[T]) -> Result<()> {
+    let mut array: Array<&mut MapData, T> = Array::try_from(map(ebpf, name)?)?;
+    for (i, v) in values.iter().enumerate() {
+        array
+            .set(base + i as u32, v, 0)
+            .with_context(|| format!("failed to write {name}[{}]", base + i as u32))?;
+    }
+    Ok(())
+}
+
+fn is_errno(e: &ProgramError, errno: i32) -> bool {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error() == Some(errno),
+        _ => false,
+    }
+}
+
+fn attach_error(iface: &str, e: ProgramError) -> anyhow::Error {
+    if is_errno(&e, libc::EBUSY) || is_errno(&e, libc::EEXIST) {
+        anyhow!("{iface} already has an XDP program attached by someone else; detach it first (ip link set dev {iface} xdp off)")
+    } else if matches!(e, ProgramError::UnknownInterface { .. }) {
+        anyhow!("no such interface: {iface}")
+    } else {
+        anyhow!(e).context(format!("failed to attach the XDP program to {iface}"))
+    }
+}
+
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no such interface: {iface} (in this network namespace)");
+    }
+    Ok(index)
+}
+
+/// Inode of this process's network namespace: interface indexes only mean
+/// something within one.
+pub fn netns_inode() -> Result<u64> {
+    Ok(fs::metadata("/proc/self/ns/net").context("cannot stat /proc/self/ns/net")?.ino())
+}
+
+/// Fails early, with the fix, when this process cannot load BPF programs.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_BPF: u64 = 1 << 39;
+    if caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_NET_ADMIN != 0) {
+        return Ok(());
+    }
+    bail!("not enough privileges: the firewall must run as root, or with CAP_BPF and CAP_NET_ADMIN (and CAP_PERFMON)")
+}
+
+/// Kernel 5.10 or newer: bounded loops, BPF links for XDP, per-CPU arrays.
+pub fn check_kernel() -> Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (5, 10) {
+        bail!("kernel {} is too old: the firewall needs Linux 5.10 or newer", release.trim());
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    let Ok(c) = CString::new(path) else { return false };
+    // SAFETY: statfs fills a zeroed struct for a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure /sys/fs/bpf is a bpffs. Mounts one when this process is in the
+/// host's mount namespace; under `ip netns exec` (a private mount namespace
+/// with its own /sys) a mount would be invisible to other processes, so it
+/// returns `false` and the maps are found through the program instead.
+pub fn ensure_bpffs() -> Result<bool> {
+    if is_bpffs(BPFFS) {
+        return Ok(true);
+    }
+    let own = fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()).ok();
+    let init = fs::metadata("/proc/1/ns/mnt").map(|m| m.ino()).ok();
+    if own.is_none() || own != init {
+        log::info!("{BPFFS} is not a bpffs in this mount namespace; maps not pinned (`firewall stats` finds them through the attached program)");
+        return Ok(false);
+    }
+    let (src, target, fstype) = (c"bpf", CString::new(BPFFS)?, c"bpf");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        log::warn!("cannot mount a bpffs at {BPFFS}: {}; maps not pinned", std::io::Error::last_os_error());
+        return Ok(false);
+    }
+    log::info!("mounted a bpffs at {BPFFS}");
+    Ok(true)
+}
+
+/// Every policy slot index is below this (re-exported for tests).
+pub const SLOTS: u32 = POLICY_SLOTS;
+
+impl Firewall {
+    /// Runs the loaded program on `frame` with BPF_PROG_TEST_RUN, `repeat`
+    /// times; the kernel measures the mean duration.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::new() };
+        Ok(program.test_run(opts)?)
+    }
+}

@@ -1,0 +1,1357 @@
+//! The policy file: TOML schema, parsing and validation.
+//!
+//! Parsing happens in two steps. Serde turns the text into `Raw*` structs
+//! that keep the byte span of every value (`toml::Spanned`); `Validator`
+//! then checks what serde cannot (CIDRs, port ranges, which keys make sense
+//! together) and builds the `Policy`. Every problem is reported as a
+//! `Diagnostic` at `file:line:col`, so a user can jump straight to it.
+//!
+//! ```toml
+//! [settings]
+//! default = "drop"        # verdict when no rule matches
+//! fragments = "drop"      # non-first IP fragments
+//!
+//! [[rule]]
+//! name = "ssh-admin"
+//! proto = "tcp"           # tcp | udp | icmp | icmpv6 | any
+//! src = ["10.0.0.0/8", "fd00::/8"]
+//! dport = 22              # a port, "lo-hi", or a list of both
+//! tcp_flags = "syn,!ack"
+//! action = "accept"
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use firewall_common::{MAX_RULES, RULE_NAME_LEN, tcp_flags};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+pub use std::net::IpAddr;
+
+// ---------------------------------------------------------------------------
+// Public model
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Proto {
+    /// IP protocol number; `None` for `any`.
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Proto::Any => None,
+            Proto::Tcp => Some(6),
+            Proto::Udp => Some(17),
+            Proto::Icmp => Some(1),
+            Proto::Icmpv6 => Some(58),
+        }
+    }
+
+    /// The spelling used in policy files (for messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
+        }
+    }
+
+    fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
+    }
+
+    fn is_icmp(self) -> bool {
+        matches!(self, Proto::Icmp | Proto::Icmpv6)
+    }
+
+    /// Whether a packet of this protocol can be IPv4 / IPv6.
+    fn allows_family(self, v4: bool) -> bool {
+        match self {
+            Proto::Icmp => v4,
+            Proto::Icmpv6 => !v4,
+            _ => true,
+        }
+    }
+}
+
+/// An address block. The constructor in this module guarantees that no host
+/// bits are set, so `addr` is the network address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// 0.0.0.0/0 or ::/0.
+    pub fn any(v4: bool) -> Cidr {
+        if v4 {
+            Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 }
+        } else {
+            Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), prefix: 0 }
+        }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// Address bits of the family (32 or 128).
+    pub fn width(&self) -> u8 {
+        if self.is_v4() { 32 } else { 128 }
+    }
+
+    /// Whether every address of `other` is in `self` (never across families).
+    pub fn contains(&self, other: &Cidr) -> bool {
+        if self.is_v4() != other.is_v4() || self.prefix > other.prefix {
+            return false;
+        }
+        let (net, width) = addr_bits(self.addr);
+        let (addr, _) = addr_bits(other.addr);
+        mask_bits(addr, width, self.prefix) == mask_bits(net, width, self.prefix)
+    }
+
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address (a host route).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr_s, prefix_s) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_s.parse().map_err(|_| {
+            format!("invalid address `{s}` (expected an IPv4 or IPv6 address, optionally with /prefix)")
+        })?;
+        let width = if addr.is_ipv4() { 32u8 } else { 128 };
+        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        let prefix = match prefix_s {
+            None => width,
+            Some(p) => {
+                // `u8::from_str` would accept "+8"; insist on plain digits.
+                let n = if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                    p.parse::<u32>().ok()
+                } else {
+                    None
+                };
+                match n {
+                    None => return Err(format!("invalid prefix length `/{p}` in `{s}`")),
+                    Some(n) if n > u32::from(width) => {
+                        return Err(format!(
+                            "prefix /{n} is too long for an {family} address (at most /{width})"
+                        ));
+                    }
+                    Some(n) => n as u8,
+                }
+            }
+        };
+        let (bits, _) = addr_bits(addr);
+        let net = Cidr { addr: bits_addr(mask_bits(bits, width, prefix), addr.is_ipv4()), prefix };
+        if net.addr != addr {
+            return Err(format!("host bits set in {s}; did you mean {net}?"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn addr_bits(addr: IpAddr) -> (u128, u8) {
+    match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    }
+}
+
+fn bits_addr(bits: u128, v4: bool) -> IpAddr {
+    if v4 { IpAddr::V4((bits as u32).into()) } else { IpAddr::V6(bits.into()) }
+}
+
+/// Keeps the top `prefix` bits of a `width`-bit value.
+fn mask_bits(bits: u128, width: u8, prefix: u8) -> u128 {
+    // A shift by 128 overflows; that case (prefix 0 of IPv6) keeps nothing.
+    bits & (!0u128).checked_shl(u32::from(width - prefix)).unwrap_or(0)
+}
+
+/// Inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange { lo: 0, hi: u16::MAX };
+
+    pub fn contains(&self, other: &PortRange) -> bool {
+        self.lo <= other.lo && other.hi <= self.hi
+    }
+}
+
+/// Matches when `packet_flags & mask == value`; mask 0 matches every packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpFlags {
+    pub mask: u8,
+    pub value: u8,
+}
+
+const FLAG_NAMES: [(&str, u8); 8] = [
+    ("fin", tcp_flags::FIN),
+    ("syn", tcp_flags::SYN),
+    ("rst", tcp_flags::RST),
+    ("psh", tcp_flags::PSH),
+    ("ack", tcp_flags::ACK),
+    ("urg", tcp_flags::URG),
+    ("ece", tcp_flags::ECE),
+    ("cwr", tcp_flags::CWR),
+];
+
+impl TcpFlags {
+    /// Parses `"syn,!ack"`: listed flags must be set, `!`-flags clear.
+    pub fn parse(s: &str) -> Result<TcpFlags, String> {
+        let mut flags = TcpFlags::default();
+        for item in s.split(',') {
+            let item = item.trim();
+            let (clear, name) = match item.strip_prefix('!') {
+                Some(n) => (true, n.trim()),
+                None => (false, item),
+            };
+            if name.is_empty() {
+                return Err(format!("empty flag name in tcp_flags \"{s}\""));
+            }
+            let Some(&(_, bit)) = FLAG_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+                return Err(format!(
+                    "unknown TCP flag `{name}` (known: fin, syn, rst, psh, ack, urg, ece, cwr)"
+                ));
+            };
+            let want = if clear { 0 } else { bit };
+            if flags.mask & bit != 0 && flags.value & bit != want {
+                return Err(format!(
+                    "TCP flag `{}` is both required set and required clear",
+                    name.to_ascii_lowercase()
+                ));
+            }
+            flags.mask |= bit;
+            flags.value |= want;
+        }
+        Ok(flags)
+    }
+
+    /// Whether every flag combination `later` accepts is accepted by `self`.
+    fn covers(&self, later: &TcpFlags) -> bool {
+        self.mask & later.mask == self.mask && (self.value ^ later.value) & self.mask == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    /// 1-based line of the rule's `name` key.
+    pub line: usize,
+    pub proto: Proto,
+    /// Empty: any address of either family.
+    pub src: Vec<Cidr>,
+    pub dst: Vec<Cidr>,
+    /// Empty: any port.
+    pub sport: Vec<PortRange>,
+    pub dport: Vec<PortRange>,
+    pub tcp_flags: TcpFlags,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub action: Action,
+}
+
+impl Rule {
+    /// Whether this rule can match IPv4 (`true`) / IPv6 (`false`) packets,
+    /// given its protocol and address lists.
+    pub fn matches_family(&self, v4: bool) -> bool {
+        let list_ok = |l: &[Cidr]| l.is_empty() || l.iter().any(|c| c.is_v4() == v4);
+        self.proto.allows_family(v4) && list_ok(&self.src) && list_ok(&self.dst)
+    }
+
+    /// Whether `self` (an earlier rule) matches every packet `later` could
+    /// match, so `later` never decides anything. Conservative: `false` may
+    /// be returned for some shadowed rules (e.g. CIDRs covered only by a
+    /// union of several earlier CIDRs), never `true` for one that is not.
+    pub fn shadows(&self, later: &Rule) -> bool {
+        if self.proto != Proto::Any && self.proto != later.proto {
+            return false;
+        }
+        if !self.tcp_flags.covers(&later.tcp_flags) {
+            return false;
+        }
+        if self.icmp_type.is_some() && self.icmp_type != later.icmp_type {
+            return false;
+        }
+        if self.icmp_code.is_some() && self.icmp_code != later.icmp_code {
+            return false;
+        }
+        if !ports_cover(&self.sport, &later.sport) || !ports_cover(&self.dport, &later.dport) {
+            return false;
+        }
+        // Only the families `later` can actually see matter: an IPv4-only
+        // rule is not "escaping" through the IPv6 half of an empty list.
+        [true, false].into_iter().filter(|&v4| later.matches_family(v4)).all(|v4| {
+            cidrs_cover(&self.src, &later.src, v4) && cidrs_cover(&self.dst, &later.dst, v4)
+        })
+    }
+}
+
+/// Every `later` block of family `v4` lies inside one `earlier` block.
+fn cidrs_cover(earlier: &[Cidr], later: &[Cidr], v4: bool) -> bool {
+    if earlier.is_empty() {
+        return true;
+    }
+    let any = [Cidr::any(v4)];
+    let later = if later.is_empty() { &any[..] } else { later };
+    later
+        .iter()
+        .filter(|c| c.is_v4() == v4)
+        .all(|l| earlier.iter().any(|e| e.contains(l)))
+}
+
+/// Every port of `later` is in the union of `earlier`.
+fn ports_cover(earlier: &[PortRange], later: &[PortRange]) -> bool {
+    if earlier.is_empty() {
+        return true;
+    }
+    // Runs for every pair of rules, so no allocation: walk from `lo`
+    // upwards, each step jumping past an earlier range that holds the
+    // current port. Lists are short, so the quadratic scan is fine.
+    let covered = |r: &PortRange| {
+        let mut next = u32::from(r.lo);
+        while next <= u32::from(r.hi) {
+            match earlier.iter().find(|e| u32::from(e.lo) <= next && next <= u32::from(e.hi)) {
+                Some(e) => next = u32::from(e.hi) + 1,
+                None => return false,
+            }
+        }
+        true
+    };
+    if later.is_empty() { covered(&PortRange::ANY) } else { later.iter().all(covered) }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub default: Action,
+    pub fragments: Action,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { default: Action::Drop, fragments: Action::Drop }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub settings: Settings,
+    pub rules: Vec<Rule>,
+    /// Problems that do not stop the policy from loading (shadowed rules).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A located message. `Display` prints `file:line:col: message`; use
+/// `render("error")` / `render("warning")` for the full compiler-style line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// `file:line:col: {severity}: message`.
+    pub fn render(&self, severity: &str) -> String {
+        format!("{}:{}:{}: {severity}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// One line per problem, each `file:line:col: error: message`.
+    #[error("{}", .0.iter().map(|d| d.render("error")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// Reads and parses the policy at `path`.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| PolicyError::Read { path: file.clone(), source })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates policy text; `file` only labels diagnostics.
+pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    let line_starts = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let v = Validator { text, file, line_starts, errors: Vec::new() };
+    v.run()
+}
+
+// ---------------------------------------------------------------------------
+// Raw (serde) layer
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    settings: Option<RawSettings>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    default: Option<Action>,
+    fragments: Option<Action>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    proto: Option<Spanned<Proto>>,
+    src: Option<Spanned<OneOrMany<AddrText>>>,
+    dst: Option<Spanned<OneOrMany<AddrText>>>,
+    sport: Option<Spanned<OneOrMany<PortItem>>>,
+    dport: Option<Spanned<OneOrMany<PortItem>>>,
+    tcp_flags: Option<Spanned<String>>,
+    icmp_type: Option<Spanned<i64>>,
+    icmp_code: Option<Spanned<i64>>,
+    action: Action,
+}
+
+/// A list item kind that also says what it expects, so that type errors
+/// read "expected a port ..." rather than serde's generic wording.
+trait Item: Sized {
+    const EXPECTING: &'static str;
+    fn from_i64<E: de::Error>(v: i64) -> Result<Self, E>;
+    fn from_str<E: de::Error>(v: &str) -> Result<Self, E>;
+}
+
+/// Address text; parsed later so that all bad CIDRs are reported with spans.
+struct AddrText(String);
+
+impl Item for AddrText {
+    const EXPECTING: &'static str = "an address or CIDR string such as \"10.0.0.0/8\"";
+    fn from_i64<E: de::Error>(v: i64) -> Result<Self, E> {
+        Err(E::invalid_type(de::Unexpected::Signed(v), &Self::EXPECTING))
+    }
+    fn from_str<E: de::Error>(v: &str) -> Result<Self, E> {
+        Ok(AddrText(v.to_owned()))
+    }
+}
+
+enum PortItem {
+    Num(i64),
+    Text(String),
+}
+
+impl Item for PortItem {
+    const EXPECTING: &'static str = "a port number or a range string such as \"1000-2000\"";
+    fn from_i64<E: de::Error>(v: i64) -> Result<Self, E> {
+        Ok(PortItem::Num(v))
+    }
+    fn from_str<E: de::Error>(v: &str) -> Result<Self, E> {
+        Ok(PortItem::Text(v.to_owned()))
+    }
+}
+
+/// Visitor for one scalar item.
+struct ItemVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Item> Visitor<'de> for ItemVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::from_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        // Beyond i64 is out of any range we accept; keep it negative-free.
+        T::from_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::from_str(v)
+    }
+}
+
+struct ItemDe<T>(T);
+
+impl<'de, T: Item> Deserialize<'de> for ItemDe<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor::<T>(std::marker::PhantomData)).map(ItemDe)
+    }
+}
+
+/// `x` or `[x, y]`. A single item carries no span of its own; the caller
+/// uses the span of the whole value for it.
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<Spanned<T>>),
+}
+
+impl<'de, T: Item> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Item> Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} or a list of them", T::EXPECTING)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                ItemVisitor::<T>(std::marker::PhantomData).visit_i64(v).map(OneOrMany::One)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                ItemVisitor::<T>(std::marker::PhantomData).visit_u64(v).map(OneOrMany::One)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::from_str(v).map(OneOrMany::One)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<ItemDe<T>>>()? {
+                    let span = item.span();
+                    items.push(Spanned::new(span, item.into_inner().0));
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+        d.deserialize_any(V::<T>(std::marker::PhantomData))
+    }
+}
+
+impl<T> OneOrMany<T> {
+    /// Items with their spans; `whole` is the span of the entire value.
+    fn items(self, whole: Range<usize>) -> Vec<(T, Range<usize>)> {
+        match self {
+            OneOrMany::One(t) => vec![(t, whole)],
+            OneOrMany::Many(v) => v
+                .into_iter()
+                .map(|s| {
+                    let span = s.span();
+                    (s.into_inner(), span)
+                })
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    /// Byte offset of the start of every line (the first is 0).
+    line_starts: Vec<usize>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    /// 1-based line and column (in characters) of byte offset `pos`.
+    fn locate(&self, pos: usize) -> (usize, usize) {
+        let pos = pos.min(self.text.len());
+        // Binary search: a policy near MAX_RULES has ~100k lines, and every
+        // rule is located at least once.
+        let line = self.line_starts.partition_point(|&start| start <= pos);
+        let line_start = self.line_starts[line - 1];
+        // A span never starts inside a UTF-8 sequence, but be safe anyway.
+        let col = self.text.get(line_start..pos).map_or(pos - line_start, |s| s.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn diag(&self, pos: usize, message: impl Into<String>) -> Diagnostic {
+        let (line, col) = self.locate(pos);
+        Diagnostic { file: self.file.to_owned(), line, col, message: message.into() }
+    }
+
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let d = self.diag(span.start, message);
+        self.errors.push(d);
+    }
+
+    fn run(mut self) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = match toml::from_str(self.text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let pos = e.span().map_or(0, |s| s.start);
+                return Err(PolicyError::Invalid(vec![self.diag(pos, e.message().trim())]));
+            }
+        };
+
+        let settings = match raw.settings {
+            None => Settings::default(),
+            Some(s) => Settings {
+                default: s.default.unwrap_or(Action::Drop),
+                fragments: s.fragments.unwrap_or(Action::Drop),
+            },
+        };
+
+        if raw.rule.len() > MAX_RULES as usize {
+            let span = raw.rule[MAX_RULES as usize].get_ref().name.span();
+            self.error(
+                &span,
+                format!("too many rules: {} (at most {MAX_RULES})", raw.rule.len()),
+            );
+        }
+
+        let mut first_use: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        let mut name_pos = Vec::with_capacity(raw.rule.len());
+        for raw_rule in raw.rule {
+            let raw_rule = raw_rule.into_inner();
+            let name_span = raw_rule.name.span();
+            let (line, _) = self.locate(name_span.start);
+            if let Some(first) = first_use.get(raw_rule.name.get_ref()) {
+                let msg = format!(
+                    "duplicate rule name `{}` (first used on line {first})",
+                    raw_rule.name.get_ref()
+                );
+                self.error(&name_span, msg);
+            } else {
+                first_use.insert(raw_rule.name.get_ref().clone(), line);
+            }
+            if let Some(rule) = self.rule(raw_rule, line) {
+                rules.push(rule);
+                name_pos.push(name_span.start);
+            }
+        }
+
+        if !self.errors.is_empty() {
+            return Err(PolicyError::Invalid(self.errors));
+        }
+
+        let mut warnings = Vec::new();
+        for (j, later) in rules.iter().enumerate() {
+            if let Some(earlier) = rules[..j].iter().find(|e| e.shadows(later)) {
+                warnings.push(self.diag(
+                    name_pos[j],
+                    format!(
+                        "rule `{}` can never match: earlier rule `{}` (line {}) matches every packet it would",
+                        later.name, earlier.name, earlier.line
+                    ),
+                ));
+            }
+        }
+        Ok(Policy { settings, rules, warnings })
+    }
+
+    /// Checks one rule; `None` if it had errors (already recorded).
+    fn rule(&mut self, raw: RawRule, line: usize) -> Option<Rule> {
+        let before = self.errors.len();
+        let name_span = raw.name.span();
+        let name = raw.name.into_inner();
+        self.check_name(&name, &name_span);
+
+        let proto = raw.proto.as_ref().map_or(Proto::Any, |p| *p.get_ref());
+        let src = self.cidrs("src", raw.src, proto);
+        let dst = self.cidrs("dst", raw.dst, proto);
+
+        // A packet is one family; v4-only on one side and v6-only on the
+        // other cannot both hold.
+        if let (Some((src, _)), Some((dst, dst_span))) = (&src, &dst) {
+            let only = |l: &[Cidr], v4: bool| !l.is_empty() && l.iter().all(|c| c.is_v4() == v4);
+            for v4 in [true, false] {
+                if only(src, v4) && only(dst, !v4) {
+                    let (a, b) = if v4 { ("IPv4", "IPv6") } else { ("IPv6", "IPv4") };
+                    self.error(
+                        dst_span,
+                        format!("rule can never match: src has only {a} addresses but dst only {b} addresses"),
+                    );
+                }
+            }
+        }
+
+        let sport = self.ports("sport", raw.sport, proto);
+        let dport = self.ports("dport", raw.dport, proto);
+
+        let mut flags = TcpFlags::default();
+        if let Some(f) = raw.tcp_flags {
+            let span = f.span();
+            if proto != Proto::Tcp {
+                self.error(
+                    &span,
+                    format!("`tcp_flags` needs proto = \"tcp\" (this rule's proto is \"{}\")", proto.name()),
+                );
+            }
+            match TcpFlags::parse(f.get_ref()) {
+                Ok(t) => flags = t,
+                Err(msg) => self.error(&span, msg),
+            }
+        }
+
+        let icmp_type = self.icmp_field("icmp_type", raw.icmp_type.as_ref(), proto);
+        let icmp_code = self.icmp_field("icmp_code", raw.icmp_code.as_ref(), proto);
+        if let (Some(code), None) = (&raw.icmp_code, &raw.icmp_type) {
+            self.error(&code.span(), "`icmp_code` needs `icmp_type` as well");
+        }
+
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Rule {
+            name,
+            line,
+            proto,
+            src: src.map(|(l, _)| l).unwrap_or_default(),
+            dst: dst.map(|(l, _)| l).unwrap_or_default(),
+            sport,
+            dport,
+            tcp_flags: flags,
+            icmp_type,
+            icmp_code,
+            action: raw.action,
+        })
+    }
+
+    fn check_name(&mut self, name: &str, span: &Range<usize>) {
+        let max = RULE_NAME_LEN - 1; // the kernel copy is NUL-terminated
+        if name.is_empty() {
+            self.error(span, "rule name is empty");
+        } else if name.len() > max {
+            self.error(span, format!("rule name is {} bytes long (at most {max})", name.len()));
+        } else if let Some(c) =
+            name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+        {
+            self.error(
+                span,
+                format!("rule name `{name}` contains {c:?}; use only letters, digits, '_', '.', ':' and '-'"),
+            );
+        }
+    }
+
+    /// Parses a `src`/`dst` value; `None` when absent. The span returned is
+    /// the whole value's.
+    fn cidrs(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<OneOrMany<AddrText>>>,
+        proto: Proto,
+    ) -> Option<(Vec<Cidr>, Range<usize>)> {
+        let raw = raw?;
+        let whole = raw.span();
+        let items = raw.into_inner().items(whole.clone());
+        if items.is_empty() {
+            self.error(&whole, format!("`{key}` is an empty list; leave the key out to match any address"));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (AddrText(text), span) in items {
+            match Cidr::parse(&text) {
+                Ok(c) => {
+                    if !proto.allows_family(c.is_v4()) {
+                        let (fam, other) = if c.is_v4() { ("IPv4", "icmp") } else { ("IPv6", "icmpv6") };
+                        self.error(
+                            &span,
+                            format!(
+                                "proto \"{}\" cannot match {fam} address {c}; use proto = \"{other}\" for {fam}",
+                                proto.name()
+                            ),
+                        );
+                    }
+                    out.push(c);
+                }
+                Err(msg) => self.error(&span, msg),
+            }
+        }
+        Some((out, whole))
+    }
+
+    fn ports(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<OneOrMany<PortItem>>>,
+        proto: Proto,
+    ) -> Vec<PortRange> {
+        let Some(raw) = raw else { return Vec::new() };
+        let whole = raw.span();
+        if !proto.has_ports() {
+            self.error(
+                &whole,
+                format!(
+                    "`{key}` needs proto = \"tcp\" or \"udp\" (this rule's proto is \"{}\")",
+                    proto.name()
+                ),
+            );
+        }
+        let items = raw.into_inner().items(whole.clone());
+        if items.is_empty() {
+            self.error(&whole, format!("`{key}` is an empty list; leave the key out to match any port"));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (item, span) in items {
+            match parse_port_item(&item) {
+                Ok(r) => out.push(r),
+                Err(msg) => self.error(&span, msg),
+            }
+        }
+        out
+    }
+
+    fn icmp_field(&mut self, key: &str, raw: Option<&Spanned<i64>>, proto: Proto) -> Option<u8> {
+        let raw = raw?;
+        let span = raw.span();
+        if !proto.is_icmp() {
+            self.error(
+                &span,
+                format!(
+                    "`{key}` needs proto = \"icmp\" or \"icmpv6\" (this rule's proto is \"{}\")",
+                    proto.name()
+                ),
+            );
+        }
+        match u8::try_from(*raw.get_ref()) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(&span, format!("{key} {} out of range (0-255)", raw.get_ref()));
+                None
+            }
+        }
+    }
+}
+
+fn port_number(s: &str, whole: &str) -> Result<u16, String> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port `{whole}` (expected a number or a range such as \"1000-2000\")"));
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n <= 65535 => Ok(n as u16),
+        _ => Err(format!("port {s} out of range (0-65535)")),
+    }
+}
+
+fn parse_port_item(item: &PortItem) -> Result<PortRange, String> {
+    match item {
+        PortItem::Num(n) => match u16::try_from(*n) {
+            Ok(p) => Ok(PortRange { lo: p, hi: p }),
+            Err(_) => Err(format!("port {n} out of range (0-65535)")),
+        },
+        PortItem::Text(s) => {
+            let (lo, hi) = match s.split_once('-') {
+                Some((lo, hi)) => (port_number(lo, s)?, port_number(hi, s)?),
+                None => {
+                    let p = port_number(s, s)?;
+                    (p, p)
+                }
+            };
+            if lo > hi {
+                return Err(format!("port range {s} is inverted; did you mean \"{hi}-{lo}\"?"));
+            }
+            Ok(PortRange { lo, hi })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Policy {
+        match parse(text, "t.toml") {
+            Ok(p) => p,
+            Err(e) => panic!("unexpected error:\n{e}"),
+        }
+    }
+
+    /// All errors, rendered.
+    fn errs(text: &str) -> Vec<String> {
+        match parse(text, "t.toml") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(PolicyError::Invalid(d)) => d.iter().map(|d| d.render("error")).collect(),
+            Err(e) => panic!("unexpected error kind: {e}"),
+        }
+    }
+
+    /// Exactly one error, rendered.
+    fn err(text: &str) -> String {
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "expected one error, got {e:#?}");
+        e.into_iter().next().unwrap()
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        Cidr::parse(s).unwrap()
+    }
+
+    #[test]
+    fn schema_example() {
+        // The schema's example, split in two: icmp_type cannot go with tcp.
+        let p = ok(r#"
+[settings]
+default = "drop"
+fragments = "accept"
+
+[[rule]]
+name = "ssh-admin"
+proto = "tcp"
+src = ["10.0.0.0/8", "fd00::/8"]
+dst = "192.0.2.1"
+sport = [1024, "2000-3000"]
+dport = 22
+tcp_flags = "syn,!ack"
+action = "accept"
+
+[[rule]]
+name = "ping"
+proto = "icmp"
+icmp_type = 8
+icmp_code = 0
+action = "accept"
+"#);
+        assert_eq!(p.settings, Settings { default: Action::Drop, fragments: Action::Accept });
+        assert!(p.warnings.is_empty());
+        assert_eq!(p.rules.len(), 2);
+        let r = &p.rules[0];
+        assert_eq!(r.name, "ssh-admin");
+        assert_eq!(r.line, 7);
+        assert_eq!(r.proto, Proto::Tcp);
+        assert_eq!(r.src, vec![cidr("10.0.0.0/8"), cidr("fd00::/8")]);
+        assert_eq!(r.dst, vec![Cidr { addr: "192.0.2.1".parse().unwrap(), prefix: 32 }]);
+        assert_eq!(r.sport, vec![PortRange { lo: 1024, hi: 1024 }, PortRange { lo: 2000, hi: 3000 }]);
+        assert_eq!(r.dport, vec![PortRange { lo: 22, hi: 22 }]);
+        assert_eq!(
+            r.tcp_flags,
+            TcpFlags { mask: tcp_flags::SYN | tcp_flags::ACK, value: tcp_flags::SYN }
+        );
+        assert_eq!(r.action, Action::Accept);
+        let r = &p.rules[1];
+        assert_eq!((r.proto, r.icmp_type, r.icmp_code), (Proto::Icmp, Some(8), Some(0)));
+        assert!(r.src.is_empty() && r.dst.is_empty() && r.sport.is_empty());
+        assert_eq!(r.line, 17);
+    }
+
+    #[test]
+    fn defaults_without_settings() {
+        let p = ok("[[rule]]\nname = \"a\"\naction = \"accept\"\n");
+        assert_eq!(p.settings, Settings { default: Action::Drop, fragments: Action::Drop });
+        assert_eq!(p.rules[0].proto, Proto::Any);
+        assert_eq!(p.rules[0].tcp_flags, TcpFlags::default());
+        // An empty [settings] table also takes the defaults.
+        let p = ok("[settings]\n");
+        assert_eq!(p.settings, Settings::default());
+        assert!(p.rules.is_empty());
+        let p = ok("[settings]\ndefault = \"accept\"\n");
+        assert_eq!(p.settings, Settings { default: Action::Accept, fragments: Action::Drop });
+    }
+
+    #[test]
+    fn single_and_list_forms() {
+        let p = ok(r#"
+[[rule]]
+name = "one"
+proto = "udp"
+src = "2001:db8::1"
+dport = "5000-5010"
+action = "drop"
+
+[[rule]]
+name = "many"
+proto = "udp"
+src = ["2001:db8::/32", "198.51.100.0/24"]
+dport = [53, "60000-60010", "7"]
+action = "drop"
+"#);
+        assert_eq!(p.rules[0].src, vec![cidr("2001:db8::1/128")]);
+        assert_eq!(p.rules[0].dport, vec![PortRange { lo: 5000, hi: 5010 }]);
+        assert_eq!(p.rules[1].src, vec![cidr("2001:db8::/32"), cidr("198.51.100.0/24")]);
+        assert_eq!(
+            p.rules[1].dport,
+            vec![
+                PortRange { lo: 53, hi: 53 },
+                PortRange { lo: 60000, hi: 60010 },
+                PortRange { lo: 7, hi: 7 }
+            ]
+        );
+    }
+
+    #[test]
+    fn cidr_helpers() {
+        assert!(cidr("10.0.0.0/8").contains(&cidr("10.1.0.0/16")));
+        assert!(!cidr("10.1.0.0/16").contains(&cidr("10.0.0.0/8")));
+        assert!(!cidr("10.0.0.0/8").contains(&cidr("11.0.0.0/16")));
+        assert!(cidr("0.0.0.0/0").contains(&cidr("255.255.255.255")));
+        assert!(cidr("::/0").contains(&cidr("fd00::/8")));
+        assert!(!cidr("::/0").contains(&cidr("10.0.0.0/8")));
+        assert!(cidr("10.0.0.0/8").is_v4() && !cidr("fd00::/8").is_v4());
+        assert_eq!(cidr("fd00::/8").to_string(), "fd00::/8");
+        assert_eq!(cidr("192.0.2.1").to_string(), "192.0.2.1/32");
+        assert_eq!(Proto::Tcp.number(), Some(6));
+        assert_eq!(Proto::Udp.number(), Some(17));
+        assert_eq!(Proto::Icmp.number(), Some(1));
+        assert_eq!(Proto::Icmpv6.number(), Some(58));
+        assert_eq!(Proto::Any.number(), None);
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_eq!(
+            err("[settings]\ndefault = \"drop\"\nstate = \"x\"\n"),
+            "t.toml:3:1: error: unknown field `state`, expected `default` or `fragments`"
+        );
+        let e = err("[[rule]]\nname = \"a\"\naction = \"drop\"\n  port = 22\n");
+        assert!(e.starts_with("t.toml:4:3: error: unknown field `port`"), "{e}");
+        let e = err("[[rule]]\nname = \"a\"\naction = \"drop\"\n[extra]\n");
+        assert!(e.starts_with("t.toml:4:2: error: unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\naction = \"allow\"\n"),
+            "t.toml:3:10: error: unknown variant `allow`, expected `accept` or `drop`"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = 5\naction = \"drop\"\n"),
+            "t.toml:2:8: error: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nsrc = 10\naction = \"drop\"\n"),
+            "t.toml:3:7: error: invalid type: integer `10`, expected an address or CIDR string such as \"10.0.0.0/8\""
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = [22, 1.5]\naction = \"drop\"\n"),
+            "t.toml:4:14: error: invalid type: floating point `1.5`, expected a port number or a range string such as \"1000-2000\""
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"sctp\"\naction = \"drop\"\n"),
+            "t.toml:3:9: error: unknown variant `sctp`, expected one of `any`, `tcp`, `udp`, `icmp`, `icmpv6`"
+        );
+        let e = err("[[rule]]\nname = \"a\"\n");
+        assert!(e.starts_with("t.toml:1:1: error: missing field `action`"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidrs() {
+        let rule = |src: &str| format!("[[rule]]\nname = \"a\"\nsrc = {src}\naction = \"drop\"\n");
+        assert_eq!(
+            err(&rule("\"10.0.0.1/8\"")),
+            "t.toml:3:7: error: host bits set in 10.0.0.1/8; did you mean 10.0.0.0/8?"
+        );
+        assert_eq!(
+            err(&rule("[\"10.0.0.0/8\", \"fd00::1/8\"]")),
+            "t.toml:3:22: error: host bits set in fd00::1/8; did you mean fd00::/8?"
+        );
+        assert_eq!(
+            err(&rule("\"10.0.0.0/33\"")),
+            "t.toml:3:7: error: prefix /33 is too long for an IPv4 address (at most /32)"
+        );
+        assert_eq!(
+            err(&rule("\"fd00::/129\"")),
+            "t.toml:3:7: error: prefix /129 is too long for an IPv6 address (at most /128)"
+        );
+        assert_eq!(
+            err(&rule("\"10.0.0.256\"")),
+            "t.toml:3:7: error: invalid address `10.0.0.256` (expected an IPv4 or IPv6 address, optionally with /prefix)"
+        );
+        assert_eq!(
+            err(&rule("\"10.0.0.0/x\"")),
+            "t.toml:3:7: error: invalid prefix length `/x` in `10.0.0.0/x`"
+        );
+        assert_eq!(
+            err(&rule("[]")),
+            "t.toml:3:7: error: `src` is an empty list; leave the key out to match any address"
+        );
+        // Several bad addresses are all reported.
+        assert_eq!(errs(&rule("[\"1.2.3.4/40\", \"x\"]")).len(), 2);
+    }
+
+    #[test]
+    fn bad_ports() {
+        let rule = |p: &str| format!("[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = {p}\naction = \"drop\"\n");
+        assert_eq!(
+            err(&rule("\"2000-1000\"")),
+            "t.toml:4:9: error: port range 2000-1000 is inverted; did you mean \"1000-2000\"?"
+        );
+        assert_eq!(err(&rule("70000")), "t.toml:4:9: error: port 70000 out of range (0-65535)");
+        assert_eq!(err(&rule("[80, -1]")), "t.toml:4:14: error: port -1 out of range (0-65535)");
+        assert_eq!(err(&rule("\"1-65536\"")), "t.toml:4:9: error: port 65536 out of range (0-65535)");
+        assert_eq!(
+            err(&rule("\"http\"")),
+            "t.toml:4:9: error: invalid port `http` (expected a number or a range such as \"1000-2000\")"
+        );
+        assert_eq!(
+            err(&rule("[]")),
+            "t.toml:4:9: error: `dport` is an empty list; leave the key out to match any port"
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        let rule = |n: &str| format!("[[rule]]\nname = \"{n}\"\naction = \"drop\"\n");
+        assert_eq!(err(&rule("")), "t.toml:2:8: error: rule name is empty");
+        let long = "x".repeat(RULE_NAME_LEN);
+        assert_eq!(
+            err(&rule(&long)),
+            format!("t.toml:2:8: error: rule name is {RULE_NAME_LEN} bytes long (at most {})", RULE_NAME_LEN - 1)
+        );
+        ok(&rule(&"x".repeat(RULE_NAME_LEN - 1)));
+        assert_eq!(
+            err(&rule("web server")),
+            "t.toml:2:8: error: rule name `web server` contains ' '; use only letters, digits, '_', '.', ':' and '-'"
+        );
+        ok(&rule("a-b_c.d:e9"));
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"drop\"\n\n[[rule]]\nname = \"b\"\naction = \"drop\"\n\n[[rule]]\n  name = \"a\"\naction = \"accept\"\n";
+        assert_eq!(err(text), "t.toml:10:10: error: duplicate rule name `a` (first used on line 2)");
+    }
+
+    #[test]
+    fn too_many_rules() {
+        let n = MAX_RULES as usize + 1;
+        let mut text = String::new();
+        for i in 0..n {
+            // Distinct ports so no rule shadows another.
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\nproto = \"udp\"\ndport = {}\naction = \"drop\"\n",
+                i % 65536
+            ));
+        }
+        let e = err(&text);
+        assert_eq!(
+            e,
+            format!("t.toml:{}:8: error: too many rules: {n} (at most {MAX_RULES})", 5 * (n - 1) + 2)
+        );
+    }
+
+    #[test]
+    fn max_rules_accepted() {
+        // Exactly MAX_RULES rules load; also keeps the pairwise shadowing
+        // check honest about its cost.
+        let mut text = String::new();
+        for i in 0..MAX_RULES {
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\nproto = \"tcp\"\ndport = {i}\naction = \"drop\"\n"
+            ));
+        }
+        let p = ok(&text);
+        assert_eq!(p.rules.len(), MAX_RULES as usize);
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn ports_need_tcp_or_udp() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\ndport = 22\naction = \"drop\"\n"),
+            "t.toml:3:9: error: `dport` needs proto = \"tcp\" or \"udp\" (this rule's proto is \"any\")"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"icmp\"\nsport = [1, 2]\naction = \"drop\"\n"),
+            "t.toml:4:9: error: `sport` needs proto = \"tcp\" or \"udp\" (this rule's proto is \"icmp\")"
+        );
+    }
+
+    #[test]
+    fn tcp_flag_errors() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"udp\"\ntcp_flags = \"syn\"\naction = \"drop\"\n"),
+            "t.toml:4:13: error: `tcp_flags` needs proto = \"tcp\" (this rule's proto is \"udp\")"
+        );
+        let rule = |f: &str| format!("[[rule]]\nname = \"a\"\nproto = \"tcp\"\ntcp_flags = \"{f}\"\naction = \"drop\"\n");
+        assert_eq!(
+            err(&rule("syn,!syn")),
+            "t.toml:4:13: error: TCP flag `syn` is both required set and required clear"
+        );
+        assert_eq!(
+            err(&rule("syn,foo")),
+            "t.toml:4:13: error: unknown TCP flag `foo` (known: fin, syn, rst, psh, ack, urg, ece, cwr)"
+        );
+        assert_eq!(err(&rule("syn,")), "t.toml:4:13: error: empty flag name in tcp_flags \"syn,\"");
+        let p = ok(&rule("fin, !ack ,cwr"));
+        assert_eq!(
+            p.rules[0].tcp_flags,
+            TcpFlags {
+                mask: tcp_flags::FIN | tcp_flags::ACK | tcp_flags::CWR,
+                value: tcp_flags::FIN | tcp_flags::CWR
+            }
+        );
+    }
+
+    #[test]
+    fn icmp_errors() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"tcp\"\nicmp_type = 8\naction = \"drop\"\n"),
+            "t.toml:4:13: error: `icmp_type` needs proto = \"icmp\" or \"icmpv6\" (this rule's proto is \"tcp\")"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"icmp\"\nicmp_code = 4\naction = \"drop\"\n"),
+            "t.toml:4:13: error: `icmp_code` needs `icmp_type` as well"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"icmpv6\"\nicmp_type = 256\naction = \"drop\"\n"),
+            "t.toml:4:13: error: icmp_type 256 out of range (0-255)"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"icmp\"\nsrc = [\"10.0.0.0/8\", \"fd00::/8\"]\naction = \"drop\"\n"),
+            "t.toml:4:22: error: proto \"icmp\" cannot match IPv6 address fd00::/8; use proto = \"icmpv6\" for IPv6"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nproto = \"icmpv6\"\ndst = \"192.0.2.1\"\naction = \"drop\"\n"),
+            "t.toml:4:7: error: proto \"icmpv6\" cannot match IPv4 address 192.0.2.1/32; use proto = \"icmp\" for IPv4"
+        );
+    }
+
+    #[test]
+    fn family_mismatch() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nsrc = \"10.0.0.0/8\"\ndst = [\"fd00::/8\"]\naction = \"drop\"\n"),
+            "t.toml:4:7: error: rule can never match: src has only IPv4 addresses but dst only IPv6 addresses"
+        );
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\nsrc = \"::1\"\ndst = \"127.0.0.1\"\naction = \"drop\"\n"),
+            "t.toml:4:7: error: rule can never match: src has only IPv6 addresses but dst only IPv4 addresses"
+        );
+        // Mixed lists can match something.
+        ok("[[rule]]\nname = \"a\"\nsrc = [\"10.0.0.0/8\", \"::1\"]\ndst = \"fd00::/8\"\naction = \"drop\"\n");
+    }
+
+    #[test]
+    fn several_errors_collected() {
+        let e = errs(
+            "[[rule]]\nname = \"a b\"\nproto = \"udp\"\ntcp_flags = \"syn\"\naction = \"drop\"\n\n[[rule]]\nname = \"c\"\nsrc = \"1.1.1.1/1\"\naction = \"drop\"\n",
+        );
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].starts_with("t.toml:2:8:"));
+        assert!(e[1].starts_with("t.toml:4:13:"));
+        assert!(e[2].starts_with("t.toml:9:7:"));
+    }
+
+    #[test]
+    fn shadowing_warning() {
+        let p = ok(r#"
+[[rule]]
+name = "lan"
+src = ["10.0.0.0/8", "fd00::/8"]
+proto = "tcp"
+dport = ["1-1000", "1001-2000"]
+action = "accept"
+
+[[rule]]
+name = "lan-ssh"
+proto = "tcp"
+src = "10.1.0.0/16"
+dport = 22
+tcp_flags = "syn"
+action = "drop"
+"#);
+        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.warnings.len(), 1);
+        let w = &p.warnings[0];
+        assert_eq!((w.line, w.col), (10, 8));
+        assert_eq!(
+            w.render("warning"),
+            "t.toml:10:8: warning: rule `lan-ssh` can never match: earlier rule `lan` (line 3) matches every packet it would"
+        );
+    }
+
+    #[test]
+    fn shadowing_precision() {
+        let two = |a: &str, b: &str| {
+            ok(&format!("[[rule]]\nname = \"a\"\naction = \"drop\"\n{a}\n[[rule]]\nname = \"b\"\naction = \"drop\"\n{b}\n"))
+                .warnings
+                .len()
+        };
+        // Any-everything shadows everything.
+        assert_eq!(two("", "proto = \"udp\"\ndport = 53"), 1);
+        // Narrower earlier rule does not shadow a broader later one.
+        assert_eq!(two("proto = \"udp\"", ""), 0);
+        // Port union coverage.
+        assert_eq!(two("proto = \"udp\"\ndport = [\"0-99\", \"100-65535\"]", "proto = \"udp\""), 1);
+        assert_eq!(two("proto = \"udp\"\ndport = [\"0-99\", \"101-65535\"]", "proto = \"udp\""), 0);
+        // Flags: earlier "syn" covers later "syn,!ack", not the reverse.
+        assert_eq!(two("proto = \"tcp\"\ntcp_flags = \"syn\"", "proto = \"tcp\"\ntcp_flags = \"syn,!ack\""), 1);
+        assert_eq!(two("proto = \"tcp\"\ntcp_flags = \"syn,!ack\"", "proto = \"tcp\"\ntcp_flags = \"syn\""), 0);
+        assert_eq!(two("proto = \"tcp\"\ntcp_flags = \"ack\"", "proto = \"tcp\"\ntcp_flags = \"!ack\""), 0);
+        // ICMP type/code.
+        assert_eq!(two("proto = \"icmp\"\nicmp_type = 3", "proto = \"icmp\"\nicmp_type = 3\nicmp_code = 4"), 1);
+        assert_eq!(two("proto = \"icmp\"\nicmp_type = 3\nicmp_code = 4", "proto = \"icmp\"\nicmp_type = 3"), 0);
+        // An IPv4-only earlier src covers an icmp (IPv4-only) later rule with no src.
+        assert_eq!(two("src = \"0.0.0.0/0\"", "proto = \"icmp\""), 1);
+        assert_eq!(two("src = \"0.0.0.0/0\"", "proto = \"any\""), 0);
+        // Later src v4 only: earlier v4 dst list covers it even with IPv6 entries missing.
+        assert_eq!(two("dst = \"0.0.0.0/0\"", "src = \"10.0.0.0/8\""), 1);
+        assert_eq!(two("src = \"10.0.0.0/8\"", "src = [\"10.0.0.0/9\", \"11.0.0.0/8\"]"), 0);
+    }
+
+    #[test]
+    fn bad_toml_syntax_is_located() {
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\naction = = \"drop\"\n"),
+            "t.toml:3:10: error: extra `=`, expected nothing"
+        );
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        match load(Path::new("/nonexistent/policy.toml")) {
+            Err(PolicyError::Read { path, .. }) => assert_eq!(path, "/nonexistent/policy.toml"),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_configs_are_clean() {
+        let files = [
+            ("default.toml", include_str!("../../config/default.toml")),
+            ("web-server.toml", include_str!("../../config/web-server.toml")),
+            ("mail-server.toml", include_str!("../../config/mail-server.toml")),
+            ("file-server.toml", include_str!("../../config/file-server.toml")),
+        ];
+        for (name, text) in files {
+            let p = match parse(text, name) {
+                Ok(p) => p,
+                Err(e) => panic!("{name}:\n{e}"),
+            };
+            assert!(p.warnings.is_empty(), "{name}: {:#?}", p.warnings);
+            assert_eq!(p.settings.default, Action::Drop, "{name}");
+            assert!(p.rules.iter().any(|r| r.dport == [PortRange { lo: 22, hi: 22 }]), "{name}: no ssh");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Reads the counters of a running firewall and renders them.
+
+use std::borrow::Borrow;
+
+use anyhow::Result;
+use aya::maps::{Array, MapData, PerCpuArray};
+use firewall_common::{
+    ACTION_ACCEPT, Active, Counter, MAX_RULES, PolicyHeader, Reason, RuleMeta,
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleStats {
+    pub name: String,
+    pub action: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReasonStats {
+    pub reason: &'static str,
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub default_action: &'static str,
+    pub rules: Vec<RuleStats>,
+    pub reasons: Vec<ReasonStats>,
+}
+
+impl Snapshot {
+    pub fn rule(&self, name: &str) -> Option<&RuleStats> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+    pub fn reason(&self, reason: Reason) -> Counter {
+        self.reasons
+            .iter()
+            .find(|r| r.reason == reason.name())
+            .map(|r| Counter { packets: r.packets, bytes: r.bytes })
+            .unwrap_or_default()
+    }
+}
+
+fn action_name(code: u8) -> &'static str {
+    if code == ACTION_ACCEPT { "accept" } else { "drop" }
+}
+
+fn sum<M: Borrow<MapData>>(map: &PerCpuArray<M, Counter>, index: u32) -> Counter {
+    map.get(&index, 0)
+        .map(|values| {
+            values.iter().fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the counters of the policy currently in force.
+pub fn snapshot<M: Borrow<MapData>>(
+    active: &Array<M, Active>,
+    policy: &Array<M, PolicyHeader>,
+    rule_meta: &Array<M, RuleMeta>,
+    rule_counters: &PerCpuArray<M, Counter>,
+    reason_counters: &PerCpuArray<M, Counter>,
+) -> Result<Snapshot> {
+    let active = active.get(&0, 0)?;
+    let header = policy.get(&active.slot, 0)?;
+    let mut rules = Vec::with_capacity(header.rule_count as usize);
+    for rule in 0..header.rule_count.min(MAX_RULES) {
+        let index = active.slot * MAX_RULES + rule;
+        let meta = rule_meta.get(&index, 0)?;
+        let len = meta.name.iter().position(|&b| b == 0).unwrap_or(meta.name.len());
+        let c = sum(rule_counters, index);
+        rules.push(RuleStats {
+            name: String::from_utf8_lossy(&meta.name[..len]).into_owned(),
+            action: action_name(meta.action),
+            packets: c.packets,
+            bytes: c.bytes,
+        });
+    }
+    let reasons = Reason::ALL
+        .iter()
+        .map(|&r| {
+            let c = sum(reason_counters, r as u32);
+            ReasonStats {
+                reason: r.name(),
+                verdict: if r.drops() { "drop" } else { "pass" },
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        })
+        .collect();
+    Ok(Snapshot {
+        generation: active.generation,
+        default_action: action_name(header.default_action),
+        rules,
+        reasons,
+    })
+}
+
+/// Plain-text table; `previous` and `seconds` add a packets/s column.
+pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "firewall on {iface}: policy generation {}, default {}", s.generation, s.default_action);
+    let rate = |name: &str, packets: u64, prev: Option<(&Snapshot, f64)>, reason: bool| -> String {
+        let Some((p, secs)) = prev else { return String::new() };
+        let before = if reason {
+            p.reasons.iter().find(|r| r.reason == name).map(|r| r.packets)
+        } else {
+            p.rule(name).map(|r| r.packets)
+        };
+        match before {
+            Some(b) if secs > 0.0 => format!("{:>12.0}", packets.saturating_sub(b) as f64 / secs),
+            _ => format!("{:>12}", "-"),
+        }
+    };
+    let pps = if previous.is_some() { format!("{:>12}", "packets/s") } else { String::new() };
+    let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "RULE", "ACTION", "PACKETS", "BYTES");
+    for r in &s.rules {
+        let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16}{}", r.name, r.action, r.packets, r.bytes, rate(&r.name, r.packets, previous, false));
+    }
+    let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "REASON", "VERDICT", "PACKETS", "BYTES");
+    for r in &s.reasons {
+        let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16}{}", r.reason, r.verdict, r.packets, r.bytes, rate(r.reason, r.packets, previous, true));
+    }
+    out
+}
