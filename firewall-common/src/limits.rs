@@ -7,10 +7,12 @@ pub const MAX_RULES: u32 = 16_384;
 /// Most match boxes: a rule whose fields hold lists becomes one box per
 /// combination of list items (src x dst x sport x dport).
 pub const MAX_BOXES: u32 = 65_536;
-/// Most decision-tree nodes per policy slot.
-pub const MAX_NODES: u32 = 131_072;
-/// Most leaf entries (box references) per policy slot.
-pub const MAX_LEAF_REFS: u32 = 262_144;
+/// Most decision-tree nodes per policy slot (32 bytes each).
+pub const MAX_NODES: u32 = 262_144;
+/// Most leaf entries (4-byte box references) per policy slot. A decision
+/// tree copies a box into every leaf whose region it overlaps; random
+/// 10,000-rule policies need about 40 copies per box.
+pub const MAX_LEAF_REFS: u32 = 2_097_152;
 /// Most boxes one leaf may hold: the XDP program scans a leaf linearly.
 pub const MAX_LEAF_BOXES: u32 = 16;
 /// Deepest path from the root to a leaf.

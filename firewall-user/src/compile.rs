@@ -289,7 +289,7 @@ impl Builder<'_> {
     }
 
     /// The split that leaves the fewest boxes on its larger side (then the
-    /// fewest copies), or `None` when no split separates anything.
+    /// fewest copies), or `None` when no split separates any box.
     fn best_split(&self, ids: &[u32], region: &Ranges) -> Option<(usize, u128)> {
         let n = ids.len();
         let mut best: Option<(usize, usize, usize, u128)> = None; // (max side, sum, dim, t)
@@ -322,8 +322,10 @@ impl Builder<'_> {
                     left += usize::from(lo <= t);
                     right += usize::from(hi > t);
                 }
-                let score = (left.max(right), left + right);
-                if score.0 < n && best.is_none_or(|b| score < (b.0, b.1)) {
+                // A split helps when at least one side loses a box; the
+                // region shrinks either way, so boxes come to cover it.
+                let score = (left + right + left.max(right), left + right);
+                if left.min(right) < n && best.is_none_or(|b| score < (b.0, b.1)) {
                     best = Some((score.0, score.1, dim, t));
                 }
             }

@@ -3,6 +3,7 @@
 //! The xtask starts on the machine's default stable toolchain and installs
 //! the pinned ones (see `pins.rs`) before it drives any other build.
 
+mod bench;
 mod build;
 mod pins;
 mod run;
@@ -26,6 +27,8 @@ enum Command {
     Build(build::Options),
     /// Build, then run `firewall run ARGS` (defaults: config/default.toml, the default-route interface).
     Run(run::Options),
+    /// Measure the in-kernel cost per packet (BPF_PROG_TEST_RUN repeat) at 10..10,000 rules.
+    Bench,
     /// Run the whole test suite (unit, BPF_PROG_TEST_RUN and namespace end-to-end tests).
     Test(test::Options),
 }
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(opts) => build::build(&opts),
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::test(opts),
+        Command::Bench => bench::bench(),
     }
 }

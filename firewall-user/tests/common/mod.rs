@@ -2,6 +2,8 @@
 //! and frames built with etherparse.
 #![allow(dead_code)]
 
+pub mod random;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::PacketBuilder;

@@ -1,0 +1,47 @@
+//! In-kernel cost per packet: the real XDP program run with
+//! BPF_PROG_TEST_RUN `repeat`, the kernel measuring the mean duration, at
+//! policies of 10 to 10,000 random rules. Run by `cargo xtask bench`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Harness, L4, frame, ip, random};
+use firewall_user::{compile, policy};
+
+const REPEAT: u32 = 200_000;
+const RUNS: usize = 7;
+
+fn median_ns(h: &Harness, f: &[u8]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = (0..RUNS)
+        .map(|_| h.fw.test_run(f, REPEAT).expect("test run").duration.as_nanos() as f64)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (v[RUNS / 2], v[0], v[RUNS - 1])
+}
+
+fn main() {
+    println!("| rules | tree nodes | depth | leaf entries | packet class | ns/packet (median, min-max of {RUNS} x {REPEAT}) |");
+    println!("|---|---|---|---|---|---|");
+    for rules in [10usize, 100, 1_000, 10_000] {
+        // The measured rule comes last, after `rules - 1` random ones.
+        let mut text = random::policy_text(rules - 1, 42);
+        text.push_str("\n[[rule]]\nname = \"last\"\nproto = \"tcp\"\ndst = \"192.0.2.1\"\ndport = 443\naction = \"accept\"\n");
+        let parsed = policy::parse(&text, "bench.toml").expect("valid policy");
+        let compiled = compile::compile(&parsed).expect("compiles");
+        let mut h = Harness::new("");
+        h.fw.install(&compiled).expect("installs");
+        let last = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 443, flags: 0x10 }, b"");
+        let unmatched = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 444, flags: 0x10 }, b"");
+        let mut malformed = last.clone();
+        malformed[14] = 0x45 + 0x10; // IPv5
+        for (class, f) in [("last rule (accept)", &last), ("no rule (default drop)", &unmatched), ("malformed (drop)", &malformed)] {
+            let (med, min, max) = median_ns(&h, f);
+            println!(
+                "| {rules} | {} | {} | {} | {class} | {med:.0} ({min:.0}-{max:.0}) |",
+                compiled.nodes.len(),
+                compiled.depth,
+                compiled.leaf_refs.len()
+            );
+        }
+    }
+}
