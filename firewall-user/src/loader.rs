@@ -4,7 +4,7 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::{AsFd as _, AsRawFd as _}, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -54,6 +54,16 @@ impl Firewall {
             .context("the eBPF object has no `firewall` program")?
             .try_into()?;
         program.load().context("the kernel's verifier rejected the XDP program")?;
+        // The XDP program never reads the rule names, so the kernel would not
+        // list that map among the program's maps; bind it so that `stats` in
+        // another process finds it from the program (as libbpf does for its
+        // metadata maps).
+        let prog_fd = program.fd()?.as_fd().as_raw_fd();
+        match ebpf.map(maps::RULE_META) {
+            Some(aya::maps::Map::Array(data)) => bind_map(prog_fd, data.fd().as_fd().as_raw_fd())
+                .context("BPF_PROG_BIND_MAP failed (the kernel must be 5.10 or newer)")?,
+            _ => bail!("the eBPF object has no array map {}", maps::RULE_META),
+        }
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
         Ok(Self { ebpf, active })
     }
@@ -138,6 +148,24 @@ impl Firewall {
         }
         Ok(Some(dir))
     }
+}
+
+/// `BPF_PROG_BIND_MAP`: ties a map the program does not reference to the
+/// program, so the map is listed in its info (aya has no wrapper).
+fn bind_map(prog_fd: i32, map_fd: i32) -> std::io::Result<()> {
+    #[repr(C)]
+    struct ProgBindMapAttr {
+        prog_fd: u32,
+        map_fd: u32,
+        flags: u32,
+    }
+    const BPF_PROG_BIND_MAP: libc::c_long = 35;
+    let attr = ProgBindMapAttr { prog_fd: prog_fd as u32, map_fd: map_fd as u32, flags: 0 };
+    // SAFETY: a bpf(2) call with an attribute struct of the size we pass.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_BIND_MAP, &attr as *const ProgBindMapAttr, std::mem::size_of::<ProgBindMapAttr>())
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 pub fn unpin_maps(dir: &Path) {

@@ -72,6 +72,7 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     for program in loaded_programs() {
         let Ok(program) = program else { continue };
+        log::debug!("program {} {:?}", program.id(), program.name_as_str());
         if program.name_as_str() != Some(maps::XDP_PROGRAM) {
             continue;
         }
@@ -84,6 +85,7 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
                 by_name.insert(name, MapData::from_id(id).context("cannot open map by id")?);
             }
         }
+        log::debug!("maps found: {:?}", by_name.keys().collect::<Vec<_>>());
         if by_name.len() != maps::ALL.len() {
             continue;
         }
@@ -96,6 +98,7 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
 }
 
 fn is_ours(found: &Found, netns: u64) -> bool {
+    log::debug!("active {:?} want netns {netns}", found.maps.active.get(&0, 0).ok());
     found.maps.active.get(&0, 0).map(|a| a.netns_ino == netns && a.ifindex == found.ifindex).unwrap_or(false)
 }
 

@@ -2,6 +2,7 @@
 //! and frames built with etherparse.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod random;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
