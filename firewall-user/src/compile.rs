@@ -18,8 +18,6 @@
 //!   verification cost do not depend on the policy at all.
 //! Measured with BPF_PROG_TEST_RUN (see README, "Performance").
 
-use std::collections::HashMap;
-
 use firewall_common::{
     ACTION_ACCEPT, ACTION_DROP, DIMS, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES,
     MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, RULE_NAME_LEN, RuleMeta, U128, leaf_ref,
@@ -349,16 +347,8 @@ fn covers(b: &Ranges, region: &Ranges) -> bool {
     b.iter().zip(region).all(|(b, r)| b.0 <= r.0 && r.1 <= b.1)
 }
 
-/// Tree statistics, for `check` and the benchmarks.
+/// Tree statistics, for `check`, `run` and the benchmarks.
 pub fn describe(c: &Compiled) -> String {
-    let mut leaves: HashMap<u32, usize> = HashMap::new();
-    for n in &c.nodes {
-        for child in [n.left, n.right] {
-            if child & firewall_common::NODE_LEAF != 0 {
-                *leaves.entry(child).or_default() += 1;
-            }
-        }
-    }
     format!(
         "{} rules, {} match boxes, {} tree nodes, depth {}, {} leaf entries",
         c.meta.len(),
@@ -367,4 +357,76 @@ pub fn describe(c: &Compiled) -> String {
         c.depth,
         c.leaf_refs.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+
+    fn compiled(text: &str) -> Compiled {
+        compile(&policy::parse(text, "t.toml").expect("valid")).expect("compiles")
+    }
+
+    #[test]
+    fn lists_expand_to_one_box_per_combination() {
+        let c = compiled("[[rule]]\nname = \"a\"\nproto = \"tcp\"\nsrc = [\"10.0.0.0/8\", \"192.0.2.0/24\"]\ndport = [22, \"80-81\", 443]\naction = \"accept\"\n");
+        assert_eq!(c.boxes.len(), 6);
+        assert!(c.boxes.iter().all(|b| b.rule == 0 && b.proto_lo == 6 && b.proto_hi == 6));
+        assert!(c.boxes.iter().any(|b| (b.dport_lo, b.dport_hi) == (80, 81)));
+        assert_eq!(c.meta[0].name[..2], *b"a\0");
+    }
+
+    #[test]
+    fn ipv4_maps_into_the_v4_block_and_ipv6_ranges_avoid_it() {
+        let v4: Cidr = Cidr::parse("10.1.0.0/16").unwrap();
+        assert_eq!(cidr_range(&v4), (0xffff_0a01_0000, 0xffff_0a01_ffff));
+        let all_v6 = address_ranges(&[Cidr::parse("::/0").unwrap()]);
+        assert_eq!(all_v6, vec![(0, V4_BLOCK_LO - 1), (V4_BLOCK_HI + 1, u128::MAX)]);
+        let v6 = address_ranges(&[Cidr::parse("2001:db8::/32").unwrap()]);
+        assert_eq!(v6.len(), 1);
+    }
+
+    #[test]
+    fn icmp_type_and_code_use_the_port_fields() {
+        let c = compiled("[[rule]]\nname = \"e\"\nproto = \"icmp\"\nicmp_type = 8\nicmp_code = 0\naction = \"accept\"\n");
+        let b = c.boxes[0];
+        assert_eq!((b.sport_lo, b.sport_hi, b.dport_lo, b.dport_hi), (8, 8, 0, 0));
+    }
+
+    #[test]
+    fn small_policies_are_one_leaf_and_leaves_respect_the_kernel_bound() {
+        let c = compiled("[[rule]]\nname = \"a\"\nproto = \"udp\"\ndport = 53\naction = \"accept\"\n");
+        assert!(c.nodes.is_empty());
+        assert_eq!(c.header.root, leaf_ref(0, 1));
+        let mut text = String::new();
+        for i in 0..200 {
+            text.push_str(&format!("[[rule]]\nname = \"r{i}\"\nproto = \"tcp\"\ndport = {}\naction = \"drop\"\n", 1000 + i));
+        }
+        let c = compiled(&text);
+        assert!(!c.nodes.is_empty());
+        for n in &c.nodes {
+            for child in [n.left, n.right] {
+                if child & firewall_common::NODE_LEAF != 0 {
+                    assert!((child >> firewall_common::LEAF_COUNT_SHIFT) & firewall_common::LEAF_COUNT_MASK <= MAX_LEAF_BOXES);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_covering_rule_hides_the_rules_after_it() {
+        let c = compiled("[[rule]]\nname = \"all\"\naction = \"drop\"\n\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n");
+        assert_eq!(c.leaf_refs, vec![0], "the second rule can never match");
+    }
+
+    #[test]
+    fn rules_differing_only_in_flags_beyond_a_leaf_are_an_error() {
+        let mut text = String::new();
+        for i in 0..17 {
+            text.push_str(&format!("[[rule]]\nname = \"f{i}\"\nproto = \"tcp\"\ndport = 80\ntcp_flags = \"syn,{}ack\"\naction = \"drop\"\n", if i % 2 == 0 { "!" } else { "" }));
+        }
+        let p = policy::parse(&text, "t.toml").unwrap();
+        assert!(matches!(compile(&p), Err(CompileError::Inseparable { .. })));
+    }
 }

@@ -261,17 +261,22 @@ fn is_bpffs(path: &str) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Makes sure /sys/fs/bpf is a bpffs. Mounts one when this process is in the
-/// host's mount namespace; under `ip netns exec` (a private mount namespace
+/// Makes sure /sys/fs/bpf is a bpffs. Mounts one when this process shares
+/// its parent's mount namespace; under `ip netns exec` (a private mount namespace
 /// with its own /sys) a mount would be invisible to other processes, so it
 /// returns `false` and the maps are found through the program instead.
 pub fn ensure_bpffs() -> Result<bool> {
     if is_bpffs(BPFFS) {
         return Ok(true);
     }
-    let own = fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()).ok();
-    let init = fs::metadata("/proc/1/ns/mnt").map(|m| m.ino()).ok();
-    if own.is_none() || own != init {
+    // `ip netns exec` gives its command a mount namespace of its own; the
+    // process that started us (pid 1 may be unreadable in containers) is
+    // still in the shared one.
+    let ns_of = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino()).ok();
+    let own = ns_of("self");
+    // SAFETY: no arguments.
+    let parent = ns_of(&unsafe { libc::getppid() }.to_string()).or_else(|| ns_of("1"));
+    if own.is_none() || own != parent {
         log::info!("{BPFFS} is not a bpffs in this mount namespace; maps not pinned (`firewall stats` finds them through the attached program)");
         return Ok(false);
     }
