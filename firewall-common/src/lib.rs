@@ -3,11 +3,13 @@
 //! and `no_std`; the `user` feature adds the `aya::Pod` impls userspace needs.
 #![no_std]
 
+pub mod conntrack;
 pub mod limits;
 pub mod maps;
 pub mod reason;
 pub mod rule;
 
+pub use conntrack::*;
 pub use limits::*;
 pub use reason::Reason;
 pub use rule::*;

@@ -50,7 +50,7 @@ pub mod tcp_flags {
 
 /// A 128-bit value as two host-order halves (the BPF ISA has no u128).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct U128 {
     pub hi: u64,
     pub lo: u64,
@@ -167,4 +167,7 @@ mod pod {
     unsafe impl aya::Pod for MatchBox {}
     unsafe impl aya::Pod for RuleMeta {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for crate::conntrack::FlowKey {}
+    unsafe impl aya::Pod for crate::conntrack::Flow {}
+    unsafe impl aya::Pod for crate::conntrack::Timeouts {}
 }

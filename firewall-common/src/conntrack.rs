@@ -1,0 +1,159 @@
+//! Connection tracking shared by the XDP (ingress) and TC (egress)
+//! programs and the controller: the flow key, the per-flow state, the
+//! states and their timeouts.
+
+use crate::U128;
+
+/// A flow's state as a packet sees it, for rules' `state` key (bit mask).
+pub mod ct_state {
+    pub const NEW: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const RELATED: u8 = 4;
+    pub const INVALID: u8 = 8;
+    pub const ANY: u8 = NEW | ESTABLISHED | RELATED | INVALID;
+}
+
+/// What the policy does with packets of a state before any rule
+/// (`settings.established`, `.related`, `.invalid`).
+pub const STATE_ACCEPT: u8 = 0;
+pub const STATE_DROP: u8 = 1;
+/// Evaluate the rules, whose `state` key can match this state.
+pub const STATE_RULES: u8 = 2;
+
+/// TCP states, modelled on nftables' conntrack (a subset: LAST_ACK and
+/// CLOSE_WAIT fold into `FIN_WAIT`, which tracks each side's FIN).
+pub const TCP_SYN_SENT: u8 = 1;
+/// SYNs seen from both sides (simultaneous open) or a SYN-ACK seen.
+pub const TCP_SYN_RECV: u8 = 2;
+pub const TCP_ESTABLISHED: u8 = 3;
+/// At least one FIN seen.
+pub const TCP_FIN_WAIT: u8 = 4;
+/// FINs from both sides seen.
+pub const TCP_TIME_WAIT: u8 = 5;
+/// An in-window RST seen.
+pub const TCP_CLOSE: u8 = 6;
+/// UDP or ICMP flow with packets seen in one direction only.
+pub const UDP_UNREPLIED: u8 = 7;
+/// UDP or ICMP flow with packets seen in both directions.
+pub const UDP_REPLIED: u8 = 8;
+pub const CT_STATE_COUNT: usize = 9;
+
+pub const fn state_name(state: u8) -> &'static str {
+    match state {
+        TCP_SYN_SENT => "syn_sent",
+        TCP_SYN_RECV => "syn_recv",
+        TCP_ESTABLISHED => "established",
+        TCP_FIN_WAIT => "fin_wait",
+        TCP_TIME_WAIT => "time_wait",
+        TCP_CLOSE => "close",
+        UDP_UNREPLIED => "unreplied",
+        UDP_REPLIED => "replied",
+        _ => "unknown",
+    }
+}
+
+/// Idle timeouts in seconds (`[settings.timeouts]`), modelled on nftables'
+/// defaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub _pad: u32,
+}
+
+impl Timeouts {
+    /// nftables' values; `tcp_established` is its 5 days: the table is an
+    /// LRU map, so idle flows are evicted first when it is full.
+    pub const DEFAULT: Timeouts = Timeouts {
+        tcp_syn_sent: 120,
+        tcp_syn_recv: 60,
+        tcp_established: 432_000,
+        tcp_fin_wait: 120,
+        tcp_time_wait: 120,
+        tcp_close: 10,
+        udp: 30,
+        udp_stream: 120,
+        icmp: 30,
+        _pad: 0,
+    };
+
+    /// Timeout of a flow in `state` (`proto` tells ICMP from UDP).
+    #[inline(always)]
+    pub fn for_state(&self, state: u8, proto: u8) -> u32 {
+        match state {
+            TCP_SYN_SENT => self.tcp_syn_sent,
+            TCP_SYN_RECV => self.tcp_syn_recv,
+            TCP_ESTABLISHED => self.tcp_established,
+            TCP_FIN_WAIT => self.tcp_fin_wait,
+            TCP_TIME_WAIT => self.tcp_time_wait,
+            TCP_CLOSE => self.tcp_close,
+            _ if proto == 1 || proto == 58 => self.icmp,
+            UDP_REPLIED => self.udp_stream,
+            _ => self.udp,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Most flows tracked; the least recently used is evicted beyond this.
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// A flow, normalised so both directions give the same key: endpoint `a`
+/// is the lower (address, port) pair. For ICMP echo both ports hold the
+/// echo identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr_a: U128,
+    pub addr_b: U128,
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which endpoint of the key sent a packet.
+pub const SIDE_A: u8 = 0;
+pub const SIDE_B: u8 = 1;
+
+/// Who opened the flow.
+pub const ORIGIN_REMOTE: u8 = 0;
+pub const ORIGIN_LOCAL: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flow {
+    pub state: u8,
+    /// Side (`SIDE_A`/`SIDE_B`) that sent the first packet.
+    pub initiator: u8,
+    /// `ORIGIN_REMOTE` when first seen on ingress, `ORIGIN_LOCAL` on egress.
+    pub origin: u8,
+    /// Bit per side: FIN seen from that side.
+    pub fins: u8,
+    /// Window scale per side from its SYN (0 when absent).
+    pub wscale: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Per side: sequence number after the last byte (or SYN/FIN) it sent.
+    pub next_seq: [u32; 2],
+    /// Per side: largest window it advertised, scaled.
+    pub max_window: [u32; 2],
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` when created and when last seen.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
