@@ -143,12 +143,12 @@ pub struct Flow {
     pub origin: u8,
     /// Bit per side: FIN seen from that side.
     pub fins: u8,
-    /// Window scale per side from its SYN (0 when absent).
-    pub wscale: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Bit per side: `next_seq` of that side is known.
+    pub seq_known: u8,
+    pub _pad: [u8; 3],
     /// Per side: sequence number after the last byte (or SYN/FIN) it sent.
     pub next_seq: [u32; 2],
-    /// Per side: largest window it advertised, scaled.
+    /// Per side: largest window it advertised (scaled as `conntrack.rs` explains).
     pub max_window: [u32; 2],
     pub _pad2: u32,
     /// `bpf_ktime_get_ns()` when created and when last seen.

@@ -34,10 +34,36 @@ pub enum Reason {
     NoPolicy = 12,
     /// The policy maps were inconsistent (a bug): the packet was passed.
     Internal = 13,
+    /// A packet of a known flow, accepted by `established = "accept"`.
+    Established = 14,
+    /// An ICMP error about a known flow, accepted by `related = "accept"`.
+    Related = 15,
+    /// Established or related, dropped by `established`/`related = "drop"`.
+    StateDrop = 16,
+    /// Invalid, but passed by `invalid = "accept"`.
+    InvalidAccept = 17,
+    /// Impossible TCP flags: SYN+FIN, SYN+RST, FIN without ACK, NULL, XMAS.
+    InvalidFlags = 18,
+    /// A TCP packet other than a SYN with no flow (e.g. an unsolicited ACK).
+    InvalidNoFlow = 19,
+    /// A SYN-ACK that answers no SYN the table knows.
+    InvalidSynAck = 20,
+    /// An RST whose sequence number is outside the receiver's window (RFC 5961).
+    InvalidRst = 21,
+    /// A TCP packet that does not fit its flow's state (e.g. a SYN in an established flow).
+    InvalidState = 22,
+    /// An ICMP error about no known flow.
+    InvalidIcmp = 23,
+    /// Egress (TC): a packet that opened a flow (the host's SYN, UDP or ping).
+    EgressNew = 24,
+    /// Egress: a packet of a known flow, or invalid (egress is never dropped).
+    EgressTracked = 25,
+    /// Egress: not tracked (not IP, malformed, fragments, other protocols).
+    EgressUntracked = 26,
 }
 
 /// Number of reason counters (the map's size).
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -55,6 +81,19 @@ impl Reason {
         Reason::FragmentAccept,
         Reason::NoPolicy,
         Reason::Internal,
+        Reason::Established,
+        Reason::Related,
+        Reason::StateDrop,
+        Reason::InvalidAccept,
+        Reason::InvalidFlags,
+        Reason::InvalidNoFlow,
+        Reason::InvalidSynAck,
+        Reason::InvalidRst,
+        Reason::InvalidState,
+        Reason::InvalidIcmp,
+        Reason::EgressNew,
+        Reason::EgressTracked,
+        Reason::EgressUntracked,
     ];
 
     /// Name shown by `stats` and used in its JSON.
@@ -74,6 +113,19 @@ impl Reason {
             Reason::FragmentAccept => "fragment_accept",
             Reason::NoPolicy => "no_policy",
             Reason::Internal => "internal",
+            Reason::Established => "established",
+            Reason::Related => "related",
+            Reason::StateDrop => "state_drop",
+            Reason::InvalidAccept => "invalid_accept",
+            Reason::InvalidFlags => "invalid_flags",
+            Reason::InvalidNoFlow => "invalid_no_flow",
+            Reason::InvalidSynAck => "invalid_synack",
+            Reason::InvalidRst => "invalid_rst",
+            Reason::InvalidState => "invalid_state",
+            Reason::InvalidIcmp => "invalid_icmp",
+            Reason::EgressNew => "egress_new",
+            Reason::EgressTracked => "egress_tracked",
+            Reason::EgressUntracked => "egress_untracked",
         }
     }
 
@@ -89,6 +141,13 @@ impl Reason {
                 | Reason::Ipv6ExtLimit
                 | Reason::MalformedL4
                 | Reason::FragmentDrop
+                | Reason::StateDrop
+                | Reason::InvalidFlags
+                | Reason::InvalidNoFlow
+                | Reason::InvalidSynAck
+                | Reason::InvalidRst
+                | Reason::InvalidState
+                | Reason::InvalidIcmp
         )
     }
 }

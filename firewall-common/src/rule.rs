@@ -91,11 +91,16 @@ pub struct PolicyHeader {
     pub loaded: u8,
     pub default_action: u8,
     pub fragment_action: u8,
-    pub _pad: u8,
+    /// `STATE_ACCEPT`, `STATE_DROP` or `STATE_RULES` for established packets.
+    pub established: u8,
     pub rule_count: u32,
     /// Root of the tree: a node index or a leaf reference.
     pub root: u32,
-    pub _pad2: u32,
+    /// As `established`, for related and invalid packets.
+    pub related: u8,
+    pub invalid: u8,
+    pub _pad: [u8; 2],
+    pub timeouts: crate::conntrack::Timeouts,
 }
 
 /// `FW_NODES[slot * MAX_NODES + i]`: go left when `key[dim] <= threshold`.
@@ -128,7 +133,9 @@ pub struct MatchBox {
     pub tcp_flags_mask: u8,
     pub tcp_flags_value: u8,
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// `ct_state` bits this box matches.
+    pub state_mask: u8,
+    pub _pad: [u8; 2],
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
 }

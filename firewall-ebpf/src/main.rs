@@ -3,20 +3,27 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
 mod parse;
 mod rules;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::{map, xdp},
-    maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    bindings::{
+        TC_ACT_OK,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
 };
+use conntrack::Ct;
 use firewall_common::{
-    ACTION_ACCEPT, Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox,
-    Node, POLICY_SLOTS, PolicyHeader, Reason, RuleMeta, reason::REASON_COUNT,
+    ACTION_ACCEPT, Active, Counter, Flow, FlowKey, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_NODES,
+    MAX_RULES, MatchBox, Node, POLICY_SLOTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT,
+    STATE_DROP, ct_state, reason::REASON_COUNT,
 };
+use parse::Frame;
 
 // Map names must equal the constants in `firewall_common::maps` (checked by
 // the loader test `object_has_every_map`).
@@ -37,37 +44,44 @@ static FW_RULE_CNT: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_REASON_CNT")]
 static FW_REASON_CNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map(name = "FW_FLOWS")]
+static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let reason = decide(&ctx, len);
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let len = frame.len() as u64;
+    let reason = decide(&frame, len);
     counters::count_reason(reason, len);
     if reason.drops() { XDP_DROP } else { XDP_PASS }
 }
 
+/// The policy slot in force: read once, so one packet sees one policy.
+#[inline(always)]
+fn active_policy() -> Result<(u32, &'static PolicyHeader), Reason> {
+    let slot = FW_ACTIVE.get(0).ok_or(Reason::Internal)?.slot;
+    if slot >= POLICY_SLOTS {
+        return Err(Reason::Internal);
+    }
+    let header = FW_POLICY.get(slot).ok_or(Reason::Internal)?;
+    if header.loaded == 0 {
+        return Err(Reason::NoPolicy);
+    }
+    Ok((slot, header))
+}
+
 /// The verdict for one frame, as the reason it is counted under.
 #[inline(always)]
-fn decide(ctx: &XdpContext, len: u64) -> Reason {
-    let packet = match parse::parse(ctx) {
+fn decide(frame: &Frame, len: u64) -> Reason {
+    let mut packet = match parse::parse(frame) {
         Ok(Some(packet)) => packet,
         Ok(None) => return Reason::NonIp,
         Err(reason) => return reason,
     };
-    // Read the slot once: the whole packet is judged by one policy.
-    let Some(active) = FW_ACTIVE.get(0) else {
-        return Reason::Internal;
+    let (slot, header) = match active_policy() {
+        Ok(p) => p,
+        Err(reason) => return reason,
     };
-    let slot = active.slot;
-    if slot >= POLICY_SLOTS {
-        return Reason::Internal;
-    }
-    let Some(header) = FW_POLICY.get(slot) else {
-        return Reason::Internal;
-    };
-    if header.loaded == 0 {
-        return Reason::NoPolicy;
-    }
     if packet.fragment {
         return if header.fragment_action == ACTION_ACCEPT {
             Reason::FragmentAccept
@@ -75,10 +89,32 @@ fn decide(ctx: &XdpContext, len: u64) -> Reason {
             Reason::FragmentDrop
         };
     }
+    // Connection state first, like `ct state established,related accept;
+    // ct state invalid drop` at the top of an nftables chain; each can be
+    // handed to the rules instead.
+    let ct = conntrack::track(frame, &packet, &header.timeouts);
+    let (state, setting) = match ct {
+        Ct::New => (ct_state::NEW, firewall_common::STATE_RULES),
+        Ct::Established => (ct_state::ESTABLISHED, header.established),
+        Ct::Related => (ct_state::RELATED, header.related),
+        Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
+    };
+    match (setting, ct) {
+        (STATE_ACCEPT, Ct::Established) => return Reason::Established,
+        (STATE_ACCEPT, Ct::Related) => return Reason::Related,
+        (STATE_ACCEPT, _) => return Reason::InvalidAccept,
+        (STATE_DROP, Ct::Invalid(reason)) => return reason,
+        (STATE_DROP, _) => return Reason::StateDrop,
+        _ => {}
+    }
+    packet.key.ct_state = state;
     match rules::classify(slot, header.root, &packet.key) {
         Ok(Some(matched)) => {
             counters::count_rule(slot, matched.rule, len);
             if matched.action == ACTION_ACCEPT {
+                if ct == Ct::New {
+                    conntrack::open(frame, &packet, false);
+                }
                 Reason::RuleAccept
             } else {
                 Reason::RuleDrop
@@ -86,12 +122,47 @@ fn decide(ctx: &XdpContext, len: u64) -> Reason {
         }
         Ok(None) => {
             if header.default_action == ACTION_ACCEPT {
+                if ct == Ct::New {
+                    conntrack::open(frame, &packet, false);
+                }
                 Reason::DefaultAccept
             } else {
                 Reason::DefaultDrop
             }
         }
         Err(()) => Reason::Internal,
+    }
+}
+
+/// Egress: records the flows the host opens and advances every flow on
+/// its outbound packets, so that replies are known on ingress. Never drops.
+#[classifier]
+pub fn fw_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    // Headers may sit outside the linear part of the skb; 128 bytes cover
+    // Ethernet, VLANs, IPv6 with options, and TCP with options.
+    let _ = ctx.pull_data(len.min(128));
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let reason = egress(&frame);
+    counters::count_reason(reason, len as u64);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn egress(frame: &Frame) -> Reason {
+    let Ok(Some(packet)) = parse::parse(frame) else {
+        return Reason::EgressUntracked;
+    };
+    let Ok((_, header)) = active_policy() else {
+        return Reason::EgressUntracked;
+    };
+    if packet.fragment {
+        return Reason::EgressUntracked;
+    }
+    match conntrack::track(frame, &packet, &header.timeouts) {
+        Ct::New if conntrack::open(frame, &packet, true) => Reason::EgressNew,
+        Ct::New => Reason::EgressUntracked,
+        _ => Reason::EgressTracked,
     }
 }
 

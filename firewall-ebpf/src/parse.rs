@@ -5,7 +5,6 @@
 
 use core::mem;
 
-use aya_ebpf::programs::XdpContext;
 use firewall_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason, U128};
 use network_types::{
     eth::EthHdr,
@@ -48,29 +47,58 @@ pub struct Key {
     pub proto: u8,
     /// TCP flags byte; 0 for other protocols.
     pub tcp_flags: u8,
+    /// The packet's connection state (`ct_state` bit), set by conntrack.
+    pub ct_state: u8,
 }
 
 pub struct Packet {
     pub key: Key,
     /// A non-first fragment: no transport header, ports are zero.
     pub fragment: bool,
+    /// Offset of the transport header from the start of the frame.
+    pub l4_offset: usize,
+    /// Bytes from the transport header to the end of the IP packet.
+    pub l4_len: usize,
+    /// TCP only.
+    pub tcp: TcpInfo,
+    /// ICMP echo identifier (0 for other packets).
+    pub icmp_id: u16,
 }
 
-/// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return None;
+#[derive(Clone, Copy, Default)]
+pub struct TcpInfo {
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub header_len: u16,
+}
+
+/// The frame as a program sees it: `[start, end)` in its address space.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        self.end - self.start
     }
-    Some((start + offset) as *const T)
+
+    /// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
+    #[inline(always)]
+    pub fn ptr_at<T>(&self, offset: usize) -> Option<*const T> {
+        if self.start + offset + mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some((self.start + offset) as *const T)
+    }
 }
 
 /// `Ok(None)` for frames that are not IP.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::MalformedL2)?;
+pub fn parse(ctx: &Frame) -> Result<Option<Packet>, Reason> {
+    let eth: *const EthHdr = ctx.ptr_at(0).ok_or(Reason::MalformedL2)?;
     // SAFETY: ptr_at checked the bounds.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut offset = EthHdr::LEN;
@@ -79,7 +107,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
             break;
         }
         // A tag is TCI (2 bytes) then the inner EtherType (2 bytes).
-        let tag: *const [u8; 4] = ptr_at(ctx, offset).ok_or(Reason::MalformedL2)?;
+        let tag: *const [u8; 4] = ctx.ptr_at(offset).ok_or(Reason::MalformedL2)?;
         let tag = unsafe { *tag };
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
         offset += 4;
@@ -107,8 +135,8 @@ fn v6_key(addr: [u8; 16]) -> U128 {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL3)?;
+fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv4Hdr = ctx.ptr_at(offset).ok_or(Reason::MalformedL3)?;
     // SAFETY: ptr_at checked the bounds.
     let ip = unsafe { &*ip };
     let header_len = (ip.vihl & 0x0f) as usize * 4;
@@ -116,35 +144,45 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
         return Err(Reason::MalformedL3);
     }
     let total_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if total_len < header_len || ctx.data() + offset + total_len > ctx.data_end() {
+    if total_len < header_len || ctx.start + offset + total_len > ctx.end {
         return Err(Reason::MalformedL3);
     }
-    let mut key = Key {
+    let key = Key {
         src: v4_mapped(ip.src_addr),
         dst: v4_mapped(ip.dst_addr),
         sport: 0,
         dport: 0,
         proto: ip.proto as u8,
         tcp_flags: 0,
+            ct_state: 0,
     };
     // Fragment offset (13 bits); non-zero means no transport header here.
+    let mut packet = Packet {
+        key,
+        fragment: false,
+        l4_offset: offset + header_len,
+        l4_len: total_len - header_len,
+        tcp: TcpInfo::default(),
+        icmp_id: 0,
+    };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
-        return Ok(Packet { key, fragment: true });
+        packet.fragment = true;
+        return Ok(packet);
     }
-    parse_l4(ctx, offset + header_len, &mut key)?;
-    Ok(Packet { key, fragment: false })
+    parse_l4(ctx, &mut packet)?;
+    Ok(packet)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL3)?;
+fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv6Hdr = ctx.ptr_at(offset).ok_or(Reason::MalformedL3)?;
     // SAFETY: ptr_at checked the bounds.
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(Reason::MalformedL3);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    if ctx.data() + offset + Ipv6Hdr::LEN + payload_len > ctx.data_end() {
+    if ctx.start + offset + Ipv6Hdr::LEN + payload_len > ctx.end {
         return Err(Reason::MalformedL3);
     }
     let src = v6_key(ip.src_addr);
@@ -154,7 +192,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
     if is_v4_mapped(&src) || is_v4_mapped(&dst) {
         return Err(Reason::MalformedL3);
     }
-    let mut key = Key { src, dst, sport: 0, dport: 0, proto: ip.next_hdr as u8, tcp_flags: 0 };
+    let mut key = Key { src, dst, sport: 0, dport: 0, proto: ip.next_hdr as u8, tcp_flags: 0, ct_state: 0 };
     let mut next = ip.next_hdr as u8;
     let mut l4 = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -162,13 +200,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 // Next header, then length in 8-octet units not counting the first.
-                let h: *const [u8; 2] = ptr_at(ctx, l4).ok_or(Reason::MalformedL3)?;
+                let h: *const [u8; 2] = ctx.ptr_at(l4).ok_or(Reason::MalformedL3)?;
                 let h = unsafe { *h };
                 next = h[0];
                 l4 += (h[1] as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let h: *const [u8; 4] = ptr_at(ctx, l4).ok_or(Reason::MalformedL3)?;
+                let h: *const [u8; 4] = ctx.ptr_at(l4).ok_or(Reason::MalformedL3)?;
                 let h = unsafe { *h };
                 next = h[0];
                 // Offset in the top 13 bits of bytes 2..4.
@@ -187,11 +225,23 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
         return Err(Reason::Ipv6ExtLimit);
     }
     key.proto = next;
-    if fragment {
-        return Ok(Packet { key, fragment: true });
+    let consumed = l4 - offset - Ipv6Hdr::LEN;
+    if consumed > payload_len {
+        return Err(Reason::MalformedL3);
     }
-    parse_l4(ctx, l4, &mut key)?;
-    Ok(Packet { key, fragment: false })
+    let mut packet = Packet {
+        key,
+        fragment,
+        l4_offset: l4,
+        l4_len: payload_len - consumed,
+        tcp: TcpInfo::default(),
+        icmp_id: 0,
+    };
+    if fragment {
+        return Ok(packet);
+    }
+    parse_l4(ctx, &mut packet)?;
+    Ok(packet)
 }
 
 #[inline(always)]
@@ -200,38 +250,104 @@ fn is_v4_mapped(addr: &U128) -> bool {
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, offset: usize, key: &mut Key) -> Result<(), Reason> {
+fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
+    let offset = packet.l4_offset;
     if offset > MAX_L4_OFFSET {
         return Err(Reason::MalformedL3);
     }
+    let key = &mut packet.key;
     match key.proto {
         IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            let tcp: *const TcpHdr = ctx.ptr_at(offset).ok_or(Reason::MalformedL4)?;
             let tcp = unsafe { &*tcp };
             // Data offset and flags are bytes 12 and 13 of the header.
             let raw: *const [u8; 14] = tcp as *const TcpHdr as *const [u8; 14];
             let raw = unsafe { *raw };
-            let data_offset = (raw[12] >> 4) as usize * 4;
-            if data_offset < TcpHdr::LEN || ctx.data() + offset + data_offset > ctx.data_end() {
+            let header_len = (raw[12] >> 4) as usize * 4;
+            if header_len < TcpHdr::LEN || header_len > packet.l4_len || ctx.start + offset + header_len > ctx.end {
                 return Err(Reason::MalformedL4);
             }
             key.sport = u16::from_be_bytes(tcp.source);
             key.dport = u16::from_be_bytes(tcp.dest);
             key.tcp_flags = raw[13];
+            packet.tcp = TcpInfo {
+                seq: u32::from_be_bytes(tcp.seq),
+                ack: u32::from_be_bytes(tcp.ack_seq),
+                window: u16::from_be_bytes(tcp.window),
+                header_len: header_len as u16,
+            };
         }
         IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            let udp: *const UdpHdr = ctx.ptr_at(offset).ok_or(Reason::MalformedL4)?;
             let udp = unsafe { &*udp };
             key.sport = u16::from_be_bytes(udp.src);
             key.dport = u16::from_be_bytes(udp.dst);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp: *const [u8; 4] = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
+            // Type, code, checksum, then (for echo) identifier and sequence.
+            let icmp: *const [u8; 8] = ctx.ptr_at(offset).ok_or(Reason::MalformedL4)?;
             let icmp = unsafe { *icmp };
             key.sport = icmp[0] as u16;
             key.dport = icmp[1] as u16;
+            packet.icmp_id = u16::from_be_bytes([icmp[4], icmp[5]]);
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The flow an ICMP error is about: the quoted IP header and the first 8
+/// bytes of its transport header, as a `Key` from the quoted packet's view.
+#[inline(always)]
+pub fn icmp_quoted(ctx: &Frame, packet: &Packet) -> Option<(Key, u16)> {
+    let off = packet.l4_offset + 8;
+    if off > MAX_L4_OFFSET {
+        return None;
+    }
+    let (mut key, l4) = if packet.key.proto == IPPROTO_ICMP {
+        let ip: *const Ipv4Hdr = ctx.ptr_at(off)?;
+        let ip = unsafe { &*ip };
+        let ihl = (ip.vihl & 0x0f) as usize * 4;
+        if ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        let key = Key {
+            src: v4_mapped(ip.src_addr),
+            dst: v4_mapped(ip.dst_addr),
+            sport: 0,
+            dport: 0,
+            proto: ip.proto as u8,
+            tcp_flags: 0,
+            ct_state: 0,
+        };
+        (key, off + ihl)
+    } else {
+        let ip: *const Ipv6Hdr = ctx.ptr_at(off)?;
+        let ip = unsafe { &*ip };
+        let key = Key {
+            src: v6_key(ip.src_addr),
+            dst: v6_key(ip.dst_addr),
+            sport: 0,
+            dport: 0,
+            proto: ip.next_hdr as u8,
+            tcp_flags: 0,
+            ct_state: 0,
+        };
+        (key, off + Ipv6Hdr::LEN)
+    };
+    if l4 > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let ports: *const [u8; 8] = ctx.ptr_at(l4)?;
+    let ports = unsafe { *ports };
+    let mut id = 0;
+    match key.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            key.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            key.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => id = u16::from_be_bytes([ports[4], ports[5]]),
+        _ => {}
+    }
+    Some((key, id))
 }

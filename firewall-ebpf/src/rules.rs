@@ -77,4 +77,5 @@ fn matches(b: &MatchBox, key: &Key) -> bool {
         && b.proto_lo <= key.proto
         && key.proto <= b.proto_hi
         && key.tcp_flags & b.tcp_flags_mask == b.tcp_flags_value
+        && key.ct_state & b.state_mask != 0
 }

@@ -83,14 +83,18 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let root = builder.build(all, FULL_REGION, 0)?;
     let Builder { nodes, leaf_refs, depth, .. } = builder;
 
+    let settings = &policy.settings;
     let header = PolicyHeader {
         loaded: 1,
-        default_action: action_code(policy.settings.default),
-        fragment_action: action_code(policy.settings.fragments),
-        _pad: 0,
+        default_action: action_code(settings.default),
+        fragment_action: action_code(settings.fragments),
+        established: settings.established.code(),
         rule_count: policy.rules.len() as u32,
         root,
-        _pad2: 0,
+        related: settings.related.code(),
+        invalid: settings.invalid.code(),
+        _pad: [0; 2],
+        timeouts: settings.timeouts,
     };
     Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth })
 }
@@ -194,7 +198,8 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         tcp_flags_mask: rule.tcp_flags.mask,
                         tcp_flags_value: rule.tcp_flags.value,
                         action: action_code(rule.action),
-                        _pad: [0; 3],
+                        state_mask: rule.state,
+                        _pad: [0; 2],
                         rule: index,
                     });
                 }

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use firewall_common::{
     Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node, POLICY_SLOTS,
@@ -64,6 +64,11 @@ impl Firewall {
                 .context("BPF_PROG_BIND_MAP failed (the kernel must be 5.10 or newer)")?,
             _ => bail!("the eBPF object has no array map {}", maps::RULE_META),
         }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(maps::EGRESS_PROGRAM)
+            .context("the eBPF object has no egress program")?
+            .try_into()?;
+        egress.load().context("the kernel's verifier rejected the TC egress program")?;
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
         Ok(Self { ebpf, active })
     }
@@ -114,17 +119,39 @@ impl Firewall {
             .program_mut(maps::XDP_PROGRAM)
             .context("no XDP program")?
             .try_into()?;
-        match program.attach(name.as_c_str(), mode) {
-            Ok(_) => Ok(mode),
+        let in_effect = match program.attach(name.as_c_str(), mode) {
+            Ok(_) => mode,
             Err(e) if mode == XdpMode::Driver && is_errno(&e, libc::EOPNOTSUPP) => {
                 log::warn!("{iface} has no native XDP support; attaching in generic (skb) mode, which is slower");
                 program
                     .attach(name.as_c_str(), XdpMode::Skb)
                     .map_err(|e| attach_error(iface, e))?;
-                Ok(XdpMode::Skb)
+                XdpMode::Skb
             }
-            Err(e) => Err(attach_error(iface, e)),
+            Err(e) => return Err(attach_error(iface, e)),
+        };
+        self.attach_egress(iface, &name)?;
+        Ok(in_effect)
+    }
+
+    /// XDP sees only what arrives: the TC egress program records the flows
+    /// the host opens, so that their replies are known. TCX on kernels that
+    /// have it (6.6), a clsact qdisc before.
+    fn attach_egress(&mut self, iface: &str, name: &CString) -> Result<()> {
+        if !kernel_at_least(6, 6) {
+            if let Err(e) = tc::qdisc_add_clsact(name.as_c_str()) {
+                log::debug!("clsact on {iface}: {e} (already there?)");
+            }
         }
+        let egress: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(maps::EGRESS_PROGRAM)
+            .context("no egress program")?
+            .try_into()?;
+        egress
+            .attach(name.as_c_str(), TcAttachType::Egress)
+            .with_context(|| format!("failed to attach the TC egress program to {iface}"))?;
+        Ok(())
     }
 
     /// Pins the maps under `pin_dir(iface)` when a bpffs can be used there;
@@ -243,13 +270,21 @@ pub fn check_privileges() -> Result<()> {
     bail!("not enough privileges: the firewall must run as root, or with CAP_BPF and CAP_NET_ADMIN (and CAP_PERFMON)")
 }
 
-/// Kernel 5.10 or newer: bounded loops, BPF links for XDP, per-CPU arrays.
-pub fn check_kernel() -> Result<()> {
+fn kernel_version() -> (u32, u32) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) < (5, 10) {
-        bail!("kernel {} is too old: the firewall needs Linux 5.10 or newer", release.trim());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    kernel_version() >= (major, minor)
+}
+
+/// Kernel 5.10 or newer: bounded loops, BPF links for XDP, BPF_PROG_BIND_MAP.
+pub fn check_kernel() -> Result<()> {
+    if !kernel_at_least(5, 10) {
+        let (major, minor) = kernel_version();
+        bail!("kernel {major}.{minor} is too old: the firewall needs Linux 5.10 or newer");
     }
     Ok(())
 }
@@ -295,6 +330,19 @@ pub fn ensure_bpffs() -> Result<bool> {
 pub const SLOTS: u32 = POLICY_SLOTS;
 
 impl Firewall {
+    /// Runs the TC egress program on `frame` (an outbound packet) once.
+    pub fn test_run_egress(&self, frame: &[u8]) -> Result<aya::programs::TestRunResult> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(maps::EGRESS_PROGRAM)
+            .context("no egress program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() };
+        Ok(program.test_run(opts)?)
+    }
+
     /// Runs the loaded program on `frame` with BPF_PROG_TEST_RUN, `repeat`
     /// times; the kernel measures the mean duration.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {

@@ -10,9 +10,17 @@
 //! [settings]
 //! default = "drop"        # verdict when no rule matches
 //! fragments = "drop"      # non-first IP fragments
+//! established = "accept"  # packets of a known flow: accept | drop | rules
+//! related = "accept"      # ICMP errors about a known flow: accept | drop | rules
+//! invalid = "drop"        # TCP packets that fit no flow or break it: accept | drop | rules
+//!
+//! [settings.timeouts]     # idle timeouts in seconds, each optional
+//! tcp_established = 432000
+//! udp = 30
 //!
 //! [[rule]]
 //! name = "ssh-admin"
+//! state = "new"           # new | established | related | invalid, or a list
 //! proto = "tcp"           # tcp | udp | icmp | icmpv6 | any
 //! src = ["10.0.0.0/8", "fd00::/8"]
 //! dport = 22              # a port, "lo-hi", or a list of both
@@ -25,7 +33,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use firewall_common::{MAX_RULES, RULE_NAME_LEN, tcp_flags};
+use firewall_common::{
+    MAX_RULES, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
+};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
@@ -42,6 +52,46 @@ pub enum Action {
     Accept,
     Drop,
 }
+
+/// What `settings.established` / `.related` / `.invalid` do with packets of
+/// that connection state, before any rule is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateAction {
+    Accept,
+    Drop,
+    /// Not decided by the setting: the packets go through the rules, whose
+    /// `state` key can match them.
+    Rules,
+}
+
+impl StateAction {
+    /// The `firewall_common::STATE_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            StateAction::Accept => STATE_ACCEPT,
+            StateAction::Drop => STATE_DROP,
+            StateAction::Rules => STATE_RULES,
+        }
+    }
+
+    /// The spelling used in policy files (for messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            StateAction::Accept => "accept",
+            StateAction::Drop => "drop",
+            StateAction::Rules => "rules",
+        }
+    }
+}
+
+/// Names of the `ct_state` bits, as written in a rule's `state` key.
+const STATE_NAMES: [(&str, u8); 4] = [
+    ("new", ct_state::NEW),
+    ("established", ct_state::ESTABLISHED),
+    ("related", ct_state::RELATED),
+    ("invalid", ct_state::INVALID),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +329,9 @@ pub struct Rule {
     pub tcp_flags: TcpFlags,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
+    /// Connection states matched (`ct_state` bits); `ct_state::ANY` when
+    /// the key is absent.
+    pub state: u8,
     pub action: Action,
 }
 
@@ -295,6 +348,16 @@ impl Rule {
     /// be returned for some shadowed rules (e.g. CIDRs covered only by a
     /// union of several earlier CIDRs), never `true` for one that is not.
     pub fn shadows(&self, later: &Rule) -> bool {
+        self.shadows_in(later, ct_state::ANY)
+    }
+
+    /// `shadows`, counting only packets whose state is in `live` (the
+    /// states that reach the rules at all; see `Settings::states_to_rules`).
+    fn shadows_in(&self, later: &Rule, live: u8) -> bool {
+        let later_state = later.state & live;
+        if self.state & later_state != later_state {
+            return false;
+        }
         if self.proto != Proto::Any && self.proto != later.proto {
             return false;
         }
@@ -356,11 +419,46 @@ fn ports_cover(earlier: &[PortRange], later: &[PortRange]) -> bool {
 pub struct Settings {
     pub default: Action,
     pub fragments: Action,
+    /// Packets of a known flow.
+    pub established: StateAction,
+    /// ICMP errors about a known flow.
+    pub related: StateAction,
+    /// TCP packets that fit no flow or break it.
+    pub invalid: StateAction,
+    /// Idle timeouts (`_pad` is always 0).
+    pub timeouts: Timeouts,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { default: Action::Drop, fragments: Action::Drop }
+        Settings {
+            default: Action::Drop,
+            fragments: Action::Drop,
+            established: StateAction::Accept,
+            related: StateAction::Accept,
+            invalid: StateAction::Drop,
+            timeouts: Timeouts::DEFAULT,
+        }
+    }
+}
+
+impl Settings {
+    /// The `ct_state` bits whose packets reach the rules: `NEW` always,
+    /// plus every state whose setting is `"rules"`.
+    pub fn states_to_rules(&self) -> u8 {
+        self.state_settings()
+            .iter()
+            .filter(|(_, _, a)| *a == StateAction::Rules)
+            .fold(ct_state::NEW, |m, (_, bit, _)| m | bit)
+    }
+
+    /// (key, ct_state bit, value) of the per-state settings.
+    fn state_settings(&self) -> [(&'static str, u8, StateAction); 3] {
+        [
+            ("established", ct_state::ESTABLISHED, self.established),
+            ("related", ct_state::RELATED, self.related),
+            ("invalid", ct_state::INVALID, self.invalid),
+        ]
     }
 }
 
@@ -368,7 +466,8 @@ impl Default for Settings {
 pub struct Policy {
     pub settings: Settings,
     pub rules: Vec<Rule>,
-    /// Problems that do not stop the policy from loading (shadowed rules).
+    /// Problems that do not stop the policy from loading (rules that can
+    /// never match: shadowed, or matching only states decided before them).
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -442,7 +541,28 @@ struct RawPolicy {
 struct RawSettings {
     default: Option<Action>,
     fragments: Option<Action>,
+    established: Option<StateAction>,
+    related: Option<StateAction>,
+    invalid: Option<StateAction>,
+    timeouts: Option<RawTimeouts>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp_syn_sent: Option<Spanned<i64>>,
+    tcp_syn_recv: Option<Spanned<i64>>,
+    tcp_established: Option<Spanned<i64>>,
+    tcp_fin_wait: Option<Spanned<i64>>,
+    tcp_time_wait: Option<Spanned<i64>>,
+    tcp_close: Option<Spanned<i64>>,
+    udp: Option<Spanned<i64>>,
+    udp_stream: Option<Spanned<i64>>,
+    icmp: Option<Spanned<i64>>,
+}
+
+/// Longest idle timeout accepted: one year, in seconds.
+pub const MAX_TIMEOUT: u32 = 365 * 24 * 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -456,6 +576,7 @@ struct RawRule {
     tcp_flags: Option<Spanned<String>>,
     icmp_type: Option<Spanned<i64>>,
     icmp_code: Option<Spanned<i64>>,
+    state: Option<Spanned<OneOrMany<StateText>>>,
     action: Action,
 }
 
@@ -477,6 +598,19 @@ impl Item for AddrText {
     }
     fn from_str<E: de::Error>(v: &str) -> Result<Self, E> {
         Ok(AddrText(v.to_owned()))
+    }
+}
+
+/// A `state` entry; checked later so that every bad name is located.
+struct StateText(String);
+
+impl Item for StateText {
+    const EXPECTING: &'static str = "a connection state name such as \"new\"";
+    fn from_i64<E: de::Error>(v: i64) -> Result<Self, E> {
+        Err(E::invalid_type(de::Unexpected::Signed(v), &Self::EXPECTING))
+    }
+    fn from_str<E: de::Error>(v: &str) -> Result<Self, E> {
+        Ok(StateText(v.to_owned()))
     }
 }
 
@@ -622,10 +756,20 @@ impl Validator<'_> {
 
         let settings = match raw.settings {
             None => Settings::default(),
-            Some(s) => Settings {
-                default: s.default.unwrap_or(Action::Drop),
-                fragments: s.fragments.unwrap_or(Action::Drop),
-            },
+            Some(s) => {
+                let d = Settings::default();
+                Settings {
+                    default: s.default.unwrap_or(d.default),
+                    fragments: s.fragments.unwrap_or(d.fragments),
+                    established: s.established.unwrap_or(d.established),
+                    related: s.related.unwrap_or(d.related),
+                    invalid: s.invalid.unwrap_or(d.invalid),
+                    timeouts: match s.timeouts {
+                        None => d.timeouts,
+                        Some(t) => self.timeouts(t),
+                    },
+                }
+            }
         };
 
         if raw.rule.len() > MAX_RULES as usize {
@@ -639,6 +783,8 @@ impl Validator<'_> {
         let mut first_use: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut name_pos = Vec::with_capacity(raw.rule.len());
+        // Start of each rule's `state` value, when present.
+        let mut state_pos = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
             let raw_rule = raw_rule.into_inner();
             let name_span = raw_rule.name.span();
@@ -652,9 +798,11 @@ impl Validator<'_> {
             } else {
                 first_use.insert(raw_rule.name.get_ref().clone(), line);
             }
+            let state_start = raw_rule.state.as_ref().map(|s| s.span().start);
             if let Some(rule) = self.rule(raw_rule, line) {
                 rules.push(rule);
                 name_pos.push(name_span.start);
+                state_pos.push(state_start);
             }
         }
 
@@ -662,9 +810,41 @@ impl Validator<'_> {
             return Err(PolicyError::Invalid(self.errors));
         }
 
+        // Packets in other states are decided by the settings before any
+        // rule; a rule that matches only those states is dead.
+        let live = settings.states_to_rules();
+        let dead: Vec<bool> = rules.iter().map(|r| r.state & live == 0).collect();
         let mut warnings = Vec::new();
         for (j, later) in rules.iter().enumerate() {
-            if let Some(earlier) = rules[..j].iter().find(|e| e.shadows(later)) {
+            if dead[j] {
+                let deciders: Vec<_> = settings
+                    .state_settings()
+                    .into_iter()
+                    .filter(|(_, bit, _)| later.state & bit != 0)
+                    .collect();
+                let states = deciders.iter().map(|(k, _, _)| *k).collect::<Vec<_>>().join(" and ");
+                let by = deciders
+                    .iter()
+                    .map(|(k, _, a)| format!("`{k} = \"{}\"`", a.name()))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                let fix = deciders
+                    .iter()
+                    .map(|(k, _, _)| format!("`{k} = \"rules\"`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                let pos = state_pos[j].unwrap_or(name_pos[j]);
+                warnings.push(self.diag(
+                    pos,
+                    format!(
+                        "rule `{}` can never match: {states} packets are decided before the rules by [settings] {by}; {fix} would hand them to the rules",
+                        later.name
+                    ),
+                ));
+                continue;
+            }
+            let earlier = rules[..j].iter().zip(&dead).find(|(e, d)| !**d && e.shadows_in(later, live));
+            if let Some((earlier, _)) = earlier {
                 warnings.push(self.diag(
                     name_pos[j],
                     format!(
@@ -727,6 +907,11 @@ impl Validator<'_> {
             self.error(&code.span(), "`icmp_code` needs `icmp_type` as well");
         }
 
+        let state = match raw.state {
+            None => ct_state::ANY,
+            Some(s) => self.states(s),
+        };
+
         if self.errors.len() != before {
             return None;
         }
@@ -741,6 +926,7 @@ impl Validator<'_> {
             tcp_flags: flags,
             icmp_type,
             icmp_code,
+            state,
             action: raw.action,
         })
     }
@@ -826,6 +1012,60 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// Parses a `state` value into a `ct_state` mask.
+    fn states(&mut self, raw: Spanned<OneOrMany<StateText>>) -> u8 {
+        let whole = raw.span();
+        let items = raw.into_inner().items(whole.clone());
+        if items.is_empty() {
+            self.error(&whole, "`state` is an empty list; leave the key out to match any state");
+        }
+        let mut mask = 0;
+        for (StateText(name), span) in items {
+            match STATE_NAMES.iter().find(|(n, _)| *n == name) {
+                Some((_, bit)) => mask |= bit,
+                None => self.error(
+                    &span,
+                    format!("state \"{name}\" is not one of new, established, related, invalid"),
+                ),
+            }
+        }
+        mask
+    }
+
+    /// Checks `[settings.timeouts]`; missing keys keep their defaults.
+    fn timeouts(&mut self, raw: RawTimeouts) -> Timeouts {
+        let mut t = Timeouts::DEFAULT;
+        let fields: [(&str, Option<Spanned<i64>>, &mut u32); 9] = [
+            ("tcp_syn_sent", raw.tcp_syn_sent, &mut t.tcp_syn_sent),
+            ("tcp_syn_recv", raw.tcp_syn_recv, &mut t.tcp_syn_recv),
+            ("tcp_established", raw.tcp_established, &mut t.tcp_established),
+            ("tcp_fin_wait", raw.tcp_fin_wait, &mut t.tcp_fin_wait),
+            ("tcp_time_wait", raw.tcp_time_wait, &mut t.tcp_time_wait),
+            ("tcp_close", raw.tcp_close, &mut t.tcp_close),
+            ("udp", raw.udp, &mut t.udp),
+            ("udp_stream", raw.udp_stream, &mut t.udp_stream),
+            ("icmp", raw.icmp, &mut t.icmp),
+        ];
+        let mut errors = Vec::new();
+        for (key, value, slot) in fields {
+            let Some(value) = value else { continue };
+            match u32::try_from(*value.get_ref()) {
+                Ok(v) if (1..=MAX_TIMEOUT).contains(&v) => *slot = v,
+                _ => errors.push((
+                    value.span(),
+                    format!(
+                        "timeout `{key}` = {} out of range (1-{MAX_TIMEOUT} seconds, at most one year)",
+                        value.get_ref()
+                    ),
+                )),
+            }
+        }
+        for (span, msg) in errors {
+            self.error(&span, msg);
+        }
+        t
     }
 
     fn icmp_field(&mut self, key: &str, raw: Option<&Spanned<i64>>, proto: Proto) -> Option<u8> {
@@ -943,7 +1183,10 @@ icmp_type = 8
 icmp_code = 0
 action = "accept"
 "#);
-        assert_eq!(p.settings, Settings { default: Action::Drop, fragments: Action::Accept });
+        assert_eq!(
+            p.settings,
+            Settings { default: Action::Drop, fragments: Action::Accept, ..Settings::default() }
+        );
         assert!(p.warnings.is_empty());
         assert_eq!(p.rules.len(), 2);
         let r = &p.rules[0];
@@ -968,15 +1211,26 @@ action = "accept"
     #[test]
     fn defaults_without_settings() {
         let p = ok("[[rule]]\nname = \"a\"\naction = \"accept\"\n");
-        assert_eq!(p.settings, Settings { default: Action::Drop, fragments: Action::Drop });
+        assert_eq!(
+            p.settings,
+            Settings {
+                default: Action::Drop,
+                fragments: Action::Drop,
+                established: StateAction::Accept,
+                related: StateAction::Accept,
+                invalid: StateAction::Drop,
+                timeouts: Timeouts::DEFAULT,
+            }
+        );
         assert_eq!(p.rules[0].proto, Proto::Any);
+        assert_eq!(p.rules[0].state, ct_state::ANY);
         assert_eq!(p.rules[0].tcp_flags, TcpFlags::default());
         // An empty [settings] table also takes the defaults.
         let p = ok("[settings]\n");
         assert_eq!(p.settings, Settings::default());
         assert!(p.rules.is_empty());
         let p = ok("[settings]\ndefault = \"accept\"\n");
-        assert_eq!(p.settings, Settings { default: Action::Accept, fragments: Action::Drop });
+        assert_eq!(p.settings, Settings { default: Action::Accept, ..Settings::default() });
     }
 
     #[test]
@@ -1031,7 +1285,7 @@ action = "drop"
     fn unknown_keys() {
         assert_eq!(
             err("[settings]\ndefault = \"drop\"\nstate = \"x\"\n"),
-            "t.toml:3:1: error: unknown field `state`, expected `default` or `fragments`"
+            "t.toml:3:1: error: unknown field `state`, expected one of `default`, `fragments`, `established`, `related`, `invalid`, `timeouts`"
         );
         let e = err("[[rule]]\nname = \"a\"\naction = \"drop\"\n  port = 22\n");
         assert!(e.starts_with("t.toml:4:3: error: unknown field `port`"), "{e}");
@@ -1321,6 +1575,224 @@ action = "drop"
     }
 
     #[test]
+    fn conntrack_settings() {
+        let p = ok(r#"
+[settings]
+default = "accept"
+fragments = "drop"
+established = "rules"
+related = "drop"
+invalid = "accept"
+
+[settings.timeouts]
+tcp_syn_sent = 1
+tcp_syn_recv = 2
+tcp_established = 3
+tcp_fin_wait = 4
+tcp_time_wait = 5
+tcp_close = 6
+udp = 7
+udp_stream = 8
+icmp = 31536000
+"#);
+        assert_eq!(
+            p.settings,
+            Settings {
+                default: Action::Accept,
+                fragments: Action::Drop,
+                established: StateAction::Rules,
+                related: StateAction::Drop,
+                invalid: StateAction::Accept,
+                timeouts: Timeouts {
+                    tcp_syn_sent: 1,
+                    tcp_syn_recv: 2,
+                    tcp_established: 3,
+                    tcp_fin_wait: 4,
+                    tcp_time_wait: 5,
+                    tcp_close: 6,
+                    udp: 7,
+                    udp_stream: 8,
+                    icmp: 31_536_000,
+                    _pad: 0,
+                },
+            }
+        );
+        assert_eq!(p.settings.states_to_rules(), ct_state::NEW | ct_state::ESTABLISHED);
+        assert_eq!(StateAction::Accept.code(), STATE_ACCEPT);
+        assert_eq!(StateAction::Drop.code(), STATE_DROP);
+        assert_eq!(StateAction::Rules.code(), STATE_RULES);
+        assert_eq!(Settings::default().states_to_rules(), ct_state::NEW);
+
+        // A partial timeouts table keeps the other defaults; an empty one
+        // is all defaults.
+        let p = ok("[settings.timeouts]\nudp = 60\n");
+        assert_eq!(p.settings.timeouts, Timeouts { udp: 60, ..Timeouts::DEFAULT });
+        assert_eq!(p.settings.established, StateAction::Accept);
+        let p = ok("[settings]\nestablished = \"drop\"\n[settings.timeouts]\n");
+        assert_eq!(p.settings.timeouts, Timeouts::DEFAULT);
+        assert_eq!(p.settings.established, StateAction::Drop);
+        assert_eq!(p.settings.invalid, StateAction::Drop);
+        // Inline-table form.
+        let p = ok("[settings]\ntimeouts = { icmp = 5 }\n");
+        assert_eq!(p.settings.timeouts.icmp, 5);
+    }
+
+    #[test]
+    fn conntrack_settings_errors() {
+        assert_eq!(
+            err("[settings]\nrelated = \"reject\"\n"),
+            "t.toml:2:11: error: unknown variant `reject`, expected one of `accept`, `drop`, `rules`"
+        );
+        assert_eq!(
+            err("[settings]\ndefault = \"rules\"\n"),
+            "t.toml:2:11: error: unknown variant `rules`, expected `accept` or `drop`"
+        );
+        assert_eq!(
+            err("[settings.timeouts]\nudp = 0\n"),
+            "t.toml:2:7: error: timeout `udp` = 0 out of range (1-31536000 seconds, at most one year)"
+        );
+        assert_eq!(
+            err("[settings.timeouts]\ntcp_syn_sent = 120\n  tcp_established = 31536001\n"),
+            "t.toml:3:21: error: timeout `tcp_established` = 31536001 out of range (1-31536000 seconds, at most one year)"
+        );
+        assert_eq!(
+            err("[settings.timeouts]\nicmp = -1\n"),
+            "t.toml:2:8: error: timeout `icmp` = -1 out of range (1-31536000 seconds, at most one year)"
+        );
+        // Every bad timeout is reported, together with rule errors.
+        let e = errs("[settings.timeouts]\nudp = 0\nicmp = 99999999999\n[[rule]]\nname = \"a b\"\naction = \"drop\"\n");
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].starts_with("t.toml:2:7: error: timeout `udp`"), "{e:#?}");
+        assert!(e[1].starts_with("t.toml:3:8: error: timeout `icmp` = 99999999999"), "{e:#?}");
+        assert!(e[2].starts_with("t.toml:5:8:"), "{e:#?}");
+        assert_eq!(
+            err("[settings.timeouts]\nudp = \"30s\"\n"),
+            "t.toml:2:7: error: invalid type: string \"30s\", expected i64"
+        );
+        let e = err("[settings.timeouts]\nudp = 30\ntcp = 60\n");
+        assert_eq!(
+            e,
+            "t.toml:3:1: error: unknown field `tcp`, expected one of `tcp_syn_sent`, `tcp_syn_recv`, `tcp_established`, `tcp_fin_wait`, `tcp_time_wait`, `tcp_close`, `udp`, `udp_stream`, `icmp`"
+        );
+        let e = err("[settings]\ntimeouts = { _pad = 1 }\n");
+        assert!(e.starts_with("t.toml:2:14: error: unknown field `_pad`"), "{e}");
+    }
+
+    #[test]
+    fn state_key() {
+        let rule = |st: &str| format!("[[rule]]\nname = \"a\"\nstate = {st}\naction = \"accept\"\n");
+        assert_eq!(ok(&rule("\"new\"")).rules[0].state, ct_state::NEW);
+        let all_rules = "[settings]\nestablished = \"rules\"\nrelated = \"rules\"\ninvalid = \"rules\"\n";
+        let p = ok(&format!("{all_rules}{}", rule("[\"established\", \"related\", \"new\", \"related\"]")));
+        assert_eq!(p.rules[0].state, ct_state::NEW | ct_state::ESTABLISHED | ct_state::RELATED);
+        assert!(p.warnings.is_empty());
+        assert_eq!(
+            ok(&rule("[\"new\", \"invalid\", \"established\", \"related\"]")).rules[0].state,
+            ct_state::ANY
+        );
+
+        assert_eq!(
+            err(&rule("\"neww\"")),
+            "t.toml:3:9: error: state \"neww\" is not one of new, established, related, invalid"
+        );
+        assert_eq!(
+            err(&rule("[\"new\", \"Established\"]")),
+            "t.toml:3:17: error: state \"Established\" is not one of new, established, related, invalid"
+        );
+        assert_eq!(
+            err(&rule("[]")),
+            "t.toml:3:9: error: `state` is an empty list; leave the key out to match any state"
+        );
+        assert_eq!(
+            err(&rule("1")),
+            "t.toml:3:9: error: invalid type: integer `1`, expected a connection state name such as \"new\""
+        );
+        assert_eq!(errs(&rule("[\"x\", \"new\", \"y\"]")).len(), 2);
+    }
+
+    #[test]
+    fn state_decided_by_settings_warning() {
+        let p = ok(r#"
+[settings]
+established = "accept"
+
+[[rule]]
+name = "est"
+proto = "tcp"
+state = "established"
+action = "drop"
+"#);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.warnings.len(), 1);
+        let w = &p.warnings[0];
+        assert_eq!((w.line, w.col), (8, 9));
+        assert_eq!(
+            w.render("warning"),
+            "t.toml:8:9: warning: rule `est` can never match: established packets are decided before the rules by [settings] `established = \"accept\"`; `established = \"rules\"` would hand them to the rules"
+        );
+
+        // Several states, each decided by default settings.
+        let p = ok("[[rule]]\nname = \"x\"\nstate = [\"invalid\", \"related\"]\naction = \"accept\"\n");
+        assert_eq!(
+            p.warnings[0].render("warning"),
+            "t.toml:3:9: warning: rule `x` can never match: related and invalid packets are decided before the rules by [settings] `related = \"accept\"` and `invalid = \"drop\"`; `related = \"rules\"` or `invalid = \"rules\"` would hand them to the rules"
+        );
+        assert_eq!(p.warnings.len(), 1);
+
+        // One state reaching the rules is enough.
+        let two = "[settings]\nrelated = \"rules\"\n[[rule]]\nname = \"x\"\nstate = [\"invalid\", \"related\"]\naction = \"accept\"\n";
+        assert!(ok(two).warnings.is_empty());
+        assert!(ok("[[rule]]\nname = \"x\"\nstate = [\"new\", \"established\"]\naction = \"accept\"\n").warnings.is_empty());
+        assert!(ok("[settings]\nestablished = \"rules\"\n[[rule]]\nname = \"x\"\nstate = \"established\"\naction = \"drop\"\n").warnings.is_empty());
+
+        // A dead rule neither shadows later rules nor is reported twice.
+        let p = ok("[[rule]]\nname = \"a\"\nstate = \"established\"\naction = \"drop\"\n[[rule]]\nname = \"b\"\nstate = \"established\"\naction = \"drop\"\n[[rule]]\nname = \"c\"\nproto = \"udp\"\naction = \"drop\"\n");
+        assert_eq!(p.warnings.len(), 2, "{:#?}", p.warnings);
+        assert_eq!((p.warnings[0].line, p.warnings[1].line), (3, 7));
+        assert!(p.warnings.iter().all(|w| w.message.contains("decided before the rules")));
+    }
+
+    #[test]
+    fn shadowing_with_states() {
+        let two = |settings: &str, a: &str, b: &str| {
+            ok(&format!(
+                "[settings]\n{settings}\n[[rule]]\nname = \"a\"\naction = \"drop\"\n{a}\n[[rule]]\nname = \"b\"\naction = \"drop\"\n{b}\n"
+            ))
+            .warnings
+        };
+        let est_rules = "established = \"rules\"";
+        // state=new does not shadow a later state=established rule.
+        assert!(two(est_rules, "state = \"new\"", "state = \"established\"").is_empty());
+        // Nor the reverse.
+        assert!(two(est_rules, "state = \"established\"", "state = \"new\"").is_empty());
+        // A superset of states does.
+        let w = two(est_rules, "state = [\"new\", \"established\"]", "state = \"established\"\nproto = \"tcp\"");
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].render("warning"),
+            "t.toml:8:8: warning: rule `b` can never match: earlier rule `a` (line 4) matches every packet it would"
+        );
+        // No state key is every state.
+        assert_eq!(two(est_rules, "", "state = \"established\"").len(), 1);
+        assert!(two(est_rules, "state = \"new\"", "").is_empty());
+        // Only states that reach the rules count: with established decided
+        // by the settings, a later [new, established] rule sees only new
+        // packets, which an earlier state=new rule already matches.
+        assert_eq!(two("", "state = \"new\"", "state = [\"new\", \"established\"]").len(), 1);
+        assert!(two(est_rules, "state = \"new\"", "state = [\"new\", \"established\"]").is_empty());
+
+        // Rule::shadows itself compares the raw masks.
+        let p = ok(&format!(
+            "[settings]\n{est_rules}\n[[rule]]\nname = \"a\"\nstate = \"new\"\naction = \"drop\"\n[[rule]]\nname = \"b\"\nstate = \"established\"\naction = \"drop\"\n"
+        ));
+        assert!(!p.rules[0].shadows(&p.rules[1]));
+        let mut any = p.rules[0].clone();
+        any.state = ct_state::ANY;
+        assert!(any.shadows(&p.rules[1]) && any.shadows(&p.rules[0]));
+        assert!(!p.rules[1].shadows(&any));
+    }
+
+    #[test]
     fn bad_toml_syntax_is_located() {
         assert_eq!(
             err("[[rule]]\nname = \"a\"\naction = = \"drop\"\n"),
@@ -1352,6 +1824,32 @@ action = "drop"
             assert!(p.warnings.is_empty(), "{name}: {:#?}", p.warnings);
             assert_eq!(p.settings.default, Action::Drop, "{name}");
             assert!(p.rules.iter().any(|r| r.dport == [PortRange { lo: 22, hi: 22 }]), "{name}: no ssh");
+            assert_eq!(
+                (p.settings.established, p.settings.related, p.settings.invalid),
+                (StateAction::Accept, StateAction::Accept, StateAction::Drop),
+                "{name}"
+            );
+            assert_eq!(p.settings.timeouts, Timeouts::DEFAULT, "{name}");
+            // Replies are established now; only DHCP answers need rules.
+            assert!(!p.rules.iter().any(|r| r.name.starts_with("reply-")), "{name}: stateless reply rules");
+            for (sport, dport) in [(67, 68), (547, 546)] {
+                assert!(
+                    p.rules.iter().any(|r| r.proto == Proto::Udp
+                        && r.sport == [PortRange { lo: sport, hi: sport }]
+                        && r.dport == [PortRange { lo: dport, hi: dport }]),
+                    "{name}: no DHCP client rule {sport}->{dport}"
+                );
+            }
+            // Neighbour discovery (133-137) and echo requests are new packets.
+            let icmp = [(Proto::Icmp, 8), (Proto::Icmpv6, 128)];
+            let nd = (133..=137).map(|t| (Proto::Icmpv6, t));
+            for (proto, t) in icmp.into_iter().chain(nd) {
+                assert!(
+                    p.rules.iter().any(|r| r.proto == proto && r.icmp_type == Some(t)),
+                    "{name}: no {} type {t} rule",
+                    proto.name()
+                );
+            }
         }
     }
 }

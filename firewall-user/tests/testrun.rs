@@ -7,9 +7,12 @@ use common::*;
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, PacketBuilder};
 use firewall_common::{Reason, maps};
 
+// Stateless rule tests: invalid packets (e.g. a lone ACK) go through the
+// rules like any other, so each test sees rule matching alone.
 const WEB: &str = r#"
 [settings]
 default = "drop"
+invalid = "rules"
 
 [[rule]]
 name = "ssh"
@@ -99,6 +102,9 @@ fn rule_drop_and_port_lists() {
 #[test]
 fn first_matching_rule_wins() {
     let policy = r#"
+[settings]
+invalid = "rules"
+
 [[rule]]
 name = "drop-bad-net"
 proto = "tcp"

@@ -1,0 +1,308 @@
+//! Connection tracking in the fast path: the TCP handshake and teardown,
+//! UDP and ICMP echo flows, ICMP errors related to a flow. Shared by the
+//! XDP ingress program and the TC egress program, which both see every
+//! packet of a flow through this host, one direction each.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use firewall_common::{
+    Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE,
+    TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
+    UDP_REPLIED, UDP_UNREPLIED, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
+};
+
+use crate::{
+    FW_FLOWS,
+    parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted},
+};
+
+/// What a packet is to the connection table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ct {
+    /// Opens a flow (or is not tracked): the rules decide.
+    New,
+    Established,
+    Related,
+    Invalid(Reason),
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// Window scale assumed for the RST window test (see `note_segment`).
+const ASSUMED_WSCALE: u32 = 7;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    /// UDP, or ICMP echo (keyed by its identifier).
+    Datagram,
+    /// ICMP error: related to the flow it quotes.
+    IcmpError,
+    Untracked,
+}
+
+#[inline(always)]
+fn kind(key: &Key) -> Kind {
+    match key.proto {
+        IPPROTO_TCP => Kind::Tcp,
+        IPPROTO_UDP => Kind::Datagram,
+        // Echo request/reply; destination unreachable, time exceeded, parameter problem.
+        IPPROTO_ICMP => match key.sport {
+            0 | 8 => Kind::Datagram,
+            3 | 11 | 12 => Kind::IcmpError,
+            _ => Kind::Untracked,
+        },
+        // Echo request/reply; unreachable, packet too big, time exceeded, parameter problem.
+        IPPROTO_ICMPV6 => match key.sport {
+            128 | 129 => Kind::Datagram,
+            1..=4 => Kind::IcmpError,
+            _ => Kind::Untracked,
+        },
+        _ => Kind::Untracked,
+    }
+}
+
+/// The normalised key of the flow `key` belongs to, and the side its
+/// source is on. ICMP echo uses its identifier as both ports.
+#[inline(always)]
+pub fn flow_key(key: &Key, icmp_id: u16) -> (FlowKey, u8) {
+    let (sport, dport) = match key.proto {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => (icmp_id, icmp_id),
+        _ => (key.sport, key.dport),
+    };
+    let src_first = key.src.hi < key.dst.hi
+        || (key.src.hi == key.dst.hi && (key.src.lo < key.dst.lo || (key.src.lo == key.dst.lo && sport <= dport)));
+    if src_first {
+        (FlowKey { addr_a: key.src, addr_b: key.dst, port_a: sport, port_b: dport, proto: key.proto, _pad: [0; 3] }, SIDE_A)
+    } else {
+        (FlowKey { addr_a: key.dst, addr_b: key.src, port_a: dport, port_b: sport, proto: key.proto, _pad: [0; 3] }, SIDE_B)
+    }
+}
+
+/// Impossible flag combinations: SYN+FIN, SYN+RST, FIN without ACK (which
+/// includes XMAS, FIN+PSH+URG), and NULL (none of FIN..URG).
+#[inline(always)]
+fn bad_flags(flags: u8) -> bool {
+    let xmas = FIN | PSH | URG;
+    flags & (SYN | FIN) == (SYN | FIN)
+        || flags & (SYN | RST) == (SYN | RST)
+        || (flags & FIN != 0 && flags & ACK == 0)
+        || flags & xmas == xmas
+        || flags & 0x3f == 0
+}
+
+/// Per-side array access by branch, not by index: LLVM turns `&a[side]`
+/// into `base | side * 4`, and the verifier forbids bit operations on
+/// pointers.
+#[inline(always)]
+fn get<T: Copy>(a: &[T; 2], side: usize) -> T {
+    if side == 0 { a[0] } else { a[1] }
+}
+
+#[inline(always)]
+fn set<T: Copy>(a: &mut [T; 2], side: usize, v: T) {
+    if side == 0 { a[0] = v } else { a[1] = v }
+}
+
+/// `a` is after `b` in sequence space.
+#[inline(always)]
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Looks up the flow, dropping it when it has been idle past its timeout.
+#[inline(always)]
+fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64) -> Option<*mut Flow> {
+    let flow = FW_FLOWS.get_ptr_mut(fk)?;
+    // SAFETY: a valid map value pointer for the duration of this program.
+    let f = unsafe { &*flow };
+    let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
+    if now.saturating_sub(f.last_seen_ns) > timeout {
+        let _ = FW_FLOWS.remove(fk);
+        return None;
+    }
+    Some(flow)
+}
+
+/// Sequence space a TCP segment occupies: data plus one for SYN and FIN.
+#[inline(always)]
+fn segment_len(packet: &Packet) -> u32 {
+    let flags = packet.key.tcp_flags;
+    let data = packet.l4_len.saturating_sub(packet.tcp.header_len as usize) as u32;
+    data + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0)
+}
+
+#[inline(always)]
+fn note_segment(f: &mut Flow, side: u8, packet: &Packet) {
+    let s = (side & 1) as usize;
+    let end = packet.tcp.seq.wrapping_add(segment_len(packet));
+    if f.seq_known & (1 << s) == 0 || seq_after(end, get(&f.next_seq, s)) {
+        set(&mut f.next_seq, s, end);
+        f.seq_known |= 1 << s;
+    }
+    // Windows in SYNs are never scaled. Later ones are, by a factor from
+    // the SYN's options that the fast path does not parse (an option scan
+    // costs the verifier more than its limit allows here); assume Linux's
+    // usual 2^7, which errs towards accepting a legitimate RST.
+    let shift = if packet.key.tcp_flags & SYN == 0 { ASSUMED_WSCALE } else { 0 };
+    let window = (packet.tcp.window as u32) << shift;
+    if window > get(&f.max_window, s) {
+        set(&mut f.max_window, s, window);
+    }
+}
+
+/// Classifies `packet` and advances its flow. A `New` packet creates no
+/// state here: ingress calls `open` once the rules accepted it, egress at once.
+#[inline(always)]
+pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
+    let key = &packet.key;
+    match kind(key) {
+        Kind::Untracked => Ct::New,
+        Kind::IcmpError => {
+            let Some((quoted, id)) = icmp_quoted(frame, packet) else {
+                return Ct::Invalid(Reason::InvalidIcmp);
+            };
+            let (fk, _) = flow_key(&quoted, id);
+            match lookup(&fk, timeouts, now_ns()) {
+                Some(_) => Ct::Related,
+                None => Ct::Invalid(Reason::InvalidIcmp),
+            }
+        }
+        Kind::Datagram => {
+            let (fk, side) = flow_key(key, packet.icmp_id);
+            let now = now_ns();
+            let Some(flow) = lookup(&fk, timeouts, now) else { return Ct::New };
+            // SAFETY: as in `lookup`.
+            let f = unsafe { &mut *flow };
+            f.last_seen_ns = now;
+            f.packets += 1;
+            f.bytes += frame.len() as u64;
+            if side != f.initiator {
+                f.state = UDP_REPLIED;
+            }
+            if f.state == UDP_UNREPLIED { Ct::New } else { Ct::Established }
+        }
+        Kind::Tcp => track_tcp(frame, packet, timeouts),
+    }
+}
+
+#[inline(always)]
+fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
+    let flags = packet.key.tcp_flags;
+    if bad_flags(flags) {
+        return Ct::Invalid(Reason::InvalidFlags);
+    }
+    let (syn, ack, rst, fin) = (flags & SYN != 0, flags & ACK != 0, flags & RST != 0, flags & FIN != 0);
+    let (fk, side) = flow_key(&packet.key, 0);
+    let now = now_ns();
+    let Some(flow) = lookup(&fk, timeouts, now) else {
+        return if syn && !ack {
+            Ct::New
+        } else if syn {
+            Ct::Invalid(Reason::InvalidSynAck)
+        } else {
+            Ct::Invalid(Reason::InvalidNoFlow)
+        };
+    };
+    // SAFETY: as in `lookup`.
+    let f = unsafe { &mut *flow };
+    let s = (side & 1) as usize;
+    let other = 1 - s;
+    let from_initiator = side == f.initiator;
+
+    if rst {
+        // RFC 5961: only an RST inside the receiver's window may end a
+        // flow. Answering a SYN, it must acknowledge the SYN instead.
+        let ok = if f.state == TCP_SYN_SENT {
+            !from_initiator && ack && packet.tcp.ack == get(&f.next_seq, other)
+        } else if f.seq_known & (1 << s) != 0 {
+            let window = get(&f.max_window, other).max(1);
+            packet.tcp.seq.wrapping_sub(get(&f.next_seq, s)) < window
+        } else {
+            true
+        };
+        if !ok {
+            return Ct::Invalid(Reason::InvalidRst);
+        }
+        f.state = TCP_CLOSE;
+        f.last_seen_ns = now;
+        return Ct::Established;
+    }
+
+    if syn && !ack {
+        match f.state {
+            // A retransmitted SYN: still a new connection to the rules.
+            TCP_SYN_SENT if from_initiator => {
+                note_segment(f, side, packet);
+                f.last_seen_ns = now;
+                return Ct::New;
+            }
+            // Simultaneous open: both sides sent a SYN.
+            TCP_SYN_SENT => {
+                f.state = TCP_SYN_RECV;
+            }
+            // A closed flow's tuple reused by a new connection.
+            TCP_TIME_WAIT | TCP_CLOSE => {
+                let _ = FW_FLOWS.remove(&fk);
+                return Ct::New;
+            }
+            _ => return Ct::Invalid(Reason::InvalidState),
+        }
+    } else if syn {
+        // SYN-ACK: only from the responder, while the handshake is open.
+        if from_initiator || (f.state != TCP_SYN_SENT && f.state != TCP_SYN_RECV) {
+            return Ct::Invalid(Reason::InvalidSynAck);
+        }
+        f.state = TCP_SYN_RECV;
+    } else {
+        match f.state {
+            // Nothing but a SYN-ACK (or an RST) may answer a SYN.
+            TCP_SYN_SENT => return Ct::Invalid(Reason::InvalidState),
+            TCP_SYN_RECV if ack => f.state = TCP_ESTABLISHED,
+            _ => {}
+        }
+        if fin {
+            f.fins |= 1 << s;
+            f.state = if f.fins == 3 { TCP_TIME_WAIT } else { TCP_FIN_WAIT };
+        }
+    }
+    note_segment(f, side, packet);
+    f.last_seen_ns = now;
+    f.packets += 1;
+    f.bytes += frame.len() as u64;
+    Ct::Established
+}
+
+/// Records the flow a `New` packet opens (after the rules accepted it on
+/// ingress; at once on egress). Untracked protocols and ICMP errors open
+/// none: returns whether a flow was recorded.
+#[inline(always)]
+pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
+    let key = &packet.key;
+    let k = kind(key);
+    if k != Kind::Tcp && k != Kind::Datagram {
+        return false;
+    }
+    let (fk, side) = flow_key(key, packet.icmp_id);
+    let now = now_ns();
+    let mut flow = Flow {
+        state: if k == Kind::Tcp { TCP_SYN_SENT } else { UDP_UNREPLIED },
+        initiator: side,
+        origin: if egress { ORIGIN_LOCAL } else { ORIGIN_REMOTE },
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: frame.len() as u64,
+        ..Flow::default()
+    };
+    if k == Kind::Tcp {
+        note_segment(&mut flow, side, packet);
+    }
+    // BPF_NOEXIST: a retransmitted SYN or datagram keeps the flow it has.
+    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+    true
+}
