@@ -3,9 +3,13 @@
 //! XDP ingress program and the TC egress program, which both see every
 //! packet of a flow through this host, one direction each.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
+};
 use firewall_common::{
-    Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE,
+    Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
     UDP_REPLIED, UDP_UNREPLIED, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
 };
@@ -305,4 +309,68 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
     // BPF_NOEXIST: a retransmitted SYN or datagram keeps the flow it has.
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
     true
+}
+
+/// Adopts a TCP packet of no known flow as established, as nftables'
+/// conntrack picks up connections mid-stream: on egress (the host's own
+/// stack sent it) always; on ingress only when `has_socket` says the host
+/// has a connected socket for it (opened before the firewall attached, or
+/// evicted from a full table), so a lone forged ACK is still invalid.
+#[inline(always)]
+pub fn adopt(frame: &Frame, packet: &Packet) {
+    let (fk, side) = flow_key(&packet.key, 0);
+    let now = now_ns();
+    let mut flow = Flow {
+        state: TCP_ESTABLISHED,
+        // Unknown: the handshake happened before we saw the flow.
+        initiator: 1 - side,
+        origin: ORIGIN_REMOTE,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: frame.len() as u64,
+        ..Flow::default()
+    };
+    note_segment(&mut flow, side, packet);
+    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+}
+
+/// Whether the host has a connected (not listening) TCP socket for this
+/// inbound packet. `ctx` is the XDP context.
+#[inline(always)]
+pub fn has_socket(ctx: *mut c_void, key: &Key) -> bool {
+    let v4 = key.src.hi == 0 && key.src.lo >> 32 == 0xffff;
+    // SAFETY: an all-zero tuple is valid; the helper reads `size` bytes.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if v4 {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: (key.src.lo as u32).to_be(),
+            daddr: (key.dst.lo as u32).to_be(),
+            sport: key.sport.to_be(),
+            dport: key.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        let words = |a: U128| [((a.hi >> 32) as u32).to_be(), (a.hi as u32).to_be(), ((a.lo >> 32) as u32).to_be(), (a.lo as u32).to_be()];
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: words(key.src),
+            daddr: words(key.dst),
+            sport: key.sport.to_be(),
+            dport: key.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
+    const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
+    const TCP_LISTEN: u32 = 10;
+    // SAFETY: helper call with a tuple of the size passed; the socket it
+    // returns is released on every path.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size as u32, BPF_F_CURRENT_NETNS, 0);
+        if sk.is_null() {
+            return false;
+        }
+        let connected = (*sk).state != TCP_LISTEN;
+        bpf_sk_release(sk as *mut c_void);
+        connected
+    }
 }

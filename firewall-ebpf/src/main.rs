@@ -51,7 +51,7 @@ static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FL
 pub fn firewall(ctx: XdpContext) -> u32 {
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let len = frame.len() as u64;
-    let reason = decide(&frame, len);
+    let reason = decide(&ctx, &frame, len);
     counters::count_reason(reason, len);
     if reason.drops() { XDP_DROP } else { XDP_PASS }
 }
@@ -72,7 +72,7 @@ fn active_policy() -> Result<(u32, &'static PolicyHeader), Reason> {
 
 /// The verdict for one frame, as the reason it is counted under.
 #[inline(always)]
-fn decide(frame: &Frame, len: u64) -> Reason {
+fn decide(ctx: &XdpContext, frame: &Frame, len: u64) -> Reason {
     let mut packet = match parse::parse(frame) {
         Ok(Some(packet)) => packet,
         Ok(None) => return Reason::NonIp,
@@ -92,7 +92,11 @@ fn decide(frame: &Frame, len: u64) -> Reason {
     // Connection state first, like `ct state established,related accept;
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
-    let ct = conntrack::track(frame, &packet, &header.timeouts);
+    let mut ct = conntrack::track(frame, &packet, &header.timeouts);
+    if ct == Ct::Invalid(Reason::InvalidNoFlow) && conntrack::has_socket(ctx.ctx as *mut _, &packet.key) {
+        conntrack::adopt(frame, &packet);
+        ct = Ct::Established;
+    }
     let (state, setting) = match ct {
         Ct::New => (ct_state::NEW, firewall_common::STATE_RULES),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
@@ -162,6 +166,10 @@ fn egress(frame: &Frame) -> Reason {
     match conntrack::track(frame, &packet, &header.timeouts) {
         Ct::New if conntrack::open(frame, &packet, true) => Reason::EgressNew,
         Ct::New => Reason::EgressUntracked,
+        Ct::Invalid(Reason::InvalidNoFlow) => {
+            conntrack::adopt(frame, &packet);
+            Reason::EgressTracked
+        }
         _ => Reason::EgressTracked,
     }
 }
