@@ -20,7 +20,7 @@
 
 use firewall_common::{
     ACTION_ACCEPT, ACTION_DROP, DIMS, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES,
-    MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, RULE_NAME_LEN, RuleMeta, U128, leaf_ref,
+    MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, RULE_NAME_LEN, RuleMeta, U128, ct_state, leaf_ref,
 };
 
 use crate::policy::{Action, Cidr, Policy, PortRange, Proto, Rule};
@@ -45,7 +45,7 @@ pub enum CompileError {
     TooManyLeafRefs,
     #[error("the policy's decision tree would be deeper than {MAX_TREE_DEPTH} levels")]
     TooDeep,
-    #[error("more than {MAX_LEAF_BOXES} rules match the same packets and differ only in tcp_flags: {rules}")]
+    #[error("more than {MAX_LEAF_BOXES} rules match the same packets and differ only in tcp_flags or state: {rules}")]
     Inseparable { rules: String },
 }
 
@@ -242,12 +242,14 @@ impl Builder<'_> {
     /// Returns the child reference (node index or leaf) for `ids` within `region`.
     fn build(&mut self, ids: Vec<u32>, region: Ranges, depth: u32) -> Result<u32, CompileError> {
         self.depth = self.depth.max(depth);
-        // A box that covers the whole region and tests no flags matches every
-        // packet here: the boxes after it are unreachable in this region.
+        // A box that covers the whole region and tests neither flags nor
+        // state matches every packet here: the boxes after it are
+        // unreachable in this region.
         let mut kept = Vec::with_capacity(ids.len());
         for id in ids {
             kept.push(id);
-            if self.boxes[id as usize].tcp_flags_mask == 0 && covers(&self.ranges[id as usize], &region) {
+            let b = &self.boxes[id as usize];
+            if b.tcp_flags_mask == 0 && b.state_mask == ct_state::ANY && covers(&self.ranges[id as usize], &region) {
                 break;
             }
         }

@@ -6,6 +6,7 @@
 //! `stats` reads its counters.
 
 pub mod compile;
+pub mod conntrack;
 pub mod loader;
 pub mod maps;
 pub mod policy;

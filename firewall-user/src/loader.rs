@@ -35,6 +35,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub struct Firewall {
     pub ebpf: Ebpf,
     active: Active,
+    /// Of the policy in force, for the sweep of idle flows.
+    timeouts: firewall_common::Timeouts,
 }
 
 impl Firewall {
@@ -70,11 +72,18 @@ impl Firewall {
             .try_into()?;
         egress.load().context("the kernel's verifier rejected the TC egress program")?;
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
-        Ok(Self { ebpf, active })
+        Ok(Self { ebpf, active, timeouts: Default::default() })
     }
 
     pub fn generation(&self) -> u64 {
         self.active.generation
+    }
+
+    /// Deletes idle flows from the connection table; returns how many.
+    pub fn sweep(&mut self) -> Result<usize> {
+        let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::FLOWS)?)?;
+        crate::conntrack::sweep(&mut flows, &self.timeouts)
     }
 
     /// Writes `policy` into the slot the XDP program is not reading, then
@@ -103,6 +112,7 @@ impl Firewall {
         let next = Active { slot, generation: self.active.generation + 1, ..self.active };
         active.set(0, &next, 0).context("failed to switch to the new policy")?;
         self.active = next;
+        self.timeouts = policy.header.timeouts;
         Ok(())
     }
 

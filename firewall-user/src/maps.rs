@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    maps::{Array, Map, MapData, MapInfo, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::loaded_programs,
 };
-use firewall_common::{Active, Counter, PolicyHeader, RuleMeta, maps};
+use firewall_common::{Active, Counter, Flow, FlowKey, PolicyHeader, RuleMeta, maps};
 
 use crate::loader::{self, pin_dir};
 
@@ -22,6 +22,7 @@ pub struct FirewallMaps {
     pub rule_meta: Array<MapData, RuleMeta>,
     pub rule_counters: PerCpuArray<MapData, Counter>,
     pub reason_counters: PerCpuArray<MapData, Counter>,
+    pub flows: BpfHashMap<MapData, FlowKey, Flow>,
 }
 
 /// A firewall found in this network namespace.
@@ -118,6 +119,7 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str) -> Result<
             rule_meta: Array::try_from(take(maps::RULE_META)?)?,
             rule_counters: PerCpuArray::try_from(take(maps::RULE_COUNTERS)?)?,
             reason_counters: PerCpuArray::try_from(take(maps::REASON_COUNTERS)?)?,
+            flows: BpfHashMap::try_from(take(maps::FLOWS)?)?,
         },
     })
 }

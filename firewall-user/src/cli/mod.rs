@@ -1,4 +1,5 @@
 mod check;
+mod conntrack;
 mod run;
 mod stats;
 
@@ -46,6 +47,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the connection table of a running firewall.
+    Conntrack {
+        /// Interface (default: the only firewall in this network namespace).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a policy file without attaching anything.
     Check { file: PathBuf },
 }
@@ -54,6 +64,7 @@ pub fn main() -> Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { iface, policy, mode } => run::run(&iface, &policy, mode),
         Command::Stats { iface, watch, json } => stats::stats(iface.as_deref(), watch, json),
+        Command::Conntrack { iface, json } => conntrack::conntrack(iface.as_deref(), json),
         Command::Check { file } => check::check(&file),
     }
 }

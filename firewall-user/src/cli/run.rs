@@ -65,6 +65,8 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    // The XDP program ignores idle flows on lookup; the sweep frees them.
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
     let mut stamp = file_stamp(&path);
     loop {
         tokio::select! {
@@ -76,6 +78,11 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
                     reload(fw, &path, "file changed");
                 }
             }
+            _ = sweep.tick() => match fw.sweep() {
+                Ok(0) => {}
+                Ok(n) => log::debug!("swept {n} idle flows"),
+                Err(e) => log::warn!("sweeping the connection table failed: {e:#}"),
+            },
             _ = int.recv() => return Ok(()),
             _ = term.recv() => return Ok(()),
         }

@@ -40,6 +40,47 @@ impl Harness {
         self.fw.test_run(frame, 1).expect("BPF_PROG_TEST_RUN").return_value
     }
 
+    /// Runs `frame` through the TC egress program (an outbound packet).
+    pub fn egress(&self, frame: &[u8]) -> Reason {
+        let before = self.snapshot();
+        let ret = self.fw.test_run_egress(frame).expect("BPF_PROG_TEST_RUN (egress)").return_value;
+        assert_eq!(ret, 0, "egress never drops (TC_ACT_OK)");
+        let after = self.snapshot();
+        let moved: Vec<Reason> = Reason::ALL.into_iter().filter(|&r| after.reason(r) != before.reason(r)).collect();
+        assert_eq!(moved.len(), 1, "exactly one reason counted for an egress packet: {moved:?}");
+        moved[0]
+    }
+
+    fn flows_map(&self) -> aya::maps::HashMap<&aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> {
+        aya::maps::HashMap::try_from(self.fw.ebpf.map(maps::FLOWS).expect("flows map")).expect("hash map")
+    }
+
+    /// The connection table, as `firewall conntrack` shows it.
+    pub fn flows(&self) -> Vec<firewall_user::conntrack::Entry> {
+        firewall_user::conntrack::list(&self.flows_map()).expect("flows readable")
+    }
+
+    /// State of the one flow between these ports.
+    pub fn flow_state(&self, port_a: u16, port_b: u16) -> Option<&'static str> {
+        self.flows()
+            .into_iter()
+            .find(|e| (e.sport, e.dport) == (port_a, port_b) || (e.sport, e.dport) == (port_b, port_a))
+            .map(|e| e.state)
+    }
+
+    /// Moves every flow's last-seen time `secs` into the past: time is
+    /// driven through the map, not by sleeping.
+    pub fn age_flows(&mut self, secs: u64) {
+        let mut map: aya::maps::HashMap<&mut aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(self.fw.ebpf.map_mut(maps::FLOWS).expect("flows map")).expect("hash map");
+        let all: Vec<_> = map.iter().map(|r| r.expect("flow")).collect();
+        for (k, mut f) in all {
+            f.last_seen_ns = f.last_seen_ns.saturating_sub(secs * 1_000_000_000);
+            f.created_ns = f.created_ns.saturating_sub(secs * 1_000_000_000);
+            map.insert(&k, &f, 0).expect("flow updated");
+        }
+    }
+
     pub fn snapshot(&self) -> stats::Snapshot {
         use aya::maps::{Array, PerCpuArray};
         let e = &self.fw.ebpf;
@@ -145,6 +186,21 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A TCP segment with explicit sequence and acknowledgment numbers.
+pub fn seg(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut tcp = etherparse::TcpHeader::new(sport, dport, seq, 64240);
+    tcp.acknowledgment_number = ack;
+    tcp.fin = flags & 0x01 != 0;
+    tcp.syn = flags & 0x02 != 0;
+    tcp.rst = flags & 0x04 != 0;
+    tcp.psh = flags & 0x08 != 0;
+    tcp.ack = flags & 0x10 != 0;
+    tcp.urg = flags & 0x20 != 0;
+    let mut out = Vec::new();
+    builder_ip(ip(src), ip(dst)).tcp_header(tcp).write(&mut out, payload).unwrap();
+    out
+}
+
 pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     frame(ip(src), ip(dst), L4::Tcp { sport, dport, flags }, b"")
 }
@@ -153,8 +209,12 @@ pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     frame(ip(src), ip(dst), L4::Udp { sport, dport }, b"hello")
 }
 
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
+pub const URG: u8 = 0x20;
 
 pub fn any_v4() -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 1)

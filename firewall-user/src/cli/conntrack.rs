@@ -1,0 +1,15 @@
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use firewall_user::{conntrack, maps};
+
+pub fn conntrack(iface: Option<&str>, json: bool) -> Result<ExitCode> {
+    let found = maps::open(iface)?;
+    let entries = conntrack::list(&found.maps.flows).context("failed to read the connection table")?;
+    if json {
+        println!("{}", serde_json::to_string(&entries)?);
+    } else {
+        print!("{}", conntrack::render(&entries));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,126 @@
+//! The connection table as the controller sees it: listing (for
+//! `firewall conntrack`) and the periodic sweep of idle flows.
+
+use std::{
+    borrow::{Borrow, BorrowMut},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::Result;
+use aya::maps::{HashMap, MapData};
+use firewall_common::{Flow, FlowKey, ORIGIN_LOCAL, SIDE_A, Timeouts, U128, state_name};
+use serde::Serialize;
+
+/// One flow, readable.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    pub proto: &'static str,
+    /// The endpoint that opened the flow, then the other.
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub state: &'static str,
+    /// `local` when the host opened it (seen first on egress), else `remote`.
+    pub origin: &'static str,
+    pub age_secs: u64,
+    pub idle_secs: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn addr(a: U128) -> IpAddr {
+    let v = a.to_u128();
+    if v >> 32 == 0xffff {
+        IpAddr::V4(Ipv4Addr::from(v as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(v))
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => "other",
+    }
+}
+
+pub fn entry(key: &FlowKey, flow: &Flow, now: u64) -> Entry {
+    let a = (addr(key.addr_a), key.port_a);
+    let b = (addr(key.addr_b), key.port_b);
+    let ((src, sport), (dst, dport)) = if flow.initiator == SIDE_A { (a, b) } else { (b, a) };
+    Entry {
+        proto: proto_name(key.proto),
+        src,
+        sport,
+        dst,
+        dport,
+        state: state_name(flow.state),
+        origin: if flow.origin == ORIGIN_LOCAL { "local" } else { "remote" },
+        age_secs: now.saturating_sub(flow.created_ns) / 1_000_000_000,
+        idle_secs: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+        packets: flow.packets,
+        bytes: flow.bytes,
+    }
+}
+
+pub fn list<M: Borrow<MapData>>(flows: &HashMap<M, FlowKey, Flow>) -> Result<Vec<Entry>> {
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for item in flows.iter() {
+        let (key, flow) = item?;
+        out.push(entry(&key, &flow, now));
+    }
+    out.sort_by_key(|e| (e.proto, e.src, e.sport, e.dst, e.dport));
+    Ok(out)
+}
+
+/// Deletes flows idle past their timeout (the XDP program also ignores
+/// them on lookup; this frees their slots). Returns how many went.
+pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts) -> Result<usize> {
+    let now = monotonic_ns();
+    let expired: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(|item| item.ok())
+        .filter(|(key, flow)| {
+            let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
+            now.saturating_sub(flow.last_seen_ns) > limit
+        })
+        .map(|(key, _)| key)
+        .collect();
+    for key in &expired {
+        // Gone already (the program or LRU removed it) is fine.
+        let _ = flows.remove(key);
+    }
+    Ok(expired.len())
+}
+
+/// Plain-text table.
+pub fn render(entries: &[Entry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<6} {:<41} {:<41} {:<12} {:<6} {:>8} {:>8} {:>10}\n",
+        "PROTO", "SOURCE", "DESTINATION", "STATE", "ORIGIN", "AGE(s)", "IDLE(s)", "PACKETS"
+    );
+    for e in entries {
+        let src = std::net::SocketAddr::new(e.src, e.sport).to_string();
+        let dst = std::net::SocketAddr::new(e.dst, e.dport).to_string();
+        let _ = writeln!(
+            out,
+            "{:<6} {:<41} {:<41} {:<12} {:<6} {:>8} {:>8} {:>10}",
+            e.proto, src, dst, e.state, e.origin, e.age_secs, e.idle_secs, e.packets
+        );
+    }
+    out
+}

@@ -1,0 +1,286 @@
+//! Connection tracking in the kernel: the XDP program (ingress) and the TC
+//! program (egress) run with BPF_PROG_TEST_RUN on packet sequences that
+//! walk every state transition, in both directions, IPv4 and IPv6.
+
+mod common;
+
+use common::*;
+use firewall_common::Reason;
+
+const POLICY: &str = r#"
+[settings]
+default = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+action = "accept"
+
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = 53
+action = "accept"
+"#;
+
+/// Addresses: a remote client and this host (the server), per family.
+const FAMILIES: [(&str, &str); 2] = [("192.0.2.10", "198.51.100.1"), ("2001:db8::10", "2001:db8:1::1")];
+
+#[test]
+fn inbound_handshake_data_and_teardown_walk_every_state() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        let (c, s) = (40000, 80);
+        h.expect(&seg(remote, host, c, s, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        assert_eq!(h.flow_state(c, s), Some("syn_sent"));
+        // The SYN arrives again (retransmission): still new, still admitted by the rule.
+        h.expect(&seg(remote, host, c, s, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        assert_eq!(h.rule_packets("web"), 2);
+        assert_eq!(h.egress(&seg(host, remote, s, c, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(c, s), Some("syn_recv"));
+        h.expect(&seg(remote, host, c, s, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(c, s), Some("established"));
+        h.expect(&seg(remote, host, c, s, ACK | PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"), XDP_PASS, Reason::Established);
+        assert_eq!(h.egress(&seg(host, remote, s, c, ACK | PSH, 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\n")), Reason::EgressTracked);
+        // The server closes first, then the client.
+        assert_eq!(h.egress(&seg(host, remote, s, c, FIN | ACK, 5020, 1019, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(c, s), Some("fin_wait"));
+        h.expect(&seg(remote, host, c, s, FIN | ACK, 1019, 5021, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(c, s), Some("time_wait"));
+        h.expect(&seg(remote, host, c, s, ACK, 1020, 5021, b""), XDP_PASS, Reason::Established);
+        // The rule saw only the SYNs; the flow counted every packet.
+        assert_eq!(h.rule_packets("web"), 2);
+        let flow = h.flows().into_iter().find(|e| e.sport == c).unwrap();
+        assert_eq!((flow.origin, flow.src.to_string(), flow.dport), ("remote", remote.to_string(), s));
+        assert!(flow.packets >= 8, "{flow:?}");
+    }
+}
+
+#[test]
+fn the_hosts_own_connections_get_their_replies() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        let (local_port, https) = (51000, 443);
+        // No rule admits port 51000: only the egress SYN makes the reply known.
+        h.expect(&seg(remote, host, https, local_port, SYN | ACK, 7000, 101, b""), XDP_DROP, Reason::InvalidSynAck);
+        assert_eq!(h.egress(&seg(host, remote, local_port, https, SYN, 100, 0, b"")), Reason::EgressNew);
+        assert_eq!(h.flow_state(local_port, https), Some("syn_sent"));
+        h.expect(&seg(remote, host, https, local_port, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.egress(&seg(host, remote, local_port, https, ACK, 101, 7001, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(local_port, https), Some("established"));
+        h.expect(&seg(remote, host, https, local_port, ACK | PSH, 7001, 101, b"data"), XDP_PASS, Reason::Established);
+        let flow = h.flows().into_iter().find(|e| e.dport == https).unwrap();
+        assert_eq!((flow.origin, flow.src.to_string()), ("local", host.to_string()));
+        // A SYN-ACK from another port answers nothing.
+        h.expect(&seg(remote, host, 444, local_port, SYN | ACK, 9, 101, b""), XDP_DROP, Reason::InvalidSynAck);
+    }
+}
+
+#[test]
+fn simultaneous_open_is_tracked() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    assert_eq!(h.egress(&seg(host, remote, 6000, 6001, SYN, 10, 0, b"")), Reason::EgressNew);
+    // The peer's own SYN crosses ours.
+    h.expect(&seg(remote, host, 6001, 6000, SYN, 20, 0, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(6000, 6001), Some("syn_recv"));
+    h.expect(&seg(remote, host, 6001, 6000, SYN | ACK, 20, 11, b""), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, 6001, 6000, ACK, 21, 11, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(6000, 6001), Some("established"));
+}
+
+#[test]
+fn impossible_flag_combinations_are_invalid() {
+    let h = Harness::new(POLICY);
+    for (what, flags) in [
+        ("SYN+FIN", SYN | FIN),
+        ("SYN+RST", SYN | RST),
+        ("FIN without ACK", FIN),
+        ("NULL", 0),
+        ("XMAS", FIN | PSH | URG),
+    ] {
+        let f = seg("192.0.2.10", "198.51.100.1", 40000, 80, flags, 1, 0, b"");
+        assert_eq!(h.verdict(&f), XDP_DROP, "{what}");
+    }
+    assert_eq!(h.reason(Reason::InvalidFlags).packets, 5);
+    assert_eq!(h.rule_packets("web"), 0, "invalid packets never reach the rules");
+}
+
+#[test]
+fn packets_of_no_flow_and_out_of_state_are_invalid() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        // An ACK for no connection (and no socket on this host).
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1, 1, b""), XDP_DROP, Reason::InvalidNoFlow);
+        h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        // Before the SYN-ACK, an ACK from the client fits no state.
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 1, b""), XDP_DROP, Reason::InvalidState);
+        // A SYN-ACK from the client's side.
+        h.expect(&seg(remote, host, 40000, 80, SYN | ACK, 1000, 1, b""), XDP_DROP, Reason::InvalidSynAck);
+        h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        // A SYN inside an established flow.
+        h.expect(&seg(remote, host, 40000, 80, SYN, 77, 0, b""), XDP_DROP, Reason::InvalidState);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
+    }
+}
+
+#[test]
+fn rst_must_be_in_window() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        // Blind RSTs: far below and far above the client's next sequence number.
+        h.expect(&seg(remote, host, 40000, 80, RST, 1001u32.wrapping_sub(100_000), 0, b""), XDP_DROP, Reason::InvalidRst);
+        h.expect(&seg(remote, host, 40000, 80, RST, 1001 + 0x4000_0000, 0, b""), XDP_DROP, Reason::InvalidRst);
+        assert_eq!(h.flow_state(40000, 80), Some("established"), "the flow survives");
+        h.expect(&seg(remote, host, 40000, 80, ACK | PSH, 1001, 5001, b"still here"), XDP_PASS, Reason::Established);
+        // The real one: exactly at the next expected sequence number.
+        h.expect(&seg(remote, host, 40000, 80, RST, 1011, 0, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(40000, 80), Some("close"));
+    }
+}
+
+#[test]
+fn rst_answering_a_syn_must_acknowledge_it() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    h.egress(&seg(host, remote, 51000, 25, SYN, 100, 0, b""));
+    h.expect(&seg(remote, host, 25, 51000, RST | ACK, 0, 555, b""), XDP_DROP, Reason::InvalidRst);
+    h.expect(&seg(remote, host, 25, 51000, RST | ACK, 0, 101, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(51000, 25), Some("close"));
+    // A new connection may reuse the closed tuple.
+    assert_eq!(h.egress(&seg(host, remote, 51000, 25, SYN, 900, 0, b"")), Reason::EgressNew);
+}
+
+#[test]
+fn udp_and_ping_replies_are_established_and_icmp_errors_related() {
+    let h = Harness::new(POLICY);
+    let (remote, host) = FAMILIES[0];
+    let query = udp(host, remote, 33333, 53);
+    assert_eq!(h.egress(&query), Reason::EgressNew);
+    assert_eq!(h.flow_state(33333, 53), Some("unreplied"));
+    h.expect(&udp(remote, host, 53, 33333), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(33333, 53), Some("replied"));
+    // A datagram from another source port is not a reply (and no rule admits it).
+    h.expect(&udp(remote, host, 54, 33333), XDP_DROP, Reason::DefaultDrop);
+
+    // Ping out, echo reply in.
+    let mut ping = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4([198, 51, 100, 1], [192, 0, 2, 10], 64).icmpv4_echo_request(77, 1).write(&mut ping, b"ping").unwrap();
+    assert_eq!(h.egress(&ping), Reason::EgressNew);
+    let mut pong = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4([192, 0, 2, 10], [198, 51, 100, 1], 64).icmpv4_echo_reply(77, 1).write(&mut pong, b"ping").unwrap();
+    h.expect(&pong, XDP_PASS, Reason::Established);
+    let mut other_id = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4([192, 0, 2, 10], [198, 51, 100, 1], 64).icmpv4_echo_reply(78, 1).write(&mut other_id, b"ping").unwrap();
+    h.expect(&other_id, XDP_DROP, Reason::DefaultDrop);
+
+    // Port unreachable quoting our DNS query: related. Quoting an unknown flow: invalid.
+    let quoted = &query[14..14 + 28];
+    let mut unreach = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([203, 0, 113, 1], [198, 51, 100, 1], 64)
+        .icmpv4_raw(3, 3, [0; 4])
+        .write(&mut unreach, quoted)
+        .unwrap();
+    h.expect(&unreach, XDP_PASS, Reason::Related);
+    let other = udp(host, remote, 44444, 53);
+    let mut stray = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([203, 0, 113, 1], [198, 51, 100, 1], 64)
+        .icmpv4_raw(3, 3, [0; 4])
+        .write(&mut stray, &other[14..14 + 28])
+        .unwrap();
+    h.expect(&stray, XDP_DROP, Reason::InvalidIcmp);
+}
+
+#[test]
+fn icmpv6_packet_too_big_about_a_flow_is_related() {
+    let (remote, host) = FAMILIES[1];
+    let h = Harness::new(POLICY);
+    let syn = seg(host, remote, 52000, 443, SYN, 1, 0, b"");
+    assert_eq!(h.egress(&syn), Reason::EgressNew);
+    let mut ptb = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(ip6("2001:db8:ff::1"), ip6(host), 64)
+        .icmpv6_raw(2, 0, 1280u32.to_be_bytes())
+        .write(&mut ptb, &syn[14..14 + 48])
+        .unwrap();
+    h.expect(&ptb, XDP_PASS, Reason::Related);
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn idle_flows_time_out() {
+    let mut h = Harness::new(&POLICY.replace("default = \"drop\"", "default = \"drop\"\n\n[settings.timeouts]\ntcp_established = 300\nudp = 30"));
+    let (remote, host) = FAMILIES[0];
+    h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+    h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.egress(&udp(host, remote, 33333, 53)), Reason::EgressNew);
+    // 200 s idle: the TCP flow (300 s) lives, the UDP one (30 s) does not.
+    h.age_flows(200);
+    h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+    h.expect(&udp(remote, host, 53, 33333), XDP_DROP, Reason::DefaultDrop);
+    // 301 s more: gone; the next segment is a packet of no flow.
+    h.age_flows(301);
+    h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_DROP, Reason::InvalidNoFlow);
+}
+
+#[test]
+fn the_controller_sweeps_idle_flows() {
+    let mut h = Harness::new(POLICY);
+    let (remote, host) = FAMILIES[0];
+    h.egress(&udp(host, remote, 33333, 53));
+    h.egress(&seg(host, remote, 51000, 443, SYN, 1, 0, b""));
+    assert_eq!(h.flows().len(), 2);
+    assert_eq!(h.fw.sweep().unwrap(), 0, "nothing idle yet");
+    h.age_flows(60);
+    // UDP (30 s) expired, SYN_SENT (120 s) not.
+    assert_eq!(h.fw.sweep().unwrap(), 1);
+    assert_eq!(h.flows().len(), 1);
+}
+
+#[test]
+fn rules_can_match_state_when_settings_hand_it_over() {
+    let policy = r#"
+[settings]
+default = "drop"
+established = "rules"
+
+[[rule]]
+name = "no-established-from-bad-net"
+state = "established"
+src = "203.0.113.0/24"
+action = "drop"
+
+[[rule]]
+name = "established"
+state = "established"
+action = "accept"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+state = "new"
+action = "accept"
+"#;
+    let h = Harness::new(policy);
+    for remote in ["192.0.2.10", "203.0.113.5"] {
+        h.expect(&seg(remote, "198.51.100.1", 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        h.egress(&seg("198.51.100.1", remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+    }
+    h.expect(&seg("192.0.2.10", "198.51.100.1", 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::RuleAccept);
+    h.expect(&seg("203.0.113.5", "198.51.100.1", 40000, 80, ACK, 1001, 5001, b""), XDP_DROP, Reason::RuleDrop);
+    assert_eq!(h.rule_packets("established"), 1);
+    assert_eq!(h.rule_packets("no-established-from-bad-net"), 1);
+    assert_eq!(h.rule_packets("web"), 2);
+}
