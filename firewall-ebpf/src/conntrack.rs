@@ -184,7 +184,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
             let f = unsafe { &mut *flow };
             f.last_seen_ns = now;
             f.packets += 1;
-            f.bytes += frame.len() as u64;
+            f.bytes += frame.wire_len;
             if side != f.initiator {
                 f.state = UDP_REPLIED;
             }
@@ -277,7 +277,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
     note_segment(f, side, packet);
     f.last_seen_ns = now;
     f.packets += 1;
-    f.bytes += frame.len() as u64;
+    f.bytes += frame.wire_len;
     Ct::Established
 }
 
@@ -300,7 +300,7 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
         created_ns: now,
         last_seen_ns: now,
         packets: 1,
-        bytes: frame.len() as u64,
+        bytes: frame.wire_len,
         ..Flow::default()
     };
     if k == Kind::Tcp {
@@ -328,7 +328,7 @@ pub fn adopt(frame: &Frame, packet: &Packet) {
         created_ns: now,
         last_seen_ns: now,
         packets: 1,
-        bytes: frame.len() as u64,
+        bytes: frame.wire_len,
         ..Flow::default()
     };
     note_segment(&mut flow, side, packet);

@@ -49,8 +49,9 @@ static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FL
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
-    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
-    let len = frame.len() as u64;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let frame = Frame { start, end, wire_len: (end - start) as u64 };
+    let len = frame.wire_len;
     let reason = decide(&ctx, &frame, len);
     counters::count_reason(reason, len);
     if reason.drops() { XDP_DROP } else { XDP_PASS }
@@ -146,7 +147,7 @@ pub fn fw_egress(ctx: TcContext) -> i32 {
     // Headers may sit outside the linear part of the skb; 128 bytes cover
     // Ethernet, VLANs, IPv6 with options, and TCP with options.
     let _ = ctx.pull_data(len.min(128));
-    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 };
     let reason = egress(&frame);
     counters::count_reason(reason, len as u64);
     TC_ACT_OK

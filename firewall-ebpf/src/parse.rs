@@ -78,12 +78,12 @@ pub struct TcpInfo {
 pub struct Frame {
     pub start: usize,
     pub end: usize,
+    /// Bytes on the wire; more than `end - start` when TC sees an skb
+    /// whose payload is not in its linear part.
+    pub wire_len: u64,
 }
 
 impl Frame {
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
 
     /// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
     #[inline(always)]
@@ -144,7 +144,8 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         return Err(Reason::MalformedL3);
     }
     let total_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if total_len < header_len || ctx.start + offset + total_len > ctx.end {
+    // Against the wire length: TC may see only the headers in linear memory.
+    if total_len < header_len || (offset + total_len) as u64 > ctx.wire_len {
         return Err(Reason::MalformedL3);
     }
     let key = Key {
@@ -182,7 +183,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         return Err(Reason::MalformedL3);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    if ctx.start + offset + Ipv6Hdr::LEN + payload_len > ctx.end {
+    if (offset + Ipv6Hdr::LEN + payload_len) as u64 > ctx.wire_len {
         return Err(Reason::MalformedL3);
     }
     let src = v6_key(ip.src_addr);
@@ -264,7 +265,7 @@ fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
             let raw: *const [u8; 14] = tcp as *const TcpHdr as *const [u8; 14];
             let raw = unsafe { *raw };
             let header_len = (raw[12] >> 4) as usize * 4;
-            if header_len < TcpHdr::LEN || header_len > packet.l4_len || ctx.start + offset + header_len > ctx.end {
+            if header_len < TcpHdr::LEN || header_len > packet.l4_len || (offset + header_len) as u64 > ctx.wire_len {
                 return Err(Reason::MalformedL4);
             }
             key.sport = u16::from_be_bytes(tcp.source);

@@ -322,3 +322,228 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!pin.exists(), "pins removed on exit");
 }
+
+const STATEFUL: &str = r#"
+[settings]
+default = "drop"
+established = "accept"
+related = "accept"
+invalid = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 8080
+action = "accept"
+"#;
+
+/// A bulk server in the server namespace: for each connection, reads a
+/// line with a byte count and sends that many bytes of a known pattern,
+/// then echoes lines until the peer closes.
+fn start_bulk_server(pair: &Pair, port: u16) {
+    let ip = pair.server_ip.clone();
+    Pair::within(&pair.server, move || {
+        let l = TcpListener::bind((ip.as_str(), port)).expect("bind");
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                std::thread::spawn(move || serve_bulk(conn));
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn serve_bulk(mut conn: TcpStream) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        if let Some(n) = line.trim().strip_prefix("GET ").and_then(|n| n.parse::<usize>().ok()) {
+            let body: Vec<u8> = (0..n).map(pattern).collect();
+            if conn.write_all(&body).is_err() {
+                return;
+            }
+        } else if conn.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// Reads exactly `n` bytes and checks the pattern.
+fn read_pattern(s: &mut TcpStream, n: usize) {
+    let mut got = vec![0u8; n];
+    s.read_exact(&mut got).expect("the whole payload arrives");
+    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)), "payload intact");
+}
+
+fn mac(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = Pair::output(ns, "cat", &[&format!("/sys/class/net/{ifname}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("mac")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Sends raw Ethernet frames out of `ifname` in namespace `ns` (AF_PACKET).
+fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    Pair::within(ns, move || unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "AF_PACKET socket");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+        addr.sll_halen = 6;
+        for f in &frames {
+            let rc = libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            assert_eq!(rc as usize, f.len(), "frame sent");
+        }
+        libc::close(fd);
+    })
+    .join()
+    .unwrap();
+}
+
+fn ipv4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+fn tcp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32, syn: bool, rst: bool) -> Vec<u8> {
+    let mut tcp = etherparse::TcpHeader::new(sport, dport, seq, 64240);
+    tcp.acknowledgment_number = ack;
+    tcp.ack = true;
+    tcp.syn = syn;
+    tcp.rst = rst;
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(ipv4(src), ipv4(dst), 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
+    out
+}
+
+#[test]
+fn stateful_default_drop_serves_a_bulk_download_and_drops_forged_packets() {
+    let pair = Pair::new();
+    start_bulk_server(&pair, 8080);
+    let (_dir, policy) = temp_policy(STATEFUL);
+    let _fw = start_firewall(&pair, &policy);
+    let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
+    let local: SocketAddr = format!("{}:45678", pair.client_ip).parse().unwrap();
+
+    // One real connection from a known port: a multi-MiB download first.
+    let mut conn = Pair::within(&pair.client, move || {
+        let sock = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3));
+        let _ = local; // the kernel picks the port; read it back below
+        sock
+    })
+    .join()
+    .unwrap()
+    .expect("connect through the firewall");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    const BULK: usize = 8 << 20;
+    conn.write_all(format!("GET {BULK}\n").as_bytes()).unwrap();
+    read_pattern(&mut conn, BULK);
+    let cport = conn.local_addr().unwrap().port();
+
+    // Forged packets from the client's side of the link.
+    let (cmac, smac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let (c, s) = (pair.client_ip.as_str(), pair.server_ip.as_str());
+    let before = stats_json(&pair).unwrap();
+    inject(&pair.client, &pair.client_if, vec![
+        // An ACK for a connection nobody opened.
+        tcp_frame(cmac, smac, c, s, 45679, 8080, 1, 1, false, false),
+        // An RST on the real connection's tuple with a made-up sequence number.
+        tcp_frame(cmac, smac, c, s, cport, 8080, 0x1234_5678, 0, false, true),
+        // A SYN-ACK nobody asked for.
+        tcp_frame(cmac, smac, c, s, 9999, 40000, 7, 8, true, false),
+    ]);
+    let after = wait_for("the forged packets to be counted", Duration::from_secs(5), || {
+        let s = stats_json(&pair).ok()?;
+        let moved = |r: &str| reason_packets(&s, r) > reason_packets(&before, r);
+        (moved("invalid_no_flow") && moved("invalid_rst") && moved("invalid_synack")).then_some(s)
+    });
+    for r in ["invalid_no_flow", "invalid_rst", "invalid_synack"] {
+        assert_eq!(reason_packets(&after, r), reason_packets(&before, r) + 1, "{r} counted once: {after}");
+    }
+
+    // The real connection survived all three.
+    conn.write_all(b"GET 100000\n").unwrap();
+    read_pattern(&mut conn, 100_000);
+    conn.write_all(b"still there?\n").unwrap();
+    let mut echo = [0u8; 13];
+    conn.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still there?\n");
+
+    // `firewall conntrack` in another process shows it established.
+    let out = Pair::output(&pair.server, FIREWALL, &["conntrack", "--iface", &pair.server_if, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = flows.as_array().unwrap().iter().find(|f| f["sport"] == cport).unwrap_or_else(|| panic!("flow in {flows}"));
+    assert_eq!(ours["state"], "established");
+    assert_eq!(ours["origin"], "remote");
+    assert!(ours["packets"].as_u64().unwrap() > 50, "{ours}");
+    assert!(ours["bytes"].as_u64().unwrap() > BULK as u64, "both directions' bytes: {ours}");
+}
+
+#[test]
+fn the_firewalled_host_reaches_out_and_gets_its_replies() {
+    let pair = Pair::new();
+    // Servers on the *client* side; the firewalled host connects out.
+    let cip = pair.client_ip.clone();
+    Pair::within(&pair.client, move || {
+        let l = TcpListener::bind((cip.as_str(), 9443)).unwrap();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                std::thread::spawn(move || serve_bulk(conn));
+            }
+        });
+        let u = UdpSocket::bind((cip.as_str(), 5300)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let (_dir, policy) = temp_policy(STATEFUL);
+    let _fw = start_firewall(&pair, &policy);
+
+    // No rule admits 9443 or 5300 inbound: only state lets the replies in.
+    let target: SocketAddr = format!("{}:9443", pair.client_ip).parse().unwrap();
+    let udp_target: SocketAddr = format!("{}:5300", pair.client_ip).parse().unwrap();
+    let sip = pair.server_ip.clone();
+    let (tcp_ok, udp_ok) = Pair::within(&pair.server, move || {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("outbound connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("GET {}\n", 1 << 20).as_bytes()).unwrap();
+        read_pattern(&mut s, 1 << 20);
+        let u = UdpSocket::bind((sip.as_str(), 0)).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut udp_ok = false;
+        for _ in 0..10 {
+            u.send_to(b"ntp?", udp_target).unwrap();
+            if let Ok((n, _)) = u.recv_from(&mut buf) {
+                udp_ok = &buf[..n] == b"ntp?";
+                break;
+            }
+        }
+        (true, udp_ok)
+    })
+    .join()
+    .unwrap();
+    assert!(tcp_ok && udp_ok, "outbound TCP and UDP got their replies");
+    let stats = stats_json(&pair).unwrap();
+    assert!(reason_packets(&stats, "egress_new") >= 2, "{stats}");
+    assert!(reason_packets(&stats, "established") >= 10, "{stats}");
+    assert_eq!(rule_packets(&stats, "web"), 0);
+    let out = Pair::output(&pair.server, FIREWALL, &["conntrack", "--json"]);
+    let flows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(flows.as_array().unwrap().iter().any(|f| f["dport"] == 9443 && f["origin"] == "local"), "{flows}");
+    assert!(flows.as_array().unwrap().iter().any(|f| f["dport"] == 5300 && f["state"] == "replied"), "{flows}");
+}
