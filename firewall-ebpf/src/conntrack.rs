@@ -292,6 +292,12 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
         return false;
     }
     let (fk, side) = flow_key(key, packet.icmp_id);
+    // A retransmitted SYN or a second datagram before any reply: the flow
+    // is there already. Checked first because a failed LRU insert still
+    // takes and returns a free element, which costs several lookups.
+    if FW_FLOWS.get_ptr(&fk).is_some() {
+        return true;
+    }
     let now = now_ns();
     let mut flow = Flow {
         state: if k == Kind::Tcp { TCP_SYN_SENT } else { UDP_UNREPLIED },
@@ -306,7 +312,7 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
     if k == Kind::Tcp {
         note_segment(&mut flow, side, packet);
     }
-    // BPF_NOEXIST: a retransmitted SYN or datagram keeps the flow it has.
+    // BPF_NOEXIST: a flow another CPU just created is kept.
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
     true
 }

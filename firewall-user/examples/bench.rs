@@ -5,7 +5,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{Harness, L4, frame, ip, random};
+use common::{ACK, Harness, L4, SYN, frame, ip, random, seg};
 use firewall_user::{compile, policy};
 
 const REPEAT: u32 = 200_000;
@@ -24,17 +24,32 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for rules in [10usize, 100, 1_000, 10_000] {
         // The measured rule comes last, after `rules - 1` random ones.
-        let mut text = random::policy_text(rules - 1, 42);
+        // The shipped settings: invalid packets are dropped before the rules.
+        let mut text = random::policy_text(rules - 1, 42).replacen("invalid = \"rules\"", "invalid = \"drop\"", 1);
         text.push_str("\n[[rule]]\nname = \"last\"\nproto = \"tcp\"\ndst = \"192.0.2.1\"\ndport = 443\naction = \"accept\"\n");
         let parsed = policy::parse(&text, "bench.toml").expect("valid policy");
         let compiled = compile::compile(&parsed).expect("compiles");
         let mut h = Harness::new("");
         h.fw.install(&compiled).expect("installs");
-        let last = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 443, flags: 0x10 }, b"");
-        let unmatched = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 444, flags: 0x10 }, b"");
-        let mut malformed = last.clone();
+        let unmatched = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 444, flags: SYN }, b"");
+        let bad_flags = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 443, flags: SYN | 0x01 }, b"");
+        let mut malformed = unmatched.clone();
         malformed[14] = 0x45 + 0x10; // IPv5
-        for (class, f) in [("last rule (accept)", &last), ("no rule (default drop)", &unmatched), ("malformed (drop)", &malformed)] {
+        // A flow the host opened: the reply segment is established.
+        h.fw.test_run_egress(&seg("192.0.2.1", "172.16.0.9", 443, 50000, SYN, 1, 0, b"")).expect("egress");
+        h.fw.test_run(&seg("172.16.0.9", "192.0.2.1", 50000, 443, SYN | ACK, 100, 2, b""), 1).expect("synack");
+        let established = seg("172.16.0.9", "192.0.2.1", 50000, 443, ACK, 101, 2, b"");
+        // A lone ACK of no flow: a table miss plus a socket lookup.
+        let invalid = seg("172.16.0.9", "192.0.2.1", 50001, 443, ACK, 101, 2, b"");
+        let with_syn = seg("172.16.0.1", "192.0.2.1", 40000, 443, SYN, 1, 0, b"");
+        for (class, f) in [
+            ("SYN, last rule (accept; its flow exists after the first run)", &with_syn),
+            ("SYN, no rule (default drop)", &unmatched),
+            ("established flow (accept)", &established),
+            ("invalid: ACK of no flow (drop; includes a socket lookup)", &invalid),
+            ("invalid: SYN+FIN (drop)", &bad_flags),
+            ("malformed (drop)", &malformed),
+        ] {
             let (med, min, max) = median_ns(&h, f);
             println!(
                 "| {rules} | {} | {} | {} | {class} | {med:.0} ({min:.0}-{max:.0}) |",
