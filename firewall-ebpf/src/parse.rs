@@ -51,6 +51,13 @@ pub struct Key {
     pub ct_state: u8,
 }
 
+impl Key {
+    #[inline(always)]
+    fn new(src: U128, dst: U128, proto: u8) -> Self {
+        Key { src, dst, sport: 0, dport: 0, proto, tcp_flags: 0, ct_state: 0 }
+    }
+}
+
 pub struct Packet {
     pub key: Key,
     /// A non-first fragment: no transport header, ports are zero.
@@ -148,15 +155,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
     if total_len < header_len || (offset + total_len) as u64 > ctx.wire_len {
         return Err(Reason::MalformedL3);
     }
-    let key = Key {
-        src: v4_mapped(ip.src_addr),
-        dst: v4_mapped(ip.dst_addr),
-        sport: 0,
-        dport: 0,
-        proto: ip.proto as u8,
-        tcp_flags: 0,
-            ct_state: 0,
-    };
+    let key = Key::new(v4_mapped(ip.src_addr), v4_mapped(ip.dst_addr), ip.proto as u8);
     // Fragment offset (13 bits); non-zero means no transport header here.
     let mut packet = Packet {
         key,
@@ -193,7 +192,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
     if is_v4_mapped(&src) || is_v4_mapped(&dst) {
         return Err(Reason::MalformedL3);
     }
-    let mut key = Key { src, dst, sport: 0, dport: 0, proto: ip.next_hdr as u8, tcp_flags: 0, ct_state: 0 };
+    let mut key = Key::new(src, dst, ip.next_hdr as u8);
     let mut next = ip.next_hdr as u8;
     let mut l4 = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -312,28 +311,12 @@ pub fn icmp_quoted(ctx: &Frame, packet: &Packet) -> Option<(Key, u16)> {
         if ihl < Ipv4Hdr::LEN {
             return None;
         }
-        let key = Key {
-            src: v4_mapped(ip.src_addr),
-            dst: v4_mapped(ip.dst_addr),
-            sport: 0,
-            dport: 0,
-            proto: ip.proto as u8,
-            tcp_flags: 0,
-            ct_state: 0,
-        };
+        let key = Key::new(v4_mapped(ip.src_addr), v4_mapped(ip.dst_addr), ip.proto as u8);
         (key, off + ihl)
     } else {
         let ip: *const Ipv6Hdr = ctx.ptr_at(off)?;
         let ip = unsafe { &*ip };
-        let key = Key {
-            src: v6_key(ip.src_addr),
-            dst: v6_key(ip.dst_addr),
-            sport: 0,
-            dport: 0,
-            proto: ip.next_hdr as u8,
-            tcp_flags: 0,
-            ct_state: 0,
-        };
+        let key = Key::new(v6_key(ip.src_addr), v6_key(ip.dst_addr), ip.next_hdr as u8);
         (key, off + Ipv6Hdr::LEN)
     };
     if l4 > MAX_L4_OFFSET + 64 {

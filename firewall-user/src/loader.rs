@@ -15,7 +15,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use firewall_common::{
-    Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node, POLICY_SLOTS,
+    Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node,
     PolicyHeader, RuleMeta, maps,
 };
 
@@ -336,34 +336,35 @@ pub fn ensure_bpffs() -> Result<bool> {
     Ok(true)
 }
 
-/// Every policy slot index is below this (re-exported for tests).
-pub const SLOTS: u32 = POLICY_SLOTS;
 
 impl Firewall {
     /// Runs the TC egress program on `frame` (an outbound packet) once.
     pub fn test_run_egress(&self, frame: &[u8]) -> Result<aya::programs::TestRunResult> {
-        use aya::programs::{TestRun as _, TestRunOptions};
         let program: &SchedClassifier = self
             .ebpf
             .program(maps::EGRESS_PROGRAM)
             .context("no egress program")?
             .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() };
-        Ok(program.test_run(opts)?)
+        test_run(program, frame, 1)
     }
 
-    /// Runs the loaded program on `frame` with BPF_PROG_TEST_RUN, `repeat`
+    /// Runs the XDP program on `frame` with BPF_PROG_TEST_RUN, `repeat`
     /// times; the kernel measures the mean duration.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
-        use aya::programs::{TestRun as _, TestRunOptions};
         let program: &Xdp = self
             .ebpf
             .program(maps::XDP_PROGRAM)
             .context("no XDP program")?
             .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::new() };
-        Ok(program.test_run(opts)?)
+        test_run(program, frame, repeat)
     }
+}
+
+fn test_run<P>(program: &P, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult>
+where
+    P: for<'a> aya::programs::TestRun<Opts<'a> = aya::programs::TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = aya::programs::TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..aya::programs::TestRunOptions::new() };
+    Ok(program.test_run(opts)?)
 }

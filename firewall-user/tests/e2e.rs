@@ -33,28 +33,9 @@ dport = 5353
 action = "accept"
 "#;
 
-const POLICY_WITH_5354: &str = r#"
-[settings]
-default = "drop"
-
-[[rule]]
-name = "web"
-proto = "tcp"
-dport = 8080
-action = "accept"
-
-[[rule]]
-name = "dns"
-proto = "udp"
-dport = 5353
-action = "accept"
-
-[[rule]]
-name = "dns-alt"
-proto = "udp"
-dport = 5354
-action = "accept"
-"#;
+fn policy_with_5354() -> String {
+    format!("{POLICY}\n[[rule]]\nname = \"dns-alt\"\nproto = \"udp\"\ndport = 5354\naction = \"accept\"\n")
+}
 
 /// Echo servers in the server namespace: TCP 8080 and 8081, UDP 5353 and
 /// 5354. Each TCP connection echoes one message; they run until the
@@ -220,7 +201,7 @@ fn policy_reload_under_traffic_takes_effect_without_detach() {
 
     // Keep a TCP flow and UDP traffic going while the file changes.
     let deadline = Instant::now() + Duration::from_secs(10);
-    std::fs::write(&policy, POLICY_WITH_5354).unwrap();
+    std::fs::write(&policy, policy_with_5354()).unwrap();
     let mut reloaded = false;
     while Instant::now() < deadline && !reloaded {
         assert!(tcp_echo(&pair, 8080).is_ok(), "existing rules keep working during the reload");

@@ -5,7 +5,7 @@
 pub mod netns;
 pub mod random;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use etherparse::PacketBuilder;
 use firewall_common::{Counter, Reason, maps};
@@ -166,16 +166,7 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
     let ipb = builder_ip(src, dst);
     match l4 {
         L4::Tcp { sport, dport, flags } => {
-            let mut tcp = etherparse::TcpHeader::new(sport, dport, 1000, 64240);
-            tcp.fin = flags & 0x01 != 0;
-            tcp.syn = flags & 0x02 != 0;
-            tcp.rst = flags & 0x04 != 0;
-            tcp.psh = flags & 0x08 != 0;
-            tcp.ack = flags & 0x10 != 0;
-            tcp.urg = flags & 0x20 != 0;
-            tcp.ece = flags & 0x40 != 0;
-            tcp.cwr = flags & 0x80 != 0;
-            ipb.tcp_header(tcp).write(&mut out, payload).unwrap();
+            ipb.tcp_header(tcp_header(sport, dport, flags, 1000, 0)).write(&mut out, payload).unwrap();
         }
         L4::Udp { sport, dport } => ipb.udp(sport, dport).write(&mut out, payload).unwrap(),
         L4::Icmp { ty, code } => match src {
@@ -188,17 +179,24 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
 
 /// A TCP segment with explicit sequence and acknowledgment numbers.
 pub fn seg(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder_ip(ip(src), ip(dst)).tcp_header(tcp_header(sport, dport, flags, seq, ack)).write(&mut out, payload).unwrap();
+    out
+}
+
+/// A TCP header with the flag bits of `flags` (as in byte 13 on the wire).
+pub fn tcp_header(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> etherparse::TcpHeader {
     let mut tcp = etherparse::TcpHeader::new(sport, dport, seq, 64240);
     tcp.acknowledgment_number = ack;
-    tcp.fin = flags & 0x01 != 0;
-    tcp.syn = flags & 0x02 != 0;
-    tcp.rst = flags & 0x04 != 0;
-    tcp.psh = flags & 0x08 != 0;
-    tcp.ack = flags & 0x10 != 0;
-    tcp.urg = flags & 0x20 != 0;
-    let mut out = Vec::new();
-    builder_ip(ip(src), ip(dst)).tcp_header(tcp).write(&mut out, payload).unwrap();
-    out
+    tcp.fin = flags & FIN != 0;
+    tcp.syn = flags & SYN != 0;
+    tcp.rst = flags & RST != 0;
+    tcp.psh = flags & PSH != 0;
+    tcp.ack = flags & ACK != 0;
+    tcp.urg = flags & URG != 0;
+    tcp.ece = flags & ECE != 0;
+    tcp.cwr = flags & CWR != 0;
+    tcp
 }
 
 pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -209,16 +207,4 @@ pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     frame(ip(src), ip(dst), L4::Udp { sport, dport }, b"hello")
 }
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-pub const URG: u8 = 0x20;
-
-pub fn any_v4() -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 1)
-}
-pub fn any_v6() -> Ipv6Addr {
-    "2001:db8::1".parse().unwrap()
-}
+pub use firewall_common::tcp_flags::*;
