@@ -234,6 +234,8 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         }
         f.state = TCP_CLOSE;
         f.last_seen_ns = now;
+        f.packets += 1;
+        f.bytes += frame.wire_len;
         return Ct::Established;
     }
 

@@ -35,6 +35,8 @@ pub struct Found {
 /// Opens the maps of the firewall attached to `iface`, or of the only
 /// firewall in this network namespace when `iface` is `None`.
 pub fn open(iface: Option<&str>) -> Result<Found> {
+    // Without privileges the program list is silently empty: say why instead.
+    loader::check_privileges()?;
     let netns = loader::netns_inode()?;
     let want = iface.map(loader::ifindex).transpose()?;
     if let Some(name) = iface {

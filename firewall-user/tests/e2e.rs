@@ -243,6 +243,21 @@ fn a_second_firewall_on_the_same_interface_is_refused() {
 }
 
 #[test]
+fn clear_errors_without_privileges() {
+    let (_dir, policy) = temp_policy(POLICY);
+    for args in [vec!["run", "--iface", "lo", "--policy", policy.to_str().unwrap()], vec!["stats"], vec!["conntrack"]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", FIREWALL])
+            .args(&args)
+            .output()
+            .expect("setpriv (util-linux)");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not enough privileges"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn clear_errors_for_missing_interface_and_broken_policy() {
     let (_dir, policy) = temp_policy(POLICY);
     let out = std::process::Command::new(FIREWALL)

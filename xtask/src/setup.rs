@@ -12,9 +12,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::pins::{BPF_LINKER_VERSION, EBPF_TOOLCHAIN, USER_TOOLCHAIN};
 
-/// Debian packages the tests use: `ip`/`tc` (iproute2) to build namespaces
-/// and veth pairs, `ethtool` to turn off TX checksum offload on test links.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+/// Debian packages the tests use: `ip` (iproute2) to build namespaces and
+/// veth pairs, `setpriv` (util-linux) to run the CLI without privileges.
+const APT_PACKAGES: &[&str] = &["iproute2", "util-linux"];
 
 /// Root of the repository (the xtask crate's parent).
 pub fn workspace_root() -> PathBuf {
