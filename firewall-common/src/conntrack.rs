@@ -129,6 +129,9 @@ pub struct FlowKey {
 pub const SIDE_A: u8 = 0;
 pub const SIDE_B: u8 = 1;
 
+/// `Flow::flags`: both sides sent a SYN (simultaneous open).
+pub const FLOW_BOTH_SYNS: u8 = 1;
+
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;
 pub const ORIGIN_LOCAL: u8 = 1;
@@ -145,12 +148,17 @@ pub struct Flow {
     pub fins: u8,
     /// Bit per side: `next_seq` of that side is known.
     pub seq_known: u8,
-    pub _pad: [u8; 3],
+    /// Bit per side: `last_ack` of that side is known.
+    pub ack_known: u8,
+    /// `FLOW_BOTH_SYNS`: simultaneous open.
+    pub flags: u8,
+    pub _pad: u8,
     /// Per side: sequence number after the last byte (or SYN/FIN) it sent.
     pub next_seq: [u32; 2],
+    /// Per side: the last acknowledgment number it sent (what it expects next).
+    pub last_ack: [u32; 2],
     /// Per side: largest window it advertised (scaled as `conntrack.rs` explains).
     pub max_window: [u32; 2],
-    pub _pad2: u32,
     /// `bpf_ktime_get_ns()` when created and when last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,

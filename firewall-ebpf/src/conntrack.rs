@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    UDP_REPLIED, UDP_UNREPLIED, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
+    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
 };
 
 use crate::{
@@ -24,6 +24,11 @@ use crate::{
 pub enum Ct {
     /// Opens a flow (or is not tracked): the rules decide.
     New,
+    /// A SYN on the tuple of an established or closing flow: a new
+    /// connection if the host has no socket for the old one any more
+    /// (the old one died unseen), else for the host to answer (RFC 5961
+    /// challenge ACK). The caller decides with `has_socket`.
+    SynInFlow,
     Established,
     Related,
     Invalid(Reason),
@@ -82,15 +87,14 @@ pub fn flow_key(key: &Key, icmp_id: u16) -> (FlowKey, u8) {
 }
 
 /// Impossible flag combinations: SYN+FIN, SYN+RST, FIN without ACK (which
-/// includes XMAS, FIN+PSH+URG), and NULL (none of FIN..URG).
+/// covers XMAS, FIN+PSH+URG; with ACK that is a FIN with urgent data, which
+/// is legal), and NULL (none of FIN..URG).
 #[inline(always)]
 fn bad_flags(flags: u8) -> bool {
-    let xmas = FIN | PSH | URG;
     flags & (SYN | FIN) == (SYN | FIN)
         || flags & (SYN | RST) == (SYN | RST)
         || (flags & FIN != 0 && flags & ACK == 0)
-        || flags & xmas == xmas
-        || flags & 0x3f == 0
+        || flags & (FIN | SYN | RST | PSH | ACK | URG) == 0
 }
 
 /// Per-side array access by branch, not by index: LLVM turns `&a[side]`
@@ -148,6 +152,10 @@ fn note_segment(f: &mut Flow, side: u8, packet: &Packet) {
         set(&mut f.next_seq, s, end);
         f.seq_known |= 1 << s;
     }
+    if packet.key.tcp_flags & ACK != 0 {
+        set(&mut f.last_ack, s, packet.tcp.ack);
+        f.ack_known |= 1 << s;
+    }
     // Windows in SYNs are never scaled. Later ones are, by a factor from
     // the SYN's options that the fast path does not parse (an option scan
     // costs the verifier more than its limit allows here); assume Linux's
@@ -185,7 +193,9 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
             f.last_seen_ns = now;
             f.packets += 1;
             f.bytes += frame.wire_len;
-            if side != f.initiator {
+            // An echo request from the far side is its own ping, not a reply.
+            let request = matches!((key.proto, key.sport), (IPPROTO_ICMP, 8) | (IPPROTO_ICMPV6, 128));
+            if side != f.initiator && !request {
                 f.state = UDP_REPLIED;
             }
             if f.state == UDP_UNREPLIED { Ct::New } else { Ct::Established }
@@ -220,14 +230,18 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 
     if rst {
         // RFC 5961: only an RST inside the receiver's window may end a
-        // flow. Answering a SYN, it must acknowledge the SYN instead.
+        // flow: at or after what the receiver last acknowledged, or exactly
+        // at the sender's next sequence number (minus one after its FIN).
+        // Answering a SYN, it must acknowledge the SYN instead.
         let ok = if f.state == TCP_SYN_SENT {
             !from_initiator && ack && packet.tcp.ack == get(&f.next_seq, other)
-        } else if f.seq_known & (1 << s) != 0 {
-            let window = get(&f.max_window, other).max(1);
-            packet.tcp.seq.wrapping_sub(get(&f.next_seq, s)) < window
         } else {
-            true
+            let seq = packet.tcp.seq;
+            let window = get(&f.max_window, other).max(1);
+            let in_window = f.ack_known & (1 << other) != 0 && seq.wrapping_sub(get(&f.last_ack, other)) < window;
+            let next = get(&f.next_seq, s);
+            let at_next = f.seq_known & (1 << s) != 0 && (seq == next || seq == next.wrapping_sub(1));
+            in_window || at_next || (f.ack_known & (1 << other) == 0 && f.seq_known & (1 << s) == 0)
         };
         if !ok {
             return Ct::Invalid(Reason::InvalidRst);
@@ -241,29 +255,43 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 
     if syn && !ack {
         match f.state {
-            // A retransmitted SYN: still a new connection to the rules.
-            TCP_SYN_SENT if from_initiator => {
-                note_segment(f, side, packet);
+            // A retransmitted SYN (its SYN-ACK may have been lost): still a
+            // new connection to the rules. A new ISN replaces the old one.
+            TCP_SYN_SENT | TCP_SYN_RECV if from_initiator => {
+                set(&mut f.next_seq, s, packet.tcp.seq.wrapping_add(segment_len(packet)));
+                f.seq_known |= 1 << s;
                 f.last_seen_ns = now;
                 return Ct::New;
             }
             // Simultaneous open: both sides sent a SYN.
             TCP_SYN_SENT => {
                 f.state = TCP_SYN_RECV;
+                f.flags |= FLOW_BOTH_SYNS;
             }
             // A closed flow's tuple reused by a new connection.
             TCP_TIME_WAIT | TCP_CLOSE => {
                 let _ = FW_FLOWS.remove(&fk);
                 return Ct::New;
             }
-            _ => return Ct::Invalid(Reason::InvalidState),
+            _ => return Ct::SynInFlow,
         }
     } else if syn {
-        // SYN-ACK: only from the responder, while the handshake is open.
-        if from_initiator || (f.state != TCP_SYN_SENT && f.state != TCP_SYN_RECV) {
-            return Ct::Invalid(Reason::InvalidSynAck);
+        // SYN-ACK: from the responder (or either side after simultaneous
+        // SYNs), acknowledging the SYN it answers.
+        let responder = !from_initiator || f.flags & FLOW_BOTH_SYNS != 0;
+        let acks_syn = ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other);
+        match f.state {
+            TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => f.state = TCP_SYN_RECV,
+            // A retransmitted SYN-ACK after the handshake (the final ACK was
+            // lost): the peer must see it to ACK again. No state change.
+            TCP_ESTABLISHED | TCP_FIN_WAIT if responder && seq_after(get(&f.next_seq, s), packet.tcp.seq) => {
+                f.last_seen_ns = now;
+                f.packets += 1;
+                f.bytes += frame.wire_len;
+                return Ct::Established;
+            }
+            _ => return Ct::Invalid(Reason::InvalidSynAck),
         }
-        f.state = TCP_SYN_RECV;
     } else {
         match f.state {
             // Nothing but a SYN-ACK (or an RST) may answer a SYN.
@@ -284,8 +312,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 }
 
 /// Records the flow a `New` packet opens (after the rules accepted it on
-/// ingress; at once on egress). Untracked protocols and ICMP errors open
-/// none: returns whether a flow was recorded.
+/// ingress; at once on egress). Returns whether a flow was created:
+/// untracked protocols and ICMP errors open none, and a retransmitted SYN
+/// or a datagram before any reply finds its flow there already.
 #[inline(always)]
 pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
     let key = &packet.key;
@@ -298,7 +327,7 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
     // is there already. Checked first because a failed LRU insert still
     // takes and returns a free element, which costs several lookups.
     if FW_FLOWS.get_ptr(&fk).is_some() {
-        return true;
+        return false;
     }
     let now = now_ns();
     let mut flow = Flow {
@@ -326,6 +355,10 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
 /// evicted from a full table), so a lone forged ACK is still invalid.
 #[inline(always)]
 pub fn adopt(frame: &Frame, packet: &Packet) {
+    // An RST ends a connection: nothing to adopt.
+    if packet.key.tcp_flags & RST != 0 {
+        return;
+    }
     let (fk, side) = flow_key(&packet.key, 0);
     let now = now_ns();
     let mut flow = Flow {
@@ -341,6 +374,13 @@ pub fn adopt(frame: &Frame, packet: &Packet) {
     };
     note_segment(&mut flow, side, packet);
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
+}
+
+/// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
+#[inline(always)]
+pub fn forget(packet: &Packet) {
+    let (fk, _) = flow_key(&packet.key, 0);
+    let _ = FW_FLOWS.remove(&fk);
 }
 
 /// Whether the host has a connected (not listening) TCP socket for this

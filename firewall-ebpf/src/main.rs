@@ -94,12 +94,22 @@ fn decide(ctx: &XdpContext, frame: &Frame, len: u64) -> Reason {
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
     let mut ct = conntrack::track(frame, &packet, &header.timeouts);
-    if ct == Ct::Invalid(Reason::InvalidNoFlow) && conntrack::has_socket(ctx.ctx as *mut _, &packet.key) {
-        conntrack::adopt(frame, &packet);
-        ct = Ct::Established;
+    match ct {
+        Ct::Invalid(Reason::InvalidNoFlow) if conntrack::has_socket(ctx.ctx as *mut _, &packet.key) => {
+            conntrack::adopt(frame, &packet);
+            ct = Ct::Established;
+        }
+        // The host still has the old connection: its stack answers.
+        Ct::SynInFlow if conntrack::has_socket(ctx.ctx as *mut _, &packet.key) => ct = Ct::Established,
+        // The old connection died unseen: this SYN starts a new one.
+        Ct::SynInFlow => {
+            conntrack::forget(&packet);
+            ct = Ct::New;
+        }
+        _ => {}
     }
     let (state, setting) = match ct {
-        Ct::New => (ct_state::NEW, firewall_common::STATE_RULES),
+        Ct::New | Ct::SynInFlow => (ct_state::NEW, firewall_common::STATE_RULES),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
         Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
@@ -145,8 +155,12 @@ fn decide(ctx: &XdpContext, frame: &Frame, len: u64) -> Reason {
 pub fn fw_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     // Headers may sit outside the linear part of the skb; 128 bytes cover
-    // Ethernet, VLANs, IPv6 with options, and TCP with options.
-    let _ = ctx.pull_data(len.min(128));
+    // Ethernet, VLANs, IPv6 with options, and TCP with options. Pull only
+    // when they do not (a pull can copy a cloned skb's head).
+    let want = len.min(128) as usize;
+    if ctx.data_end() - ctx.data() < want {
+        let _ = ctx.pull_data(want as u32);
+    }
     let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 };
     let reason = egress(&frame);
     counters::count_reason(reason, len as u64);
@@ -165,8 +179,15 @@ fn egress(frame: &Frame) -> Reason {
         return Reason::EgressUntracked;
     }
     match conntrack::track(frame, &packet, &header.timeouts) {
+        // The host's stack is authoritative: its SYN on a dead flow's tuple
+        // starts a new connection.
+        Ct::SynInFlow => {
+            conntrack::forget(&packet);
+            conntrack::open(frame, &packet, true);
+            Reason::EgressNew
+        }
         Ct::New if conntrack::open(frame, &packet, true) => Reason::EgressNew,
-        Ct::New => Reason::EgressUntracked,
+        Ct::New => Reason::EgressTracked,
         Ct::Invalid(Reason::InvalidNoFlow) => {
             conntrack::adopt(frame, &packet);
             Reason::EgressTracked

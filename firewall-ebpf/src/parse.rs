@@ -209,11 +209,13 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
                 let h: *const [u8; 4] = ctx.ptr_at(l4).ok_or(Reason::MalformedL3)?;
                 let h = unsafe { *h };
                 next = h[0];
-                // Offset in the top 13 bits of bytes 2..4.
+                l4 += 8;
+                // Offset in the top 13 bits of bytes 2..4. A later fragment
+                // carries payload, not the rest of the header chain.
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     fragment = true;
+                    break;
                 }
-                l4 += 8;
             }
             _ => break,
         }
@@ -221,7 +223,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
             return Err(Reason::MalformedL3);
         }
     }
-    if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT) {
+    if !fragment && matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT) {
         return Err(Reason::Ipv6ExtLimit);
     }
     key.proto = next;
@@ -280,6 +282,12 @@ fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ctx.ptr_at(offset).ok_or(Reason::MalformedL4)?;
             let udp = unsafe { &*udp };
+            // The IP length must cover the header too, not just the frame
+            // (checked after the read: checked before, LLVM reorders the
+            // bounds test out of the verifier's sight).
+            if packet.l4_len < 8 {
+                return Err(Reason::MalformedL4);
+            }
             key.sport = u16::from_be_bytes(udp.src);
             key.dport = u16::from_be_bytes(udp.dst);
         }
@@ -287,6 +295,9 @@ fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
             // Type, code, checksum, then (for echo) identifier and sequence.
             let icmp: *const [u8; 8] = ctx.ptr_at(offset).ok_or(Reason::MalformedL4)?;
             let icmp = unsafe { *icmp };
+            if packet.l4_len < 8 {
+                return Err(Reason::MalformedL4);
+            }
             key.sport = icmp[0] as u16;
             key.dport = icmp[1] as u16;
             packet.icmp_id = u16::from_be_bytes([icmp[4], icmp[5]]);

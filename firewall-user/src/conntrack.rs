@@ -99,11 +99,16 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
         })
         .map(|(key, _)| key)
         .collect();
+    let mut removed = 0;
     for key in &expired {
-        // Gone already (the program or LRU removed it) is fine.
-        let _ = flows.remove(key);
+        // A packet may have refreshed it since the scan: look again.
+        let Ok(flow) = flows.get(key, 0) else { continue };
+        let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
+        if monotonic_ns().saturating_sub(flow.last_seen_ns) > limit && flows.remove(key).is_ok() {
+            removed += 1;
+        }
     }
-    Ok(expired.len())
+    Ok(removed)
 }
 
 /// Plain-text table.

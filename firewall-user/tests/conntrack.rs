@@ -120,9 +120,10 @@ fn packets_of_no_flow_and_out_of_state_are_invalid() {
         h.expect(&seg(remote, host, 40000, 80, SYN | ACK, 1000, 1, b""), XDP_DROP, Reason::InvalidSynAck);
         h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
         h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
-        // A SYN inside an established flow.
-        h.expect(&seg(remote, host, 40000, 80, SYN, 77, 0, b""), XDP_DROP, Reason::InvalidState);
-        assert_eq!(h.flow_state(40000, 80), Some("established"));
+        // A SYN on an established flow's tuple for which the host has no
+        // socket (the old connection died unseen): a new connection.
+        h.expect(&seg(remote, host, 40000, 80, SYN, 77, 0, b""), XDP_PASS, Reason::RuleAccept);
+        assert_eq!(h.flow_state(40000, 80), Some("syn_sent"));
     }
 }
 
@@ -283,4 +284,71 @@ action = "accept"
     assert_eq!(h.rule_packets("established"), 1);
     assert_eq!(h.rule_packets("no-established-from-bad-net"), 1);
     assert_eq!(h.rule_packets("web"), 2);
+}
+
+#[test]
+fn retransmissions_during_the_handshake_pass() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        // Inbound: the host's SYN-ACK is lost, the client sends its SYN again.
+        h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+        assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
+        h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        // Outbound: the host's final ACK is lost, the server sends its SYN-ACK again.
+        h.egress(&seg(host, remote, 51000, 443, SYN, 100, 0, b""));
+        h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+        h.egress(&seg(host, remote, 51000, 443, ACK, 101, 7001, b""));
+        assert_eq!(h.flow_state(51000, 443), Some("established"));
+        h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(51000, 443), Some("established"));
+    }
+}
+
+#[test]
+fn a_synack_must_acknowledge_the_syn() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    h.egress(&seg(host, remote, 51000, 443, SYN, 100, 0, b""));
+    h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000, 999, b""), XDP_DROP, Reason::InvalidSynAck);
+    assert_eq!(h.flow_state(51000, 443), Some("syn_sent"));
+    h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+}
+
+#[test]
+fn an_rst_crossing_the_hosts_request_after_the_peers_fin_is_accepted() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    h.egress(&seg(host, remote, 51000, 80, SYN, 100, 0, b""));
+    h.expect(&seg(remote, host, 80, 51000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+    h.egress(&seg(host, remote, 51000, 80, ACK, 101, 7001, b""));
+    // The server closes an idle keep-alive connection (FIN at 7001) while
+    // the host's next request, acknowledging only 7001, is on its way.
+    h.expect(&seg(remote, host, 80, 51000, FIN | ACK, 7001, 101, b""), XDP_PASS, Reason::Established);
+    h.egress(&seg(host, remote, 51000, 80, ACK | PSH, 101, 7001, b"GET / HTTP/1.1\r\n\r\n"));
+    // The server's RST answers at 7001: below its FIN's end, at what the host acknowledged.
+    h.expect(&seg(remote, host, 80, 51000, RST, 7001, 0, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(51000, 80), Some("close"));
+}
+
+#[test]
+fn fin_with_urgent_data_is_legal() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    h.expect(&seg(remote, host, 40000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
+    h.expect(&seg(remote, host, 40000, 80, FIN | ACK | PSH | URG, 1001, 5001, b"x"), XDP_PASS, Reason::Established);
+}
+
+#[test]
+fn a_ping_from_the_far_side_is_not_a_reply_to_ours() {
+    let h = Harness::new(POLICY);
+    let mut ping = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4([198, 51, 100, 1], [192, 0, 2, 10], 64).icmpv4_echo_request(77, 1).write(&mut ping, b"ping").unwrap();
+    assert_eq!(h.egress(&ping), Reason::EgressNew);
+    let mut their_ping = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4([192, 0, 2, 10], [198, 51, 100, 1], 64).icmpv4_echo_request(77, 1).write(&mut their_ping, b"ping").unwrap();
+    // No rule admits echo requests here: the default decides.
+    h.expect(&their_ping, XDP_DROP, Reason::DefaultDrop);
+    assert_eq!(h.flows()[0].state, "unreplied");
 }

@@ -347,6 +347,11 @@ fn truncated_and_malformed_headers_are_counted_drops() {
     let v6 = ipv6_with(Default::default(), 22);
     h.expect(&v6[..14 + 30], XDP_DROP, Reason::MalformedL3);
     h.expect(&v6[..14 + 40 + 8], XDP_DROP, Reason::MalformedL3);
+    // A UDP header the IP length does not cover (the frame's padding would
+    // otherwise be read as ports).
+    let mut padded = udp("192.0.2.7", "198.51.100.1", 1, 53);
+    padded[16..18].copy_from_slice(&24u16.to_be_bytes());
+    h.expect(&padded, XDP_DROP, Reason::MalformedL4);
     let u = udp("192.0.2.7", "198.51.100.1", 1, 53);
     let mut short_udp = u[..14 + 20 + 4].to_vec();
     short_udp[16..18].copy_from_slice(&24u16.to_be_bytes());
