@@ -316,7 +316,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
 /// or a datagram before any reply finds its flow there already.
 #[inline(always)]
-pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
+pub fn open(packet: &Packet, egress: bool) -> bool {
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -337,7 +337,7 @@ pub fn open(frame: &Frame, packet: &Packet, egress: bool) -> bool {
         created_ns: now,
         last_seen_ns: now,
         packets: 1,
-        bytes: frame.wire_len,
+        bytes: packet.wire_len,
         ..Flow::default()
     };
     if k == Kind::Tcp {

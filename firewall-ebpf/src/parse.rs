@@ -58,6 +58,7 @@ impl Key {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct Packet {
     pub key: Key,
     /// A non-first fragment: no transport header, ports are zero.
@@ -70,6 +71,8 @@ pub struct Packet {
     pub tcp: TcpInfo,
     /// ICMP echo identifier (0 for other packets).
     pub icmp_id: u16,
+    /// Bytes on the wire (`Frame::wire_len`).
+    pub wire_len: u64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -164,6 +167,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_len: total_len - header_len,
         tcp: TcpInfo::default(),
         icmp_id: 0,
+        wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
         packet.fragment = true;
@@ -238,6 +242,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_len: payload_len - consumed,
         tcp: TcpInfo::default(),
         icmp_id: 0,
+        wire_len: ctx.wire_len,
     };
     if fragment {
         return Ok(packet);

@@ -20,6 +20,7 @@ fn median_ns(h: &Harness, f: &[u8]) -> (f64, f64, f64) {
 }
 
 fn main() {
+    verifier_budget();
     println!("| rules | tree nodes | depth | leaf entries | packet class | ns/packet (median, min-max of {RUNS} x {REPEAT}) |");
     println!("|---|---|---|---|---|---|");
     for rules in [10usize, 100, 1_000, 10_000] {
@@ -59,4 +60,18 @@ fn main() {
             );
         }
     }
+}
+
+/// Instructions the verifier processed per program (its budget is 1M):
+/// the headroom later features have.
+fn verifier_budget() {
+    use aya::programs::{SchedClassifier, Xdp};
+    let h = Harness::new("");
+    let xdp: &Xdp = h.fw.ebpf.program("firewall").expect("xdp").try_into().expect("xdp");
+    let tc: &SchedClassifier = h.fw.ebpf.program("fw_egress").expect("tc").try_into().expect("tc");
+    for (name, info) in [("XDP firewall", xdp.info()), ("TC fw_egress", tc.info())] {
+        let count = info.ok().and_then(|i| i.verified_instruction_count());
+        println!("{name}: {count:?} instructions verified (budget 1,000,000)");
+    }
+    println!();
 }
