@@ -129,6 +129,9 @@ pub struct FlowKey {
 pub const SIDE_A: u8 = 0;
 pub const SIDE_B: u8 = 1;
 
+/// `Flow::wscale` of a side whose SYN carried no window-scale option.
+pub const WSCALE_NONE: u8 = 0xff;
+
 /// `Flow::flags`: both sides sent a SYN (simultaneous open).
 pub const FLOW_BOTH_SYNS: u8 = 1;
 
@@ -153,11 +156,14 @@ pub struct Flow {
     /// `FLOW_BOTH_SYNS`: simultaneous open.
     pub flags: u8,
     pub _pad: u8,
+    /// Per side: the window scale its SYN announced (`WSCALE_NONE`: none).
+    pub wscale: [u8; 2],
+    pub _pad2: [u8; 2],
     /// Per side: sequence number after the last byte (or SYN/FIN) it sent.
     pub next_seq: [u32; 2],
     /// Per side: the last acknowledgment number it sent (what it expects next).
     pub last_ack: [u32; 2],
-    /// Per side: largest window it advertised (scaled as `conntrack.rs` explains).
+    /// Per side: largest window it advertised, scaled (RFC 7323).
     pub max_window: [u32; 2],
     /// `bpf_ktime_get_ns()` when created and when last seen.
     pub created_ns: u64,

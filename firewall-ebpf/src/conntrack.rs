@@ -11,12 +11,12 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
+    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
 };
 
 use crate::{
     FW_FLOWS,
-    parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted},
+    parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted, tcp_wscale},
 };
 
 /// What a packet is to the connection table.
@@ -35,8 +35,6 @@ pub enum Ct {
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
-/// Window scale assumed for the RST window test (see `note_segment`).
-const ASSUMED_WSCALE: u32 = 7;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -156,11 +154,10 @@ fn note_segment(f: &mut Flow, side: u8, packet: &Packet) {
         set(&mut f.last_ack, s, packet.tcp.ack);
         f.ack_known |= 1 << s;
     }
-    // Windows in SYNs are never scaled. Later ones are, by a factor from
-    // the SYN's options that the fast path does not parse (an option scan
-    // costs the verifier more than its limit allows here); assume Linux's
-    // usual 2^7, which errs towards accepting a legitimate RST.
-    let shift = if packet.key.tcp_flags & SYN == 0 { ASSUMED_WSCALE } else { 0 };
+    // Windows in SYNs are never scaled; later ones are when both SYNs
+    // carried the option (RFC 7323).
+    let scaled = packet.key.tcp_flags & SYN == 0 && f.wscale[0] != WSCALE_NONE && f.wscale[1] != WSCALE_NONE;
+    let shift = if scaled { get(&f.wscale, s) as u32 & 15 } else { 0 };
     let window = (packet.tcp.window as u32) << shift;
     if window > get(&f.max_window, s) {
         set(&mut f.max_window, s, window);
@@ -267,6 +264,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
             TCP_SYN_SENT => {
                 f.state = TCP_SYN_RECV;
                 f.flags |= FLOW_BOTH_SYNS;
+                set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
             }
             // A closed flow's tuple reused by a new connection.
             TCP_TIME_WAIT | TCP_CLOSE => {
@@ -281,7 +279,10 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         let responder = !from_initiator || f.flags & FLOW_BOTH_SYNS != 0;
         let acks_syn = ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other);
         match f.state {
-            TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => f.state = TCP_SYN_RECV,
+            TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => {
+                f.state = TCP_SYN_RECV;
+                set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
+            }
             // A retransmitted SYN-ACK after the handshake (the final ACK was
             // lost): the peer must see it to ACK again. No state change.
             TCP_ESTABLISHED | TCP_FIN_WAIT if responder && seq_after(get(&f.next_seq, s), packet.tcp.seq) => {
@@ -316,7 +317,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
 /// or a datagram before any reply finds its flow there already.
 #[inline(always)]
-pub fn open(packet: &Packet, egress: bool) -> bool {
+pub fn open(packet: &Packet, wscale: u8, egress: bool) -> bool {
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -341,6 +342,8 @@ pub fn open(packet: &Packet, egress: bool) -> bool {
         ..Flow::default()
     };
     if k == Kind::Tcp {
+        flow.wscale = [WSCALE_NONE; 2];
+        set(&mut flow.wscale, (side & 1) as usize, wscale);
         note_segment(&mut flow, side, packet);
     }
     // BPF_NOEXIST: a flow another CPU just created is kept.

@@ -153,7 +153,9 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     };
     // Read from the scratch copy, not kept from before the walk (see FW_SCRATCH).
     if accept && packet.key.ct_state == ct_state::NEW {
-        conntrack::open(packet, false);
+        // Fresh packet pointers: the ones from before the walk stay dead there.
+        let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
+        conntrack::open(packet, syn_wscale(&frame, packet), false);
     }
     reason
 }
@@ -192,10 +194,10 @@ fn egress(frame: &Frame) -> Reason {
         // starts a new connection.
         Ct::SynInFlow => {
             conntrack::forget(&packet);
-            conntrack::open(&packet, true);
+            conntrack::open(&packet, syn_wscale(frame, &packet), true);
             Reason::EgressNew
         }
-        Ct::New if conntrack::open(&packet, true) => Reason::EgressNew,
+        Ct::New if conntrack::open(&packet, syn_wscale(frame, &packet), true) => Reason::EgressNew,
         Ct::New => Reason::EgressTracked,
         Ct::Invalid(Reason::InvalidNoFlow) => {
             conntrack::adopt(frame, &packet);
@@ -203,6 +205,15 @@ fn egress(frame: &Frame) -> Reason {
         }
         _ => Reason::EgressTracked,
     }
+}
+
+/// The window scale a TCP SYN announces (`WSCALE_NONE` for anything else).
+#[inline(always)]
+fn syn_wscale(frame: &Frame, packet: &parse::Packet) -> u8 {
+    if packet.key.proto != parse::IPPROTO_TCP {
+        return firewall_common::WSCALE_NONE;
+    }
+    parse::tcp_wscale(frame, packet).unwrap_or(firewall_common::WSCALE_NONE)
 }
 
 #[cfg(not(test))]

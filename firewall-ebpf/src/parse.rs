@@ -312,6 +312,58 @@ fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323).
+///
+/// The options are copied to a zeroed stack buffer (zero is the
+/// end-of-options kind) and scanned with an index masked to the buffer, so
+/// that every path through the scan leaves the index in the same range and
+/// the verifier's states converge from one iteration to the next.
+#[inline(always)]
+pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
+    const MAX_OPTIONS: usize = 40;
+    let mut buf = [0u8; 64];
+    let base = packet.l4_offset + TcpHdr::LEN;
+    let len = (packet.tcp.header_len as usize).saturating_sub(TcpHdr::LEN);
+    if base > MAX_L4_OFFSET {
+        return None;
+    }
+    // Options come in 4-byte words (the data offset counts words); one
+    // bounds check per word, at a constant offset from one base pointer.
+    let Some(start) = ctx.ptr_at::<[u8; 4]>(base) else { return None };
+    let start = start as usize;
+    for w in 0..MAX_OPTIONS / 4 {
+        if w * 4 >= len || start + w * 4 + 4 > ctx.end {
+            break;
+        }
+        // SAFETY: checked just above against the packet's end.
+        let word = unsafe { *((start + w * 4) as *const [u8; 4]) };
+        buf[w * 4] = word[0];
+        buf[w * 4 + 1] = word[1];
+        buf[w * 4 + 2] = word[2];
+        buf[w * 4 + 3] = word[3];
+    }
+    let mut i = 0usize;
+    for _ in 0..MAX_OPTIONS {
+        let kind = buf[i & 63];
+        if kind == 0 {
+            return None;
+        }
+        if kind == 3 {
+            return if buf[(i + 1) & 63] == 3 { Some(buf[(i + 2) & 63].min(14)) } else { None };
+        }
+        // NOP is one byte; every other option carries its length.
+        let size = if kind == 1 { 1 } else { buf[(i + 1) & 63] as usize };
+        if size == 0 {
+            return None;
+        }
+        i = (i + size) & 63;
+        if i >= MAX_OPTIONS {
+            return None;
+        }
+    }
+    None
+}
+
 /// The flow an ICMP error is about: the quoted IP header and the first 8
 /// bytes of its transport header, as a `Key` from the quoted packet's view.
 #[inline(always)]

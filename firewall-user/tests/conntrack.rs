@@ -352,3 +352,36 @@ fn a_ping_from_the_far_side_is_not_a_reply_to_ours() {
     h.expect(&their_ping, XDP_DROP, Reason::DefaultDrop);
     assert_eq!(h.flows()[0].state, "unreplied");
 }
+
+/// A SYN or SYN-ACK announcing window scale `shift`, as a real stack sends it.
+fn syn_with_wscale(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, shift: u8) -> Vec<u8> {
+    let mut tcp = tcp_header(sport, dport, flags, seq, ack);
+    tcp.set_options(&[
+        etherparse::TcpOptionElement::MaximumSegmentSize(1460),
+        etherparse::TcpOptionElement::SelectiveAcknowledgementPermitted,
+        etherparse::TcpOptionElement::Noop,
+        etherparse::TcpOptionElement::WindowScale(shift),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let (s, d): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(s.octets(), d.octets(), 64).tcp_header(tcp).write(&mut out, b"").unwrap();
+    out
+}
+
+#[test]
+fn the_rst_window_is_scaled_by_the_window_scale_both_syns_announce() {
+    let (remote, host) = FAMILIES[0];
+    for (scaled, verdict, reason) in [(true, XDP_PASS, Reason::Established), (false, XDP_DROP, Reason::InvalidRst)] {
+        let h = Harness::new(POLICY);
+        let syn = if scaled { syn_with_wscale(remote, host, 40000, 80, SYN, 1000, 0, 7) } else { seg(remote, host, 40000, 80, SYN, 1000, 0, b"") };
+        h.expect(&syn, XDP_PASS, Reason::RuleAccept);
+        let synack = if scaled { syn_with_wscale(host, remote, 80, 40000, SYN | ACK, 5000, 1001, 7) } else { seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b"") };
+        h.egress(&synack);
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        // The host acknowledges 1001 with a window field of 64240: 8 MB
+        // scaled by 2^7, 64 KB unscaled.
+        h.egress(&seg(host, remote, 80, 40000, ACK, 5001, 1001, b""));
+        h.expect(&seg(remote, host, 40000, 80, RST, 1001 + 1_000_000, 0, b""), verdict, reason);
+    }
+}
