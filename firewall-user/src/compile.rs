@@ -19,11 +19,11 @@
 //! Measured with BPF_PROG_TEST_RUN (see README, "Performance").
 
 use firewall_common::{
-    ACTION_ACCEPT, ACTION_DROP, DIMS, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES,
+    DIMS, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES,
     MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, RULE_NAME_LEN, RuleMeta, U128, ct_state, leaf_ref,
 };
 
-use crate::policy::{Action, Cidr, Policy, PortRange, Proto, Rule};
+use crate::policy::{Cidr, Policy, PortRange, Proto, Rule};
 
 /// The tree builder stops splitting at this many boxes; the kernel scans up
 /// to `MAX_LEAF_BOXES`, the slack absorbs boxes no split can separate.
@@ -60,13 +60,6 @@ pub struct Compiled {
     pub depth: u32,
 }
 
-pub fn action_code(action: Action) -> u8 {
-    match action {
-        Action::Accept => ACTION_ACCEPT,
-        Action::Drop => ACTION_DROP,
-    }
-}
-
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let mut boxes = Vec::new();
     for (index, rule) in policy.rules.iter().enumerate() {
@@ -86,8 +79,8 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let settings = &policy.settings;
     let header = PolicyHeader {
         loaded: 1,
-        default_action: action_code(settings.default),
-        fragment_action: action_code(settings.fragments),
+        default_action: settings.default.code(),
+        fragment_action: settings.fragments.code(),
         established: settings.established.code(),
         rule_count: policy.rules.len() as u32,
         root,
@@ -100,7 +93,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
-    let mut meta = RuleMeta { action: action_code(rule.action), ..Default::default() };
+    let mut meta = RuleMeta { action: rule.action.code(), ..Default::default() };
     // Validation bounds names to RULE_NAME_LEN - 1 bytes; keep a NUL at the end regardless.
     let n = rule.name.len().min(RULE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);
@@ -197,7 +190,7 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         proto_hi,
                         tcp_flags_mask: rule.tcp_flags.mask,
                         tcp_flags_value: rule.tcp_flags.value,
-                        action: action_code(rule.action),
+                        action: rule.action.code(),
                         state_mask: rule.state,
                         _pad: [0; 2],
                         rule: index,

@@ -103,6 +103,16 @@ pub enum Proto {
     Icmpv6,
 }
 
+impl Action {
+    /// `ACTION_ACCEPT` / `ACTION_DROP`, as the XDP program reads them.
+    pub fn code(self) -> u8 {
+        match self {
+            Action::Accept => firewall_common::ACTION_ACCEPT,
+            Action::Drop => firewall_common::ACTION_DROP,
+        }
+    }
+}
+
 impl Proto {
     /// IP protocol number; `None` for `any`.
     pub fn number(self) -> Option<u8> {
