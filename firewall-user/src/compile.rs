@@ -61,12 +61,15 @@ pub struct Compiled {
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
-    let mut boxes = Vec::new();
+    // Count before building: a few long lists multiply into more boxes
+    // than memory holds, and a reload must fail cleanly, not abort.
+    let count = policy.rules.iter().fold(0usize, |n, r| n.saturating_add(box_count(r)));
+    if count > MAX_BOXES as usize {
+        return Err(CompileError::TooManyBoxes { count });
+    }
+    let mut boxes = Vec::with_capacity(count);
     for (index, rule) in policy.rules.iter().enumerate() {
         rule_boxes(rule, index as u32, &mut boxes);
-        if boxes.len() > MAX_BOXES as usize {
-            return Err(CompileError::TooManyBoxes { count: boxes.len() });
-        }
     }
     let meta = policy.rules.iter().map(rule_meta).collect();
 
@@ -149,6 +152,17 @@ fn port_ranges(ports: &[PortRange]) -> Vec<(u16, u16)> {
     } else {
         ports.iter().map(|p| (p.lo, p.hi)).collect()
     }
+}
+
+/// How many boxes `rule_boxes` makes for `rule` (saturating).
+fn box_count(rule: &Rule) -> usize {
+    let addrs = |list: &[Cidr]| address_ranges(list).len();
+    let ports = |list: &[PortRange]| list.len().max(1);
+    let (sports, dports) = match rule.proto {
+        Proto::Icmp | Proto::Icmpv6 => (1, 1),
+        _ => (ports(&rule.sport), ports(&rule.dport)),
+    };
+    addrs(&rule.src).saturating_mul(addrs(&rule.dst)).saturating_mul(sports).saturating_mul(dports)
 }
 
 /// One box per combination of the rule's list items.
@@ -249,15 +263,16 @@ impl Builder<'_> {
         if kept.len() <= LEAF_TARGET {
             return self.leaf(&kept);
         }
-        let Some((dim, threshold)) = self.best_split(&kept, &region) else {
+        let split = if depth >= MAX_TREE_DEPTH { None } else { self.best_split(&kept, &region) };
+        let Some((dim, threshold)) = split else {
             if kept.len() <= MAX_LEAF_BOXES as usize {
                 return self.leaf(&kept);
             }
+            if depth >= MAX_TREE_DEPTH {
+                return Err(CompileError::TooDeep);
+            }
             return Err(self.inseparable(&kept));
         };
-        if depth >= MAX_TREE_DEPTH {
-            return Err(CompileError::TooDeep);
-        }
         let left_ids: Vec<u32> = kept.iter().copied().filter(|&i| self.ranges[i as usize][dim].0 <= threshold).collect();
         let right_ids: Vec<u32> = kept.iter().copied().filter(|&i| self.ranges[i as usize][dim].1 > threshold).collect();
         let mut left_region = region;
@@ -418,6 +433,17 @@ mod tests {
     fn a_covering_rule_hides_the_rules_after_it() {
         let c = compiled("[[rule]]\nname = \"all\"\naction = \"drop\"\n\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n");
         assert_eq!(c.leaf_refs, vec![0], "the second rule can never match");
+    }
+
+    #[test]
+    fn long_lists_are_refused_before_they_are_built() {
+        let list = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join(", ");
+        let src = list(300, &|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256));
+        let dst = list(300, &|i| format!("\"172.16.{}.{}\"", i / 256, i % 256));
+        let dport = list(300, &|i| format!("{}", 1000 + i));
+        let text = format!("[[rule]]\nname = \"big\"\nproto = \"tcp\"\nsrc = [{src}]\ndst = [{dst}]\ndport = [{dport}]\naction = \"accept\"\n");
+        let p = policy::parse(&text, "t.toml").unwrap();
+        assert_eq!(compile(&p).unwrap_err(), CompileError::TooManyBoxes { count: 300 * 300 * 300 });
     }
 
     #[test]

@@ -35,6 +35,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub struct Firewall {
     pub ebpf: Ebpf,
     active: Active,
+    /// When the last flip happened: the slot it left is rewritten only after
+    /// packets that were judged by it have surely finished.
+    flipped: Option<std::time::Instant>,
     /// Of the policy in force, for the sweep of idle flows.
     timeouts: firewall_common::Timeouts,
 }
@@ -72,7 +75,7 @@ impl Firewall {
             .try_into()?;
         egress.load().context("the kernel's verifier rejected the TC egress program")?;
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
-        Ok(Self { ebpf, active, timeouts: Default::default() })
+        Ok(Self { ebpf, active, flipped: None, timeouts: Default::default() })
     }
 
     pub fn generation(&self) -> u64 {
@@ -91,6 +94,11 @@ impl Firewall {
     /// On error the running policy is untouched.
     pub fn install(&mut self, policy: &Compiled) -> Result<()> {
         let slot = if self.active.generation == 0 { 0 } else { 1 - self.active.slot };
+        // An XDP program runs for microseconds; 10 ms is a wide margin.
+        const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
+        if let Some(rest) = self.flipped.and_then(|t| GRACE.checked_sub(t.elapsed())) {
+            std::thread::sleep(rest);
+        }
         let e = &mut self.ebpf;
         write_all::<Node>(e, maps::NODES, slot * MAX_NODES, &policy.nodes)?;
         write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;
@@ -112,6 +120,7 @@ impl Firewall {
         let next = Active { slot, generation: self.active.generation + 1, ..self.active };
         active.set(0, &next, 0).context("failed to switch to the new policy")?;
         self.active = next;
+        self.flipped = Some(std::time::Instant::now());
         self.timeouts = policy.header.timeouts;
         Ok(())
     }
@@ -120,10 +129,10 @@ impl Firewall {
     /// driver has no native XDP, and says so; returns the mode in effect.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode> {
         let ifindex = ifindex(iface)?;
-        self.active.ifindex = ifindex;
-        let mut active: Array<_, Active> = Array::try_from(map(&mut self.ebpf, maps::ACTIVE)?)?;
-        active.set(0, &self.active, 0)?;
         let name = CString::new(iface)?;
+        // Egress first: until it runs, replies to the host's new
+        // connections would meet an enforcing XDP program as unknown.
+        self.attach_egress(iface, &name)?;
         let program: &mut Xdp = self
             .ebpf
             .program_mut(maps::XDP_PROGRAM)
@@ -140,7 +149,10 @@ impl Firewall {
             }
             Err(e) => return Err(attach_error(iface, e)),
         };
-        self.attach_egress(iface, &name)?;
+        // Only now does `stats` see it (it skips ifindex 0): attached and enforcing.
+        self.active.ifindex = ifindex;
+        let mut active: Array<_, Active> = Array::try_from(map(&mut self.ebpf, maps::ACTIVE)?)?;
+        active.set(0, &self.active, 0)?;
         Ok(in_effect)
     }
 
@@ -149,8 +161,9 @@ impl Firewall {
     /// have it (6.6), a clsact qdisc before.
     fn attach_egress(&mut self, iface: &str, name: &CString) -> Result<()> {
         if !kernel_at_least(6, 6) {
+            // An existing clsact qdisc is fine; anything else is worth seeing.
             if let Err(e) = tc::qdisc_add_clsact(name.as_c_str()) {
-                log::debug!("clsact on {iface}: {e} (already there?)");
+                log::warn!("adding a clsact qdisc to {iface}: {e} (fine if one exists)");
             }
         }
         let egress: &mut SchedClassifier = self
@@ -235,7 +248,7 @@ fn is_errno(e: &ProgramError, errno: i32) -> bool {
 
 fn attach_error(iface: &str, e: ProgramError) -> anyhow::Error {
     if is_errno(&e, libc::EBUSY) || is_errno(&e, libc::EEXIST) {
-        anyhow!("{iface} already has an XDP program attached by someone else; detach it first (ip link set dev {iface} xdp off)")
+        anyhow!("{iface} already has an XDP program attached (another `firewall run`?); stop it, or detach it (`bpftool net show dev {iface}`, then `bpftool link detach id N`, or `ip link set dev {iface} xdp off` for a netlink attachment)")
     } else if matches!(e, ProgramError::UnknownInterface { .. }) {
         anyhow!("no such interface: {iface}")
     } else {

@@ -39,9 +39,13 @@ pub fn open(iface: Option<&str>) -> Result<Found> {
     loader::check_privileges()?;
     let netns = loader::netns_inode()?;
     let want = iface.map(loader::ifindex).transpose()?;
-    if let Some(name) = iface {
-        if let Some(found) = from_pins(name, netns)? {
-            return Ok(found);
+    if let (Some(name), Some(ifindex)) = (iface, want) {
+        // Pins may outlive a firewall that was killed: only trusted when a
+        // loaded firewall program uses them; any problem falls back to ids.
+        match from_pins(name, netns, ifindex) {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {}
+            Err(e) => log::debug!("pins for {name} not usable: {e:#}"),
         }
     }
     let mut found = from_programs(netns)?;
@@ -56,7 +60,7 @@ pub fn open(iface: Option<&str>) -> Result<Found> {
     }
 }
 
-fn from_pins(iface: &str, netns: u64) -> Result<Option<Found>> {
+fn from_pins(iface: &str, netns: u64, ifindex: u32) -> Result<Option<Found>> {
     let dir = pin_dir(iface);
     if !dir.join(maps::ACTIVE).exists() {
         return Ok(None);
@@ -67,8 +71,16 @@ fn from_pins(iface: &str, netns: u64) -> Result<Option<Found>> {
         let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
         by_name.insert(name.to_string(), data);
     }
+    let active_id = by_name[maps::ACTIVE].info()?.id();
+    let live = loaded_programs().flatten().any(|p| {
+        p.name_as_str() == Some(maps::XDP_PROGRAM) && p.map_ids().ok().flatten().is_some_and(|ids| ids.contains(&active_id))
+    });
+    if !live {
+        log::debug!("pins for {iface} belong to no loaded firewall (left by a killed one?)");
+        return Ok(None);
+    }
     let found = assemble(by_name, "pinned maps")?;
-    Ok(is_ours(&found, netns).then_some(found))
+    Ok((is_ours(&found, netns) && found.ifindex == ifindex).then_some(found))
 }
 
 fn from_programs(netns: u64) -> Result<Vec<Found>> {
@@ -100,9 +112,11 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
     Ok(out)
 }
 
+/// Written by a controller in this network namespace that attached it
+/// (loaded-only programs, as in tests, have ifindex 0).
 fn is_ours(found: &Found, netns: u64) -> bool {
     log::debug!("active {:?} want netns {netns}", found.maps.active.get(&0, 0).ok());
-    found.maps.active.get(&0, 0).map(|a| a.netns_ino == netns && a.ifindex == found.ifindex).unwrap_or(false)
+    found.maps.active.get(&0, 0).map(|a| a.netns_ino == netns && a.ifindex != 0).unwrap_or(false)
 }
 
 fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str) -> Result<Found> {

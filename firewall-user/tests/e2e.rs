@@ -317,6 +317,31 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
     let out = fw.terminate();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!pin.exists(), "pins removed on exit");
+
+    // Killed (no cleanup): the pins stay, but stats must not take them for a
+    // running firewall.
+    let mut fw = Guarded::spawn({
+        let mut c = std::process::Command::new(FIREWALL);
+        c.args(["run", "--iface", &host_if, "--policy", policy.to_str().unwrap()]);
+        c
+    });
+    wait_for("pins again", Duration::from_secs(20), || {
+        assert!(fw.child().try_wait().unwrap().is_none(), "firewall exited early");
+        pin.join("FW_REASON_CNT").exists().then_some(())
+    });
+    fw.child().kill().unwrap();
+    fw.child().wait().unwrap();
+    struct RemovePins(std::path::PathBuf);
+    impl Drop for RemovePins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _pins = RemovePins(pin.clone());
+    assert!(pin.join("FW_ACTIVE").exists(), "a killed firewall leaves its pins");
+    let out = std::process::Command::new(FIREWALL).args(["stats", "--iface", &host_if]).output().unwrap();
+    assert!(!out.status.success(), "stale pins are not a running firewall: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no firewall is attached"));
 }
 
 const STATEFUL: &str = r#"

@@ -26,7 +26,16 @@ pub fn run(iface: &str, policy_path: &Path, mode: Mode) -> Result<ExitCode> {
         Mode::Generic => XdpMode::Skb,
     };
     let in_effect = fw.attach(iface, xdp_mode)?;
-    let pins = fw.pin_maps(iface)?;
+    // Pins are a convenience (stats also finds the maps by program id): a
+    // failure to pin is reported, not fatal, and leaves no half set behind.
+    let pins = match fw.pin_maps(iface) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("maps not pinned: {e:#}");
+            loader::unpin_maps(&loader::pin_dir(iface));
+            None
+        }
+    };
     log::info!(
         "attached to {iface} ({} mode), policy {} ({}){}",
         if in_effect == XdpMode::Skb { "generic" } else { "native" },
