@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Guarded, Pair, wait_for};
+use common::netns::{Guarded, OnDrop, Pair, wait_for};
 use serde_json::Value;
 
 const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
@@ -291,13 +291,10 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Deleted with the namespace holding its peer; also explicitly on the way out.
-    struct DelLink(String);
-    impl Drop for DelLink {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
-    let _link = DelLink(host_if.clone());
+    let link = host_if.clone();
+    let _link = OnDrop(move || {
+        let _ = std::process::Command::new("ip").args(["link", "del", &link]).status();
+    });
     let (_dir, policy) = temp_policy(POLICY);
     let mut fw = Guarded::spawn({
         let mut c = std::process::Command::new(FIREWALL);
@@ -331,13 +328,10 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
     });
     fw.child().kill().unwrap();
     fw.child().wait().unwrap();
-    struct RemovePins(std::path::PathBuf);
-    impl Drop for RemovePins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _pins = RemovePins(pin.clone());
+    let stale = pin.clone();
+    let _pins = OnDrop(move || {
+        let _ = std::fs::remove_dir_all(&stale);
+    });
     assert!(pin.join("FW_ACTIVE").exists(), "a killed firewall leaves its pins");
     let out = std::process::Command::new(FIREWALL).args(["stats", "--iface", &host_if]).output().unwrap();
     assert!(!out.status.success(), "stale pins are not a running firewall: {}", String::from_utf8_lossy(&out.stdout));
@@ -452,14 +446,9 @@ fn stateful_default_drop_serves_a_bulk_download_and_drops_forged_packets() {
     let (_dir, policy) = temp_policy(STATEFUL);
     let _fw = start_firewall(&pair, &policy);
     let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
-    let local: SocketAddr = format!("{}:45678", pair.client_ip).parse().unwrap();
 
-    // One real connection from a known port: a multi-MiB download first.
-    let mut conn = Pair::within(&pair.client, move || {
-        let sock = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3));
-        let _ = local; // the kernel picks the port; read it back below
-        sock
-    })
+    // One real connection (its port is read back below): a multi-MiB download first.
+    let mut conn = Pair::within(&pair.client, move || TcpStream::connect_timeout(&server, Duration::from_secs(3)))
     .join()
     .unwrap()
     .expect("connect through the firewall");

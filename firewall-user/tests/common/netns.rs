@@ -112,6 +112,15 @@ impl Drop for Guarded {
     }
 }
 
+/// Runs its closure when dropped, so cleanup happens when a test fails too.
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
