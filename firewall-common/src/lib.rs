@@ -4,12 +4,14 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod cookie;
 pub mod limits;
 pub mod maps;
 pub mod reason;
 pub mod rule;
 
 pub use conntrack::*;
+pub use cookie::*;
 pub use limits::*;
 pub use reason::Reason;
 pub use rule::*;

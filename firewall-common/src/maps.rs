@@ -10,6 +10,16 @@ pub const RULE_META: &str = "FW_RULE_META";
 pub const RULE_COUNTERS: &str = "FW_RULE_CNT";
 pub const REASON_COUNTERS: &str = "FW_REASON_CNT";
 pub const FLOWS: &str = "FW_FLOWS";
+/// Cookie keys: never pinned (the key must not reach a file).
+pub const COOKIE_KEY: &str = "FW_COOKIE_KEY";
+pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
+/// Per service (slot * MAX_RULES + rule): whether `auto` turned cookies on.
+pub const COOKIE_ON: &str = "FW_COOKIE_ON";
+pub const COOKIE_COUNTERS: &str = "FW_COOKIE_CNT";
+/// Per slot and destination port: 1 + the first cookie rule for the port.
+pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
+/// Tail-call targets of the XDP program (`PROG_*`).
+pub const PROGRAMS: &str = "FW_PROGS";
 
 /// Every map the controller pins and `stats` opens.
 pub const ALL: &[&str] = &[
@@ -22,7 +32,18 @@ pub const ALL: &[&str] = &[
     RULE_COUNTERS,
     REASON_COUNTERS,
     FLOWS,
+    COOKIE_ON,
+    COOKIE_COUNTERS,
 ];
+
+/// Indexes in `PROGRAMS`.
+pub const PROG_COOKIE_SYN: u32 = 0;
+pub const PROG_COOKIE_ACK: u32 = 1;
+/// Programs tail-called from the XDP program, by index.
+pub const COOKIE_SYN_PROGRAM: &str = "fw_cookie_syn";
+pub const COOKIE_ACK_PROGRAM: &str = "fw_cookie_ack";
+/// TC ingress program that hands validated cookie ACKs to the listener.
+pub const INGRESS_PROGRAM: &str = "fw_ingress";
 
 /// Name of the XDP program (as the kernel reports it).
 pub const XDP_PROGRAM: &str = "firewall";

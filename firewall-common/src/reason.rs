@@ -60,10 +60,29 @@ pub enum Reason {
     EgressTracked = 25,
     /// Egress: not tracked (not IP, malformed, fragments, other protocols).
     EgressUntracked = 26,
+    /// A SYN to a service in cookie mode, answered from XDP with a cookie
+    /// SYN-ACK (XDP_TX); the host never sees it.
+    CookieSent = 27,
+    /// An ACK of no flow whose cookie validated: the flow is created and
+    /// the ACK goes on to be handed to the listener.
+    CookieValid = 28,
+    /// An ACK of no flow to a cookie service whose cookie did not validate.
+    CookieInvalid = 29,
+    /// A SYN for cookie mode that cannot be answered in place (no room to
+    /// grow the frame); passed to the host, which answers it.
+    CookieFallback = 30,
+    /// TC ingress: a validated cookie ACK handed to its listener.
+    HandoffDone = 31,
+    /// TC ingress: no listener for a validated cookie ACK; the host answers
+    /// with an RST, as for any closed port.
+    HandoffNoListener = 32,
+    /// TC ingress: the kernel refused the hand-off (e.g. a sysctl disables
+    /// an option the cookie carries); the host answers the bare ACK.
+    HandoffFailed = 33,
 }
 
 /// Number of reason counters (the map's size).
-pub const REASON_COUNT: u32 = 27;
+pub const REASON_COUNT: u32 = 34;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -94,6 +113,13 @@ impl Reason {
         Reason::EgressNew,
         Reason::EgressTracked,
         Reason::EgressUntracked,
+        Reason::CookieSent,
+        Reason::CookieValid,
+        Reason::CookieInvalid,
+        Reason::CookieFallback,
+        Reason::HandoffDone,
+        Reason::HandoffNoListener,
+        Reason::HandoffFailed,
     ];
 
     /// Name shown by `stats` and used in its JSON.
@@ -126,6 +152,13 @@ impl Reason {
             Reason::EgressNew => "egress_new",
             Reason::EgressTracked => "egress_tracked",
             Reason::EgressUntracked => "egress_untracked",
+            Reason::CookieSent => "cookie_sent",
+            Reason::CookieValid => "cookie_valid",
+            Reason::CookieInvalid => "cookie_invalid",
+            Reason::CookieFallback => "cookie_fallback",
+            Reason::HandoffDone => "handoff_done",
+            Reason::HandoffNoListener => "handoff_no_listener",
+            Reason::HandoffFailed => "handoff_failed",
         }
     }
 
@@ -148,6 +181,7 @@ impl Reason {
                 | Reason::InvalidRst
                 | Reason::InvalidState
                 | Reason::InvalidIcmp
+                | Reason::CookieInvalid
         )
     }
 }

@@ -135,7 +135,9 @@ pub struct MatchBox {
     pub action: u8,
     /// `ct_state` bits this box matches.
     pub state_mask: u8,
-    pub _pad: [u8; 2],
+    /// `SYNCOOKIE_*` mode of the rule (accepting TCP rules only).
+    pub syncookie: u8,
+    pub _pad: [u8; 1],
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
 }
@@ -146,12 +148,14 @@ pub struct MatchBox {
 pub struct RuleMeta {
     pub name: [u8; RULE_NAME_LEN],
     pub action: u8,
-    pub _pad: [u8; 7],
+    /// `SYNCOOKIE_*` mode of the rule.
+    pub syncookie: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Default for RuleMeta {
     fn default() -> Self {
-        Self { name: [0; RULE_NAME_LEN], action: 0, _pad: [0; 7] }
+        Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, _pad: [0; 6] }
     }
 }
 
@@ -177,4 +181,7 @@ mod pod {
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}
     unsafe impl aya::Pod for crate::conntrack::Flow {}
     unsafe impl aya::Pod for crate::conntrack::Timeouts {}
+    unsafe impl aya::Pod for crate::cookie::CookieKey {}
+    unsafe impl aya::Pod for crate::cookie::CookieConfig {}
+    unsafe impl aya::Pod for crate::cookie::CookieCounters {}
 }

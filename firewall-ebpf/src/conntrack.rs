@@ -379,6 +379,39 @@ pub fn adopt(frame: &Frame, packet: &Packet) {
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
 }
 
+/// Records the connection a valid cookie ACK completes: established, the
+/// client as initiator, both window scales and our side's sequence
+/// (the cookie) known, as if the handshake had gone through the table.
+#[inline(always)]
+pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u32) {
+    let (fk, side) = flow_key(&packet.key, 0);
+    let now = now_ns();
+    let s = (side & 1) as usize;
+    let mut flow = Flow {
+        state: TCP_ESTABLISHED,
+        initiator: side,
+        origin: ORIGIN_REMOTE,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: frame.wire_len,
+        ..Flow::default()
+    };
+    let (ours, theirs) = if client_wscale == WSCALE_NONE {
+        (WSCALE_NONE, WSCALE_NONE)
+    } else {
+        (firewall_common::OUR_WSCALE, client_wscale)
+    };
+    set(&mut flow.wscale, s, theirs);
+    set(&mut flow.wscale, 1 - s, ours);
+    set(&mut flow.next_seq, 1 - s, cookie.wrapping_add(1));
+    set(&mut flow.max_window, 1 - s, firewall_common::SYNACK_WINDOW as u32);
+    flow.seq_known = 1 << (1 - s);
+    flow.flags = 0;
+    note_segment(&mut flow, side, packet);
+    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+}
+
 /// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
 #[inline(always)]
 pub fn forget(packet: &Packet) {

@@ -4,24 +4,29 @@
 #![no_main]
 
 mod conntrack;
+mod cookie;
 mod counters;
+mod handoff;
 mod parse;
 mod rules;
 
 use aya_ebpf::{
     bindings::{
         TC_ACT_OK,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use conntrack::Ct;
+use cookie::Event;
 use firewall_common::{
-    ACTION_ACCEPT, Active, Counter, Flow, FlowKey, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_NODES,
-    MAX_RULES, MatchBox, Node, POLICY_SLOTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT,
-    STATE_DROP, ct_state, reason::REASON_COUNT,
+    ACTION_ACCEPT, Active, CookieConfig, CookieCounters, CookieKey, Counter, Flow, FlowKey,
+    MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node, POLICY_SLOTS, PORTS,
+    PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF,
+    WSCALE_NONE, ct_state, maps::PROG_COOKIE_SYN, reason::REASON_COUNT,
+    tcp_flags::{ACK, FIN, RST, SYN},
 };
 use parse::Frame;
 
@@ -51,8 +56,29 @@ static FW_REASON_CNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASO
 /// 1M budget).
 #[map(name = "FW_SCRATCH")]
 static FW_SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU result of `parse::tcp_options` (see there for why a map).
+#[map(name = "FW_OPTS")]
+static FW_OPTS: PerCpuArray<parse::OptionPositions> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "FW_COOKIE_KEY")]
+static FW_COOKIE_KEY: Array<CookieKey> = Array::with_max_entries(2, 0);
+#[map(name = "FW_COOKIE_CFG")]
+static FW_COOKIE_CFG: Array<CookieConfig> = Array::with_max_entries(1, 0);
+#[map(name = "FW_COOKIE_ON")]
+static FW_COOKIE_ON: Array<u32> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
+#[map(name = "FW_COOKIE_CNT")]
+static FW_COOKIE_CNT: PerCpuArray<CookieCounters> =
+    PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
+#[map(name = "FW_COOKIE_PORT")]
+static FW_COOKIE_PORT: Array<u32> = Array::with_max_entries(POLICY_SLOTS * PORTS, 0);
+/// The policy slot and rule a tail-called cookie program works for.
+#[map(name = "FW_COOKIE_ARG")]
+static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+/// Programs the XDP program tail-calls (`maps::PROG_*`): each has a
+/// verifier budget of its own.
+#[map(name = "FW_PROGS")]
+static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
@@ -115,6 +141,22 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
         _ => {}
     }
+    // An ACK of no flow to a cookie service may complete a handshake the
+    // firewall answered: one SipHash decides.
+    if let Ct::Invalid(Reason::InvalidNoFlow) = ct {
+        if let Some(rule) = cookie_service(slot, &packet) {
+            if let Some(valid) = cookie::check_ack(&packet) {
+                let ws = if valid.attrs.wscale_ok != 0 { valid.attrs.snd_wscale } else { WSCALE_NONE };
+                conntrack::open_cookie(frame, &packet, ws, valid.cookie);
+                cookie::count(slot, rule, Event::Valid);
+                // Without the mark the host answers the bare ACK with an RST.
+                let _ = cookie::mark_for_handoff(ctx, &valid.attrs);
+                return Reason::CookieValid;
+            }
+            cookie::count(slot, rule, Event::Invalid);
+            ct = Ct::Invalid(Reason::CookieInvalid);
+        }
+    }
     let (state, setting) = match ct {
         Ct::New | Ct::SynInFlow => (ct_state::NEW, firewall_common::STATE_RULES),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
@@ -138,9 +180,11 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         *scratch = packet;
         &*scratch
     };
+    let mut service = (MAX_RULES, SYNCOOKIE_OFF);
     let (accept, reason) = match rules::classify(slot, header.root, &packet.key) {
         Ok(Some(matched)) => {
             counters::count_rule(slot, matched.rule, packet.wire_len);
+            service = (matched.rule, matched.syncookie);
             if matched.action == ACTION_ACCEPT {
                 (true, Reason::RuleAccept)
             } else {
@@ -153,11 +197,103 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     };
     // Read from the scratch copy, not kept from before the walk (see FW_SCRATCH).
     if accept && packet.key.ct_state == ct_state::NEW {
+        let (rule, mode) = service;
+        let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+        if mode != SYNCOOKIE_OFF && bare_syn && packet.key.proto == parse::IPPROTO_TCP {
+            cookie::count(slot, rule, Event::Syn);
+            if mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule) {
+                if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
+                    // SAFETY: this CPU's slot; the tail-called program reads it.
+                    unsafe {
+                        *arg = [slot, rule];
+                        FW_PROGS.tail_call(ctx, PROG_COOKIE_SYN);
+                    }
+                }
+                // Only reached when the tail call failed (no program in
+                // the array): the host answers the SYN itself.
+            }
+        }
         // Fresh packet pointers: the ones from before the walk stay dead there.
         let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
         conntrack::open(packet, syn_wscale(&frame, packet), false);
     }
     reason
+}
+
+/// Passes `packet` through this CPU's scratch slot, as the rule walk does
+/// (see `FW_SCRATCH`): what the verifier knew of it from the parse paths is
+/// gone, so the option scan after it is verified once, not once per path.
+#[inline(always)]
+pub fn forget_paths(packet: parse::Packet) -> Option<&'static parse::Packet> {
+    let scratch = FW_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used only while one program runs on it
+    // (XDP and TC run in softirq context and never nest on a CPU).
+    unsafe {
+        *scratch = packet;
+        Some(&*scratch)
+    }
+}
+
+/// The service (rule) whose cookies an ACK to this port would carry.
+#[inline(always)]
+fn cookie_service(slot: u32, packet: &parse::Packet) -> Option<u32> {
+    if packet.key.proto != parse::IPPROTO_TCP || packet.key.tcp_flags & (SYN | RST | ACK) != ACK {
+        return None;
+    }
+    let entry = *FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32)?;
+    if entry == 0 { None } else { Some(entry - 1) }
+}
+
+/// Whether `auto` mode has switched this service to cookies.
+#[inline(always)]
+fn cookie_engaged(slot: u32, rule: u32) -> bool {
+    rule < MAX_RULES && FW_COOKIE_ON.get(slot * MAX_RULES + rule).is_some_and(|on| *on != 0)
+}
+
+/// Tail-called for a SYN that a cookie service accepted: answers it with a
+/// cookie SYN-ACK (XDP_TX), or passes it to the host when it cannot.
+#[xdp]
+pub fn fw_cookie_syn(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let frame = Frame { start, end, wire_len: (end - start) as u64 };
+    let len = frame.wire_len;
+    let (reason, action) = cookie_syn(&ctx, &frame);
+    counters::count_reason(reason, len);
+    action
+}
+
+#[inline(always)]
+fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
+    let Some(&[slot, rule]) = FW_COOKIE_ARG.get(0) else {
+        return (Reason::Internal, XDP_PASS);
+    };
+    let packet = match parse::parse(frame) {
+        Ok(Some(packet)) if packet.key.proto == parse::IPPROTO_TCP => packet,
+        _ => return (Reason::Internal, XDP_PASS),
+    };
+    let Some(packet) = forget_paths(packet) else { return (Reason::Internal, XDP_PASS) };
+    match cookie::answer_syn(ctx, packet) {
+        Ok(()) => {
+            cookie::count(slot, rule, Event::Sent);
+            (Reason::CookieSent, XDP_TX)
+        }
+        Err(reason) => {
+            // The frame is still the SYN: let the host answer, tracked as usual.
+            let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
+            conntrack::open(packet, syn_wscale(&frame, packet), false);
+            (reason, XDP_PASS)
+        }
+    }
+}
+
+/// TC ingress: hands an ACK whose cookie XDP validated (marked with XDP
+/// metadata) to its listener; every other packet passes untouched.
+#[classifier]
+pub fn fw_ingress(ctx: TcContext) -> i32 {
+    if let Some(reason) = handoff::run(&ctx) {
+        counters::count_reason(reason, ctx.len() as u64);
+    }
+    TC_ACT_OK
 }
 
 /// Egress: records the flows the host opens and advances every flow on

@@ -63,6 +63,8 @@ pub struct Packet {
     pub key: Key,
     /// A non-first fragment: no transport header, ports are zero.
     pub fragment: bool,
+    /// Offset of the IP header from the start of the frame (after VLAN tags).
+    pub l3_offset: usize,
     /// Offset of the transport header from the start of the frame.
     pub l4_offset: usize,
     /// Bytes from the transport header to the end of the IP packet.
@@ -163,6 +165,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
     let mut packet = Packet {
         key,
         fragment: false,
+        l3_offset: offset,
         l4_offset: offset + header_len,
         l4_len: total_len - header_len,
         tcp: TcpInfo::default(),
@@ -238,6 +241,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
     let mut packet = Packet {
         key,
         fragment,
+        l3_offset: offset,
         l4_offset: l4,
         l4_len: payload_len - consumed,
         tcp: TcpInfo::default(),
@@ -362,6 +366,113 @@ pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
         }
     }
     None
+}
+
+/// The TCP options a SYN (or the ACK of a cookie) carries that matter to
+/// a SYN cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct TcpOptions {
+    /// 0 when absent.
+    pub mss: u16,
+    /// `None` as 0xff.
+    pub wscale: u8,
+    pub sack_permitted: bool,
+    pub timestamps: bool,
+    pub tsval: u32,
+    pub tsecr: u32,
+}
+
+/// Where each option kind (below 16) starts in the options area, plus one
+/// (0: absent). Lives in a per-CPU map, see `tcp_options`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct OptionPositions {
+    pub at: [u8; 16],
+    /// The scan's index, passed through memory the verifier does not track.
+    pub cursor: u64,
+}
+
+/// All of a TCP header's options of interest, scanned as `tcp_wscale`
+/// does (zeroed copy, masked index), for the cookie programs, which have a
+/// verifier budget of their own. The scan only records where each kind
+/// starts, by indexing a per-CPU map value with the kind: no branch per
+/// kind, and map contents are not tracked by the verifier, so the paths of
+/// one iteration converge (a scan that set per-option flags on the stack
+/// made every combination a separate state and blew the 1M budget).
+#[inline(always)]
+pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
+    const MAX_OPTIONS: usize = 40;
+    let mut opts = TcpOptions { wscale: 0xff, ..TcpOptions::default() };
+    let Some(pos) = crate::FW_OPTS.get_ptr_mut(0) else { return opts };
+    // SAFETY: this CPU's slot, used only while this program runs.
+    unsafe { *pos = OptionPositions::default() };
+    let mut buf = [0u8; 64];
+    let base = packet.l4_offset + TcpHdr::LEN;
+    let len = (packet.tcp.header_len as usize).saturating_sub(TcpHdr::LEN);
+    if base > MAX_L4_OFFSET {
+        return opts;
+    }
+    let Some(start) = ctx.ptr_at::<[u8; 4]>(base) else { return opts };
+    let start = start as usize;
+    for w in 0..MAX_OPTIONS / 4 {
+        if w * 4 >= len || start + w * 4 + 4 > ctx.end {
+            break;
+        }
+        // SAFETY: checked just above against the packet's end.
+        let word = unsafe { *((start + w * 4) as *const [u8; 4]) };
+        buf[w * 4] = word[0];
+        buf[w * 4 + 1] = word[1];
+        buf[w * 4 + 2] = word[2];
+        buf[w * 4 + 3] = word[3];
+    }
+    let limit = len.min(MAX_OPTIONS);
+    let mut i = 0usize;
+    for _ in 0..MAX_OPTIONS {
+        let kind = buf[i & 63] as usize;
+        if kind == 0 {
+            break;
+        }
+        let size = if kind == 1 { 1 } else { buf[(i + 1) & 63] as usize };
+        // An option running past the options area ends the scan, as in
+        // the kernel's tcp_parse_options.
+        if size == 0 || (kind != 1 && size < 2) || i + size > limit {
+            break;
+        }
+        // SAFETY: as above; the index is masked to the array. Reading the
+        // next index back from the map makes it the same unknown 0..63 on
+        // every path, so the states of one iteration prune each other.
+        unsafe {
+            (*pos).at[kind & 15] = (i + 1) as u8;
+            (*pos).cursor = ((i + size) & 63) as u64;
+            i = core::ptr::read_volatile(&(*pos).cursor) as usize & 63;
+        }
+        if i >= MAX_OPTIONS {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    let found = unsafe { *pos };
+    let at = |i: usize| buf[i & 63] as u32;
+    // An option counts only with its exact length, and only when the kind
+    // found at that position is the one asked for (kinds 16+ alias).
+    let option = |kind: usize, size: u32| {
+        let p = found.at[kind] as usize;
+        if p != 0 && at(p - 1) == kind as u32 && at(p) == size { Some(p - 1) } else { None }
+    };
+    if let Some(p) = option(2, 4) {
+        opts.mss = (at(p + 2) << 8 | at(p + 3)) as u16;
+    }
+    if let Some(p) = option(3, 3) {
+        opts.wscale = at(p + 2).min(14) as u8;
+    }
+    opts.sack_permitted = option(4, 2).is_some();
+    if let Some(p) = option(8, 10) {
+        opts.timestamps = true;
+        opts.tsval = at(p + 2) << 24 | at(p + 3) << 16 | at(p + 4) << 8 | at(p + 5);
+        opts.tsecr = at(p + 6) << 24 | at(p + 7) << 16 | at(p + 8) << 8 | at(p + 9);
+    }
+    opts
 }
 
 /// The flow an ICMP error is about: the quoted IP header and the first 8

@@ -58,6 +58,10 @@ pub struct Compiled {
     pub boxes: Vec<MatchBox>,
     pub meta: Vec<RuleMeta>,
     pub depth: u32,
+    /// Destination ports of cookie services and the first cookie rule
+    /// (index) for each: where an ACK of no flow has its cookie checked.
+    pub cookie_ports: Vec<(u16, u32)>,
+    pub syncookie: crate::policy::SyncookieSettings,
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
@@ -92,11 +96,27 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         _pad: [0; 2],
         timeouts: settings.timeouts,
     };
-    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth })
+    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syncookie: settings.syncookie.clone() })
+}
+
+/// Every port a cookie rule names, mapped to the first such rule.
+fn cookie_ports(policy: &Policy) -> Vec<(u16, u32)> {
+    let mut owner: Vec<Option<u32>> = vec![None; 65_536];
+    for (index, rule) in policy.rules.iter().enumerate() {
+        if rule.syncookie == crate::policy::Syncookie::Off {
+            continue;
+        }
+        for r in &rule.dport {
+            for port in r.lo..=r.hi {
+                owner[port as usize].get_or_insert(index as u32);
+            }
+        }
+    }
+    owner.iter().enumerate().filter_map(|(p, o)| o.map(|rule| (p as u16, rule))).collect()
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
-    let mut meta = RuleMeta { action: rule.action.code(), ..Default::default() };
+    let mut meta = RuleMeta { action: rule.action.code(), syncookie: rule.syncookie.code(), ..Default::default() };
     // Validation bounds names to RULE_NAME_LEN - 1 bytes; keep a NUL at the end regardless.
     let n = rule.name.len().min(RULE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);
@@ -206,7 +226,8 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         tcp_flags_value: rule.tcp_flags.value,
                         action: rule.action.code(),
                         state_mask: rule.state,
-                        _pad: [0; 2],
+                        syncookie: rule.syncookie.code(),
+                        _pad: [0; 1],
                         rule: index,
                     });
                 }

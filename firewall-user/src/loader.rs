@@ -11,12 +11,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use firewall_common::{
-    Active, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node,
-    PolicyHeader, RuleMeta, maps,
+    Active, CookieConfig, CookieCounters, CookieKey, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES,
+    MAX_RULES, MatchBox, Node, PORTS, PolicyHeader, RuleMeta, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, maps,
 };
 
 use crate::compile::Compiled;
@@ -40,6 +40,24 @@ pub struct Firewall {
     flipped: Option<std::time::Instant>,
     /// Of the policy in force, for the sweep of idle flows.
     timeouts: firewall_common::Timeouts,
+    /// Cookie ports written into each policy slot (to clear on reuse).
+    cookie_ports: [Vec<u16>; 2],
+    /// `auto` services of the policy in force.
+    auto: Vec<AutoService>,
+    cookie_settings: crate::policy::SyncookieSettings,
+    cookie_config: CookieConfig,
+}
+
+/// The state of one `syncookie = "auto"` service.
+#[derive(Debug, Clone)]
+struct AutoService {
+    rule: u32,
+    name: String,
+    on: bool,
+    /// SYN count at the last tick.
+    syns: u64,
+    /// Since when the rate has been below `auto_off_rate` (while on).
+    below_since: Option<std::time::Instant>,
 }
 
 impl Firewall {
@@ -48,7 +66,9 @@ impl Firewall {
         check_privileges()?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
             let msg = format!("{e:#}");
-            if msg.contains("Operation not permitted") {
+            if msg.contains("bpf_sk_assign_tcp_reqsk") {
+                anyhow!("this kernel lacks the kfunc bpf_sk_assign_tcp_reqsk (Linux 6.9 or newer, with CONFIG_SYN_COOKIES), which hands SYN-cookie connections to their listener: {msg}")
+            } else if msg.contains("Operation not permitted") {
                 anyhow!("loading the XDP program was refused (EPERM): run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
             } else {
                 anyhow!(e).context("failed to load the firewall's eBPF object")
@@ -74,8 +94,109 @@ impl Firewall {
             .context("the eBPF object has no egress program")?
             .try_into()?;
         egress.load().context("the kernel's verifier rejected the TC egress program")?;
+        let ingress: &mut SchedClassifier = ebpf
+            .program_mut(maps::INGRESS_PROGRAM)
+            .context("the eBPF object has no TC ingress program")?
+            .try_into()?;
+        ingress.load().context("the kernel's verifier rejected the TC ingress (cookie hand-off) program")?;
+        let syn: &mut Xdp = ebpf
+            .program_mut(maps::COOKIE_SYN_PROGRAM)
+            .context("the eBPF object has no cookie SYN program")?
+            .try_into()?;
+        syn.load().context("the kernel's verifier rejected the XDP cookie SYN program")?;
+        let syn_fd = syn.fd()?.try_clone()?;
+        let mut progs: ProgramArray<_> = ProgramArray::try_from(map(&mut ebpf, maps::PROGRAMS)?)?;
+        progs.set(maps::PROG_COOKIE_SYN, &syn_fd, 0).context("failed to register the cookie SYN program")?;
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
-        Ok(Self { ebpf, active, flipped: None, timeouts: Default::default() })
+        let mut fw = Self {
+            ebpf,
+            active,
+            flipped: None,
+            timeouts: Default::default(),
+            cookie_ports: [Vec::new(), Vec::new()],
+            auto: Vec::new(),
+            cookie_settings: Default::default(),
+            cookie_config: CookieConfig::default(),
+        };
+        // Both keys, so that the key bit of a forged cookie never selects
+        // an unset (all-zero, hence guessable) key.
+        for index in 0..2 {
+            fw.set_cookie_key(index, random_key()?)?;
+        }
+        fw.write_cookie_config()?;
+        Ok(fw)
+    }
+
+    /// Writes cookie key `index` (0 or 1). Tests use it to know the key.
+    pub fn set_cookie_key(&mut self, index: u32, key: CookieKey) -> Result<()> {
+        let mut keys: Array<_, CookieKey> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_KEY)?)?;
+        keys.set(index & 1, &key, 0).context("failed to write a cookie key")?;
+        Ok(())
+    }
+
+    /// Selects the key new cookies are made with.
+    pub fn set_cookie_key_index(&mut self, index: u32) -> Result<()> {
+        self.cookie_config.key_index = index & 1;
+        self.write_cookie_config()
+    }
+
+    fn write_cookie_config(&mut self) -> Result<()> {
+        let mut cfg: Array<_, CookieConfig> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_CONFIG)?)?;
+        cfg.set(0, &self.cookie_config, 0).context("failed to write the cookie configuration")?;
+        Ok(())
+    }
+
+    /// Replaces the key that is not in use and makes it current: cookies
+    /// made with the previous key stay valid until the next rotation.
+    pub fn rotate_cookie_key(&mut self) -> Result<()> {
+        let next = 1 - self.cookie_config.key_index;
+        self.set_cookie_key(next, random_key()?)?;
+        self.set_cookie_key_index(next)
+    }
+
+    /// How often the key rotates, from the policy in force.
+    pub fn key_rotation(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.cookie_settings.key_rotation_secs)
+    }
+
+    /// One step of the `auto` mode controller, `dt` after the previous
+    /// one: measures each auto service's SYN rate and switches cookies on
+    /// above `auto_on_rate`, off after `auto_hold_secs` below `auto_off_rate`.
+    pub fn cookie_tick(&mut self, dt: std::time::Duration) -> Result<()> {
+        if self.auto.is_empty() || dt.is_zero() {
+            return Ok(());
+        }
+        let slot = self.active.slot;
+        let settings = self.cookie_settings.clone();
+        let counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(&mut self.ebpf, maps::COOKIE_COUNTERS)?)?;
+        let mut changes = Vec::new();
+        for svc in &mut self.auto {
+            let syns: u64 = counters.get(&(slot * MAX_RULES + svc.rule), 0)?.iter().map(|c| c.syns).sum();
+            let rate = syns.saturating_sub(svc.syns) as f64 / dt.as_secs_f64();
+            svc.syns = syns;
+            let now = std::time::Instant::now();
+            if !svc.on && rate >= settings.auto_on_rate as f64 {
+                svc.on = true;
+                svc.below_since = None;
+                log::warn!("service `{}`: {rate:.0} SYN/s >= {}: answering with SYN cookies", svc.name, settings.auto_on_rate);
+                changes.push((svc.rule, 1u32));
+            } else if svc.on && rate < settings.auto_off_rate as f64 {
+                let since = *svc.below_since.get_or_insert(now);
+                if now.duration_since(since).as_secs() >= settings.auto_hold_secs {
+                    svc.on = false;
+                    svc.below_since = None;
+                    log::warn!("service `{}`: {rate:.0} SYN/s < {} for {} s: SYNs go to the host again", svc.name, settings.auto_off_rate, settings.auto_hold_secs);
+                    changes.push((svc.rule, 0u32));
+                }
+            } else if svc.on {
+                svc.below_since = None;
+            }
+        }
+        let mut on: Array<_, u32> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_ON)?)?;
+        for (rule, v) in changes {
+            on.set(slot * MAX_RULES + rule, &v, 0).context("failed to switch a cookie service")?;
+        }
+        Ok(())
     }
 
     pub fn generation(&self) -> u64 {
@@ -114,6 +235,38 @@ impl Firewall {
                 .set(slot * MAX_RULES + rule, zeros, 0)
                 .context("failed to reset rule counters")?;
         }
+        // Cookie services: counters from zero, ports of the slot's previous
+        // policy cleared, `auto` state carried over by rule name.
+        let has_cookies = policy.meta.iter().any(|m| m.syncookie != SYNCOOKIE_OFF);
+        if has_cookies {
+            check_syncookie_sysctl()?;
+        }
+        let mut cookie_counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(e, maps::COOKIE_COUNTERS)?)?;
+        for (rule, m) in policy.meta.iter().enumerate() {
+            if m.syncookie != SYNCOOKIE_OFF {
+                let zeros = PerCpuValues::try_from(vec![CookieCounters::default(); cpus])?;
+                cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
+            }
+        }
+        let mut auto = Vec::new();
+        let mut on: Array<_, u32> = Array::try_from(map(e, maps::COOKIE_ON)?)?;
+        for (rule, m) in policy.meta.iter().enumerate() {
+            if m.syncookie == SYNCOOKIE_AUTO {
+                let name = meta_name(m);
+                let was_on = self.auto.iter().any(|a| a.name == name && a.on);
+                on.set(slot * MAX_RULES + rule as u32, &u32::from(was_on), 0).context("failed to write a cookie service's mode")?;
+                auto.push(AutoService { rule: rule as u32, name, on: was_on, syns: 0, below_since: None });
+            }
+        }
+        let mut ports: Array<_, u32> = Array::try_from(map(e, maps::COOKIE_PORT)?)?;
+        let base = slot * PORTS;
+        for &port in &self.cookie_ports[slot as usize] {
+            ports.set(base + port as u32, &0, 0).context("failed to clear a cookie port")?;
+        }
+        for &(port, rule) in &policy.cookie_ports {
+            ports.set(base + port as u32, &(rule + 1), 0).context("failed to write a cookie port")?;
+        }
+        self.cookie_ports[slot as usize] = policy.cookie_ports.iter().map(|&(p, _)| p).collect();
         let mut headers: Array<_, PolicyHeader> = Array::try_from(map(e, maps::POLICY)?)?;
         headers.set(slot, &policy.header, 0).context("failed to write the policy header")?;
         let mut active: Array<_, Active> = Array::try_from(map(e, maps::ACTIVE)?)?;
@@ -122,6 +275,8 @@ impl Firewall {
         self.active = next;
         self.flipped = Some(std::time::Instant::now());
         self.timeouts = policy.header.timeouts;
+        self.auto = auto;
+        self.cookie_settings = policy.syncookie.clone();
         Ok(())
     }
 
@@ -132,7 +287,22 @@ impl Firewall {
         let name = CString::new(iface)?;
         // Egress first: until it runs, replies to the host's new
         // connections would meet an enforcing XDP program as unknown.
+        // Ingress (the cookie hand-off) before XDP issues any cookie.
         self.attach_egress(iface, &name)?;
+        let ingress: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(maps::INGRESS_PROGRAM)
+            .context("no TC ingress program")?
+            .try_into()?;
+        ingress
+            .attach(name.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("failed to attach the TC ingress program to {iface}"))?;
+        // The MSS the SYN-ACKs announce follows the interface's MTU.
+        if let Some(mtu) = fs::read_to_string(format!("/sys/class/net/{iface}/mtu")).ok().and_then(|m| m.trim().parse::<u32>().ok()) {
+            self.cookie_config.mss_v4 = mtu.saturating_sub(40).clamp(536, 65_495) as u16;
+            self.cookie_config.mss_v6 = mtu.saturating_sub(60).clamp(1220, 65_475) as u16;
+            self.write_cookie_config()?;
+        }
         let program: &mut Xdp = self
             .ebpf
             .program_mut(maps::XDP_PROGRAM)
@@ -198,6 +368,36 @@ impl Firewall {
         }
         Ok(Some(dir))
     }
+}
+
+/// A fresh SipHash key from the OS random source.
+fn random_key() -> Result<CookieKey> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom fills the buffer it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        bail!("getrandom failed: {}", std::io::Error::last_os_error());
+    }
+    let k0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let k1 = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+    Ok(CookieKey { k0, k1, valid: 1 })
+}
+
+fn meta_name(m: &RuleMeta) -> String {
+    let len = m.name.iter().position(|&b| b == 0).unwrap_or(m.name.len());
+    String::from_utf8_lossy(&m.name[..len]).into_owned()
+}
+
+/// The kernel takes a handed-over cookie ACK only on its syncookie path,
+/// which `net.ipv4.tcp_syncookies = 0` turns off (cookie_v4_check): then
+/// every cookie connection would fail, so such a policy is refused.
+fn check_syncookie_sysctl() -> Result<()> {
+    let path = "/proc/sys/net/ipv4/tcp_syncookies";
+    let value = fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    if value.trim() == "0" {
+        bail!("the policy uses syncookie, but net.ipv4.tcp_syncookies is 0 in this network namespace, so the kernel would refuse every connection the firewall's cookies complete; set it to 1 (`sysctl -w net.ipv4.tcp_syncookies=1`)");
+    }
+    Ok(())
 }
 
 /// `BPF_PROG_BIND_MAP`: ties a map the program does not reference to the

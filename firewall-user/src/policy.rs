@@ -85,6 +85,54 @@ impl StateAction {
     }
 }
 
+/// A rule's `syncookie` key: whether SYNs it accepts are answered from XDP
+/// with a SYN cookie instead of reaching the host's stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syncookie {
+    #[default]
+    Off,
+    /// Every SYN to the service.
+    Always,
+    /// Only while the service's SYN rate is above `[settings.syncookie]`'s
+    /// `auto_on_rate` (and until it falls below `auto_off_rate`).
+    Auto,
+}
+
+impl Syncookie {
+    /// The `firewall_common::SYNCOOKIE_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Syncookie::Off => firewall_common::SYNCOOKIE_OFF,
+            Syncookie::Always => firewall_common::SYNCOOKIE_ALWAYS,
+            Syncookie::Auto => firewall_common::SYNCOOKIE_AUTO,
+        }
+    }
+}
+
+/// `[settings.syncookie]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncookieSettings {
+    /// SYNs per second (per service) above which `auto` answers with cookies.
+    pub auto_on_rate: u64,
+    /// SYNs per second below which `auto` goes back to the host's stack...
+    pub auto_off_rate: u64,
+    /// ... once the rate has stayed there this many seconds (hysteresis).
+    pub auto_hold_secs: u64,
+    /// The cookie key is replaced this often; the previous one stays valid
+    /// one more period. At least `MIN_KEY_ROTATION` (a cookie lives up to 137 s).
+    pub key_rotation_secs: u64,
+}
+
+impl Default for SyncookieSettings {
+    fn default() -> Self {
+        Self { auto_on_rate: 1000, auto_off_rate: 500, auto_hold_secs: 10, key_rotation_secs: 600 }
+    }
+}
+
+/// Shortest key rotation: longer than a cookie's life (two time periods).
+pub const MIN_KEY_ROTATION: u64 = 140;
+
 /// Names of the `ct_state` bits, as written in a rule's `state` key.
 const STATE_NAMES: [(&str, u8); 4] = [
     ("new", ct_state::NEW),
@@ -343,6 +391,7 @@ pub struct Rule {
     /// the key is absent.
     pub state: u8,
     pub action: Action,
+    pub syncookie: Syncookie,
 }
 
 impl Rule {
@@ -437,6 +486,7 @@ pub struct Settings {
     pub invalid: StateAction,
     /// Idle timeouts (`_pad` is always 0).
     pub timeouts: Timeouts,
+    pub syncookie: SyncookieSettings,
 }
 
 impl Default for Settings {
@@ -448,6 +498,7 @@ impl Default for Settings {
             related: StateAction::Accept,
             invalid: StateAction::Drop,
             timeouts: Timeouts::DEFAULT,
+            syncookie: SyncookieSettings::default(),
         }
     }
 }
@@ -555,6 +606,16 @@ struct RawSettings {
     related: Option<StateAction>,
     invalid: Option<StateAction>,
     timeouts: Option<RawTimeouts>,
+    syncookie: Option<RawSyncookieSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyncookieSettings {
+    auto_on_rate: Option<Spanned<i64>>,
+    auto_off_rate: Option<Spanned<i64>>,
+    auto_hold_secs: Option<Spanned<i64>>,
+    key_rotation_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -588,6 +649,7 @@ struct RawRule {
     icmp_code: Option<Spanned<i64>>,
     state: Option<Spanned<OneOrMany<StateText>>>,
     action: Action,
+    syncookie: Option<Spanned<Syncookie>>,
 }
 
 /// A list item kind that also says what it expects, so that type errors
@@ -778,6 +840,10 @@ impl Validator<'_> {
                         None => d.timeouts,
                         Some(t) => self.timeouts(t),
                     },
+                    syncookie: match s.syncookie {
+                        None => d.syncookie,
+                        Some(c) => self.syncookie_settings(c),
+                    },
                 }
             }
         };
@@ -922,6 +988,23 @@ impl Validator<'_> {
             Some(s) => self.states(s),
         };
 
+        let syncookie = raw.syncookie.as_ref().map_or(Syncookie::Off, |s| *s.get_ref());
+        if let Some(s) = &raw.syncookie {
+            let span = s.span();
+            if syncookie != Syncookie::Off {
+                // Cookies answer SYNs for a service the rule accepts.
+                if proto != Proto::Tcp {
+                    self.error(&span, format!("`syncookie` needs proto = \"tcp\" (this rule's proto is \"{}\")", proto.name()));
+                } else if raw.action != Action::Accept {
+                    self.error(&span, "`syncookie` needs action = \"accept\": cookies answer SYNs the rule lets in");
+                } else if dport.is_empty() {
+                    self.error(&span, "`syncookie` needs `dport`: cookies protect a service, named by its port(s)");
+                } else if state & ct_state::NEW == 0 {
+                    self.error(&span, "`syncookie` needs the rule to match new connections (`state` without \"new\")");
+                }
+            }
+        }
+
         if self.errors.len() != before {
             return None;
         }
@@ -938,6 +1021,7 @@ impl Validator<'_> {
             icmp_code,
             state,
             action: raw.action,
+            syncookie,
         })
     }
 
@@ -1076,6 +1160,30 @@ impl Validator<'_> {
             self.error(&span, msg);
         }
         t
+    }
+
+    fn syncookie_settings(&mut self, raw: RawSyncookieSettings) -> SyncookieSettings {
+        let mut c = SyncookieSettings::default();
+        let off_given = raw.auto_off_rate.is_some();
+        let mut check = |key: &str, value: Option<Spanned<i64>>, lo: u64, hi: u64, what: &str, slot: &mut u64| {
+            let Some(value) = value else { return };
+            match u64::try_from(*value.get_ref()) {
+                Ok(v) if (lo..=hi).contains(&v) => *slot = v,
+                _ => self.error(&value.span(), format!("`{key}` = {} out of range ({lo}-{hi} {what})", value.get_ref())),
+            }
+        };
+        check("auto_on_rate", raw.auto_on_rate, 1, 100_000_000, "SYNs per second", &mut c.auto_on_rate);
+        check("auto_off_rate", raw.auto_off_rate.clone(), 0, 100_000_000, "SYNs per second", &mut c.auto_off_rate);
+        check("auto_hold_secs", raw.auto_hold_secs, 1, 3600, "seconds", &mut c.auto_hold_secs);
+        check("key_rotation_secs", raw.key_rotation_secs, MIN_KEY_ROTATION, 7 * 24 * 3600, "seconds; a cookie lives up to 137 s", &mut c.key_rotation_secs);
+        if !off_given {
+            c.auto_off_rate = c.auto_on_rate / 2;
+        } else if c.auto_off_rate > c.auto_on_rate {
+            if let Some(v) = raw.auto_off_rate {
+                self.error(&v.span(), format!("`auto_off_rate` ({}) must not exceed `auto_on_rate` ({})", c.auto_off_rate, c.auto_on_rate));
+            }
+        }
+        c
     }
 
     fn icmp_field(&mut self, key: &str, raw: Option<&Spanned<i64>>, proto: Proto) -> Option<u8> {

@@ -1,0 +1,115 @@
+//! The cookie hand-off, in TC ingress: the kernel never saw the SYN the
+//! firewall answered, so the ACK that completes the handshake is turned
+//! into a request socket of the listener with the kfunc
+//! `bpf_sk_assign_tcp_reqsk` (Linux 6.9+, callable from TC only). The
+//! socket adopts our cookie as its ISN, so nothing is translated later.
+
+use aya_ebpf::{
+    bindings::{
+        __sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
+    cty::c_void,
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock},
+    programs::TcContext,
+    EbpfContext as _,
+};
+use firewall_common::{HANDOFF_MAGIC, HandoffMeta, Reason, TcpReqAttrs, U128};
+
+use crate::{
+    cookie::is_v4,
+    parse::{self, Frame},
+};
+
+unsafe extern "C" {
+    /// `bpf_sk_assign_tcp_reqsk`, through the always-inline wrapper in
+    /// `kfuncs.c` (see there for why C).
+    #[link_name = "fw_sk_assign_tcp_reqsk"]
+    fn sk_assign_tcp_reqsk(skb: *mut __sk_buff, sk: *mut c_void, attrs: *mut TcpReqAttrs, size: i32) -> i32;
+}
+
+const TCP_LISTEN: u32 = 10;
+const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
+
+/// `None` for packets without our mark (all but validated cookie ACKs).
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> Option<Reason> {
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    // SAFETY: reading context fields the verifier allows in TC.
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    if meta + core::mem::size_of::<HandoffMeta>() > data {
+        return None;
+    }
+    // SAFETY: inside the metadata area, checked above.
+    let mark = unsafe { *(meta as *const HandoffMeta) };
+    if mark.magic != HANDOFF_MAGIC {
+        return None;
+    }
+    Some(handoff(ctx, skb, mark.attrs))
+}
+
+#[inline(always)]
+fn handoff(ctx: &TcContext, skb: *mut __sk_buff, mut attrs: TcpReqAttrs) -> Reason {
+    let len = ctx.len();
+    let want = len.min(128) as usize;
+    if ctx.data_end() - ctx.data() < want {
+        let _ = ctx.pull_data(want as u32);
+    }
+    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 };
+    let packet = match parse::parse(&frame) {
+        Ok(Some(p)) if p.key.proto == parse::IPPROTO_TCP => p,
+        _ => return Reason::HandoffFailed,
+    };
+    let Some(packet) = crate::forget_paths(packet) else { return Reason::Internal };
+    // The cookie carries what the SYN said; the timestamps are the ACK's.
+    let opts = parse::tcp_options(&frame, &packet);
+    if opts.timestamps {
+        attrs.tstamp_ok = 1;
+        attrs.rcv_tsval = opts.tsval;
+        attrs.rcv_tsecr = opts.tsecr;
+    }
+    let key = &packet.key;
+    // SAFETY: an all-zero tuple is valid; the helper reads `size` bytes.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if is_v4(&key.src) {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: (key.src.lo as u32).to_be(),
+            daddr: (key.dst.lo as u32).to_be(),
+            sport: key.sport.to_be(),
+            dport: key.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        let words = |a: U128| {
+            [((a.hi >> 32) as u32).to_be(), (a.hi as u32).to_be(), ((a.lo >> 32) as u32).to_be(), (a.lo as u32).to_be()]
+        };
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: words(key.src),
+            daddr: words(key.dst),
+            sport: key.sport.to_be(),
+            dport: key.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
+    // SAFETY: helper calls with a tuple of the size passed; the socket the
+    // lookup returns is released on every path.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(skb as *mut c_void, &mut tuple, size as u32, BPF_F_CURRENT_NETNS, 0);
+        if sk.is_null() {
+            return Reason::HandoffNoListener;
+        }
+        if (*sk).state != TCP_LISTEN {
+            // A connection owns the tuple already: it gets the ACK.
+            bpf_sk_release(sk as *mut c_void);
+            return Reason::HandoffFailed;
+        }
+        let tp = bpf_skc_to_tcp_sock(sk as *mut c_void);
+        if tp.is_null() {
+            bpf_sk_release(sk as *mut c_void);
+            return Reason::HandoffFailed;
+        }
+        let rc = sk_assign_tcp_reqsk(skb, tp as *mut c_void, &mut attrs, core::mem::size_of::<TcpReqAttrs>() as i32);
+        bpf_sk_release(sk as *mut c_void);
+        if rc < 0 { Reason::HandoffFailed } else { Reason::HandoffDone }
+    }
+}
