@@ -44,6 +44,11 @@ pub const MSS_TABLE_V6: [u16; 4] = [1220, 1420, 1440, 8940];
 pub const DEFAULT_MSS_V4: u16 = 536;
 pub const DEFAULT_MSS_V6: u16 = 1220;
 
+/// MSS the SYN-ACK announces until the controller writes the interface's
+/// (Ethernet MTU 1500 minus headers).
+pub const DEFAULT_OUR_MSS_V4: u16 = 1460;
+pub const DEFAULT_OUR_MSS_V6: u16 = 1440;
+
 /// Window scale the firewall announces in its SYN-ACKs on the server's
 /// behalf (the kernel's choice for the default 6 MiB `tcp_rmem` maximum),
 /// passed to the socket as `rcv_wscale`.
@@ -86,7 +91,7 @@ pub struct CookieConfig {
     /// Which key new cookies are made with (0 or 1).
     pub key_index: u32,
     /// MSS the SYN-ACK announces for the server (interface MTU minus
-    /// headers); 0 means `MSS_TABLE_*[3]`.
+    /// headers); 0 means `DEFAULT_OUR_MSS_*`.
     pub mss_v4: u16,
     pub mss_v6: u16,
 }

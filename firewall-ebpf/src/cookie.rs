@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     COOKIE_ECN, COOKIE_INFO_BITS, COOKIE_INFO_MASK, COOKIE_KEY_BIT, COOKIE_MSS_MASK,
     COOKIE_MSS_SHIFT, COOKIE_SACK, COOKIE_TIME_BIT, COOKIE_WSCALE_MASK, COOKIE_WSCALE_NONE,
-    CookieCounters, CookieKey, DEFAULT_MSS_V4, DEFAULT_MSS_V6, HANDOFF_MAGIC, HandoffMeta,
+    CookieCounters, CookieKey, DEFAULT_MSS_V4, DEFAULT_MSS_V6, DEFAULT_OUR_MSS_V4, DEFAULT_OUR_MSS_V6, HANDOFF_MAGIC, HandoffMeta,
     MAX_RULES, MSS_TABLE_V4, MSS_TABLE_V6, OUR_WSCALE, Reason, SYNACK_WINDOW, TcpReqAttrs, U128,
     cookie_mac, cookie_message, cookie_time, make_cookie, mss_index,
     tcp_flags::{ACK, CWR, ECE, SYN},
@@ -149,9 +149,9 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
 
     // What the cookie remembers of the SYN.
     let (table, default_mss, our_mss) = if v4 {
-        (&MSS_TABLE_V4, DEFAULT_MSS_V4, if cfg.mss_v4 == 0 { MSS_TABLE_V4[3] } else { cfg.mss_v4 })
+        (&MSS_TABLE_V4, DEFAULT_MSS_V4, if cfg.mss_v4 == 0 { DEFAULT_OUR_MSS_V4 } else { cfg.mss_v4 })
     } else {
-        (&MSS_TABLE_V6, DEFAULT_MSS_V6, if cfg.mss_v6 == 0 { MSS_TABLE_V6[3] } else { cfg.mss_v6 })
+        (&MSS_TABLE_V6, DEFAULT_MSS_V6, if cfg.mss_v6 == 0 { DEFAULT_OUR_MSS_V6 } else { cfg.mss_v6 })
     };
     let client_mss = if opts.mss == 0 { default_mss } else { opts.mss };
     let has_wscale = opts.wscale != 0xff;

@@ -163,6 +163,11 @@ impl Firewall {
     /// one: measures each auto service's SYN rate and switches cookies on
     /// above `auto_on_rate`, off after `auto_hold_secs` below `auto_off_rate`.
     pub fn cookie_tick(&mut self, dt: std::time::Duration) -> Result<()> {
+        self.cookie_tick_at(dt, std::time::Instant::now())
+    }
+
+    /// `cookie_tick` at a given instant (tests drive time through it).
+    pub fn cookie_tick_at(&mut self, dt: std::time::Duration, now: std::time::Instant) -> Result<()> {
         if self.auto.is_empty() || dt.is_zero() {
             return Ok(());
         }
@@ -174,7 +179,6 @@ impl Firewall {
             let syns: u64 = counters.get(&(slot * MAX_RULES + svc.rule), 0)?.iter().map(|c| c.syns).sum();
             let rate = syns.saturating_sub(svc.syns) as f64 / dt.as_secs_f64();
             svc.syns = syns;
-            let now = std::time::Instant::now();
             if !svc.on && rate >= settings.auto_on_rate as f64 {
                 svc.on = true;
                 svc.below_since = None;
@@ -559,6 +563,21 @@ impl Firewall {
             .context("no egress program")?
             .try_into()?;
         test_run(program, frame, 1)
+    }
+
+    /// Runs the XDP program once on `frame`; returns the verdict and the
+    /// frame as the program left it (a cookie SYN-ACK for XDP_TX).
+    pub fn test_run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let program: &Xdp = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = aya::programs::TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..aya::programs::TestRunOptions::new() };
+        let result = aya::programs::TestRun::test_run(program, opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Runs the XDP program on `frame` with BPF_PROG_TEST_RUN, `repeat`

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::loaded_programs,
 };
-use firewall_common::{Active, Counter, Flow, FlowKey, PolicyHeader, RuleMeta, maps};
+use firewall_common::{Active, CookieCounters, Counter, Flow, FlowKey, PolicyHeader, RuleMeta, maps};
 
 use crate::loader::{self, pin_dir};
 
@@ -23,6 +23,22 @@ pub struct FirewallMaps {
     pub rule_counters: PerCpuArray<MapData, Counter>,
     pub reason_counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, Flow>,
+    pub cookie_on: Array<MapData, u32>,
+    pub cookie_counters: PerCpuArray<MapData, CookieCounters>,
+}
+
+impl FirewallMaps {
+    pub fn sources(&self) -> crate::stats::Sources<'_, MapData> {
+        crate::stats::Sources {
+            active: &self.active,
+            policy: &self.policy,
+            rule_meta: &self.rule_meta,
+            rule_counters: &self.rule_counters,
+            reason_counters: &self.reason_counters,
+            cookie_on: &self.cookie_on,
+            cookie_counters: &self.cookie_counters,
+        }
+    }
 }
 
 /// A firewall found in this network namespace.
@@ -136,6 +152,8 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str) -> Result<
             rule_counters: PerCpuArray::try_from(take(maps::RULE_COUNTERS)?)?,
             reason_counters: PerCpuArray::try_from(take(maps::REASON_COUNTERS)?)?,
             flows: BpfHashMap::try_from(take(maps::FLOWS)?)?,
+            cookie_on: Array::try_from(take(maps::COOKIE_ON)?)?,
+            cookie_counters: PerCpuArray::try_from(take(maps::COOKIE_COUNTERS)?)?,
         },
     })
 }

@@ -5,7 +5,8 @@ use std::borrow::Borrow;
 use anyhow::Result;
 use aya::maps::{Array, MapData, PerCpuArray};
 use firewall_common::{
-    ACTION_ACCEPT, Active, Counter, MAX_RULES, PolicyHeader, Reason, RuleMeta,
+    ACTION_ACCEPT, Active, CookieCounters, Counter, MAX_RULES, PolicyHeader, Reason, RuleMeta,
+    SYNCOOKIE_ALWAYS, SYNCOOKIE_AUTO, SYNCOOKIE_OFF,
 };
 use serde::Serialize;
 
@@ -25,15 +26,44 @@ pub struct ReasonStats {
     pub bytes: u64,
 }
 
+/// A SYN-cookie service: a rule with `syncookie` set.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub name: String,
+    /// `always`, `auto` or `off`, as in the policy.
+    pub syncookie: &'static str,
+    /// Whether SYNs are answered with cookies right now.
+    pub cookies_on: bool,
+    pub syns: u64,
+    pub cookies_sent: u64,
+    pub acks_valid: u64,
+    pub acks_invalid: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub generation: u64,
     pub default_action: &'static str,
     pub rules: Vec<RuleStats>,
     pub reasons: Vec<ReasonStats>,
+    pub services: Vec<ServiceStats>,
+}
+
+/// The maps a snapshot reads.
+pub struct Sources<'a, M: Borrow<MapData>> {
+    pub active: &'a Array<M, Active>,
+    pub policy: &'a Array<M, PolicyHeader>,
+    pub rule_meta: &'a Array<M, RuleMeta>,
+    pub rule_counters: &'a PerCpuArray<M, Counter>,
+    pub reason_counters: &'a PerCpuArray<M, Counter>,
+    pub cookie_on: &'a Array<M, u32>,
+    pub cookie_counters: &'a PerCpuArray<M, CookieCounters>,
 }
 
 impl Snapshot {
+    pub fn service(&self, name: &str) -> Option<&ServiceStats> {
+        self.services.iter().find(|s| s.name == name)
+    }
     pub fn rule(&self, name: &str) -> Option<&RuleStats> {
         self.rules.iter().find(|r| r.name == name)
     }
@@ -61,24 +91,58 @@ fn sum<M: Borrow<MapData>>(map: &PerCpuArray<M, Counter>, index: u32) -> Counter
         .unwrap_or_default()
 }
 
+/// What a reason's packets got: dropped, passed, or answered from XDP.
+pub fn verdict(r: Reason) -> &'static str {
+    if r.drops() {
+        "drop"
+    } else if r == Reason::CookieSent {
+        "tx"
+    } else {
+        "pass"
+    }
+}
+
+fn mode_name(code: u8) -> &'static str {
+    match code {
+        SYNCOOKIE_ALWAYS => "always",
+        SYNCOOKIE_AUTO => "auto",
+        _ => "off",
+    }
+}
+
 /// Reads the counters of the policy currently in force.
-pub fn snapshot<M: Borrow<MapData>>(
-    active: &Array<M, Active>,
-    policy: &Array<M, PolicyHeader>,
-    rule_meta: &Array<M, RuleMeta>,
-    rule_counters: &PerCpuArray<M, Counter>,
-    reason_counters: &PerCpuArray<M, Counter>,
-) -> Result<Snapshot> {
+pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
+    let Sources { active, policy, rule_meta, rule_counters, reason_counters, cookie_on, cookie_counters } = src;
     let active = active.get(&0, 0)?;
     let header = policy.get(&active.slot, 0)?;
     let mut rules = Vec::with_capacity(header.rule_count as usize);
+    let mut services = Vec::new();
     for rule in 0..header.rule_count.min(MAX_RULES) {
         let index = active.slot * MAX_RULES + rule;
         let meta = rule_meta.get(&index, 0)?;
         let len = meta.name.iter().position(|&b| b == 0).unwrap_or(meta.name.len());
         let c = sum(rule_counters, index);
+        let name = String::from_utf8_lossy(&meta.name[..len]).into_owned();
+        if meta.syncookie != SYNCOOKIE_OFF {
+            let per_cpu = cookie_counters.get(&index, 0)?;
+            let total = per_cpu.iter().fold(CookieCounters::default(), |a, c| CookieCounters {
+                syns: a.syns + c.syns,
+                cookies_sent: a.cookies_sent + c.cookies_sent,
+                acks_valid: a.acks_valid + c.acks_valid,
+                acks_invalid: a.acks_invalid + c.acks_invalid,
+            });
+            services.push(ServiceStats {
+                name: name.clone(),
+                syncookie: mode_name(meta.syncookie),
+                cookies_on: meta.syncookie == SYNCOOKIE_ALWAYS || cookie_on.get(&index, 0)? != 0,
+                syns: total.syns,
+                cookies_sent: total.cookies_sent,
+                acks_valid: total.acks_valid,
+                acks_invalid: total.acks_invalid,
+            });
+        }
         rules.push(RuleStats {
-            name: String::from_utf8_lossy(&meta.name[..len]).into_owned(),
+            name,
             action: action_name(meta.action),
             packets: c.packets,
             bytes: c.bytes,
@@ -90,7 +154,7 @@ pub fn snapshot<M: Borrow<MapData>>(
             let c = sum(reason_counters, r as u32);
             ReasonStats {
                 reason: r.name(),
-                verdict: if r.drops() { "drop" } else { "pass" },
+                verdict: verdict(r),
                 packets: c.packets,
                 bytes: c.bytes,
             }
@@ -101,6 +165,7 @@ pub fn snapshot<M: Borrow<MapData>>(
         default_action: action_name(header.default_action),
         rules,
         reasons,
+        services,
     })
 }
 
@@ -129,6 +194,17 @@ pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> 
     let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "REASON", "VERDICT", "PACKETS", "BYTES");
     for r in &s.reasons {
         let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16}{}", r.reason, r.verdict, r.packets, r.bytes, rate(r.reason, r.packets, previous, true));
+    }
+    if !s.services.is_empty() {
+        let _ = writeln!(out, "\n{:<32} {:<12} {:>12} {:>12} {:>12} {:>12}", "SYN-COOKIE SERVICE", "MODE", "SYNS", "COOKIES", "ACKS VALID", "ACKS INVALID");
+        for v in &s.services {
+            let mode = match (v.syncookie, v.cookies_on) {
+                ("auto", true) => "auto (on)",
+                ("auto", false) => "auto (off)",
+                (m, _) => m,
+            };
+            let _ = writeln!(out, "{:<32} {:<12} {:>12} {:>12} {:>12} {:>12}", v.name, mode, v.syns, v.cookies_sent, v.acks_valid, v.acks_invalid);
+        }
     }
     out
 }

@@ -76,6 +76,11 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     // The XDP program ignores idle flows on lookup; the sweep frees them.
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    // `auto` cookie services: SYN rate measured four times a second.
+    const TICK: Duration = Duration::from_millis(250);
+    let mut cookie_tick = tokio::time::interval(TICK);
+    let mut rotation = fw.key_rotation();
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + rotation, rotation);
     let mut stamp = file_stamp(&path);
     loop {
         tokio::select! {
@@ -85,6 +90,22 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
                 if now != stamp && now.is_some() {
                     stamp = now;
                     reload(fw, &path, "file changed");
+                }
+            }
+            _ = cookie_tick.tick() => {
+                if let Err(e) = fw.cookie_tick(TICK) {
+                    log::warn!("syncookie auto mode: {e:#}");
+                }
+            }
+            _ = rotate.tick() => {
+                match fw.rotate_cookie_key() {
+                    Ok(()) => log::debug!("rotated the SYN-cookie key"),
+                    Err(e) => log::error!("rotating the SYN-cookie key failed (the previous key stays in use): {e:#}"),
+                }
+                // A reload may have changed the period.
+                if fw.key_rotation() != rotation {
+                    rotation = fw.key_rotation();
+                    rotate = tokio::time::interval_at(tokio::time::Instant::now() + rotation, rotation);
                 }
             }
             _ = sweep.tick() => match fw.sweep() {

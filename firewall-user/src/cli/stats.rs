@@ -7,7 +7,7 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool) -> Result<ExitCode> {
     let found = maps::open(iface)?;
     let name = iface.map(str::to_owned).unwrap_or_else(|| format!("ifindex {}", found.ifindex));
     let m = &found.maps;
-    let read = || stats::snapshot(&m.active, &m.policy, &m.rule_meta, &m.rule_counters, &m.reason_counters);
+    let read = || stats::snapshot(&m.sources());
     let mut previous: Option<(stats::Snapshot, Instant)> = None;
     loop {
         let snap = read().context("failed to read the firewall's counters")?;
@@ -19,6 +19,7 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool) -> Result<ExitCode> {
                 "default": snap.default_action,
                 "rules": snap.rules,
                 "reasons": snap.reasons,
+                "services": snap.services,
             }))?);
         } else {
             if watch {

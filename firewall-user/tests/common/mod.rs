@@ -85,13 +85,15 @@ impl Harness {
         use aya::maps::{Array, PerCpuArray};
         let e = &self.fw.ebpf;
         let get = |name| e.map(name).unwrap_or_else(|| panic!("map {name}"));
-        stats::snapshot(
-            &Array::try_from(get(maps::ACTIVE)).unwrap(),
-            &Array::try_from(get(maps::POLICY)).unwrap(),
-            &Array::try_from(get(maps::RULE_META)).unwrap(),
-            &PerCpuArray::try_from(get(maps::RULE_COUNTERS)).unwrap(),
-            &PerCpuArray::try_from(get(maps::REASON_COUNTERS)).unwrap(),
-        )
+        stats::snapshot(&stats::Sources {
+            active: &Array::try_from(get(maps::ACTIVE)).unwrap(),
+            policy: &Array::try_from(get(maps::POLICY)).unwrap(),
+            rule_meta: &Array::try_from(get(maps::RULE_META)).unwrap(),
+            rule_counters: &PerCpuArray::try_from(get(maps::RULE_COUNTERS)).unwrap(),
+            reason_counters: &PerCpuArray::try_from(get(maps::REASON_COUNTERS)).unwrap(),
+            cookie_on: &Array::try_from(get(maps::COOKIE_ON)).unwrap(),
+            cookie_counters: &PerCpuArray::try_from(get(maps::COOKIE_COUNTERS)).unwrap(),
+        })
         .expect("counters readable")
     }
 

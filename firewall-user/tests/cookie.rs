@@ -1,0 +1,469 @@
+//! SYN cookies in the kernel: the real XDP program (and its tail-called
+//! cookie program) run with BPF_PROG_TEST_RUN on crafted SYNs and ACKs.
+//! The SYN-ACKs it emits are parsed and checksummed by etherparse, and
+//! cookies are recomputed with the `siphasher` crate from the layout
+//! documented in `firewall_common::cookie`: an implementation independent
+//! of the kernel's.
+
+mod common;
+
+use std::{hash::Hasher as _, net::IpAddr, time::Duration};
+
+use common::*;
+use etherparse::{NetSlice, SlicedPacket, TcpOptionElement, TransportSlice};
+use firewall_common::{CookieKey, Reason};
+
+const XDP_TX: u32 = 3;
+
+const POLICY: &str = r#"
+[settings]
+default = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+action = "accept"
+syncookie = "always"
+
+[[rule]]
+name = "ssh"
+proto = "tcp"
+dport = 22
+action = "accept"
+"#;
+
+const KEY0: CookieKey = CookieKey { k0: 0x0706_0504_0302_0100, k1: 0x0f0e_0d0c_0b0a_0908, valid: 1 };
+const KEY1: CookieKey = CookieKey { k0: 0x1111_2222_3333_4444, k1: 0x5555_6666_7777_8888, valid: 1 };
+
+/// (client, server) per family.
+const FAMILIES: [(&str, &str); 2] = [("192.0.2.10", "198.51.100.1"), ("2001:db8::10", "2001:db8:1::1")];
+
+fn harness(policy: &str) -> Harness {
+    let mut h = Harness::new(policy);
+    h.fw.set_cookie_key(0, KEY0).unwrap();
+    h.fw.set_cookie_key(1, KEY1).unwrap();
+    h.fw.set_cookie_key_index(0).unwrap();
+    h
+}
+
+/// CLOCK_MONOTONIC, which is what `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: fills the struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn time_counter() -> u32 {
+    (monotonic_ns() >> 36) as u32
+}
+
+/// The 128-bit form of an address (IPv4 in ::ffff:0:0/96).
+fn addr128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => 0xffff_0000_0000 | u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// A cookie as the documented layout defines it, with SipHash-2-4 from
+/// the `siphasher` crate.
+#[allow(clippy::too_many_arguments)]
+fn expected_cookie(key: &CookieKey, client: &str, server: &str, cport: u16, sport: u16, isn: u32, time: u32, info: u32) -> u32 {
+    let info = info & 0x3ff;
+    let mut msg = Vec::with_capacity(48);
+    for a in [addr128(ip(client)), addr128(ip(server))] {
+        msg.extend_from_slice(&((a >> 64) as u64).to_le_bytes());
+        msg.extend_from_slice(&(a as u64).to_le_bytes());
+    }
+    msg.extend_from_slice(&(cport as u64 | (sport as u64) << 16 | (isn as u64) << 32).to_le_bytes());
+    msg.extend_from_slice(&(time as u64 | (info as u64) << 32).to_le_bytes());
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(key.k0, key.k1);
+    h.write(&msg);
+    ((h.finish() >> 42) as u32) << 10 | info
+}
+
+/// Info bits: MSS index, window scale (15: none), SACK, ECN, time, key.
+fn info(mss_index: u32, wscale: Option<u8>, sack: bool, ecn: bool, time: u32, key: u32) -> u32 {
+    mss_index << 6 | wscale.map_or(15, u32::from) | (sack as u32) << 4 | (ecn as u32) << 5 | (time & 1) << 8 | (key & 1) << 9
+}
+
+/// A Linux-like SYN: MSS, SACK-permitted, timestamps, window scale.
+fn syn(client: &str, server: &str, cport: u16, sport: u16, isn: u32, flags: u8, payload: &[u8], extra: &[TcpOptionElement]) -> Vec<u8> {
+    let mut tcp = tcp_header(cport, sport, SYN | flags, isn, 0);
+    let mut opts = vec![
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(0x1234_5678, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ];
+    opts.extend_from_slice(extra);
+    tcp.set_options(&opts).unwrap();
+    with_tcp(client, server, tcp, payload)
+}
+
+fn with_tcp(src: &str, dst: &str, tcp: etherparse::TcpHeader, payload: &[u8]) -> Vec<u8> {
+    let eth = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let b = match (ip(src), ip(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut out = Vec::new();
+    b.tcp_header(tcp).write(&mut out, payload).unwrap();
+    out
+}
+
+/// The ACK completing a handshake the cookie SYN-ACK answered.
+fn ack(client: &str, server: &str, cport: u16, sport: u16, isn: u32, cookie: u32, ts: bool) -> Vec<u8> {
+    let mut tcp = tcp_header(cport, sport, ACK, isn.wrapping_add(1), cookie.wrapping_add(1));
+    if ts {
+        tcp.set_options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(0x1234_5679, 99)]).unwrap();
+    }
+    with_tcp(client, server, tcp, b"")
+}
+
+/// Inserts an 802.1Q tag (VLAN 100) after the MAC addresses.
+fn tagged(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// What the test checks of an emitted SYN-ACK.
+#[derive(Debug)]
+struct SynAck {
+    seq: u32,
+    ack: u32,
+    ece: bool,
+    mss: Option<u16>,
+    wscale: Option<u8>,
+    sack: bool,
+    ts: Option<(u32, u32)>,
+    other_options: usize,
+    payload_len: usize,
+    ihl_words: Option<u8>,
+}
+
+/// Parses `out` as the SYN-ACK answering a SYN from `client`:`cport` to
+/// `server`:`sport`, checking everything that must hold of any valid one.
+fn parse_synack(out: &[u8], client: &str, server: &str, cport: u16, sport: u16, vlan: bool) -> SynAck {
+    let untagged = if vlan {
+        assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 0x64], "the VLAN tag is kept");
+        let mut u = out[..12].to_vec();
+        u.extend_from_slice(&out[16..]);
+        u
+    } else {
+        out.to_vec()
+    };
+    let p = SlicedPacket::from_ethernet(&untagged).expect("the SYN-ACK parses");
+    let eth = p.link.as_ref().and_then(|l| l.to_header()).expect("ethernet");
+    let eth = match eth {
+        etherparse::LinkHeader::Ethernet2(e) => e,
+        other => panic!("not ethernet: {other:?}"),
+    };
+    assert_eq!((eth.source, eth.destination), (MAC_B, MAC_A), "MAC addresses swapped");
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else { panic!("no TCP in {p:?}") };
+    let mut ihl_words = None;
+    let checksum = match &p.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let h = v4.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!((IpAddr::V4(h.source.into()), IpAddr::V4(h.destination.into())), (ip(server), ip(client)), "addresses swapped");
+            assert_eq!(h.total_len as usize, untagged.len() - 14, "IPv4 length covers exactly the frame");
+            assert!(h.dont_fragment && h.time_to_live == 64);
+            ihl_words = Some(h.ihl());
+            tcp.calc_checksum_ipv4(h.source, h.destination).unwrap()
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            let h = v6.header().to_header();
+            assert_eq!((IpAddr::V6(h.source.into()), IpAddr::V6(h.destination.into())), (ip(server), ip(client)), "addresses swapped");
+            assert_eq!(h.payload_length as usize, untagged.len() - 14 - 40, "IPv6 payload length covers exactly the frame");
+            assert_eq!(h.next_header, etherparse::IpNumber::TCP, "no extension headers");
+            tcp.calc_checksum_ipv6(h.source, h.destination).unwrap()
+        }
+        other => panic!("not IP: {other:?}"),
+    };
+    assert_eq!(tcp.checksum(), checksum, "TCP checksum");
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (sport, cport), "ports swapped");
+    assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin() && !tcp.cwr(), "flags SYN+ACK");
+    let mut s = SynAck {
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        ece: tcp.ece(),
+        mss: None,
+        wscale: None,
+        sack: false,
+        ts: None,
+        other_options: 0,
+        payload_len: tcp.payload().len(),
+        ihl_words,
+    };
+    for o in tcp.options_iterator() {
+        match o.expect("well-formed options") {
+            TcpOptionElement::MaximumSegmentSize(m) => s.mss = Some(m),
+            TcpOptionElement::WindowScale(w) => s.wscale = Some(w),
+            TcpOptionElement::SelectiveAcknowledgementPermitted => s.sack = true,
+            TcpOptionElement::Timestamp(a, b) => s.ts = Some((a, b)),
+            TcpOptionElement::Noop => {}
+            _ => s.other_options += 1,
+        }
+    }
+    s
+}
+
+fn service(h: &Harness, name: &str) -> firewall_user::stats::ServiceStats {
+    h.snapshot().service(name).unwrap_or_else(|| panic!("service {name}")).clone()
+}
+
+/// Runs a SYN that must be answered with a cookie, checks the counters,
+/// and returns the parsed SYN-ACK.
+fn answer(h: &Harness, frame: &[u8], client: &str, server: &str, cport: u16, sport: u16, vlan: bool) -> SynAck {
+    let before = h.snapshot();
+    let (verdict, out) = h.fw.test_run_output(frame).expect("BPF_PROG_TEST_RUN");
+    let after = h.snapshot();
+    assert_eq!(verdict, XDP_TX, "a SYN to a cookie service is answered from XDP");
+    for r in Reason::ALL {
+        let (b, a) = (before.reason(r), after.reason(r));
+        if r == Reason::CookieSent {
+            assert_eq!(a.packets, b.packets + 1, "cookie_sent counted once");
+        } else {
+            assert_eq!(a, b, "{r:?} must not move for an answered SYN");
+        }
+    }
+    parse_synack(&out, client, server, cport, sport, vlan)
+}
+
+#[test]
+fn syn_gets_a_valid_cookie_synack_and_its_ack_validates_v4_v6_with_and_without_vlan() {
+    for (client, server) in FAMILIES {
+        for vlan in [false, true] {
+            let h = harness(POLICY);
+            let (cport, sport, isn) = (40000, 80, 0x1000_0000);
+            let t0 = time_counter();
+            let mut frame = syn(client, server, cport, sport, isn, ECE | CWR, b"", &[]);
+            if vlan {
+                frame = tagged(&frame);
+            }
+            let s = answer(&h, &frame, client, server, cport, sport, vlan);
+            assert_eq!(s.ack, isn + 1, "acknowledges the SYN");
+            let v6 = client.contains(':');
+            assert_eq!(s.mss, Some(if v6 { 1440 } else { 1460 }), "our MSS");
+            assert_eq!(s.wscale, Some(7), "window scale offered back");
+            assert!(s.sack, "SACK permitted offered back");
+            let (tsval, tsecr) = s.ts.expect("timestamps offered back");
+            assert_eq!(tsecr, 0x1234_5678, "echoes the client's TSval");
+            assert_ne!(tsval, 0);
+            assert!(s.ece, "ECN setup SYN answered with ECE");
+            assert_eq!((s.other_options, s.payload_len), (0, 0));
+            // The cookie is the documented MAC: MSS index 3 (1460, or 1440
+            // for IPv6), window scale 7, SACK, ECN, this period, key 0.
+            let t = if time_counter() == t0 { t0 } else { continue };
+            let mss_index = if v6 { 2 } else { 3 };
+            let want = expected_cookie(&KEY0, client, server, cport, sport, isn, t, info(mss_index, Some(7), true, true, t, 0));
+            assert_eq!(s.seq, want, "cookie = SipHash-2-4 over the documented message");
+            // No state for the SYN.
+            assert!(h.flows().is_empty(), "a cookie SYN creates no flow");
+            let svc = service(&h, "web");
+            assert_eq!((svc.syncookie, svc.cookies_on, svc.syns, svc.cookies_sent), ("always", true, 1, 1));
+            assert_eq!(h.rule_packets("web"), 1);
+
+            // The ACK: validated, flow created, marked for the hand-off.
+            let mut a = ack(client, server, cport, sport, isn, s.seq, true);
+            if vlan {
+                a = tagged(&a);
+            }
+            h.expect(&a, XDP_PASS, Reason::CookieValid);
+            assert_eq!(h.flow_state(cport, sport), Some("established"));
+            let svc = service(&h, "web");
+            assert_eq!((svc.acks_valid, svc.acks_invalid), (1, 0));
+            // Then it is an ordinary established flow.
+            let data = {
+                let tcp = tcp_header(cport, sport, ACK | PSH, isn + 1, s.seq + 1);
+                let f = with_tcp(client, server, tcp, b"GET / HTTP/1.1\r\n\r\n");
+                if vlan { tagged(&f) } else { f }
+            };
+            h.expect(&data, XDP_PASS, Reason::Established);
+        }
+    }
+}
+
+#[test]
+fn a_cookie_with_any_bit_flipped_or_a_wrong_isn_is_dropped() {
+    for (client, server) in FAMILIES {
+        let h = harness(POLICY);
+        let (cport, sport, isn) = (40001, 80, 0xfff0_0000);
+        let frame = syn(client, server, cport, sport, isn, 0, b"", &[]);
+        let s = answer(&h, &frame, client, server, cport, sport, false);
+        for bit in 0..32 {
+            h.expect(&ack(client, server, cport, sport, isn, s.seq ^ (1 << bit), true), XDP_DROP, Reason::CookieInvalid);
+        }
+        // The client's ISN is under the MAC too.
+        h.expect(&ack(client, server, cport, sport, isn + 1, s.seq, true), XDP_DROP, Reason::CookieInvalid);
+        // Another client (port) cannot reuse it.
+        h.expect(&ack(client, server, cport + 1, sport, isn, s.seq, true), XDP_DROP, Reason::CookieInvalid);
+        assert!(h.flows().is_empty(), "no invalid ACK created a flow");
+        assert_eq!(service(&h, "web").acks_invalid, 34);
+        // The genuine one still validates.
+        h.expect(&ack(client, server, cport, sport, isn, s.seq, false), XDP_PASS, Reason::CookieValid);
+    }
+}
+
+#[test]
+fn cookies_live_one_period_more_then_expire() {
+    for (client, server) in FAMILIES {
+        let h = harness(POLICY);
+        let t = time_counter();
+        let cookie_at = |time: u32, cport: u16| {
+            expected_cookie(&KEY0, client, server, cport, 80, 7, time, info(1, None, false, false, time, 0))
+        };
+        // Made this period and the previous one: valid.
+        h.expect(&ack(client, server, 41000, 80, 7, cookie_at(t, 41000), false), XDP_PASS, Reason::CookieValid);
+        h.expect(&ack(client, server, 41001, 80, 7, cookie_at(t - 1, 41001), false), XDP_PASS, Reason::CookieValid);
+        // Two and three periods ago, and the next one: expired or forged.
+        for (i, time) in [t - 2, t - 3, t + 1].into_iter().enumerate() {
+            h.expect(&ack(client, server, 41002 + i as u16, 80, 7, cookie_at(time, 41002 + i as u16), false), XDP_DROP, Reason::CookieInvalid);
+        }
+        assert_eq!(time_counter(), t, "the period changed during the test; rerun");
+    }
+}
+
+#[test]
+fn the_previous_key_is_accepted_until_it_is_replaced() {
+    let (client, server) = FAMILIES[0];
+    let mut h = harness(POLICY);
+    // New cookies use key 1 once it is current, and say so in the key bit.
+    h.fw.set_cookie_key_index(1).unwrap();
+    let s = answer(&h, &syn(client, server, 42000, 80, 5, 0, b"", &[]), client, server, 42000, 80, false);
+    assert_eq!(s.seq >> 9 & 1, 1, "key bit");
+    // A cookie of key 0 (the previous key) still validates...
+    let t = time_counter();
+    let old = expected_cookie(&KEY0, client, server, 42001, 80, 9, t, info(0, None, false, false, t, 0));
+    h.expect(&ack(client, server, 42001, 80, 9, old, false), XDP_PASS, Reason::CookieValid);
+    // ... until the next rotation replaces key 0.
+    h.fw.set_cookie_key(0, CookieKey { k0: 1, k1: 2, valid: 1 }).unwrap();
+    let old2 = expected_cookie(&KEY0, client, server, 42002, 80, 9, t, info(0, None, false, false, t, 0));
+    h.expect(&ack(client, server, 42002, 80, 9, old2, false), XDP_DROP, Reason::CookieInvalid);
+    // The controller's rotation: a random key, made current.
+    h.fw.rotate_cookie_key().unwrap();
+    let s2 = answer(&h, &syn(client, server, 42003, 80, 5, 0, b"", &[]), client, server, 42003, 80, false);
+    assert_eq!(s2.seq >> 9 & 1, 0, "rotation switched to the other key slot");
+    h.expect(&ack(client, server, 42003, 80, 5, s2.seq, false), XDP_PASS, Reason::CookieValid);
+    assert_eq!(time_counter(), t, "the period changed during the test; rerun");
+}
+
+#[test]
+fn a_fast_open_syn_is_answered_without_acknowledging_its_data() {
+    for (client, server) in FAMILIES {
+        let h = harness(POLICY);
+        let data = vec![b'x'; 300];
+        // A Linux SYN plus the Fast Open option (kind 34) with an 8-byte
+        // cookie we never issued; etherparse has no element for it.
+        let mut tcp = tcp_header(43000, 80, SYN, 1000, 0);
+        let mut raw = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0, 1, 3, 3, 7];
+        raw.extend_from_slice(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1]);
+        tcp.set_options_raw(&raw).unwrap();
+        let frame = with_tcp(client, server, tcp, &data);
+        let s = answer(&h, &frame, client, server, 43000, 80, false);
+        assert_eq!(s.ack, 1001, "the SYN is acknowledged, its data is not (RFC 7413 fallback)");
+        assert_eq!(s.payload_len, 0);
+        assert_eq!(s.other_options, 0, "no Fast Open option in the answer");
+    }
+}
+
+#[test]
+fn ip_options_a_bad_input_checksum_and_a_bare_syn_still_get_a_correct_synack() {
+    let (client, server) = FAMILIES[0];
+    let h = harness(POLICY);
+    // IPv4 with a 4-byte option (NOP x4) and a wrong (partial-looking) TCP checksum.
+    let mut frame = syn(client, server, 44000, 80, 77, 0, b"", &[]);
+    frame[14] = 0x46;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame.splice(34..34, [1u8, 1, 1, 1]);
+    let tcp_csum = 34 + 4 + 16;
+    frame[tcp_csum] ^= 0x5a;
+    // Recompute the IPv4 header checksum so only the TCP one is off.
+    frame[24] = 0;
+    frame[25] = 0;
+    let mut sum = 0u32;
+    for w in frame[14..38].chunks(2) {
+        sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let s = answer(&h, &frame, client, server, 44000, 80, false);
+    assert_eq!(s.ihl_words, Some(5), "options are not echoed");
+    assert_eq!(s.ack, 78);
+    // A SYN without options: only our MSS comes back; the cookie encodes
+    // the default MSS (536, index 0) and no window scale.
+    let bare = with_tcp(client, server, tcp_header(44001, 80, SYN, 5, 0), b"");
+    let s = answer(&h, &bare, client, server, 44001, 80, false);
+    assert_eq!((s.mss, s.wscale, s.sack, s.ts), (Some(1460), None, false, None));
+    assert_eq!(s.seq & 0x3ff & !0x300, info(0, None, false, false, 0, 0));
+    h.expect(&ack(client, server, 44001, 80, 5, s.seq, false), XDP_PASS, Reason::CookieValid);
+}
+
+#[test]
+fn acks_to_other_ports_and_non_cookie_services_are_unaffected() {
+    let (client, server) = FAMILIES[0];
+    let h = harness(POLICY);
+    // ssh has no syncookie: SYNs reach the host as before.
+    h.expect(&seg(client, server, 45000, 22, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.expect(&seg(client, server, 45001, 22, ACK, 1, 1, b""), XDP_DROP, Reason::InvalidNoFlow);
+    // A random ACK to the cookie port is a counted invalid cookie.
+    h.expect(&seg(client, server, 45002, 80, ACK, 1, 1, b""), XDP_DROP, Reason::CookieInvalid);
+    // A SYN the rules drop gets no cookie.
+    h.expect(&seg(client, server, 45003, 81, SYN, 1, 0, b""), XDP_DROP, Reason::DefaultDrop);
+}
+
+#[test]
+fn auto_mode_switches_on_above_the_rate_and_off_after_the_hold() {
+    let (client, server) = FAMILIES[0];
+    let policy = r#"
+[settings]
+default = "drop"
+syncookie = { auto_on_rate = 100, auto_off_rate = 50, auto_hold_secs = 5 }
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+action = "accept"
+syncookie = "auto"
+"#;
+    let mut h = harness(policy);
+    let start = std::time::Instant::now();
+    // Below the rate: SYNs go to the host (and are tracked).
+    h.expect(&seg(client, server, 46000, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.fw.cookie_tick_at(Duration::from_secs(1), start).unwrap();
+    assert!(!service(&h, "web").cookies_on);
+    // 50 SYNs in a 100 ms tick: 500/s.
+    for p in 0..50 {
+        h.expect(&seg(client, server, 46100 + p, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
+    }
+    h.fw.cookie_tick_at(Duration::from_millis(100), start + Duration::from_millis(100)).unwrap();
+    let svc = service(&h, "web");
+    assert!(svc.cookies_on, "switched on: {svc:?}");
+    answer(&h, &seg(client, server, 46200, 80, SYN, 1, 0, b""), client, server, 46200, 80, false);
+    // Quiet, but not yet for the hold time: still on.
+    h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(1)).unwrap();
+    h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(4)).unwrap();
+    assert!(service(&h, "web").cookies_on, "hysteresis holds");
+    h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(7)).unwrap();
+    assert!(!service(&h, "web").cookies_on, "off after the hold");
+    h.expect(&seg(client, server, 46300, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
+    // A reload keeps an engaged service engaged.
+    for p in 0..50 {
+        h.expect(&seg(client, server, 46400 + p, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
+    }
+    h.fw.cookie_tick_at(Duration::from_millis(100), start + Duration::from_secs(8)).unwrap();
+    assert!(service(&h, "web").cookies_on);
+    h.install(policy);
+    assert!(service(&h, "web").cookies_on, "carried over the reload");
+}
