@@ -42,6 +42,8 @@ pub const PROG_COOKIE_ACK: u32 = 1;
 /// Programs tail-called from the XDP program, by index.
 pub const COOKIE_SYN_PROGRAM: &str = "fw_cookie_syn";
 pub const COOKIE_ACK_PROGRAM: &str = "fw_cookie_ack";
+/// XDP program for the other end of a veth pair (see its comment).
+pub const PASS_PROGRAM: &str = "xdp_pass";
 /// TC ingress program that hands validated cookie ACKs to the listener.
 pub const INGRESS_PROGRAM: &str = "fw_ingress";
 

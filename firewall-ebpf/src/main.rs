@@ -286,6 +286,14 @@ fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
     }
 }
 
+/// For the far end of a veth pair: in native mode a veth delivers the
+/// frames its peer sends with XDP_TX (cookie SYN-ACKs) only while it runs
+/// an XDP program itself (TOOLCHAIN.md, veth facts). Passes everything.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
 /// TC ingress: hands an ACK whose cookie XDP validated (marked with XDP
 /// metadata) to its listener; every other packet passes untouched.
 #[classifier]

@@ -12,9 +12,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::pins::{BPF_LINKER_VERSION, EBPF_TOOLCHAIN, USER_TOOLCHAIN};
 
-/// Debian packages the tests use: `ip` (iproute2) to build namespaces and
-/// veth pairs, `setpriv` (util-linux) to run the CLI without privileges.
-const APT_PACKAGES: &[&str] = &["iproute2", "util-linux"];
+/// Debian packages the build and the tests use: `clang-14` compiles the
+/// eBPF crate's kfunc shim (firewall-ebpf/src/kfuncs.c) to bitcode, `ip`
+/// (iproute2) builds namespaces and veth pairs and `ss` reads TCP_INFO,
+/// `setpriv` (util-linux) runs the CLI without privileges, `tcpdump`
+/// shows what the server's stack sees in the SYN-cookie tests.
+const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump"];
 
 /// Root of the repository (the xtask crate's parent).
 pub fn workspace_root() -> PathBuf {
