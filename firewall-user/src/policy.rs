@@ -1338,6 +1338,7 @@ action = "accept"
                 related: StateAction::Accept,
                 invalid: StateAction::Drop,
                 timeouts: Timeouts::DEFAULT,
+                syncookie: SyncookieSettings::default(),
             }
         );
         assert_eq!(p.rules[0].proto, Proto::Any);
@@ -1403,7 +1404,7 @@ action = "drop"
     fn unknown_keys() {
         assert_eq!(
             err("[settings]\ndefault = \"drop\"\nstate = \"x\"\n"),
-            "t.toml:3:1: error: unknown field `state`, expected one of `default`, `fragments`, `established`, `related`, `invalid`, `timeouts`"
+            "t.toml:3:1: error: unknown field `state`, expected one of `default`, `fragments`, `established`, `related`, `invalid`, `timeouts`, `syncookie`"
         );
         let e = err("[[rule]]\nname = \"a\"\naction = \"drop\"\n  port = 22\n");
         assert!(e.starts_with("t.toml:4:3: error: unknown field `port`"), "{e}");
@@ -1733,6 +1734,7 @@ icmp = 31536000
                     icmp: 31_536_000,
                     _pad: 0,
                 },
+                syncookie: SyncookieSettings::default(),
             }
         );
         assert_eq!(p.settings.states_to_rules(), ct_state::NEW | ct_state::ESTABLISHED);
@@ -1969,5 +1971,35 @@ action = "drop"
                 );
             }
         }
+    }
+
+    #[test]
+    fn syncookie_rules_and_settings() {
+        let ok = parse(
+            "[settings]\nsyncookie = { auto_on_rate = 2000, key_rotation_secs = 300 }\n\n[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = [80, 443]\naction = \"accept\"\nsyncookie = \"auto\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.rules[0].syncookie, Syncookie::Auto);
+        let c = &ok.settings.syncookie;
+        assert_eq!((c.auto_on_rate, c.auto_off_rate, c.auto_hold_secs, c.key_rotation_secs), (2000, 1000, 10, 300));
+
+        let rule = |extra: &str| format!("[[rule]]\nname = \"r\"\n{extra}\nsyncookie = \"always\"\n");
+        let e = err(&rule("proto = \"udp\"\ndport = 53\naction = \"accept\""));
+        assert!(e.contains("`syncookie` needs proto = \"tcp\""), "{e}");
+        let e = err(&rule("proto = \"tcp\"\ndport = 80\naction = \"drop\""));
+        assert!(e.contains("needs action = \"accept\""), "{e}");
+        let e = err(&rule("proto = \"tcp\"\naction = \"accept\""));
+        assert!(e.contains("needs `dport`"), "{e}");
+        let e = err(&rule("proto = \"tcp\"\ndport = 80\nstate = \"established\"\naction = \"accept\""));
+        assert!(e.contains("match new connections"), "{e}");
+        let e = err("[[rule]]\nname = \"r\"\nproto = \"tcp\"\ndport = 80\naction = \"accept\"\nsyncookie = \"sometimes\"\n");
+        assert!(e.starts_with("t.toml:6:13: error: unknown variant `sometimes`"), "{e}");
+        let e = err("[settings]\nsyncookie = { key_rotation_secs = 60 }\n");
+        assert!(e.contains("`key_rotation_secs` = 60 out of range (140-"), "{e}");
+        let e = err("[settings]\nsyncookie = { auto_on_rate = 10, auto_off_rate = 20 }\n");
+        assert!(e.contains("must not exceed `auto_on_rate`"), "{e}");
+        let e = err("[settings]\nsyncookie = { key = 1 }\n");
+        assert!(e.contains("unknown field `key`"), "{e}");
     }
 }
