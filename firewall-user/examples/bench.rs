@@ -90,7 +90,7 @@ fn main() {
 /// run costs more than one of `repeat`'s: cold caches, the clock).
 fn valid_cookie_acks(h: &Harness) -> ((f64, f64, f64), (f64, f64, f64)) {
     const CONNECTIONS: u16 = 2001;
-    let mut v: Vec<f64> = (0..CONNECTIONS)
+    let v: Vec<(f64, f64)> = (0..CONNECTIONS)
         .filter_map(|i| {
             let port = 20000 + i;
             let (verdict, out) = h.fw.test_run_output(&seg("172.16.0.1", "192.0.2.1", port, 8443, SYN, 7, 0, b"")).expect("syn");

@@ -996,6 +996,10 @@ fn syn_flood(pair: &Pair, port: u16, count: usize, limit: Duration) -> std::thre
 #[test]
 fn under_a_spoofed_syn_flood_legitimate_clients_still_connect() {
     let pair = Pair::new();
+    // The spoofed sources must be routable from the server, or reverse-path
+    // filtering would drop them before any listener could see them.
+    let route = Pair::output(&pair.server, "ip", &["route", "add", "default", "via", &pair.client_ip]);
+    assert!(route.status.success());
     let _peer = attach_peer_pass(&pair);
     start_http_server(&pair, 8080);
     let (_dir, policy) = temp_policy(COOKIE_POLICY);
