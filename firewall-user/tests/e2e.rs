@@ -1029,3 +1029,47 @@ fn under_a_spoofed_syn_flood_legitimate_clients_still_connect() {
     let flows: Value = serde_json::from_slice(&flows.stdout).unwrap();
     assert!(flows.as_array().map_or(0, |a| a.len()) < 100, "no flow per spoofed SYN: {} flows", flows.as_array().map_or(0, |a| a.len()));
 }
+
+#[test]
+fn cookie_mode_over_ipv6_hands_connections_to_the_server() {
+    let pair = Pair::new();
+    // IPv6 on the same veth pair (no duplicate address detection wait).
+    let (client6, server6) = ("fd00:231::1", "fd00:231::2");
+    for (ns, ifname, addr) in [(&pair.client, &pair.client_if, client6), (&pair.server, &pair.server_if, server6)] {
+        let out = Pair::output(ns, "ip", &["-6", "addr", "add", &format!("{addr}/64"), "dev", ifname, "nodad"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _peer = attach_peer_pass(&pair);
+    let listener = Pair::within(&pair.server, move || TcpListener::bind((server6, 8080)).expect("bind v6")).join().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept over IPv6");
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap();
+        conn.write_all(&buf[..n]).unwrap();
+        tcp_info(&conn)
+    });
+    // Neighbour discovery must pass for the client to find the server.
+    let (_dir, policy) = temp_policy(&format!("{COOKIE_POLICY}\n[[rule]]\nname = \"icmpv6\"\nproto = \"icmpv6\"\naction = \"accept\"\n"));
+    let _fw = start_firewall(&pair, &policy);
+    let syn_capture = Capture::start(&pair.server, &pair.server_if, "ip6 and tcp and ip6[53] & 2 != 0");
+    let echo = Pair::within(&pair.client, move || {
+        let addr: SocketAddr = format!("[{server6}]:8080").parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect over IPv6");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hello v6").unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    })
+    .join()
+    .unwrap();
+    assert_eq!(&echo, b"hello v6");
+    let (options, _, rcv) = server.join().unwrap();
+    assert_eq!(options & 7, 7, "timestamps, SACK and window scaling on the server socket");
+    assert_eq!(rcv, 7);
+    assert_eq!(syn_capture.stop(), 0, "no IPv6 SYN reached the server's stack");
+    let stats = stats_json(&pair).unwrap();
+    let web = service(&stats, "web");
+    assert!(web["cookies_sent"].as_u64().unwrap() >= 1 && web["acks_valid"].as_u64().unwrap() >= 1, "{web}");
+    assert!(reason_packets(&stats, "handoff_done") >= 1, "{stats}");
+}
