@@ -419,13 +419,13 @@ pub fn forget(packet: &Packet) {
     let _ = FW_FLOWS.remove(&fk);
 }
 
-/// Whether the host has a connected (not listening) TCP socket for this
-/// inbound packet. `ctx` is the XDP context.
+/// The socket-lookup tuple of an inbound packet, and its size for the
+/// helpers (IPv4 or IPv6 part of the union).
 #[inline(always)]
-pub fn has_socket(ctx: *mut c_void, key: &Key) -> bool {
-    let v4 = key.src.hi == 0 && key.src.lo >> 32 == 0xffff;
-    // SAFETY: an all-zero tuple is valid; the helper reads `size` bytes.
+pub fn sock_tuple(key: &Key) -> (bpf_sock_tuple, u32) {
+    // SAFETY: an all-zero tuple is valid.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let v4 = key.src.hi == 0 && key.src.lo >> 32 == 0xffff;
     let size = if v4 {
         tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
             saddr: (key.src.lo as u32).to_be(),
@@ -444,12 +444,21 @@ pub fn has_socket(ctx: *mut c_void, key: &Key) -> bool {
         };
         core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
     };
-    const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
-    const TCP_LISTEN: u32 = 10;
+    (tuple, size as u32)
+}
+
+pub const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
+pub const TCP_LISTEN: u32 = 10;
+
+/// Whether the host has a connected (not listening) TCP socket for this
+/// inbound packet. `ctx` is the XDP context.
+#[inline(always)]
+pub fn has_socket(ctx: *mut c_void, key: &Key) -> bool {
+    let (mut tuple, size) = sock_tuple(key);
     // SAFETY: helper call with a tuple of the size passed; the socket it
     // returns is released on every path.
     unsafe {
-        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size as u32, BPF_F_CURRENT_NETNS, 0);
+        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS, 0);
         if sk.is_null() {
             return false;
         }

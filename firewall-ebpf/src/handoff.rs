@@ -5,19 +5,16 @@
 //! socket adopts our cookie as its ISN, so nothing is translated later.
 
 use aya_ebpf::{
-    bindings::{
-        __sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
-    },
+    bindings::__sk_buff,
     cty::c_void,
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock},
     programs::TcContext,
     EbpfContext as _,
 };
-use firewall_common::{HANDOFF_MAGIC, HandoffMeta, Reason, TcpReqAttrs, U128};
+use firewall_common::{HANDOFF_MAGIC, HandoffMeta, Reason, TcpReqAttrs};
 
 use crate::{
-    cookie::is_v4,
+    conntrack::{BPF_F_CURRENT_NETNS, TCP_LISTEN, sock_tuple},
     parse::{self, Frame},
 };
 
@@ -27,9 +24,6 @@ unsafe extern "C" {
     #[link_name = "fw_sk_assign_tcp_reqsk"]
     fn sk_assign_tcp_reqsk(skb: *mut __sk_buff, sk: *mut c_void, attrs: *mut TcpReqAttrs, size: i32) -> i32;
 }
-
-const TCP_LISTEN: u32 = 10;
-const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
 
 /// `None` for packets without our mark (all but validated cookie ACKs).
 #[inline(always)]
@@ -68,33 +62,11 @@ fn handoff(ctx: &TcContext, skb: *mut __sk_buff, mut attrs: TcpReqAttrs) -> Reas
         attrs.rcv_tsval = opts.tsval;
         attrs.rcv_tsecr = opts.tsecr;
     }
-    let key = &packet.key;
-    // SAFETY: an all-zero tuple is valid; the helper reads `size` bytes.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if is_v4(&key.src) {
-        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: (key.src.lo as u32).to_be(),
-            daddr: (key.dst.lo as u32).to_be(),
-            sport: key.sport.to_be(),
-            dport: key.dport.to_be(),
-        };
-        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
-    } else {
-        let words = |a: U128| {
-            [((a.hi >> 32) as u32).to_be(), (a.hi as u32).to_be(), ((a.lo >> 32) as u32).to_be(), (a.lo as u32).to_be()]
-        };
-        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-            saddr: words(key.src),
-            daddr: words(key.dst),
-            sport: key.sport.to_be(),
-            dport: key.dport.to_be(),
-        };
-        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
-    };
+    let (mut tuple, size) = sock_tuple(&packet.key);
     // SAFETY: helper calls with a tuple of the size passed; the socket the
     // lookup returns is released on every path.
     unsafe {
-        let sk = bpf_skc_lookup_tcp(skb as *mut c_void, &mut tuple, size as u32, BPF_F_CURRENT_NETNS, 0);
+        let sk = bpf_skc_lookup_tcp(skb as *mut c_void, &mut tuple, size, BPF_F_CURRENT_NETNS, 0);
         if sk.is_null() {
             return Reason::HandoffNoListener;
         }

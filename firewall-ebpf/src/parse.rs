@@ -316,25 +316,22 @@ fn parse_l4(ctx: &Frame, packet: &mut Packet) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323).
-///
-/// The options are copied to a zeroed stack buffer (zero is the
-/// end-of-options kind) and scanned with an index masked to the buffer, so
-/// that every path through the scan leaves the index in the same range and
-/// the verifier's states converge from one iteration to the next.
+/// Most bytes of TCP options (a 60-byte header).
+const MAX_OPTIONS: usize = 40;
+
+/// Copies the TCP options of `packet` into `buf` (zeroed by the caller: zero
+/// is the end-of-options kind); returns their length. Options come in 4-byte
+/// words (the data offset counts words): one bounds check per word, at a
+/// constant offset from one base pointer (a byte loop makes LLVM recompute
+/// the pointer, which the verifier rejects).
 #[inline(always)]
-pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
-    const MAX_OPTIONS: usize = 40;
-    let mut buf = [0u8; 64];
+fn copy_options(ctx: &Frame, packet: &Packet, buf: &mut [u8; 64]) -> Option<usize> {
     let base = packet.l4_offset + TcpHdr::LEN;
     let len = (packet.tcp.header_len as usize).saturating_sub(TcpHdr::LEN);
     if base > MAX_L4_OFFSET {
         return None;
     }
-    // Options come in 4-byte words (the data offset counts words); one
-    // bounds check per word, at a constant offset from one base pointer.
-    let Some(start) = ctx.ptr_at::<[u8; 4]>(base) else { return None };
-    let start = start as usize;
+    let start = ctx.ptr_at::<[u8; 4]>(base)? as usize;
     for w in 0..MAX_OPTIONS / 4 {
         if w * 4 >= len || start + w * 4 + 4 > ctx.end {
             break;
@@ -346,6 +343,19 @@ pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
         buf[w * 4 + 2] = word[2];
         buf[w * 4 + 3] = word[3];
     }
+    Some(len)
+}
+
+/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323).
+///
+/// The options are copied to a zeroed stack buffer (zero is the
+/// end-of-options kind) and scanned with an index masked to the buffer, so
+/// that every path through the scan leaves the index in the same range and
+/// the verifier's states converge from one iteration to the next.
+#[inline(always)]
+pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
+    let mut buf = [0u8; 64];
+    copy_options(ctx, packet, &mut buf)?;
     let mut i = 0usize;
     for _ in 0..MAX_OPTIONS {
         let kind = buf[i & 63];
@@ -402,30 +412,12 @@ pub struct OptionPositions {
 /// made every combination a separate state and blew the 1M budget).
 #[inline(always)]
 pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
-    const MAX_OPTIONS: usize = 40;
     let mut opts = TcpOptions { wscale: 0xff, ..TcpOptions::default() };
     let Some(pos) = crate::FW_OPTS.get_ptr_mut(0) else { return opts };
     // SAFETY: this CPU's slot, used only while this program runs.
     unsafe { *pos = OptionPositions::default() };
     let mut buf = [0u8; 64];
-    let base = packet.l4_offset + TcpHdr::LEN;
-    let len = (packet.tcp.header_len as usize).saturating_sub(TcpHdr::LEN);
-    if base > MAX_L4_OFFSET {
-        return opts;
-    }
-    let Some(start) = ctx.ptr_at::<[u8; 4]>(base) else { return opts };
-    let start = start as usize;
-    for w in 0..MAX_OPTIONS / 4 {
-        if w * 4 >= len || start + w * 4 + 4 > ctx.end {
-            break;
-        }
-        // SAFETY: checked just above against the packet's end.
-        let word = unsafe { *((start + w * 4) as *const [u8; 4]) };
-        buf[w * 4] = word[0];
-        buf[w * 4 + 1] = word[1];
-        buf[w * 4 + 2] = word[2];
-        buf[w * 4 + 3] = word[3];
-    }
+    let Some(len) = copy_options(ctx, packet, &mut buf) else { return opts };
     let limit = len.min(MAX_OPTIONS);
     let mut i = 0usize;
     for _ in 0..MAX_OPTIONS {

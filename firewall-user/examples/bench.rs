@@ -92,7 +92,7 @@ fn valid_cookie_acks(h: &Harness) -> ((f64, f64, f64), (f64, f64, f64)) {
     const CONNECTIONS: u16 = 2001;
     let v: Vec<(f64, f64)> = (0..CONNECTIONS)
         .filter_map(|i| {
-            let port = 20000 + i;
+            let port = 40000 + i;
             let (verdict, out) = h.fw.test_run_output(&seg("172.16.0.1", "192.0.2.1", port, 8443, SYN, 7, 0, b"")).expect("syn");
             // An earlier random rule may take this source port: skip it.
             if verdict != 3 {
@@ -108,6 +108,7 @@ fn valid_cookie_acks(h: &Harness) -> ((f64, f64, f64), (f64, f64, f64)) {
             Some((r.duration.as_nanos() as f64, f.duration.as_nanos() as f64))
         })
         .collect();
+    assert!(!v.is_empty(), "no source port reached the cookie rule");
     let mut f: Vec<f64> = v.iter().map(|p| p.1).collect();
     let mut v: Vec<f64> = v.iter().map(|p| p.0).collect();
     v.sort_by(f64::total_cmp);

@@ -10,9 +10,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::netns::Pair;
+use common::netns::{Pair, attach_peer_pass, netstat, spoofed_syn_flood};
 use firewall_common::{CookieCounters, MAX_RULES, maps};
 use firewall_user::loader::Firewall;
 
@@ -33,58 +33,8 @@ action = "accept"
 syncookie = "always"
 "#;
 
-fn mac(ns: &str, ifname: &str) -> [u8; 6] {
-    let out = Pair::output(ns, "cat", &[&format!("/sys/class/net/{ifname}/address")]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("mac")).collect();
-    bytes.try_into().expect("six bytes")
-}
-
-/// Sends spoofed SYNs for `SECONDS` (at most `MAX_FRAMES`); returns the
-/// frames sent and the seconds it took.
-fn flood(pair: &Pair) -> (usize, f64) {
-    let (src_mac, dst_mac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
-    let server: std::net::Ipv4Addr = pair.server_ip.parse().unwrap();
-    let frames: Vec<Vec<u8>> = (0..65536u32)
-        .map(|i| {
-            let src = [10, 99, (i >> 8) as u8, i as u8];
-            let mut tcp = etherparse::TcpHeader::new(1024 + (i % 60000) as u16, PORT, i.wrapping_mul(2_654_435_761), 64240);
-            tcp.syn = true;
-            tcp.set_options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)]).unwrap();
-            let mut out = Vec::new();
-            etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, server.octets(), 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
-            out
-        })
-        .collect();
-    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
-    Pair::within(&pair.client, move || unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket");
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
-        addr.sll_halen = 6;
-        let start = Instant::now();
-        let mut sent = 0;
-        while sent < MAX_FRAMES && start.elapsed() < SECONDS {
-            let f = &frames[sent % frames.len()];
-            if libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) > 0 {
-                sent += 1;
-            }
-        }
-        libc::close(fd);
-        (sent, start.elapsed().as_secs_f64())
-    })
-    .join()
-    .unwrap()
-}
-
 fn syncookies_sent(ns: &str) -> u64 {
-    let text = Pair::within(ns, || std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()).join().unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let names = lines[0].split_whitespace();
-    let values = lines[1].split_whitespace();
-    names.zip(values).find(|(n, _)| *n == "SyncookiesSent").map(|(_, v)| v.parse().unwrap()).unwrap()
+    netstat(ns)["SyncookiesSent"]
 }
 
 fn cookies_sent(fw: &Firewall) -> u64 {
@@ -107,16 +57,7 @@ fn main() {
     let ip = pair.server_ip.clone();
     let _listener = Pair::within(&pair.server, move || std::net::TcpListener::bind((ip.as_str(), PORT)).unwrap()).join().unwrap();
     // The client end needs an XDP program to take XDP_TX frames (README).
-    let client_if = pair.client_if.clone();
-    let _peer = Pair::within(&pair.client, move || {
-        let mut ebpf = aya::Ebpf::load(firewall_user::loader::EBPF_OBJECT).unwrap();
-        let prog: &mut aya::programs::Xdp = ebpf.program_mut(maps::PASS_PROGRAM).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        prog.attach(std::ffi::CString::new(client_if).unwrap().as_c_str(), aya::programs::XdpMode::Driver).unwrap();
-        ebpf
-    })
-    .join()
-    .unwrap();
+    let _peer = attach_peer_pass(&pair);
 
     let mut fw_rates = Vec::new();
     let mut kernel_rates = Vec::new();
@@ -135,7 +76,7 @@ fn main() {
         .join()
         .unwrap();
         let before = cookies_sent(&fw);
-        let (sent, secs) = flood(&pair);
+        let (sent, secs) = spoofed_syn_flood(&pair, PORT, MAX_FRAMES, SECONDS).join().unwrap();
         let answered = cookies_sent(&fw) - before;
         drop(fw);
         fw_rates.push(answered as f64 / secs);
@@ -144,7 +85,7 @@ fn main() {
         // (b) the kernel alone, answering every SYN with its own cookie.
         assert!(Pair::output(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]).status.success());
         let before = syncookies_sent(&pair.server);
-        let (sent, secs) = flood(&pair);
+        let (sent, secs) = spoofed_syn_flood(&pair, PORT, MAX_FRAMES, SECONDS).join().unwrap();
         let answered = syncookies_sent(&pair.server) - before;
         assert!(Pair::output(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=1"]).status.success());
         kernel_rates.push(answered as f64 / secs);

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Guarded, OnDrop, Pair, wait_for};
+use common::netns::{Guarded, OnDrop, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for};
 use serde_json::Value;
 
 const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
@@ -418,13 +418,6 @@ fn read_pattern(s: &mut TcpStream, n: usize) {
     assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)), "payload intact");
 }
 
-fn mac(ns: &str, ifname: &str) -> [u8; 6] {
-    let out = Pair::output(ns, "cat", &[&format!("/sys/class/net/{ifname}/address")]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("mac")).collect();
-    bytes.try_into().expect("six bytes")
-}
-
 /// Sends raw Ethernet frames out of `ifname` in namespace `ns` (AF_PACKET).
 fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
     let ifname = std::ffi::CString::new(ifname).unwrap();
@@ -609,32 +602,6 @@ dport = 8025
 action = "accept"
 syncookie = "always"
 "#;
-
-/// In native mode a veth passes its peer's XDP_TX frames (the cookie
-/// SYN-ACKs) only when it runs an XDP program too: the object's
-/// `xdp_pass`, attached to the client's end. Detached when dropped.
-fn attach_peer_pass(pair: &Pair) -> aya::Ebpf {
-    let ifname = pair.client_if.clone();
-    Pair::within(&pair.client, move || {
-        let mut ebpf = aya::Ebpf::load(firewall_user::loader::EBPF_OBJECT).expect("object loads");
-        let prog: &mut aya::programs::Xdp = ebpf.program_mut(firewall_common::maps::PASS_PROGRAM).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        let name = std::ffi::CString::new(ifname).unwrap();
-        prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver).expect("xdp_pass on the client's veth");
-        ebpf
-    })
-    .join()
-    .unwrap()
-}
-
-/// TcpExt counters of namespace `ns` (the listener's SYN-queue story).
-fn netstat(ns: &str) -> std::collections::HashMap<String, u64> {
-    let text = Pair::within(ns, || std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()).join().unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let names = lines[0].split_whitespace().skip(1);
-    let values = lines[1].split_whitespace().skip(1).map(|v| v.parse::<u64>().unwrap());
-    names.map(str::to_owned).zip(values).collect()
-}
 
 /// Kernel counters that move when the listener itself sees SYNs under
 /// pressure: they must not.
@@ -957,42 +924,6 @@ fn a_fast_open_syn_with_data_falls_back_and_the_connection_works() {
     assert!(service(&stats, "bulk")["acks_valid"].as_u64().unwrap() >= 1, "{stats}");
 }
 
-/// Spoofed SYNs (random sources in 10.99.0.0/16) at `port`, at most
-/// `count` frames and `limit` time, from the client's end of the veth.
-fn syn_flood(pair: &Pair, port: u16, count: usize, limit: Duration) -> std::thread::JoinHandle<usize> {
-    let (src_mac, dst_mac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
-    let server = pair.server_ip.clone();
-    let frames: Vec<Vec<u8>> = (0..4096u32)
-        .map(|i| {
-            let src = format!("10.99.{}.{}", (i >> 8) & 0xff, i & 0xff);
-            let mut tcp = etherparse::TcpHeader::new(1024 + (i % 60000) as u16, port, i.wrapping_mul(2_654_435_761), 64240);
-            tcp.syn = true;
-            let mut out = Vec::new();
-            etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(ipv4(&src), ipv4(&server), 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
-            out
-        })
-        .collect();
-    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
-    Pair::within(&pair.client, move || unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket");
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
-        addr.sll_halen = 6;
-        let start = Instant::now();
-        let mut sent = 0;
-        while sent < count && start.elapsed() < limit {
-            let f = &frames[sent % frames.len()];
-            if libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) > 0 {
-                sent += 1;
-            }
-        }
-        libc::close(fd);
-        sent
-    })
-}
-
 #[test]
 fn under_a_spoofed_syn_flood_legitimate_clients_still_connect() {
     let pair = Pair::new();
@@ -1005,7 +936,7 @@ fn under_a_spoofed_syn_flood_legitimate_clients_still_connect() {
     let (_dir, policy) = temp_policy(COOKIE_POLICY);
     let _fw = start_firewall(&pair, &policy);
     let before = netstat(&pair.server);
-    let flood = syn_flood(&pair, 8080, 300_000, Duration::from_secs(10));
+    let flood = spoofed_syn_flood(&pair, 8080, 300_000, Duration::from_secs(10));
     // Legitimate clients while the flood runs.
     let mut ok = 0;
     for i in 0..20 {
@@ -1013,7 +944,7 @@ fn under_a_spoofed_syn_flood_legitimate_clients_still_connect() {
         assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
         ok += 1;
     }
-    let sent = flood.join().unwrap();
+    let (sent, _) = flood.join().unwrap();
     assert!(sent >= 10_000, "the flood ran: {sent} frames");
     assert_eq!(ok, 20);
     let after = netstat(&pair.server);

@@ -132,3 +132,75 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// MAC address of `ifname` in namespace `ns`.
+pub fn mac(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = Pair::output(ns, "cat", &[&format!("/sys/class/net/{ifname}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("mac")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// TcpExt counters of namespace `ns` (/proc/net/netstat as its threads see it).
+pub fn netstat(ns: &str) -> std::collections::HashMap<String, u64> {
+    let text = Pair::within(ns, || std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()).join().unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let names = lines[0].split_whitespace().skip(1);
+    let values = lines[1].split_whitespace().skip(1).map(|v| v.parse::<u64>().unwrap());
+    names.map(str::to_owned).zip(values).collect()
+}
+
+/// In native mode a veth passes its peer's XDP_TX frames (cookie SYN-ACKs)
+/// only when it runs an XDP program too: the object's `xdp_pass`, attached
+/// to the client's end. Detached when the returned object is dropped.
+pub fn attach_peer_pass(pair: &Pair) -> aya::Ebpf {
+    let ifname = pair.client_if.clone();
+    Pair::within(&pair.client, move || {
+        let mut ebpf = aya::Ebpf::load(firewall_user::loader::EBPF_OBJECT).expect("object loads");
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(firewall_common::maps::PASS_PROGRAM).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let name = std::ffi::CString::new(ifname).unwrap();
+        prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver).expect("xdp_pass on the client's veth");
+        ebpf
+    })
+    .join()
+    .unwrap()
+}
+
+/// Spoofed SYNs (sources in 10.99.0.0/16, an MSS option) at the server's
+/// `port`, sent from the client's end of the veth with AF_PACKET: at most
+/// `count` frames and `limit` time. Returns the frames sent and the seconds.
+pub fn spoofed_syn_flood(pair: &Pair, port: u16, count: usize, limit: Duration) -> thread::JoinHandle<(usize, f64)> {
+    let (src_mac, dst_mac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let server: std::net::Ipv4Addr = pair.server_ip.parse().unwrap();
+    let frames: Vec<Vec<u8>> = (0..65536u32)
+        .map(|i| {
+            let src = [10, 99, (i >> 8) as u8, i as u8];
+            let mut tcp = etherparse::TcpHeader::new(1024 + (i % 60000) as u16, port, i.wrapping_mul(2_654_435_761), 64240);
+            tcp.syn = true;
+            tcp.set_options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)]).unwrap();
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, server.octets(), 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
+            out
+        })
+        .collect();
+    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
+    Pair::within(&pair.client, move || unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "AF_PACKET socket");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+        addr.sll_halen = 6;
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < count && start.elapsed() < limit {
+            let f = &frames[sent % frames.len()];
+            if libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) > 0 {
+                sent += 1;
+            }
+        }
+        libc::close(fd);
+        (sent, start.elapsed().as_secs_f64())
+    })
+}
