@@ -467,3 +467,4 @@ syncookie = "auto"
     h.install(policy);
     assert!(service(&h, "web").cookies_on, "carried over the reload");
 }
+
