@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Guarded, OnDrop, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for};
+use common::netns::{Guarded, OnDrop, PacketSocket, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for};
 use serde_json::Value;
 
 const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
@@ -420,19 +420,12 @@ fn read_pattern(s: &mut TcpStream, n: usize) {
 
 /// Sends raw Ethernet frames out of `ifname` in namespace `ns` (AF_PACKET).
 fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
-    let ifname = std::ffi::CString::new(ifname).unwrap();
-    Pair::within(ns, move || unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket");
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
-        addr.sll_halen = 6;
+    let ifname = ifname.to_owned();
+    Pair::within(ns, move || {
+        let socket = PacketSocket::open(&ifname);
         for f in &frames {
-            let rc = libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
-            assert_eq!(rc as usize, f.len(), "frame sent");
+            assert!(socket.send(f), "frame sent");
         }
-        libc::close(fd);
     })
     .join()
     .unwrap();

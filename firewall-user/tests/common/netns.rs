@@ -184,23 +184,54 @@ pub fn spoofed_syn_flood(pair: &Pair, port: u16, count: usize, limit: Duration) 
             out
         })
         .collect();
-    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
-    Pair::within(&pair.client, move || unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket");
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
-        addr.sll_halen = 6;
+    let ifname = pair.client_if.clone();
+    Pair::within(&pair.client, move || {
+        let socket = PacketSocket::open(&ifname);
         let start = Instant::now();
         let mut sent = 0;
         while sent < count && start.elapsed() < limit {
-            let f = &frames[sent % frames.len()];
-            if libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) > 0 {
+            if socket.send(&frames[sent % frames.len()]) {
                 sent += 1;
             }
         }
-        libc::close(fd);
         (sent, start.elapsed().as_secs_f64())
     })
+}
+
+/// An AF_PACKET socket sending whole Ethernet frames out of one interface
+/// (of the calling thread's namespace); closed on drop.
+pub struct PacketSocket {
+    fd: i32,
+    addr: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    pub fn open(ifname: &str) -> Self {
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: plain socket calls; the address struct is zeroed, then filled.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            PacketSocket { fd, addr }
+        }
+    }
+
+    /// Whether the whole frame was sent.
+    pub fn send(&self, frame: &[u8]) -> bool {
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: a valid buffer and address of the sizes passed.
+        let rc = unsafe { libc::sendto(self.fd, frame.as_ptr().cast(), frame.len(), 0, (&self.addr as *const libc::sockaddr_ll).cast(), len) };
+        rc as usize == frame.len()
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(self.fd) };
+    }
 }
