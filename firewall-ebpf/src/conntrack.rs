@@ -351,6 +351,22 @@ pub fn open(packet: &Packet, wscale: u8, egress: bool) -> bool {
     true
 }
 
+/// An established flow from outside, opened by the packet in `frame`.
+#[inline(always)]
+fn established(frame: &Frame, initiator: u8) -> Flow {
+    let now = now_ns();
+    Flow {
+        state: TCP_ESTABLISHED,
+        initiator,
+        origin: ORIGIN_REMOTE,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: frame.wire_len,
+        ..Flow::default()
+    }
+}
+
 /// Adopts a TCP packet of no known flow as established, as nftables'
 /// conntrack picks up connections mid-stream: on egress (the host's own
 /// stack sent it) always; on ingress only when `has_socket` says the host
@@ -363,18 +379,8 @@ pub fn adopt(frame: &Frame, packet: &Packet) {
         return;
     }
     let (fk, side) = flow_key(&packet.key, 0);
-    let now = now_ns();
-    let mut flow = Flow {
-        state: TCP_ESTABLISHED,
-        // Unknown: the handshake happened before we saw the flow.
-        initiator: 1 - side,
-        origin: ORIGIN_REMOTE,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: frame.wire_len,
-        ..Flow::default()
-    };
+    // The initiator is unknown: the handshake happened before we saw the flow.
+    let mut flow = established(frame, 1 - side);
     note_segment(&mut flow, side, packet);
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
 }
@@ -385,18 +391,8 @@ pub fn adopt(frame: &Frame, packet: &Packet) {
 #[inline(always)]
 pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u32) {
     let (fk, side) = flow_key(&packet.key, 0);
-    let now = now_ns();
     let s = (side & 1) as usize;
-    let mut flow = Flow {
-        state: TCP_ESTABLISHED,
-        initiator: side,
-        origin: ORIGIN_REMOTE,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: frame.wire_len,
-        ..Flow::default()
-    };
+    let mut flow = established(frame, side);
     let (ours, theirs) = if client_wscale == WSCALE_NONE {
         (WSCALE_NONE, WSCALE_NONE)
     } else {
@@ -407,7 +403,6 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
     set(&mut flow.next_seq, 1 - s, cookie.wrapping_add(1));
     set(&mut flow.max_window, 1 - s, firewall_common::SYNACK_WINDOW as u32);
     flow.seq_known = 1 << (1 - s);
-    flow.flags = 0;
     note_segment(&mut flow, side, packet);
     let _ = FW_FLOWS.insert(&fk, &flow, 1);
 }
@@ -425,8 +420,7 @@ pub fn forget(packet: &Packet) {
 pub fn sock_tuple(key: &Key) -> (bpf_sock_tuple, u32) {
     // SAFETY: an all-zero tuple is valid.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let v4 = key.src.hi == 0 && key.src.lo >> 32 == 0xffff;
-    let size = if v4 {
+    let size = if crate::parse::is_v4_mapped(&key.src) {
         tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
             saddr: (key.src.lo as u32).to_be(),
             daddr: (key.dst.lo as u32).to_be(),

@@ -24,11 +24,6 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn is_v4(addr: &U128) -> bool {
-    addr.hi == 0 && addr.lo >> 32 == 0xffff
-}
-
-#[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: a helper with no arguments.
     unsafe { bpf_ktime_get_ns() }
@@ -142,7 +137,7 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
     let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
     let opts = parse::tcp_options(&frame, packet);
     let key_ = &packet.key;
-    let v4 = is_v4(&key_.src);
+    let v4 = parse::is_v4_mapped(&key_.src);
     let cfg = FW_COOKIE_CFG.get(0).ok_or(Reason::Internal)?;
     let key_index = cfg.key_index & 1;
     let secret = key(key_index).ok_or(Reason::Internal)?;
@@ -313,7 +308,7 @@ pub fn check_ack(packet: &Packet) -> Option<Valid> {
     if cookie_mac(secret, &m) != cookie >> COOKIE_INFO_BITS {
         return None;
     }
-    let v4 = is_v4(&k.src);
+    let v4 = parse::is_v4_mapped(&k.src);
     let i = ((info >> COOKIE_MSS_SHIFT) & COOKIE_MSS_MASK) as usize;
     let table = if v4 { &MSS_TABLE_V4 } else { &MSS_TABLE_V6 };
     let mss = if i == 0 { table[0] } else if i == 1 { table[1] } else if i == 2 { table[2] } else { table[3] };

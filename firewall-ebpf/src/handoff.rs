@@ -44,12 +44,7 @@ pub fn run(ctx: &TcContext) -> Option<Reason> {
 
 #[inline(always)]
 fn handoff(ctx: &TcContext, skb: *mut __sk_buff, mut attrs: TcpReqAttrs) -> Reason {
-    let len = ctx.len();
-    let want = len.min(128) as usize;
-    if ctx.data_end() - ctx.data() < want {
-        let _ = ctx.pull_data(want as u32);
-    }
-    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 };
+    let frame = Frame::of_skb(ctx);
     let packet = match parse::parse(&frame) {
         Ok(Some(p)) if p.key.proto == parse::IPPROTO_TCP => p,
         _ => return Reason::HandoffFailed,

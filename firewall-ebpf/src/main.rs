@@ -172,13 +172,8 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         _ => {}
     }
     packet.key.ct_state = state;
-    let Some(scratch) = FW_SCRATCH.get_ptr_mut(0) else {
+    let Some(packet) = forget_paths(packet) else {
         return Reason::Internal;
-    };
-    // SAFETY: this CPU's slot, used only while this program runs.
-    let packet = unsafe {
-        *scratch = packet;
-        &*scratch
     };
     let mut service = (MAX_RULES, SYNCOOKIE_OFF);
     let (accept, reason) = match rules::classify(slot, header.root, &packet.key) {
@@ -308,17 +303,9 @@ pub fn fw_ingress(ctx: TcContext) -> i32 {
 /// its outbound packets, so that replies are known on ingress. Never drops.
 #[classifier]
 pub fn fw_egress(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    // Headers may sit outside the linear part of the skb; 128 bytes cover
-    // Ethernet, VLANs, IPv6 with options, and TCP with options. Pull only
-    // when they do not (a pull can copy a cloned skb's head).
-    let want = len.min(128) as usize;
-    if ctx.data_end() - ctx.data() < want {
-        let _ = ctx.pull_data(want as u32);
-    }
-    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 };
+    let frame = Frame::of_skb(&ctx);
     let reason = egress(&frame);
-    counters::count_reason(reason, len as u64);
+    counters::count_reason(reason, frame.wire_len);
     TC_ACT_OK
 }
 

@@ -96,6 +96,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame of a TC program's skb. Headers may sit outside its linear
+    /// part; 128 bytes cover Ethernet, VLANs, IPv6 with options, and TCP
+    /// with options. Pulls only when they do not (a pull can copy a cloned
+    /// skb's head). `wire_len` is the skb's whole length.
+    #[inline(always)]
+    pub fn of_skb(ctx: &aya_ebpf::programs::TcContext) -> Frame {
+        let len = ctx.len();
+        let want = len.min(128) as usize;
+        if ctx.data_end() - ctx.data() < want {
+            let _ = ctx.pull_data(want as u32);
+        }
+        Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 }
+    }
 
     /// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
     #[inline(always)]
@@ -255,8 +268,9 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
     Ok(packet)
 }
 
+/// Whether a key address is IPv4 (mapped into `::ffff:0:0/96`).
 #[inline(always)]
-fn is_v4_mapped(addr: &U128) -> bool {
+pub fn is_v4_mapped(addr: &U128) -> bool {
     addr.hi == V4_MAPPED_HI && addr.lo >> 32 == V4_MAPPED_LO_PREFIX >> 32
 }
 

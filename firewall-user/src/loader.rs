@@ -218,6 +218,9 @@ impl Firewall {
     /// flips `FW_ACTIVE`: every packet sees either the old or the new policy.
     /// On error the running policy is untouched.
     pub fn install(&mut self, policy: &Compiled) -> Result<()> {
+        if policy.meta.iter().any(|m| m.syncookie != SYNCOOKIE_OFF) {
+            check_syncookie_sysctl()?;
+        }
         let slot = if self.active.generation == 0 { 0 } else { 1 - self.active.slot };
         // An XDP program runs for microseconds; 10 ms is a wide margin.
         const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -241,10 +244,6 @@ impl Firewall {
         }
         // Cookie services: counters from zero, ports of the slot's previous
         // policy cleared, `auto` state carried over by rule name.
-        let has_cookies = policy.meta.iter().any(|m| m.syncookie != SYNCOOKIE_OFF);
-        if has_cookies {
-            check_syncookie_sysctl()?;
-        }
         let mut cookie_counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(e, maps::COOKIE_COUNTERS)?)?;
         for (rule, m) in policy.meta.iter().enumerate() {
             if m.syncookie != SYNCOOKIE_OFF {
@@ -256,7 +255,7 @@ impl Firewall {
         let mut on: Array<_, u32> = Array::try_from(map(e, maps::COOKIE_ON)?)?;
         for (rule, m) in policy.meta.iter().enumerate() {
             if m.syncookie == SYNCOOKIE_AUTO {
-                let name = meta_name(m);
+                let name = crate::stats::rule_name(m);
                 let was_on = self.auto.iter().any(|a| a.name == name && a.on);
                 on.set(slot * MAX_RULES + rule as u32, &u32::from(was_on), 0).context("failed to write a cookie service's mode")?;
                 auto.push(AutoService { rule: rule as u32, name, on: was_on, syns: 0, below_since: None });
@@ -385,11 +384,6 @@ fn random_key() -> Result<CookieKey> {
     let k0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let k1 = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
     Ok(CookieKey { k0, k1, valid: 1 })
-}
-
-fn meta_name(m: &RuleMeta) -> String {
-    let len = m.name.iter().position(|&b| b == 0).unwrap_or(m.name.len());
-    String::from_utf8_lossy(&m.name[..len]).into_owned()
 }
 
 /// The kernel takes a handed-over cookie ACK only on its syncookie path,
@@ -562,41 +556,35 @@ impl Firewall {
             .program(maps::EGRESS_PROGRAM)
             .context("no egress program")?
             .try_into()?;
-        test_run(program, frame, 1)
+        Ok(test_run(program, frame, 1)?.0)
     }
 
     /// Runs the XDP program once on `frame`; returns the verdict and the
     /// frame as the program left it (a cookie SYN-ACK for XDP_TX).
     pub fn test_run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let program: &Xdp = self
-            .ebpf
-            .program(maps::XDP_PROGRAM)
-            .context("no XDP program")?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = aya::programs::TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..aya::programs::TestRunOptions::new() };
-        let result = aya::programs::TestRun::test_run(program, opts)?;
-        out.truncate(result.data_size_out as usize);
+        let (result, out) = test_run(self.xdp_program()?, frame, 1)?;
         Ok((result.return_value, out))
     }
 
     /// Runs the XDP program on `frame` with BPF_PROG_TEST_RUN, `repeat`
     /// times; the kernel measures the mean duration.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
-        let program: &Xdp = self
-            .ebpf
-            .program(maps::XDP_PROGRAM)
-            .context("no XDP program")?
-            .try_into()?;
-        test_run(program, frame, repeat)
+        Ok(test_run(self.xdp_program()?, frame, repeat)?.0)
+    }
+
+    fn xdp_program(&self) -> Result<&Xdp> {
+        Ok(self.ebpf.program(maps::XDP_PROGRAM).context("no XDP program")?.try_into()?)
     }
 }
 
-fn test_run<P>(program: &P, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult>
+/// One BPF_PROG_TEST_RUN; returns the result and the frame the program left.
+fn test_run<P>(program: &P, frame: &[u8], repeat: u32) -> Result<(aya::programs::TestRunResult, Vec<u8>)>
 where
     P: for<'a> aya::programs::TestRun<Opts<'a> = aya::programs::TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
 {
     let mut out = vec![0u8; frame.len() + 256];
     let opts = aya::programs::TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..aya::programs::TestRunOptions::new() };
-    Ok(program.test_run(opts)?)
+    let result = program.test_run(opts)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result, out))
 }

@@ -76,6 +76,12 @@ impl Snapshot {
     }
 }
 
+/// A rule's name as the kernel copy holds it (NUL-terminated).
+pub fn rule_name(meta: &RuleMeta) -> String {
+    let len = meta.name.iter().position(|&b| b == 0).unwrap_or(meta.name.len());
+    String::from_utf8_lossy(&meta.name[..len]).into_owned()
+}
+
 fn action_name(code: u8) -> &'static str {
     if code == ACTION_ACCEPT { "accept" } else { "drop" }
 }
@@ -120,9 +126,8 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
     for rule in 0..header.rule_count.min(MAX_RULES) {
         let index = active.slot * MAX_RULES + rule;
         let meta = rule_meta.get(&index, 0)?;
-        let len = meta.name.iter().position(|&b| b == 0).unwrap_or(meta.name.len());
         let c = sum(rule_counters, index);
-        let name = String::from_utf8_lossy(&meta.name[..len]).into_owned();
+        let name = rule_name(&meta);
         if meta.syncookie != SYNCOOKIE_OFF {
             let per_cpu = cookie_counters.get(&index, 0)?;
             let total = per_cpu.iter().fold(CookieCounters::default(), |a, c| CookieCounters {
