@@ -51,3 +51,24 @@ pub const INGRESS_PROGRAM: &str = "fw_ingress";
 pub const XDP_PROGRAM: &str = "firewall";
 /// Name of the TC egress program (kernel names are cut at 15 bytes).
 pub const EGRESS_PROGRAM: &str = "fw_egress";
+
+/// The benchmark helper object (`firewall-bench`, not part of the product):
+/// its programs and its one counter map.
+pub mod bench {
+    /// Rewrites each frame's source, then XDP_TX: with BPF_PROG_TEST_RUN's
+    /// live-frames mode, a packet generator into a veth.
+    pub const GEN_PROGRAM: &str = "bench_gen";
+    /// Counts and drops every frame: the earliest drop a receiver can do.
+    pub const DROP_PROGRAM: &str = "bench_drop";
+    /// Counts and drops frames to the spoofed range; passes the rest.
+    pub const SINK_PROGRAM: &str = "bench_sink";
+    /// Per-CPU frame counter of `bench_drop` / `bench_sink` (index 0).
+    pub const COUNT: &str = "BENCH_COUNT";
+    /// The frame `bench_gen` sends (its first bytes; one entry).
+    pub const FRAME: &str = "BENCH_FRAME";
+    /// Longest frame `bench_gen` can send.
+    pub const MAX_FRAME: usize = 128;
+    /// The generator's source range: 10.99.0.0/16, the last two bytes
+    /// taken from a per-frame sequence number.
+    pub const SPOOF_NET: [u8; 2] = [10, 99];
+}

@@ -1,0 +1,486 @@
+//! Whole-system rates on a veth pair between two network namespaces, each
+//! mode beside its anchors in one run. Run by `cargo xtask bench` after the
+//! in-kernel figures; writes `results/rates.json` and `results/rates.md`.
+//!
+//! The generator is BPF_PROG_TEST_RUN's live-frames mode in the client
+//! namespace: `bench_gen` (the `firewall-bench` object) gives every frame a
+//! new source in the spoofed range and sends it with XDP_TX into the veth,
+//! so frames enter the server's end as an XDP driver would hand them over.
+//! Every flood is bounded in frames and seconds. Scenarios:
+//! - SYN flood to a listening port: SYN-ACKs per second that reach the
+//!   client (counted and dropped there by `bench_sink`), answered by the
+//!   firewall in cookie mode, by the kernel with `tcp_syncookies=2`, and by
+//!   nftables `synproxy`;
+//! - unwanted packets dropped per second: the firewall vs nftables with the
+//!   same policy as set lookups (`nft.rs`), at 10 and 1,000 rules;
+//! - the ceiling: the same frames into a server end that drops them at the
+//!   earliest point (`bench_drop`, XDP). The generator and the receiver
+//!   share the CPUs, so a mode's receiver-side cost per packet is
+//!   1/rate - 1/ceiling;
+//! - legitimate connections per second (real TCP, connect and accept) with
+//!   and without the SYN flood, per SYN mode.
+//!
+//! Modes are interleaved (A B C A B C ...) so that drift hits them alike;
+//! figures are medians with min-max over the rounds, ratios are taken pair
+//! by pair within a round.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod nft;
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use common::{Harness, netns::{Pair, mac}, random};
+use firewall_common::maps::bench;
+use serde_json::{Value, json};
+
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-bench"));
+
+/// Rounds per scenario (`FW_BENCH_ROUNDS` overrides, for a quick look).
+fn rounds() -> usize {
+    std::env::var("FW_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+const SECONDS: Duration = Duration::from_secs(2);
+/// Frames per flood at most (also bounded by `SECONDS`).
+const MAX_FRAMES: u64 = 40_000_000;
+/// Frames per BPF_PROG_TEST_RUN call: small enough to stop on time.
+const CHUNK: u32 = 1 << 16;
+/// Frames per call when paced.
+const PACED_CHUNK: u32 = 1 << 10;
+const PORT: u16 = 8080;
+/// The SYN flood during the legitimate connections, per second: the same
+/// for every mode, and below what the slowest mode can answer, so that the
+/// clients compete with the same load everywhere.
+const PACED_FLOOD: f64 = 200_000.0;
+
+const COOKIE_POLICY: &str = r#"
+[settings]
+default = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 8080
+action = "accept"
+syncookie = "always"
+"#;
+
+/// The textbook nftables SYN proxy for a local service: the SYNs skip
+/// conntrack, `synproxy` answers them with cookies and, once the ACK
+/// checks out, opens the real connection to the listener.
+fn synproxy_ruleset() -> String {
+    format!(
+        "table ip fwbench {{
+\tchain prerouting {{
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\ttcp dport {PORT} tcp flags syn notrack
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\ttcp dport {PORT} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
+\t\tct state invalid drop
+\t}}
+}}
+"
+    )
+}
+
+fn sh(ns: &str, program: &str, args: &[&str]) {
+    let out = Pair::output(ns, program, args);
+    assert!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+fn nft_load(ns: &str, ruleset: &str) {
+    let path = std::env::temp_dir().join(format!("fwbench-{}.nft", std::process::id()));
+    std::fs::write(&path, format!("flush ruleset\n{ruleset}")).unwrap();
+    sh(ns, "nft", &["-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Packets counted by the named counter `name` of `table inet fwbench`.
+fn nft_counter(ns: &str, name: &str) -> u64 {
+    let out = Pair::output(ns, "nft", &["-j", "list", "counter", "inet", "fwbench", name]);
+    assert!(out.status.success(), "nft list counter: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("nft -j prints JSON");
+    v["nftables"].as_array().unwrap().iter().find_map(|o| o["counter"]["packets"].as_u64()).expect("counter in nft output")
+}
+
+/// Loads one program of the bench object and attaches it (native XDP) to
+/// `ifname` in `ns`; detached when the returned object is dropped.
+fn attach_bench(ns: &str, ifname: &str, program: &'static str) -> Ebpf {
+    let ifname = ifname.to_owned();
+    Pair::within(ns, move || {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object loads");
+        let prog: &mut Xdp = ebpf.program_mut(program).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let name = std::ffi::CString::new(ifname).unwrap();
+        prog.attach(name.as_c_str(), XdpMode::Driver).expect("bench XDP program attaches");
+        ebpf
+    })
+    .join()
+    .unwrap()
+}
+
+fn bench_count(ebpf: &Ebpf) -> u64 {
+    let m: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(bench::COUNT).unwrap()).unwrap();
+    m.get(&0, 0).unwrap().iter().sum()
+}
+
+/// Floods the server with copies of `frame` (each with a new source in its
+/// last two address bytes) until `MAX_FRAMES`, `SECONDS` or `stop`; as
+/// fast as it can, or paced to `rate` frames per second. Returns the
+/// frames sent and the seconds taken.
+fn flood(pair: &Pair, frame: Vec<u8>, stop: Arc<AtomicBool>, rate: Option<f64>) -> thread::JoinHandle<(u64, f64)> {
+    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
+    Pair::within(&pair.client, move || {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object loads");
+        assert!(frame.len() <= bench::MAX_FRAME, "frame longer than the generator's template");
+        let mut template = [0u8; bench::MAX_FRAME];
+        template[..frame.len()].copy_from_slice(&frame);
+        let mut m: aya::maps::Array<_, [u8; bench::MAX_FRAME]> = aya::maps::Array::try_from(ebpf.map_mut(bench::FRAME).unwrap()).unwrap();
+        m.set(0, &template, 0).unwrap();
+        let prog: &mut Xdp = ebpf.program_mut(bench::GEN_PROGRAM).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        assert_ne!(ifindex, 0, "the client's veth exists");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. Live frames leave through the
+        // ingress device with XDP_TX.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let chunk = if rate.is_some() { PACED_CHUNK } else { CHUNK };
+        while sent < MAX_FRAMES && start.elapsed() < SECONDS && !stop.load(Ordering::Relaxed) {
+            let opts = TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: chunk,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..TestRunOptions::new()
+            };
+            prog.test_run(opts).expect("live-frames test run");
+            sent += u64::from(chunk);
+            if let Some(rate) = rate {
+                // Pacing: wait for this chunk's slot in the schedule.
+                let due = Duration::from_secs_f64(sent as f64 / rate);
+                if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                    thread::sleep(ahead);
+                }
+            }
+        }
+        (sent, start.elapsed().as_secs_f64())
+    })
+}
+
+/// A Linux-like SYN (MSS, SACK-permitted, timestamps, window scale) from
+/// `src` to the server's `port`.
+fn syn_frame(pair: &Pair, src: [u8; 4], port: u16) -> Vec<u8> {
+    use etherparse::TcpOptionElement::*;
+    let dst: Ipv4Addr = pair.server_ip.parse().unwrap();
+    let mut tcp = etherparse::TcpHeader::new(40000, port, 0x1234_5678, 64240);
+    tcp.syn = true;
+    tcp.set_options(&[MaximumSegmentSize(1460), SelectiveAcknowledgementPermitted, Timestamp(1, 0), Noop, WindowScale(7)]).unwrap();
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if))
+        .ipv4(src, dst.octets(), 64)
+        .tcp_header(tcp)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// Median, min and max.
+fn stats(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    json!({ "median": s[s.len() / 2], "min": s[0], "max": s[s.len() - 1], "runs": v })
+}
+
+/// "median (min–max)" with `digits` decimals; "n/a" where a figure is not
+/// a number (JSON has no NaN: a rate of 0 in a ratio's denominator).
+fn fmt(v: &Value, digits: usize) -> String {
+    let f = |k: &str| v[k].as_f64().map_or("n/a".to_string(), |x| format!("{x:.digits$}"));
+    format!("{} ({}–{})", f("median"), f("min"), f("max"))
+}
+
+/// What a mode measured in each round.
+#[derive(Default)]
+struct Series {
+    rate: Vec<f64>,
+    offered: Vec<f64>,
+}
+
+/// One flood of `frame`; `count` reads what the receiver did.
+fn measure(pair: &Pair, frame: &[u8], count: &dyn Fn() -> u64, into: &mut Series) {
+    let before = count();
+    let (sent, secs) = flood(pair, frame.to_vec(), Arc::new(AtomicBool::new(false)), None).join().unwrap();
+    let done = count() - before;
+    into.rate.push(done as f64 / secs);
+    into.offered.push(sent as f64 / secs);
+}
+
+/// The firewall with `policy` attached (native XDP) to the server's end.
+fn firewall(pair: &Pair, policy: &str) -> Harness {
+    let (policy, server_if) = (policy.to_owned(), pair.server_if.clone());
+    Pair::within(&pair.server, move || {
+        let mut h = Harness::new(&policy);
+        h.fw.attach(&server_if, XdpMode::Driver).expect("firewall attaches");
+        h
+    })
+    .join()
+    .unwrap()
+}
+
+/// A scenario's modes as JSON, with each mode's receiver-side cost per
+/// packet against the same round's ceiling, and ratios of `pairs`.
+fn scenario(id: &str, title: &str, ceiling: &Series, modes: &[(&str, &str, &Series)], pairs: &[(&str, &str)]) -> Value {
+    let mut out = Vec::new();
+    out.push(json!({ "id": "ceiling", "label": "generator ceiling (peer drops in XDP)", "rate": stats(&ceiling.rate), "offered": stats(&ceiling.offered) }));
+    for (id, label, s) in modes {
+        let cost: Vec<f64> = s.rate.iter().zip(&ceiling.rate).map(|(r, c)| 1e9 / r - 1e9 / c).collect();
+        out.push(json!({ "id": id, "label": label, "rate": stats(&s.rate), "offered": stats(&s.offered), "receiver_ns": stats(&cost) }));
+    }
+    let find = |id: &str| modes.iter().find(|m| m.0 == id).unwrap().2;
+    let ratios: Vec<Value> = pairs
+        .iter()
+        .map(|(a, b)| {
+            let r: Vec<f64> = find(a).rate.iter().zip(&find(b).rate).map(|(x, y)| x / y).collect();
+            json!({ "a": a, "b": b, "ratio": stats(&r) })
+        })
+        .collect();
+    json!({ "id": id, "title": title, "modes": out, "ratios": ratios })
+}
+
+fn main() {
+    let rounds = rounds();
+    let started = Instant::now();
+    let pair = Pair::new();
+    // The spoofed sources must be routable from the server, or reverse-path
+    // filtering drops their SYNs before TCP sees them.
+    sh(&pair.server, "ip", &["route", "add", "default", "via", &pair.client_ip]);
+    // Frames sent into a veth with XDP_TX are taken by a peer with an XDP
+    // program or with GRO on (its NAPI); the kernel and nftables modes run
+    // no XDP on the server's end.
+    sh(&pair.server, "ethtool", &["-K", &pair.server_if, "gro", "on"]);
+    // Connections the legitimate clients close with RST leave no TIME_WAIT,
+    // but keep the port range wide anyway.
+    sh(&pair.client, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+    // The client's end counts and drops the SYN-ACKs sent to the spoofed
+    // sources (and passes the rest).
+    let sink = attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM);
+    // The listener, for the whole run: it writes one byte to every
+    // connection it accepts (the legitimate clients wait for it).
+    {
+        let ip = pair.server_ip.clone();
+        let listener = Pair::within(&pair.server, move || TcpListener::bind((ip.as_str(), PORT)).unwrap()).join().unwrap();
+        thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let _ = s.write_all(b"x");
+            }
+        });
+    }
+    let ceiling_mode = || attach_bench(&pair.server, &pair.server_if, bench::DROP_PROGRAM);
+
+    // 1. SYN flood.
+    let syn = syn_frame(&pair, [bench::SPOOF_NET[0], bench::SPOOF_NET[1], 0, 1], PORT);
+    let (mut ceiling, mut fw, mut kernel, mut proxy) = (Series::default(), Series::default(), Series::default(), Series::default());
+    let answered = || bench_count(&sink);
+    for round in 0..rounds {
+        eprintln!("rates: SYN flood, round {}/{rounds}", round + 1);
+        {
+            let drop = ceiling_mode();
+            measure(&pair, &syn, &|| bench_count(&drop), &mut ceiling);
+        }
+        {
+            let h = firewall(&pair, COOKIE_POLICY);
+            measure(&pair, &syn, &answered, &mut fw);
+            // Every SYN the generator offered was answered, not dropped.
+            let s = h.snapshot().service("web").map(|s| (s.syns, s.cookies_sent));
+            assert!(s.is_some_and(|(syns, sent)| syns == sent && sent > 0), "the firewall answered every SYN: {s:?}");
+        }
+        sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
+        measure(&pair, &syn, &answered, &mut kernel);
+        sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=1"]);
+        sh(&pair.server, "sysctl", &["-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
+        nft_load(&pair.server, &synproxy_ruleset());
+        measure(&pair, &syn, &answered, &mut proxy);
+        sh(&pair.server, "nft", &["flush", "ruleset"]);
+    }
+    let syn_flood = scenario(
+        "syn_flood",
+        "Spoofed SYN flood to a listening port: SYN-ACKs per second",
+        &ceiling,
+        &[
+            ("firewall", "firewall, cookie mode (XDP_TX)", &fw),
+            ("kernel", "kernel, tcp_syncookies=2, no firewall", &kernel),
+            ("synproxy", "nftables synproxy (SYNs notrack)", &proxy),
+        ],
+        &[("firewall", "kernel"), ("firewall", "synproxy")],
+    );
+
+    // 2. Unwanted packets dropped, at 10 and 1,000 rules: SYNs from
+    // 172.16.0.0/16 to a port no random rule opens, dropped by the last rule.
+    let mut drops = Vec::new();
+    for rules in [10usize, 1_000] {
+        let text = random::policy_text(rules - 1, 7).replacen("invalid = \"rules\"", "invalid = \"drop\"", 1);
+        let parsed = firewall_user::policy::parse(&text, "bench.toml").expect("valid policy");
+        let port = (9u16..).find(|p| !parsed.rules.iter().any(|r| r.dport.iter().any(|d| d.lo <= *p && *p <= d.hi))).unwrap();
+        let policy = format!("{text}\n[[rule]]\nname = \"unwanted\"\nproto = \"tcp\"\nsrc = \"172.16.0.0/16\"\ndport = {port}\naction = \"drop\"\n");
+        let ruleset = nft::ruleset(
+            &parsed,
+            &parsed.rules,
+            "fwbench",
+            &format!("\t\tip saddr 172.16.0.0/16 tcp dport {port} counter name \"unwanted\" drop"),
+        )
+        .replacen("table inet fwbench {\n", "table inet fwbench {\n\tcounter unwanted {\n\t}\n", 1);
+        let lookups = ruleset.matches(" @s").count();
+        eprintln!("rates: {rules} rules as nftables: {} sets, {lookups} set lookups in the chain", ruleset.matches("\tset s").count());
+        let frame = syn_frame(&pair, [172, 16, 0, 1], port);
+        let (mut ceiling, mut fw, mut nf) = (Series::default(), Series::default(), Series::default());
+        for round in 0..rounds {
+            eprintln!("rates: drops at {rules} rules, round {}/{rounds}", round + 1);
+            {
+                let drop = ceiling_mode();
+                measure(&pair, &frame, &|| bench_count(&drop), &mut ceiling);
+            }
+            {
+                let h = firewall(&pair, &policy);
+                measure(&pair, &frame, &|| h.rule_packets("unwanted"), &mut fw);
+            }
+            nft_load(&pair.server, &ruleset);
+            measure(&pair, &frame, &|| nft_counter(&pair.server, "unwanted"), &mut nf);
+            sh(&pair.server, "nft", &["flush", "ruleset"]);
+        }
+        drops.push(scenario(
+            &format!("drop_{rules}"),
+            &format!("Unwanted packets dropped per second, {rules} rules"),
+            &ceiling,
+            &[("firewall", "firewall (XDP)", &fw), ("nftables", &format!("nftables, input hook, {lookups} set lookups"), &nf)],
+            &[("firewall", "nftables")],
+        ));
+    }
+
+    // 3. Legitimate connections per second, without and with the flood.
+    // nftables synproxy is left out: in this topology its connections to
+    // the local listener did not complete (its counters show the clients'
+    // ACKs validated), and the cause is not found yet.
+    let mut legit: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = vec![
+        ("firewall", "firewall, cookie mode", Vec::new(), Vec::new()),
+        ("kernel", "kernel, tcp_syncookies=2", Vec::new(), Vec::new()),
+    ];
+    for round in 0..rounds {
+        eprintln!("rates: legitimate connections, round {}/{rounds}", round + 1);
+        for (id, _, quiet, flooded) in legit.iter_mut() {
+            let _fw = (*id == "firewall").then(|| firewall(&pair, COOKIE_POLICY));
+            if *id == "kernel" {
+                sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
+            }
+            quiet.push(connections(&pair, false, &syn));
+            flooded.push(connections(&pair, true, &syn));
+            sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=1"]);
+        }
+    }
+    let legit_json: Vec<Value> = legit
+        .iter()
+        .map(|(id, label, q, f)| {
+            let r: Vec<f64> = f.iter().zip(q).map(|(a, b)| a / b).collect();
+            json!({ "id": id, "label": label, "quiet": stats(q), "flooded": stats(f), "ratio": stats(&r) })
+        })
+        .collect();
+
+    let report = json!({
+        "rounds": rounds,
+        "seconds_per_flood": SECONDS.as_secs_f64(),
+        "generator": "BPF_PROG_TEST_RUN live frames (bench_gen, XDP_TX into the client's veth), batch 64",
+        "scenarios": [syn_flood, drops[0], drops[1]],
+        "legitimate": legit_json,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let md = markdown(&report);
+    println!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rates.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(dir.join("rates.md"), md).unwrap();
+}
+
+/// Completed connections per second over `SECONDS`: one client in a loop
+/// connects, reads the byte the server writes on accept, and closes with
+/// RST (no TIME_WAIT to run out of ports); with `flood_on`, while the
+/// spoofed SYN flood runs.
+fn connections(pair: &Pair, flood_on: bool, syn: &[u8]) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let generator = flood_on.then(|| flood(pair, syn.to_vec(), stop.clone(), Some(PACED_FLOOD)));
+    let server: SocketAddr = format!("{}:{PORT}", pair.server_ip).parse().unwrap();
+    let (done, secs) = Pair::within(&pair.client, move || {
+        let start = Instant::now();
+        let mut done = 0u64;
+        while start.elapsed() < SECONDS {
+            let Ok(mut s) = TcpStream::connect_timeout(&server, Duration::from_secs(1)) else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut byte = [0u8; 1];
+            if s.read_exact(&mut byte).is_ok() {
+                done += 1;
+            }
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: a valid option struct for our own socket.
+            unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size_of::<libc::linger>() as u32)
+            };
+        }
+        (done, start.elapsed().as_secs_f64())
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(g) = generator {
+        g.join().unwrap();
+    }
+    done as f64 / secs
+}
+
+fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Whole-system rates on veth, {} interleaved rounds of {} s per mode; generator: {}. Median (min–max).\n",
+        r["rounds"], r["seconds_per_flood"], r["generator"].as_str().unwrap()
+    );
+    for sc in r["scenarios"].as_array().unwrap() {
+        let _ = writeln!(s, "**{}**\n", sc["title"].as_str().unwrap());
+        let _ = writeln!(s, "| mode | handled per second | frames offered per second | receiver-side ns per packet (1/rate − 1/ceiling) |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for m in sc["modes"].as_array().unwrap() {
+            let cost = if m["receiver_ns"].is_null() { "—".to_string() } else { fmt(&m["receiver_ns"], 0) };
+            let _ = writeln!(s, "| {} | {} | {} | {cost} |", m["label"].as_str().unwrap(), fmt(&m["rate"], 0), fmt(&m["offered"], 0));
+        }
+        for ratio in sc["ratios"].as_array().unwrap() {
+            let _ = writeln!(s, "\n{} / {}, pair by pair: **{}**", ratio["a"].as_str().unwrap(), ratio["b"].as_str().unwrap(), fmt(&ratio["ratio"], 2));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "**Legitimate connections per second (connect, read the server's first byte, close with RST), without and with a SYN flood of {PACED_FLOOD} per second**\n");
+    let _ = writeln!(s, "| mode | no flood | during the flood | with / without |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for m in r["legitimate"].as_array().unwrap() {
+        let _ = writeln!(s, "| {} | {} | {} | {} |", m["label"].as_str().unwrap(), fmt(&m["quiet"], 0), fmt(&m["flooded"], 0), fmt(&m["ratio"], 2));
+    }
+    s
+}
