@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod pins;
+mod report;
 mod run;
 mod setup;
 mod test;
@@ -27,7 +28,7 @@ enum Command {
     Build(build::Options),
     /// Build, then run `firewall run ARGS` (defaults: config/default.toml, the default-route interface).
     Run(run::Options),
-    /// Measure the in-kernel cost per packet (BPF_PROG_TEST_RUN repeat) at 10..10,000 rules.
+    /// Measure in-kernel cost per packet and whole-system rates beside the kernel and nftables; report in results/.
     Bench,
     /// Run the whole test suite (unit, BPF_PROG_TEST_RUN and namespace end-to-end tests).
     Test(test::Options),

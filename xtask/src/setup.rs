@@ -19,6 +19,15 @@ use crate::pins::{BPF_LINKER_VERSION, EBPF_TOOLCHAIN, USER_TOOLCHAIN};
 /// shows what the server's stack sees in the SYN-cookie tests.
 const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump"];
 
+/// What `cargo xtask bench` compares against or drives: `nft` (nftables,
+/// the anchor it is measured beside) and `ethtool` (GRO on the veth).
+const BENCH_APT_PACKAGES: &[&str] = &["nftables", "ethtool"];
+
+/// The benchmark's extra Debian packages.
+pub fn ensure_bench() -> Result<()> {
+    ensure_apt_packages(BENCH_APT_PACKAGES)
+}
+
 /// Root of the repository (the xtask crate's parent).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +92,7 @@ fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!("installing Debian packages (apt-get): {}", missing.join(" ")));
     run(Command::new("apt-get").args(["update", "-q"]))
         .context("apt-get update failed (are you root?)")?;
     run(Command::new("apt-get")
