@@ -46,7 +46,11 @@ use aya::{
     maps::PerCpuArray,
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use common::{Harness, netns::{Pair, mac}, random};
+use common::{
+    Harness,
+    netns::{Pair, attach_xdp, mac},
+    random,
+};
 use firewall_common::maps::bench;
 use serde_json::{Value, json};
 
@@ -121,20 +125,9 @@ fn nft_counter(ns: &str, name: &str) -> u64 {
     v["nftables"].as_array().unwrap().iter().find_map(|o| o["counter"]["packets"].as_u64()).expect("counter in nft output")
 }
 
-/// Loads one program of the bench object and attaches it (native XDP) to
-/// `ifname` in `ns`; detached when the returned object is dropped.
+/// Attaches one program of the bench object to `ifname` in `ns`.
 fn attach_bench(ns: &str, ifname: &str, program: &'static str) -> Ebpf {
-    let ifname = ifname.to_owned();
-    Pair::within(ns, move || {
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object loads");
-        let prog: &mut Xdp = ebpf.program_mut(program).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        let name = std::ffi::CString::new(ifname).unwrap();
-        prog.attach(name.as_c_str(), XdpMode::Driver).expect("bench XDP program attaches");
-        ebpf
-    })
-    .join()
-    .unwrap()
+    attach_xdp(ns, ifname, BENCH_OBJECT, program)
 }
 
 fn bench_count(ebpf: &Ebpf) -> u64 {

@@ -9,10 +9,13 @@
 //! refuses partly overlapping elements in one concatenated set, so an
 //! element that overlaps an earlier one in its set starts a new set.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::fmt::Write as _;
 
 use firewall_common::ct_state;
-use firewall_user::policy::{Action, Cidr, Policy, PortRange, Proto, Rule, StateAction};
+use firewall_user::{
+    compile::cidr_range,
+    policy::{Action, Cidr, Policy, PortRange, Proto, Rule, StateAction},
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Shape {
@@ -58,15 +61,6 @@ struct Element {
     spans: Vec<(u128, u128)>,
 }
 
-fn cidr_span(c: &Cidr) -> (u128, u128) {
-    let (bits, addr) = match c.addr {
-        IpAddr::V4(a) => (32, u128::from(u32::from(a))),
-        IpAddr::V6(a) => (128, u128::from(a)),
-    };
-    let host = if c.prefix >= bits { 0 } else { (u128::MAX >> (128 - bits)) >> c.prefix };
-    (addr & !host, addr | host)
-}
-
 fn port_text(p: &PortRange) -> String {
     if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) }
 }
@@ -80,7 +74,7 @@ fn elements(rule: &Rule, v4: bool) -> Vec<Element> {
     let mut out = Vec::new();
     for s in pick(&rule.src) {
         for d in pick(&rule.dst) {
-            let addrs = (format!("{} . {}", cidr_text(&s), cidr_text(&d)), vec![cidr_span(&s), cidr_span(&d)]);
+            let addrs = (format!("{} . {}", cidr_text(&s), cidr_text(&d)), vec![cidr_range(&s), cidr_range(&d)]);
             match Shape::of(rule.proto) {
                 Shape::Tcp | Shape::Udp => {
                     for sp in ports(&rule.sport) {
@@ -167,38 +161,35 @@ struct Run {
 }
 
 impl Run {
-    fn add(&mut self, rule: &Rule, next_set: &mut usize, sets: &mut String) {
-        for v4 in [true, false] {
-            if !rule.matches_family(v4) {
-                continue;
+    /// Adds `rule`, whose elements per family and shape are `atoms`.
+    fn add(&mut self, rule: &Rule, atoms: Vec<(bool, Shape, Element)>, next_set: &mut usize, sets: &mut String) {
+        if rule.tcp_flags.mask != 0 || rule.state != ct_state::ANY {
+            // Its own sets and rules, with the extra match in front.
+            let mut pre = String::new();
+            if rule.state != ct_state::ANY {
+                let _ = write!(pre, "ct state {} ", state_names(rule.state));
             }
-            let shape = Shape::of(rule.proto);
-            let els = elements(rule, v4);
-            if rule.tcp_flags.mask != 0 || rule.state != ct_state::ANY {
-                // Its own sets and rules, with the extra match in front.
-                let mut pre = String::new();
-                if rule.state != ct_state::ANY {
-                    let _ = write!(pre, "ct state {} ", state_names(rule.state));
-                }
-                if rule.tcp_flags.mask != 0 {
-                    let _ = write!(pre, "tcp flags & {:#x} == {:#x} ", rule.tcp_flags.mask, rule.tcp_flags.value);
-                }
-                let (t, key) = shape.set_type_and_key(v4);
-                for group in disjoint_groups(els) {
+            if rule.tcp_flags.mask != 0 {
+                let _ = write!(pre, "tcp flags & {:#x} == {:#x} ", rule.tcp_flags.mask, rule.tcp_flags.value);
+            }
+            let (v4, v6): (Vec<_>, Vec<_>) = atoms.into_iter().partition(|a| a.0);
+            for family in [v4, v6].into_iter().filter(|f| !f.is_empty()) {
+                let (t, key) = family[0].1.set_type_and_key(family[0].0);
+                for group in disjoint_groups(family.into_iter().map(|a| a.2).collect()) {
                     let name = format!("s{next_set}");
                     *next_set += 1;
                     declare(sets, &name, &t, &group);
                     self.singles.push(format!("{pre}{key} @{name} {}", verdict(self.action)));
                 }
-                continue;
             }
-            for e in els {
-                // The last set of this shape that e does not overlap, or a new one.
-                let slot = self.buckets.iter().rposition(|(f, s, _)| *f == v4 && *s == shape);
-                match slot {
-                    Some(i) if !self.buckets[i].2.iter().any(|x| overlaps(x, &e)) => self.buckets[i].2.push(e),
-                    _ => self.buckets.push((v4, shape, vec![e])),
-                }
+            return;
+        }
+        for (v4, shape, e) in atoms {
+            // The last set of this shape that e does not overlap, or a new one.
+            let slot = self.buckets.iter().rposition(|(f, s, _)| *f == v4 && *s == shape);
+            match slot {
+                Some(i) if !self.buckets[i].2.iter().any(|x| overlaps(x, &e)) => self.buckets[i].2.push(e),
+                _ => self.buckets.push((v4, shape, vec![e])),
             }
         }
     }
@@ -253,7 +244,7 @@ pub fn ruleset(policy: &Policy, rules: &[Rule], table: &str, extra: &str) -> Str
         }
     }
     // Place each rule in the earliest same-action run it can move up to.
-    let atoms: Vec<Vec<(bool, Shape, Element)>> = rules.iter().map(atoms_of).collect();
+    let mut atoms: Vec<Vec<(bool, Shape, Element)>> = rules.iter().map(atoms_of).collect();
     let mut runs: Vec<(Action, Vec<usize>)> = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let mut target = None;
@@ -273,7 +264,7 @@ pub fn ruleset(policy: &Policy, rules: &[Rule], table: &str, extra: &str) -> Str
     for (action, members) in runs {
         let mut run = Run { action, buckets: Vec::new(), singles: Vec::new() };
         for i in members {
-            run.add(&rules[i], &mut next_set, &mut sets);
+            run.add(&rules[i], std::mem::take(&mut atoms[i]), &mut next_set, &mut sets);
         }
         run.emit(&mut next_set, &mut sets, &mut chain);
     }

@@ -154,13 +154,19 @@ pub fn netstat(ns: &str) -> std::collections::HashMap<String, u64> {
 /// only when it runs an XDP program too: the object's `xdp_pass`, attached
 /// to the client's end. Detached when the returned object is dropped.
 pub fn attach_peer_pass(pair: &Pair) -> aya::Ebpf {
-    let ifname = pair.client_if.clone();
-    Pair::within(&pair.client, move || {
-        let mut ebpf = aya::Ebpf::load(firewall_user::loader::EBPF_OBJECT).expect("object loads");
-        let prog: &mut aya::programs::Xdp = ebpf.program_mut(firewall_common::maps::PASS_PROGRAM).unwrap().try_into().unwrap();
+    attach_xdp(&pair.client, &pair.client_if, firewall_user::loader::EBPF_OBJECT, firewall_common::maps::PASS_PROGRAM)
+}
+
+/// Loads `program` of `object` and attaches it in native XDP mode to
+/// `ifname` in namespace `ns`; detached when the returned object is dropped.
+pub fn attach_xdp(ns: &str, ifname: &str, object: &'static [u8], program: &'static str) -> aya::Ebpf {
+    let ifname = ifname.to_owned();
+    Pair::within(ns, move || {
+        let mut ebpf = aya::Ebpf::load(object).expect("object loads");
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(program).expect("program in the object").try_into().unwrap();
         prog.load().unwrap();
-        let name = std::ffi::CString::new(ifname).unwrap();
-        prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver).expect("xdp_pass on the client's veth");
+        let name = std::ffi::CString::new(ifname.clone()).unwrap();
+        prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver).unwrap_or_else(|e| panic!("{program} on {ifname}: {e}"));
         ebpf
     })
     .join()
