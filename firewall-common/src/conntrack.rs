@@ -108,8 +108,16 @@ impl Default for Timeouts {
     }
 }
 
-/// Most flows tracked; the least recently used is evicted beyond this.
+/// Most flows in the main table (`FW_FLOWS`): flows the host opened and
+/// TCP connections that proved themselves (a handshake the host completed,
+/// a valid cookie, a socket the host has). The least recently used is
+/// evicted beyond this, but nothing an off-path sender can forge lands here.
 pub const MAX_FLOWS: u32 = 262_144;
+/// Most flows in the table of flows opened from outside and not proven
+/// (`FW_REMOTE_FLOWS`): UDP and ICMP echo flows a remote peer started and
+/// TCP handshakes a remote SYN started. A spoofed flood churns this table
+/// only; a handshake moves to the main table once it completes.
+pub const MAX_REMOTE_FLOWS: u32 = 131_072;
 
 /// A flow, normalised so both directions give the same key: endpoint `a`
 /// is the lower (address, port) pair. For ICMP echo both ports hold the
@@ -131,6 +139,12 @@ pub const SIDE_B: u8 = 1;
 
 /// `Flow::wscale` of a side whose SYN carried no window-scale option.
 pub const WSCALE_NONE: u8 = 0xff;
+/// `Flow::wscale` of a flow picked up mid-stream: its SYNs were never
+/// seen, so windows are taken as scaled by the largest factor (14).
+pub const WSCALE_UNKNOWN: u8 = 0xfe;
+/// nf_conntrack's `MAXACKWINCONST`: how far back an acknowledgment may
+/// lie, at least.
+pub const MAX_ACK_WINDOW: u32 = 66_000;
 
 /// `Flow::flags`: both sides sent a SYN (simultaneous open).
 pub const FLOW_BOTH_SYNS: u8 = 1;
@@ -155,16 +169,24 @@ pub struct Flow {
     pub ack_known: u8,
     /// `FLOW_BOTH_SYNS`: simultaneous open.
     pub flags: u8,
-    pub _pad: u8,
-    /// Per side: the window scale its SYN announced (`WSCALE_NONE`: none).
+    /// The side (`SIDE_A`/`SIDE_B`) that is this host: on ingress a
+    /// packet must come from the other one.
+    pub local_side: u8,
+    /// Per side: the window scale its SYN announced (`WSCALE_NONE`: none;
+    /// `WSCALE_UNKNOWN`: the flow was adopted mid-stream).
     pub wscale: [u8; 2],
-    pub _pad2: [u8; 2],
+    /// Bit per side: `max_end` of that side is known.
+    pub end_known: u8,
+    pub _pad2: u8,
     /// Per side: sequence number after the last byte (or SYN/FIN) it sent.
     pub next_seq: [u32; 2],
     /// Per side: the last acknowledgment number it sent (what it expects next).
     pub last_ack: [u32; 2],
     /// Per side: largest window it advertised, scaled (RFC 7323).
     pub max_window: [u32; 2],
+    /// Per side: the highest sequence number it may send, from the other
+    /// side's acknowledgment plus window (nf_conntrack's `td_maxend`).
+    pub max_end: [u32; 2],
     /// `bpf_ktime_get_ns()` when created and when last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,

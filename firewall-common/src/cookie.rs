@@ -3,18 +3,28 @@
 //!
 //! A cookie is the initial sequence number of the SYN-ACK the XDP program
 //! sends. It carries, under a MAC, what the firewall must remember about
-//! the SYN without storing anything:
+//! the SYN without storing anything. What the SYN said (the `info` bits)
+//! goes where the kernel puts it: into the low bits of our timestamp when
+//! the client uses timestamps (it echoes them in every ACK), which leaves
+//! the cookie almost all MAC:
 //!
 //! ```text
-//!  31 .............. 10 |   9  |   8  | 7 6 |  5  |  4   | 3 2 1 0
-//!        MAC (22 bits)  | key  | time | MSS | ECN | SACK | WScale (15 = none)
+//! info (under the MAC):   8: TS | 7 6: MSS | 5: ECN | 4: SACK | 3..0: WScale (15 = none)
+//! with timestamps:        cookie = MAC (31 bits) | time
+//!                         TSval  = clock + keyed offset, low 8 bits = info 0..7
+//! without:                cookie = MAC (29 bits) | MSS (2) | time
+//!                         (no WScale, SACK or ECN, as the kernel's cookies)
 //! ```
 //!
-//! The MAC is SipHash-2-4, keyed with the key the `key` bit names, over the
-//! client's address and port, ours, the client's ISN, the coarse time
-//! counter and the ten low bits above (so none of them can be forged).
-//! The time bit is the counter's parity: a cookie validates during the
-//! period it was made in and the next one, then never again.
+//! The MAC is SipHash-2-4 over the client's address and port, ours, the
+//! client's ISN, the coarse time counter and `info`, keyed with the
+//! current key, or, during one cookie lifetime after a rotation, with the
+//! previous one. The time bit is the counter's parity: a cookie validates
+//! during the period it was made in and the next one, then never again.
+//! A random ACK thus validates with odds 2^-31 (timestamps) or 2^-29
+//! (without), twice that in the two periods after a key rotation; the
+//! kernel's own cookies: 2^-29 (2 of 256 counter values, 4 of 2^24 MSS
+//! values).
 
 use crate::U128;
 
@@ -25,11 +35,17 @@ pub const COOKIE_SACK: u32 = 1 << 4;
 pub const COOKIE_ECN: u32 = 1 << 5;
 pub const COOKIE_MSS_SHIFT: u32 = 6;
 pub const COOKIE_MSS_MASK: u32 = 0x3;
-pub const COOKIE_TIME_BIT: u32 = 1 << 8;
-pub const COOKIE_KEY_BIT: u32 = 1 << 9;
-/// Bits below the MAC.
-pub const COOKIE_INFO_BITS: u32 = 10;
-pub const COOKIE_INFO_MASK: u32 = (1 << COOKIE_INFO_BITS) - 1;
+/// `info`: the SYN carried timestamps; bits 0..7 travel in the TSval.
+pub const COOKIE_TS: u32 = 1 << 8;
+/// Bits of `info` that travel in the low bits of the TSval.
+pub const COOKIE_TS_INFO_MASK: u32 = 0xff;
+/// The cookie's own bits: the time counter's parity, and (without
+/// timestamps) the MSS index above it.
+pub const COOKIE_TIME_BIT: u32 = 1;
+pub const COOKIE_NOTS_MSS_SHIFT: u32 = 1;
+/// MAC bits of a cookie, with and without timestamps.
+pub const COOKIE_MAC_BITS_TS: u32 = 31;
+pub const COOKIE_MAC_BITS_NOTS: u32 = 29;
 
 /// The time counter is `CLOCK_MONOTONIC` nanoseconds shifted right by this:
 /// periods of 2^36 ns (about 68.7 s), so a cookie lives 69 to 137 s
@@ -66,7 +82,11 @@ pub const SYNCOOKIE_AUTO: u8 = 2;
 /// Ports per policy slot in `FW_COOKIE_PORT` (indexed by destination port).
 pub const PORTS: u32 = 65_536;
 
-/// `FW_COOKIE_KEY[0..2]`: the two SipHash keys a cookie's key bit selects.
+/// How long a cookie lives at most (two time periods): a rotated-out key
+/// is tried for this long after the rotation.
+pub const COOKIE_LIFETIME_NS: u64 = 2 << COOKIE_PERIOD_SHIFT;
+
+/// `FW_COOKIE_KEY[0..2]`: the current SipHash key and the previous one.
 /// Written only by the controller, from the OS random source; never pinned
 /// or printed.
 #[repr(C)]
@@ -94,7 +114,28 @@ pub struct CookieConfig {
     /// headers); 0 means `DEFAULT_OUR_MSS_*`.
     pub mss_v4: u16,
     pub mss_v6: u16,
+    /// `CLOCK_MONOTONIC` ns of the last key rotation: the previous key is
+    /// tried until `COOKIE_LIFETIME_NS` after it.
+    pub rotated_ns: u64,
+    /// `OFFER_*`: options a SYN-ACK may offer, from the namespace's
+    /// sysctls (the hand-off refuses what they turn off).
+    pub offer: u32,
+    pub _pad: u32,
 }
+
+/// Most addresses in `FW_LOCAL_ADDRS`.
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+
+/// `FW_STATUS[0]` bit: a validated cookie ACK could not carry its XDP
+/// metadata mark (the driver offers none): cookies are off until restart.
+pub const STATUS_NO_META: u32 = 1;
+
+/// `CookieConfig::offer` bits.
+pub const OFFER_WSCALE: u32 = 1;
+pub const OFFER_SACK: u32 = 2;
+pub const OFFER_TIMESTAMPS: u32 = 4;
+pub const OFFER_ECN: u32 = 8;
+pub const OFFER_ALL: u32 = OFFER_WSCALE | OFFER_SACK | OFFER_TIMESTAMPS | OFFER_ECN;
 
 /// `FW_COOKIE_CNT[slot * MAX_RULES + rule]`, per CPU: one service's cookie
 /// counters (the service is the accepting rule with a `syncookie` mode).
@@ -152,7 +193,7 @@ pub const fn time_counter(now_ns: u64) -> u32 {
 /// this period or the previous one.
 #[inline(always)]
 pub const fn cookie_time(now: u32, cookie: u32) -> u32 {
-    let bit = (cookie & COOKIE_TIME_BIT) >> 8;
+    let bit = cookie & COOKIE_TIME_BIT;
     now.wrapping_sub((now ^ bit) & 1)
 }
 
@@ -185,6 +226,8 @@ pub fn cookie_message(client: U128, server: U128, client_port: u16, server_port:
     ]
 }
 
+/// Bits of `info` under the MAC.
+pub const COOKIE_INFO_MASK: u32 = 0x1ff;
 /// SipHash-2-4 of a 48-byte message given as six little-endian words
 /// (the reference algorithm, specialised to this length).
 #[inline(always)]
@@ -236,15 +279,37 @@ pub fn siphash24(k0: u64, k1: u64, m: &[u64; 6]) -> u64 {
     v0 ^ v1 ^ v2 ^ v3
 }
 
-/// The MAC field of a cookie: the hash's top 22 bits.
+/// The cookie for a SYN, from the SipHash of its `cookie_message`.
 #[inline(always)]
-pub fn cookie_mac(key: &CookieKey, message: &[u64; 6]) -> u32 {
-    (siphash24(key.k0, key.k1, message) >> (64 - (32 - COOKIE_INFO_BITS))) as u32
+pub const fn make_cookie(hash: u64, time: u32, info: u32) -> u32 {
+    if info & COOKIE_TS != 0 {
+        ((hash >> (64 - COOKIE_MAC_BITS_TS)) as u32) << 1 | (time & 1)
+    } else {
+        let mss = (info >> COOKIE_MSS_SHIFT) & COOKIE_MSS_MASK;
+        ((hash >> (64 - COOKIE_MAC_BITS_NOTS)) as u32) << 3 | mss << COOKIE_NOTS_MSS_SHIFT | (time & 1)
+    }
 }
 
-/// A complete cookie: `info` holds the option bits, the time bit and the key bit.
+/// The TSval of a cookie SYN-ACK: our millisecond clock plus a per-
+/// connection offset from the same SipHash (so it tells nothing of the
+/// host's uptime and differs between peers), its low 8 bits the info.
 #[inline(always)]
-pub fn make_cookie(key: &CookieKey, client: U128, server: U128, client_port: u16, server_port: u16, isn: u32, time: u32, info: u32) -> u32 {
-    let m = cookie_message(client, server, client_port, server_port, isn, time, info);
-    cookie_mac(key, &m) << COOKIE_INFO_BITS | (info & COOKIE_INFO_MASK)
+pub const fn cookie_tsval(hash: u64, now_ms: u32, info: u32) -> u32 {
+    (now_ms.wrapping_add(hash as u32) & !COOKIE_TS_INFO_MASK) | (info & COOKIE_TS_INFO_MASK)
+}
+
+/// The `info` an ACK claims: from its echoed timestamp (`tsecr`), or,
+/// without timestamps, from the cookie's MSS bits.
+#[inline(always)]
+pub const fn claimed_info(cookie: u32, tsecr: Option<u32>) -> u32 {
+    match tsecr {
+        Some(ts) => (ts & COOKIE_TS_INFO_MASK) | COOKIE_TS,
+        None => ((cookie >> COOKIE_NOTS_MSS_SHIFT) & COOKIE_MSS_MASK) << COOKIE_MSS_SHIFT | COOKIE_WSCALE_NONE,
+    }
+}
+
+/// Whether `cookie` is the one `hash` (of the claimed info) makes.
+#[inline(always)]
+pub const fn cookie_matches(cookie: u32, hash: u64, time: u32, info: u32) -> bool {
+    make_cookie(hash, time, info) == cookie
 }

@@ -10,6 +10,13 @@ pub const RULE_META: &str = "FW_RULE_META";
 pub const RULE_COUNTERS: &str = "FW_RULE_CNT";
 pub const REASON_COUNTERS: &str = "FW_REASON_CNT";
 pub const FLOWS: &str = "FW_FLOWS";
+/// Flows opened from outside and not proven yet (`MAX_REMOTE_FLOWS`).
+pub const REMOTE_FLOWS: &str = "FW_REMOTE_FLOWS";
+/// The host's own addresses (written by the controller): the only
+/// destinations a cookie SYN-ACK is sent for.
+pub const LOCAL_ADDRS: &str = "FW_LOCAL_ADDRS";
+/// Data-plane status flags (`STATUS_*`), set by the programs.
+pub const STATUS: &str = "FW_STATUS";
 /// Cookie keys: never pinned (the key must not reach a file).
 pub const COOKIE_KEY: &str = "FW_COOKIE_KEY";
 pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
@@ -32,6 +39,7 @@ pub const ALL: &[&str] = &[
     RULE_COUNTERS,
     REASON_COUNTERS,
     FLOWS,
+    REMOTE_FLOWS,
     COOKIE_ON,
     COOKIE_COUNTERS,
 ];

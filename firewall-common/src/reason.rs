@@ -79,10 +79,28 @@ pub enum Reason {
     /// TC ingress: the kernel refused the hand-off (e.g. a sysctl disables
     /// an option the cookie carries); the host answers the bare ACK.
     HandoffFailed = 33,
+    /// A TCP segment of a known flow outside the receiver's window (or
+    /// acknowledging data never sent), as nf_conntrack's `tcp_in_window`
+    /// judges it: never a state change.
+    InvalidWindow = 34,
+    /// Ingress: a packet claiming to come from this host's own side of a
+    /// flow (the host only ever sends on egress): spoofed.
+    InvalidDirection = 35,
+    /// An ACK of no flow to a cookie port that the policy would not have
+    /// answered with a cookie (an earlier drop rule, or a source outside
+    /// the cookie rule): dropped before any cookie is checked.
+    CookieNotAdmitted = 36,
+    /// A SYN for a cookie service from or to a broadcast, multicast,
+    /// loopback or unspecified address: never answered (no reflection).
+    CookieMartian = 37,
+    /// A validated cookie ACK that could not carry its hand-off mark
+    /// (the driver gives XDP no metadata room): dropped, and cookies stop
+    /// until the controller is restarted (SYNs are left to the host).
+    HandoffNoMeta = 38,
 }
 
 /// Number of reason counters (the map's size).
-pub const REASON_COUNT: u32 = 34;
+pub const REASON_COUNT: u32 = 39;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -120,6 +138,11 @@ impl Reason {
         Reason::HandoffDone,
         Reason::HandoffNoListener,
         Reason::HandoffFailed,
+        Reason::InvalidWindow,
+        Reason::InvalidDirection,
+        Reason::CookieNotAdmitted,
+        Reason::CookieMartian,
+        Reason::HandoffNoMeta,
     ];
 
     /// Name shown by `stats` and used in its JSON.
@@ -159,6 +182,11 @@ impl Reason {
             Reason::HandoffDone => "handoff_done",
             Reason::HandoffNoListener => "handoff_no_listener",
             Reason::HandoffFailed => "handoff_failed",
+            Reason::InvalidWindow => "invalid_window",
+            Reason::InvalidDirection => "invalid_direction",
+            Reason::CookieNotAdmitted => "cookie_not_admitted",
+            Reason::CookieMartian => "cookie_martian",
+            Reason::HandoffNoMeta => "handoff_no_meta",
         }
     }
 
@@ -182,6 +210,11 @@ impl Reason {
                 | Reason::InvalidState
                 | Reason::InvalidIcmp
                 | Reason::CookieInvalid
+                | Reason::InvalidWindow
+                | Reason::InvalidDirection
+                | Reason::CookieNotAdmitted
+                | Reason::CookieMartian
+                | Reason::HandoffNoMeta
         )
     }
 }

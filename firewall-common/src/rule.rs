@@ -184,4 +184,5 @@ mod pod {
     unsafe impl aya::Pod for crate::cookie::CookieKey {}
     unsafe impl aya::Pod for crate::cookie::CookieConfig {}
     unsafe impl aya::Pod for crate::cookie::CookieCounters {}
+    unsafe impl aya::Pod for crate::U128 {}
 }

@@ -6,16 +6,16 @@
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
 };
 use firewall_common::{
-    Flow, FlowKey, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128,
+    Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
     FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
 };
 
 use crate::{
-    FW_FLOWS,
+    FW_FLOWS, FW_REMOTE_FLOWS,
     parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted, tcp_wscale},
 };
 
@@ -24,14 +24,26 @@ use crate::{
 pub enum Ct {
     /// Opens a flow (or is not tracked): the rules decide.
     New,
-    /// A SYN on the tuple of an established or closing flow: a new
-    /// connection if the host has no socket for the old one any more
-    /// (the old one died unseen), else for the host to answer (RFC 5961
-    /// challenge ACK). The caller decides with `has_socket`.
+    /// A SYN on the tuple of a live flow, or of a closed one whose
+    /// sequence is not beyond the old connection's: a new connection only
+    /// if the host has no socket for the tuple any more (the old one died
+    /// unseen), else for the host to answer (RFC 5961 challenge ACK, or
+    /// the TIME-WAIT socket's ACK). The caller decides with `has_socket`.
     SynInFlow,
+    /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
+    /// everything the old connection sent: the kernel's TIME-WAIT reuse
+    /// rule (`tcp_timewait_state_process`) accepts it as a new connection.
+    SynReuse,
     Established,
     Related,
     Invalid(Reason),
+}
+
+/// Which program sees the packet: the XDP ingress or the TC egress one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Ingress,
+    Egress,
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -120,18 +132,56 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Looks up the flow, dropping it when it has been idle past its timeout.
+/// Where a flow lives: the main table, or the table of flows opened from
+/// outside and not proven yet (see `MAX_REMOTE_FLOWS`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Main,
+    Remote,
+}
+
+/// Looks up the flow in the main table, then in the remote one, dropping
+/// it when it has been idle past its timeout.
 #[inline(always)]
-fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64) -> Option<*mut Flow> {
-    let flow = FW_FLOWS.get_ptr_mut(fk)?;
+fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64) -> Option<(*mut Flow, Table)> {
+    let (flow, table) = match FW_FLOWS.get_ptr_mut(fk) {
+        Some(f) => (f, Table::Main),
+        None => (FW_REMOTE_FLOWS.get_ptr_mut(fk)?, Table::Remote),
+    };
     // SAFETY: a valid map value pointer for the duration of this program.
     let f = unsafe { &*flow };
     let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
     if now.saturating_sub(f.last_seen_ns) > timeout {
-        let _ = FW_FLOWS.remove(fk);
+        remove(fk, table);
         return None;
     }
-    Some(flow)
+    Some((flow, table))
+}
+
+#[inline(always)]
+fn remove(fk: &FlowKey, table: Table) {
+    let _ = match table {
+        Table::Main => FW_FLOWS.remove(fk),
+        Table::Remote => FW_REMOTE_FLOWS.remove(fk),
+    };
+}
+
+#[inline(always)]
+fn insert(fk: &FlowKey, flow: &Flow, table: Table) {
+    // BPF_NOEXIST: a flow another CPU just created is kept.
+    let _ = match table {
+        Table::Main => FW_FLOWS.insert(fk, flow, 1),
+        Table::Remote => FW_REMOTE_FLOWS.insert(fk, flow, 1),
+    };
+}
+
+/// Moves a flow that proved itself into the main table, where no flood
+/// of unproven flows can evict it.
+#[inline(always)]
+fn promote(fk: &FlowKey, f: &Flow) {
+    let copy = *f;
+    let _ = FW_FLOWS.insert(fk, &copy, 0);
+    let _ = FW_REMOTE_FLOWS.remove(fk);
 }
 
 /// Sequence space a TCP segment occupies: data plus one for SYN and FIN.
@@ -142,54 +192,99 @@ fn segment_len(packet: &Packet) -> u32 {
     data + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0)
 }
 
+/// The window in a segment from side `s`, scaled as RFC 7323 says:
+/// never in a SYN, and only when both SYNs carried the option. A side
+/// adopted mid-stream (`WSCALE_UNKNOWN`) is taken at the largest scale.
+#[inline(always)]
+fn scaled_window(f: &Flow, s: usize, packet: &Packet) -> u32 {
+    let scaled = packet.key.tcp_flags & SYN == 0 && f.wscale[0] != WSCALE_NONE && f.wscale[1] != WSCALE_NONE;
+    let shift = if scaled { (get(&f.wscale, s) as u32 & 15).min(14) } else { 0 };
+    (packet.tcp.window as u32) << shift
+}
+
+/// nf_conntrack's `tcp_in_window` for a segment from side `s`: it must
+/// start no later than the receiver allowed (`max_end`), end no earlier
+/// than one receiver window before the sender's highest sequence, and
+/// acknowledge nothing the receiver has not sent, nor more than one
+/// window back. What is not known yet is not checked.
+#[inline(always)]
+fn in_window(f: &Flow, s: usize, packet: &Packet) -> bool {
+    let o = 1 - s;
+    let seq = packet.tcp.seq;
+    let end = seq.wrapping_add(segment_len(packet));
+    if f.end_known & (1 << s) != 0 && seq_after(seq, get(&f.max_end, s)) {
+        return false;
+    }
+    let receiver_window = get(&f.max_window, o);
+    if f.seq_known & (1 << s) != 0 && receiver_window != 0 {
+        let lowest = get(&f.next_seq, s).wrapping_sub(receiver_window).wrapping_sub(1);
+        if !seq_after(end, lowest) {
+            return false;
+        }
+    }
+    if packet.key.tcp_flags & ACK != 0 && f.seq_known & (1 << o) != 0 {
+        let ack = packet.tcp.ack;
+        let sent = get(&f.next_seq, o);
+        let back = get(&f.max_window, s).max(MAX_ACK_WINDOW);
+        if seq_after(ack, sent) || !seq_after(ack, sent.wrapping_sub(back).wrapping_sub(1)) {
+            return false;
+        }
+    }
+    true
+}
+
 #[inline(always)]
 fn note_segment(f: &mut Flow, side: u8, packet: &Packet) {
     let s = (side & 1) as usize;
+    let o = 1 - s;
     let end = packet.tcp.seq.wrapping_add(segment_len(packet));
     if f.seq_known & (1 << s) == 0 || seq_after(end, get(&f.next_seq, s)) {
         set(&mut f.next_seq, s, end);
         f.seq_known |= 1 << s;
     }
-    if packet.key.tcp_flags & ACK != 0 {
-        set(&mut f.last_ack, s, packet.tcp.ack);
-        f.ack_known |= 1 << s;
-    }
-    // Windows in SYNs are never scaled; later ones are when both SYNs
-    // carried the option (RFC 7323).
-    let scaled = packet.key.tcp_flags & SYN == 0 && f.wscale[0] != WSCALE_NONE && f.wscale[1] != WSCALE_NONE;
-    let shift = if scaled { get(&f.wscale, s) as u32 & 15 } else { 0 };
-    let window = (packet.tcp.window as u32) << shift;
+    let window = scaled_window(f, s, packet);
     if window > get(&f.max_window, s) {
         set(&mut f.max_window, s, window);
     }
+    if packet.key.tcp_flags & ACK != 0 {
+        let ack = packet.tcp.ack;
+        set(&mut f.last_ack, s, ack);
+        f.ack_known |= 1 << s;
+        // How far the other side may send: what this one acknowledged
+        // plus the window it offers (at least one byte: a zero-window probe).
+        let limit = ack.wrapping_add(window.max(1));
+        if f.end_known & (1 << o) == 0 || seq_after(limit, get(&f.max_end, o)) {
+            set(&mut f.max_end, o, limit);
+            f.end_known |= 1 << o;
+        }
+    }
+}
+
+#[inline(always)]
+fn touch(f: &mut Flow, frame: &Frame, now: u64) {
+    f.last_seen_ns = now;
+    f.packets += 1;
+    f.bytes += frame.wire_len;
 }
 
 /// Classifies `packet` and advances its flow. A `New` packet creates no
 /// state here: ingress calls `open` once the rules accepted it, egress at once.
 #[inline(always)]
-pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
+pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> Ct {
     let key = &packet.key;
     match kind(key) {
         Kind::Untracked => Ct::New,
-        Kind::IcmpError => {
-            let Some((quoted, id)) = icmp_quoted(frame, packet) else {
-                return Ct::Invalid(Reason::InvalidIcmp);
-            };
-            let (fk, _) = flow_key(&quoted, id);
-            match lookup(&fk, timeouts, now_ns()) {
-                Some(_) => Ct::Related,
-                None => Ct::Invalid(Reason::InvalidIcmp),
-            }
-        }
+        Kind::IcmpError => related(frame, packet, timeouts),
         Kind::Datagram => {
             let (fk, side) = flow_key(key, packet.icmp_id);
             let now = now_ns();
-            let Some(flow) = lookup(&fk, timeouts, now) else { return Ct::New };
+            let Some((flow, _)) = lookup(&fk, timeouts, now) else { return Ct::New };
             // SAFETY: as in `lookup`.
             let f = unsafe { &mut *flow };
-            f.last_seen_ns = now;
-            f.packets += 1;
-            f.bytes += frame.wire_len;
+            if (dir == Dir::Ingress) == (side == f.local_side) {
+                return Ct::Invalid(Reason::InvalidDirection);
+            }
+            touch(f, frame, now);
             // An echo request from the far side is its own ping, not a reply.
             let request = matches!((key.proto, key.sport), (IPPROTO_ICMP, 8) | (IPPROTO_ICMPV6, 128));
             if side != f.initiator && !request {
@@ -197,12 +292,46 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
             }
             if f.state == UDP_UNREPLIED { Ct::New } else { Ct::Established }
         }
-        Kind::Tcp => track_tcp(frame, packet, timeouts),
+        Kind::Tcp => track_tcp(frame, packet, timeouts, dir),
     }
 }
 
+/// An ICMP error is related only when it quotes a packet this host sent
+/// in a known flow, and, for TCP, one whose sequence number lies between
+/// what the peer acknowledged and what the host sent (the kernel's
+/// `tcp_v4_err` checks the same before it believes an error).
 #[inline(always)]
-fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
+fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
+    let Some(quoted) = icmp_quoted(frame, packet) else {
+        return Ct::Invalid(Reason::InvalidIcmp);
+    };
+    let (fk, side) = flow_key(&quoted.key, quoted.id);
+    let Some((flow, _)) = lookup(&fk, timeouts, now_ns()) else {
+        return Ct::Invalid(Reason::InvalidIcmp);
+    };
+    // SAFETY: as in `lookup`.
+    let f = unsafe { &*flow };
+    if side != f.local_side {
+        return Ct::Invalid(Reason::InvalidIcmp);
+    }
+    if quoted.key.proto == IPPROTO_TCP {
+        let l = (side & 1) as usize;
+        let r = 1 - l;
+        if f.seq_known & (1 << l) == 0 {
+            return Ct::Invalid(Reason::InvalidIcmp);
+        }
+        let sent = get(&f.next_seq, l);
+        let oldest = if f.ack_known & (1 << r) != 0 { get(&f.last_ack, r) } else { sent.wrapping_sub(MAX_ACK_WINDOW) };
+        // oldest <= seq < sent (a SYN's own sequence is one before `sent`).
+        if seq_after(oldest, quoted.seq) || !seq_after(sent, quoted.seq) {
+            return Ct::Invalid(Reason::InvalidIcmp);
+        }
+    }
+    Ct::Related
+}
+
+#[inline(always)]
+fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> Ct {
     let flags = packet.key.tcp_flags;
     if bad_flags(flags) {
         return Ct::Invalid(Reason::InvalidFlags);
@@ -210,7 +339,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
     let (syn, ack, rst, fin) = (flags & SYN != 0, flags & ACK != 0, flags & RST != 0, flags & FIN != 0);
     let (fk, side) = flow_key(&packet.key, 0);
     let now = now_ns();
-    let Some(flow) = lookup(&fk, timeouts, now) else {
+    let Some((flow, table)) = lookup(&fk, timeouts, now) else {
         return if syn && !ack {
             Ct::New
         } else if syn {
@@ -224,29 +353,36 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
     let s = (side & 1) as usize;
     let other = 1 - s;
     let from_initiator = side == f.initiator;
+    let ingress = dir == Dir::Ingress;
+    // The host's own side only ever sends through egress.
+    if ingress == (side == f.local_side) {
+        return Ct::Invalid(Reason::InvalidDirection);
+    }
 
     if rst {
         // RFC 5961: only an RST inside the receiver's window may end a
         // flow: at or after what the receiver last acknowledged, or exactly
         // at the sender's next sequence number (minus one after its FIN).
-        // Answering a SYN, it must acknowledge the SYN instead.
-        let ok = if f.state == TCP_SYN_SENT {
-            !from_initiator && ack && packet.tcp.ack == get(&f.next_seq, other)
+        // Answering a SYN, it must acknowledge the SYN instead. With
+        // neither known there is nothing to check against: refused (the
+        // host's own RSTs, on egress, are always believed).
+        let ok = if !ingress {
+            true
+        } else if f.state == TCP_SYN_SENT {
+            !from_initiator && ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other)
         } else {
             let seq = packet.tcp.seq;
             let window = get(&f.max_window, other).max(1);
             let in_window = f.ack_known & (1 << other) != 0 && seq.wrapping_sub(get(&f.last_ack, other)) < window;
             let next = get(&f.next_seq, s);
             let at_next = f.seq_known & (1 << s) != 0 && (seq == next || seq == next.wrapping_sub(1));
-            in_window || at_next || (f.ack_known & (1 << other) == 0 && f.seq_known & (1 << s) == 0)
+            in_window || at_next
         };
         if !ok {
             return Ct::Invalid(Reason::InvalidRst);
         }
         f.state = TCP_CLOSE;
-        f.last_seen_ns = now;
-        f.packets += 1;
-        f.bytes += frame.wire_len;
+        touch(f, frame, now);
         return Ct::Established;
     }
 
@@ -266,10 +402,12 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
                 f.flags |= FLOW_BOTH_SYNS;
                 set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
             }
-            // A closed flow's tuple reused by a new connection.
-            TCP_TIME_WAIT | TCP_CLOSE => {
-                let _ = FW_FLOWS.remove(&fk);
-                return Ct::New;
+            // A closed flow's tuple reused by a new connection: beyond the
+            // old one's sequence, as the kernel's TIME-WAIT reuse wants.
+            TCP_TIME_WAIT | TCP_CLOSE
+                if f.seq_known & (1 << s) == 0 || seq_after(packet.tcp.seq, get(&f.next_seq, s)) =>
+            {
+                return Ct::SynReuse;
             }
             _ => return Ct::SynInFlow,
         }
@@ -286,18 +424,27 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
             // A retransmitted SYN-ACK after the handshake (the final ACK was
             // lost): the peer must see it to ACK again. No state change.
             TCP_ESTABLISHED | TCP_FIN_WAIT if responder && seq_after(get(&f.next_seq, s), packet.tcp.seq) => {
-                f.last_seen_ns = now;
-                f.packets += 1;
-                f.bytes += frame.wire_len;
+                touch(f, frame, now);
                 return Ct::Established;
             }
             _ => return Ct::Invalid(Reason::InvalidSynAck),
         }
     } else {
+        // The host's own segments are the truth (and are never dropped):
+        // only what arrives from outside must fit the window.
+        if ingress && !in_window(f, s, packet) {
+            return Ct::Invalid(Reason::InvalidWindow);
+        }
         match f.state {
             // Nothing but a SYN-ACK (or an RST) may answer a SYN.
             TCP_SYN_SENT => return Ct::Invalid(Reason::InvalidState),
-            TCP_SYN_RECV if ack => f.state = TCP_ESTABLISHED,
+            // The handshake's last ACK acknowledges the SYN-ACK exactly.
+            TCP_SYN_RECV if ack => {
+                if f.seq_known & (1 << other) == 0 || packet.tcp.ack != get(&f.next_seq, other) {
+                    return Ct::Invalid(Reason::InvalidState);
+                }
+                f.state = TCP_ESTABLISHED;
+            }
             _ => {}
         }
         if fin {
@@ -306,18 +453,24 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         }
     }
     note_segment(f, side, packet);
-    f.last_seen_ns = now;
-    f.packets += 1;
-    f.bytes += frame.wire_len;
+    touch(f, frame, now);
+    // A handshake completed through the table, or any segment the host
+    // itself sends on an established flow, proves the flow: it leaves the
+    // table a flood can churn.
+    if table == Table::Remote && !syn && f.state >= TCP_ESTABLISHED && f.state <= TCP_TIME_WAIT {
+        promote(&fk, f);
+    }
     Ct::Established
 }
 
 /// Records the flow a `New` packet opens (after the rules accepted it on
 /// ingress; at once on egress). Returns whether a flow was created:
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
-/// or a datagram before any reply finds its flow there already.
+/// or a datagram before any reply finds its flow there already. Flows the
+/// host opens go to the main table; flows opened from outside to the
+/// remote table, until they prove themselves.
 #[inline(always)]
-pub fn open(packet: &Packet, wscale: u8, egress: bool) -> bool {
+pub fn open(packet: &Packet, wscale: u8, dir: Dir) -> bool {
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -327,13 +480,15 @@ pub fn open(packet: &Packet, wscale: u8, egress: bool) -> bool {
     // A retransmitted SYN or a second datagram before any reply: the flow
     // is there already. Checked first because a failed LRU insert still
     // takes and returns a free element, which costs several lookups.
-    if FW_FLOWS.get_ptr(&fk).is_some() {
+    if FW_FLOWS.get_ptr(&fk).is_some() || FW_REMOTE_FLOWS.get_ptr(&fk).is_some() {
         return false;
     }
+    let egress = dir == Dir::Egress;
     let now = now_ns();
     let mut flow = Flow {
         state: if k == Kind::Tcp { TCP_SYN_SENT } else { UDP_UNREPLIED },
         initiator: side,
+        local_side: if egress { side } else { 1 - side },
         origin: if egress { ORIGIN_LOCAL } else { ORIGIN_REMOTE },
         created_ns: now,
         last_seen_ns: now,
@@ -346,18 +501,18 @@ pub fn open(packet: &Packet, wscale: u8, egress: bool) -> bool {
         set(&mut flow.wscale, (side & 1) as usize, wscale);
         note_segment(&mut flow, side, packet);
     }
-    // BPF_NOEXIST: a flow another CPU just created is kept.
-    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+    insert(&fk, &flow, if egress { Table::Main } else { Table::Remote });
     true
 }
 
 /// An established flow from outside, opened by the packet in `frame`.
 #[inline(always)]
-fn established(frame: &Frame, initiator: u8) -> Flow {
+fn established(frame: &Frame, initiator: u8, local_side: u8) -> Flow {
     let now = now_ns();
     Flow {
         state: TCP_ESTABLISHED,
         initiator,
+        local_side,
         origin: ORIGIN_REMOTE,
         created_ns: now,
         last_seen_ns: now,
@@ -369,30 +524,57 @@ fn established(frame: &Frame, initiator: u8) -> Flow {
 
 /// Adopts a TCP packet of no known flow as established, as nftables'
 /// conntrack picks up connections mid-stream: on egress (the host's own
-/// stack sent it) always; on ingress only when `has_socket` says the host
-/// has a connected socket for it (opened before the firewall attached, or
+/// stack sent it) always; on ingress only when `socket_state` says the
+/// host has a connection for it (opened before the firewall attached, or
 /// evicted from a full table), so a lone forged ACK is still invalid.
+/// Window scales are unknown (the SYNs were not seen): windows are taken
+/// at the largest scale, as lenient as nf_conntrack is for picked-up
+/// flows. `proven`: the host's stack has a full connection (main table);
+/// otherwise (a half-open request of the host's) the remote table.
 #[inline(always)]
-pub fn adopt(frame: &Frame, packet: &Packet) {
-    // An RST ends a connection: nothing to adopt.
-    if packet.key.tcp_flags & RST != 0 {
+pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool) {
+    // An RST ends a connection, a SYN-ACK is not mid-stream: nothing to adopt.
+    if packet.key.tcp_flags & (RST | SYN) != 0 {
         return;
     }
     let (fk, side) = flow_key(&packet.key, 0);
+    let local = if dir == Dir::Egress { side } else { 1 - side };
     // The initiator is unknown: the handshake happened before we saw the flow.
-    let mut flow = established(frame, 1 - side);
+    let mut flow = established(frame, 1 - local, local);
+    flow.wscale = [WSCALE_UNKNOWN; 2];
     note_segment(&mut flow, side, packet);
-    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+    insert(&fk, &flow, if proven { Table::Main } else { Table::Remote });
+}
+
+/// Records the host's SYN-ACK for a remote SYN whose flow is gone (evicted
+/// from the remote table, or the SYN came before the firewall attached):
+/// a half-open flow in the remote table, the peer's scale unknown.
+#[inline(always)]
+pub fn open_synack(frame: &Frame, packet: &Packet) {
+    let (fk, side) = flow_key(&packet.key, 0);
+    if FW_FLOWS.get_ptr(&fk).is_some() {
+        return;
+    }
+    let mut flow = established(frame, 1 - side, side);
+    flow.state = TCP_SYN_RECV;
+    let ours = tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE);
+    flow.wscale = [ours; 2];
+    if ours != WSCALE_NONE {
+        set(&mut flow.wscale, 1 - (side & 1) as usize, WSCALE_UNKNOWN);
+    }
+    note_segment(&mut flow, side, packet);
+    insert(&fk, &flow, Table::Remote);
 }
 
 /// Records the connection a valid cookie ACK completes: established, the
 /// client as initiator, both window scales and our side's sequence
 /// (the cookie) known, as if the handshake had gone through the table.
+/// A valid cookie is proof of a real peer: the main table.
 #[inline(always)]
 pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u32) {
     let (fk, side) = flow_key(&packet.key, 0);
     let s = (side & 1) as usize;
-    let mut flow = established(frame, side);
+    let mut flow = established(frame, side, 1 - side);
     let (ours, theirs) = if client_wscale == WSCALE_NONE {
         (WSCALE_NONE, WSCALE_NONE)
     } else {
@@ -402,9 +584,12 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
     set(&mut flow.wscale, 1 - s, ours);
     set(&mut flow.next_seq, 1 - s, cookie.wrapping_add(1));
     set(&mut flow.max_window, 1 - s, firewall_common::SYNACK_WINDOW as u32);
+    // The SYN-ACK acknowledged the client's ISN + 1 with an unscaled window.
+    set(&mut flow.max_end, s, packet.tcp.seq.wrapping_add(firewall_common::SYNACK_WINDOW as u32));
+    flow.end_known = 1 << s;
     flow.seq_known = 1 << (1 - s);
     note_segment(&mut flow, side, packet);
-    let _ = FW_FLOWS.insert(&fk, &flow, 1);
+    insert(&fk, &flow, Table::Main);
 }
 
 /// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
@@ -412,6 +597,7 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
 pub fn forget(packet: &Packet) {
     let (fk, _) = flow_key(&packet.key, 0);
     let _ = FW_FLOWS.remove(&fk);
+    let _ = FW_REMOTE_FLOWS.remove(&fk);
 }
 
 /// The socket-lookup tuple of an inbound packet, and its size for the
@@ -443,21 +629,42 @@ pub fn sock_tuple(key: &Key) -> (bpf_sock_tuple, u32) {
 
 pub const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
 pub const TCP_LISTEN: u32 = 10;
+const TCP_TIME_WAIT_SK: u32 = 6;
+const TCP_CLOSE_SK: u32 = 7;
+const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// Whether the host has a connected (not listening) TCP socket for this
-/// inbound packet. `ctx` is the XDP context.
+/// What the host's stack has for the tuple of an inbound TCP packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// Nothing, or only a listener.
+    None,
+    /// A connection (any state but TIME-WAIT), which owns the tuple.
+    Connected,
+    /// A TIME-WAIT socket: the old connection is closed but remembered.
+    TimeWait,
+    /// A request socket (half-open handshake the host answered itself).
+    Request,
+}
+
+/// Looks the tuple up in the host's stack (`bpf_skc_lookup_tcp`, which
+/// also sees TIME-WAIT and request sockets). `ctx` is the XDP context.
 #[inline(always)]
-pub fn has_socket(ctx: *mut c_void, key: &Key) -> bool {
+pub fn socket_state(ctx: *mut c_void, key: &Key) -> Socket {
     let (mut tuple, size) = sock_tuple(key);
     // SAFETY: helper call with a tuple of the size passed; the socket it
     // returns is released on every path.
     unsafe {
-        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS, 0);
+        let sk = bpf_skc_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS, 0);
         if sk.is_null() {
-            return false;
+            return Socket::None;
         }
-        let connected = (*sk).state != TCP_LISTEN;
+        let state = (*sk).state;
         bpf_sk_release(sk as *mut c_void);
-        connected
+        match state {
+            TCP_LISTEN | TCP_CLOSE_SK => Socket::None,
+            TCP_TIME_WAIT_SK => Socket::TimeWait,
+            TCP_NEW_SYN_RECV => Socket::Request,
+            _ => Socket::Connected,
+        }
     }
 }

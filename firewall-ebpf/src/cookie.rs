@@ -9,11 +9,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    COOKIE_ECN, COOKIE_INFO_BITS, COOKIE_INFO_MASK, COOKIE_KEY_BIT, COOKIE_MSS_MASK,
-    COOKIE_MSS_SHIFT, COOKIE_SACK, COOKIE_TIME_BIT, COOKIE_WSCALE_MASK, COOKIE_WSCALE_NONE,
-    CookieCounters, CookieKey, DEFAULT_MSS_V4, DEFAULT_MSS_V6, DEFAULT_OUR_MSS_V4, DEFAULT_OUR_MSS_V6, HANDOFF_MAGIC, HandoffMeta,
-    MAX_RULES, MSS_TABLE_V4, MSS_TABLE_V6, OUR_WSCALE, Reason, SYNACK_WINDOW, TcpReqAttrs, U128,
-    cookie_mac, cookie_message, cookie_time, make_cookie, mss_index,
+    COOKIE_ECN, COOKIE_LIFETIME_NS, COOKIE_MSS_MASK, COOKIE_MSS_SHIFT, COOKIE_SACK, COOKIE_TS,
+    COOKIE_WSCALE_MASK, COOKIE_WSCALE_NONE, CookieCounters, CookieKey, DEFAULT_MSS_V4,
+    DEFAULT_MSS_V6, DEFAULT_OUR_MSS_V4, DEFAULT_OUR_MSS_V6, HANDOFF_MAGIC, HandoffMeta, MAX_RULES,
+    MSS_TABLE_V4, MSS_TABLE_V6, OFFER_ECN, OFFER_SACK, OFFER_TIMESTAMPS, OFFER_WSCALE, OUR_WSCALE,
+    Reason, SYNACK_WINDOW, TcpReqAttrs, U128, claimed_info, cookie_matches, cookie_message,
+    cookie_time, cookie_tsval, make_cookie, mss_index, siphash24,
     tcp_flags::{ACK, CWR, ECE, SYN},
     time_counter,
 };
@@ -142,50 +143,51 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
     let key_index = cfg.key_index & 1;
     let secret = key(key_index).ok_or(Reason::Internal)?;
 
-    // What the cookie remembers of the SYN.
+    // What the cookie remembers of the SYN: only what the host's sysctls
+    // let the hand-off accept is offered. Without timestamps there is no
+    // room for window scaling, SACK or ECN (as with the kernel's cookies).
     let (table, default_mss, our_mss) = if v4 {
         (&MSS_TABLE_V4, DEFAULT_MSS_V4, if cfg.mss_v4 == 0 { DEFAULT_OUR_MSS_V4 } else { cfg.mss_v4 })
     } else {
         (&MSS_TABLE_V6, DEFAULT_MSS_V6, if cfg.mss_v6 == 0 { DEFAULT_OUR_MSS_V6 } else { cfg.mss_v6 })
     };
     let client_mss = if opts.mss == 0 { default_mss } else { opts.mss };
-    let has_wscale = opts.wscale != 0xff;
+    let timestamps = opts.timestamps && cfg.offer & OFFER_TIMESTAMPS != 0;
+    let has_wscale = timestamps && opts.wscale != 0xff && cfg.offer & OFFER_WSCALE != 0;
+    let sack = timestamps && opts.sack_permitted && cfg.offer & OFFER_SACK != 0;
+    // An ECN-setup SYN has both ECE and CWR (RFC 3168 6.1.1).
+    let ecn = timestamps && key_.tcp_flags & (ECE | CWR) == (ECE | CWR) && cfg.offer & OFFER_ECN != 0;
     let mut info = mss_index(table, client_mss) << COOKIE_MSS_SHIFT;
     info |= if has_wscale { opts.wscale as u32 & COOKIE_WSCALE_MASK } else { COOKIE_WSCALE_NONE };
-    if opts.sack_permitted {
+    if sack {
         info |= COOKIE_SACK;
     }
-    // An ECN-setup SYN has both ECE and CWR (RFC 3168 6.1.1).
-    let ecn = key_.tcp_flags & (ECE | CWR) == (ECE | CWR);
     if ecn {
         info |= COOKIE_ECN;
     }
+    if timestamps {
+        info |= COOKIE_TS;
+    }
     let now = now_ns();
     let time = time_counter(now);
-    if time & 1 != 0 {
-        info |= COOKIE_TIME_BIT;
-    }
-    if key_index != 0 {
-        info |= COOKIE_KEY_BIT;
-    }
     let isn = packet.tcp.seq;
-    let cookie = make_cookie(secret, key_.src, key_.dst, key_.sport, key_.dport, isn, time, info);
+    let m = cookie_message(key_.src, key_.dst, key_.sport, key_.dport, isn, time, info);
+    let hash = siphash24(secret.k0, secret.k1, &m);
+    let cookie = make_cookie(hash, time, info);
 
     // Options, as 32-bit words in the kernel's order: MSS, SACK-permitted
     // and timestamps, window scale.
     let mut words = [0u32; 5];
     words[0] = 0x0204_0000 | our_mss as u32;
     let mut n = 1usize;
-    if opts.timestamps {
-        words[1] = if opts.sack_permitted { 0x0402_080a } else { 0x0101_080a };
-        // Our timestamp clock: milliseconds. The socket that takes over
-        // keeps it running (the kernel derives its offset from the echo).
-        words[2] = (now / 1_000_000) as u32;
+    if timestamps {
+        words[1] = if sack { 0x0402_080a } else { 0x0101_080a };
+        // Milliseconds plus a keyed per-connection offset; the socket that
+        // takes over keeps this clock running (the kernel derives its
+        // offset from the echo).
+        words[2] = cookie_tsval(hash, (now / 1_000_000) as u32, info);
         words[3] = opts.tsval;
         n = 4;
-    } else if opts.sack_permitted {
-        words[1] = 0x0101_0402;
-        n = 2;
     }
     if has_wscale {
         let ws = 0x0103_0300 | OUR_WSCALE as u32;
@@ -284,6 +286,26 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Whether either address of a SYN is one no real peer can have, or that
+/// reaches many hosts: unspecified, loopback, multicast, the IPv4
+/// broadcast and class E (the kernel answers none of these).
+#[inline(always)]
+pub fn martian(key: &parse::Key) -> bool {
+    bad_address(&key.src) || bad_address(&key.dst)
+}
+
+#[inline(always)]
+fn bad_address(a: &U128) -> bool {
+    if parse::is_v4_mapped(a) {
+        let first = (a.lo >> 24) as u8;
+        // 0/8, 127/8, 224/4 (multicast), 240/4 (class E and 255.255.255.255).
+        first == 0 || first == 127 || first >= 224
+    } else {
+        // ::, ::1, ff00::/8.
+        (a.hi == 0 && (a.lo == 0 || a.lo == 1)) || (a.hi >> 56) == 0xff
+    }
+}
+
 /// What a valid cookie decodes to.
 pub struct Valid {
     pub attrs: TcpReqAttrs,
@@ -292,20 +314,29 @@ pub struct Valid {
 }
 
 /// Checks the cookie an ACK of no flow carries: one key read and one
-/// SipHash. `None` for a bad or expired cookie.
+/// SipHash (two in the cookie lifetime after a key rotation). `tsecr`:
+/// the ACK's echoed timestamp, if it has the option. `None` for a bad
+/// or expired cookie.
 #[inline(always)]
-pub fn check_ack(packet: &Packet) -> Option<Valid> {
+pub fn check_ack(packet: &Packet, tsecr: Option<u32>) -> Option<Valid> {
     let k = &packet.key;
     if k.tcp_flags & (ACK | SYN) != ACK {
         return None;
     }
+    let cfg = FW_COOKIE_CFG.get(0)?;
     let cookie = packet.tcp.ack.wrapping_sub(1);
     let isn = packet.tcp.seq.wrapping_sub(1);
-    let info = cookie & COOKIE_INFO_MASK;
-    let secret = key((cookie & COOKIE_KEY_BIT) >> 9)?;
-    let time = cookie_time(time_counter(now_ns()), cookie);
+    let info = claimed_info(cookie, tsecr);
+    let now = now_ns();
+    let time = cookie_time(time_counter(now), cookie);
     let m = cookie_message(k.src, k.dst, k.sport, k.dport, isn, time, info);
-    if cookie_mac(secret, &m) != cookie >> COOKIE_INFO_BITS {
+    let current = key(cfg.key_index)?;
+    let mut valid = cookie_matches(cookie, siphash24(current.k0, current.k1, &m), time, info);
+    if !valid && now.wrapping_sub(cfg.rotated_ns) < COOKIE_LIFETIME_NS {
+        let previous = key(cfg.key_index ^ 1)?;
+        valid = cookie_matches(cookie, siphash24(previous.k0, previous.k1, &m), time, info);
+    }
+    if !valid {
         return None;
     }
     let v4 = parse::is_v4_mapped(&k.src);

@@ -16,16 +16,18 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
-use conntrack::Ct;
+use conntrack::{Ct, Dir, Socket};
 use cookie::Event;
 use firewall_common::{
     ACTION_ACCEPT, Active, CookieConfig, CookieCounters, CookieKey, Counter, Flow, FlowKey,
-    MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_NODES, MAX_RULES, MatchBox, Node, POLICY_SLOTS, PORTS,
-    PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF,
-    WSCALE_NONE, ct_state, maps::PROG_COOKIE_SYN, reason::REASON_COUNT,
+    MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_REMOTE_FLOWS, MAX_RULES,
+    MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
+    STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, U128, WSCALE_NONE, ct_state,
+    maps::{PROG_COOKIE_ACK, PROG_COOKIE_SYN},
+    reason::REASON_COUNT,
     tcp_flags::{ACK, FIN, RST, SYN},
 };
 use parse::Frame;
@@ -61,8 +63,21 @@ static FW_SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(1,
 static FW_OPTS: PerCpuArray<parse::OptionPositions> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Flows opened from outside and not proven yet: a spoofed flood churns
+/// this table, never `FW_FLOWS` (see `MAX_REMOTE_FLOWS`).
+#[map(name = "FW_REMOTE_FLOWS")]
+static FW_REMOTE_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_REMOTE_FLOWS, 0);
+/// Write-only from userspace (BPF_F_WRONLY): no process can read the
+/// cookie keys back, even one that opens the map by id.
 #[map(name = "FW_COOKIE_KEY")]
-static FW_COOKIE_KEY: Array<CookieKey> = Array::with_max_entries(2, 0);
+static FW_COOKIE_KEY: Array<CookieKey> = Array::with_max_entries(2, BPF_F_WRONLY);
+/// The host's addresses (controller-written): cookie SYN-ACKs are sent
+/// for these destinations only.
+#[map(name = "FW_LOCAL_ADDRS")]
+static FW_LOCAL_ADDRS: HashMap<U128, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+/// `STATUS_*` flags the programs raise for the controller.
+#[map(name = "FW_STATUS")]
+static FW_STATUS: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "FW_COOKIE_CFG")]
 static FW_COOKIE_CFG: Array<CookieConfig> = Array::with_max_entries(1, 0);
 #[map(name = "FW_COOKIE_ON")]
@@ -79,6 +94,9 @@ static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0
 /// verifier budget of its own.
 #[map(name = "FW_PROGS")]
 static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// `BPF_F_WRONLY` (include/uapi/linux/bpf.h): userspace may only write.
+const BPF_F_WRONLY: u32 = 1 << 4;
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
@@ -126,39 +144,57 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // Connection state first, like `ct state established,related accept;
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
-    let mut ct = conntrack::track(frame, &packet, &header.timeouts);
+    let mut ct = conntrack::track(frame, &packet, &header.timeouts, Dir::Ingress);
+    let sk = ctx.ctx as *mut _;
     match ct {
-        Ct::Invalid(Reason::InvalidNoFlow) if conntrack::has_socket(ctx.ctx as *mut _, &packet.key) => {
-            conntrack::adopt(frame, &packet);
-            ct = Ct::Established;
-        }
-        // The host still has the old connection: its stack answers.
-        Ct::SynInFlow if conntrack::has_socket(ctx.ctx as *mut _, &packet.key) => ct = Ct::Established,
-        // The old connection died unseen: this SYN starts a new one.
-        Ct::SynInFlow => {
+        // An ACK of no flow for a connection the host has: evicted from
+        // the table, or older than the firewall. A half-open request of
+        // the host's stays unproven (the remote table).
+        Ct::Invalid(Reason::InvalidNoFlow) => match conntrack::socket_state(sk, &packet.key) {
+            Socket::Connected => {
+                conntrack::adopt(frame, &packet, Dir::Ingress, true);
+                ct = Ct::Established;
+            }
+            Socket::Request => {
+                conntrack::adopt(frame, &packet, Dir::Ingress, false);
+                ct = Ct::Established;
+            }
+            Socket::None | Socket::TimeWait => {}
+        },
+        Ct::SynReuse => {
             conntrack::forget(&packet);
             ct = Ct::New;
         }
+        // The host still has the old connection: its stack answers.
+        Ct::SynInFlow => {
+            if conntrack::socket_state(sk, &packet.key) == Socket::None {
+                // The old connection died unseen: this SYN starts a new one.
+                conntrack::forget(&packet);
+                ct = Ct::New;
+            } else {
+                ct = Ct::Established;
+            }
+        }
         _ => {}
     }
-    // An ACK of no flow to a cookie service may complete a handshake the
-    // firewall answered: one SipHash decides.
+    // An ACK of no flow to a cookie port may complete a handshake the
+    // firewall answered: the cookie ACK program asks the rules first, then
+    // the SipHash. It counts and judges the packet itself.
     if let Ct::Invalid(Reason::InvalidNoFlow) = ct {
-        if let Some(rule) = cookie_service(slot, &packet) {
-            if let Some(valid) = cookie::check_ack(&packet) {
-                let ws = if valid.attrs.wscale_ok != 0 { valid.attrs.snd_wscale } else { WSCALE_NONE };
-                conntrack::open_cookie(frame, &packet, ws, valid.cookie);
-                cookie::count(slot, rule, Event::Valid);
-                // Without the mark the host answers the bare ACK with an RST.
-                let _ = cookie::mark_for_handoff(ctx, &valid.attrs);
-                return Reason::CookieValid;
+        if is_cookie_port(slot, &packet) {
+            if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; the tail-called program reads it.
+                unsafe {
+                    *arg = [slot, MAX_RULES];
+                    let _ = FW_PROGS.tail_call(ctx, PROG_COOKIE_ACK);
+                }
             }
-            cookie::count(slot, rule, Event::Invalid);
+            // Only reached when the tail call failed: never validated.
             ct = Ct::Invalid(Reason::CookieInvalid);
         }
     }
     let (state, setting) = match ct {
-        Ct::New | Ct::SynInFlow => (ct_state::NEW, firewall_common::STATE_RULES),
+        Ct::New | Ct::SynInFlow | Ct::SynReuse => (ct_state::NEW, firewall_common::STATE_RULES),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
         Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
@@ -196,7 +232,13 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
         if mode != SYNCOOKIE_OFF && bare_syn && packet.key.proto == parse::IPPROTO_TCP {
             cookie::count(slot, rule, Event::Syn);
-            if mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule) {
+            // Never a reflector: no SYN-ACK to or from an address no host
+            // can have, and none for a destination that is not ours.
+            if cookie::martian(&packet.key) {
+                return Reason::CookieMartian;
+            }
+            let ours = FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some();
+            if ours && handoff_works() && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule)) {
                 if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
                     // SAFETY: this CPU's slot; the tail-called program reads it.
                     unsafe {
@@ -210,9 +252,16 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
         // Fresh packet pointers: the ones from before the walk stay dead there.
         let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
-        conntrack::open(packet, syn_wscale(&frame, packet), false);
+        conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress);
     }
     reason
+}
+
+/// False once a validated cookie ACK could not carry its hand-off mark:
+/// every cookie connection would end in an RST, so SYNs go to the host.
+#[inline(always)]
+fn handoff_works() -> bool {
+    FW_STATUS.get(0).is_none_or(|s| *s & STATUS_NO_META == 0)
 }
 
 /// Passes `packet` through this CPU's scratch slot, as the rule walk does
@@ -229,14 +278,14 @@ pub fn forget_paths(packet: parse::Packet) -> Option<&'static parse::Packet> {
     }
 }
 
-/// The service (rule) whose cookies an ACK to this port would carry.
+/// Whether some cookie rule covers this ACK's port: a quick filter before
+/// the cookie ACK program, which asks the rules themselves.
 #[inline(always)]
-fn cookie_service(slot: u32, packet: &parse::Packet) -> Option<u32> {
+fn is_cookie_port(slot: u32, packet: &parse::Packet) -> bool {
     if packet.key.proto != parse::IPPROTO_TCP || packet.key.tcp_flags & (SYN | RST | ACK) != ACK {
-        return None;
+        return false;
     }
-    let entry = *FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32)?;
-    if entry == 0 { None } else { Some(entry - 1) }
+    FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32).is_some_and(|e| *e != 0)
 }
 
 /// Whether `auto` mode has switched this service to cookies.
@@ -275,8 +324,94 @@ fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
         Err(reason) => {
             // The frame is still the SYN: let the host answer, tracked as usual.
             let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
-            conntrack::open(packet, syn_wscale(&frame, packet), false);
+            conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress);
             (reason, XDP_PASS)
+        }
+    }
+}
+
+/// Tail-called for an ACK of no flow to a cookie port. The policy judges
+/// it first, as the SYN it claims to complete: only when the rule that
+/// would have answered that SYN is an accepting cookie service is the
+/// cookie checked. Anything else is an invalid packet, judged by the
+/// policy's `invalid` setting.
+#[xdp]
+pub fn fw_cookie_ack(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let frame = Frame { start, end, wire_len: (end - start) as u64 };
+    let len = frame.wire_len;
+    let reason = cookie_ack(&ctx, &frame);
+    counters::count_reason(reason, len);
+    if reason.drops() { XDP_DROP } else { XDP_PASS }
+}
+
+#[inline(always)]
+fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
+    let Some(&[slot, _]) = FW_COOKIE_ARG.get(0) else { return Reason::Internal };
+    if slot >= POLICY_SLOTS {
+        return Reason::Internal;
+    }
+    let Some(header) = FW_POLICY.get(slot) else { return Reason::Internal };
+    let packet = match parse::parse(frame) {
+        Ok(Some(packet)) if packet.key.proto == parse::IPPROTO_TCP => packet,
+        _ => return Reason::Internal,
+    };
+    let flags = packet.key.tcp_flags;
+    let mut syn = packet;
+    syn.key.tcp_flags = SYN;
+    syn.key.ct_state = ct_state::NEW;
+    let Some(scratch) = FW_SCRATCH.get_ptr_mut(0) else { return Reason::Internal };
+    // SAFETY: this CPU's slot (see `forget_paths`).
+    unsafe { *scratch = syn };
+    let p = unsafe { &*scratch };
+    let admitted = match rules::classify(slot, header.root, &p.key) {
+        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.syncookie != SYNCOOKIE_OFF => m.rule,
+        Ok(_) => MAX_RULES,
+        Err(()) => return Reason::Internal,
+    };
+    let mut reason = Reason::CookieNotAdmitted;
+    if admitted < MAX_RULES {
+        let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: p.wire_len };
+        let opts = parse::tcp_options(&frame, p);
+        let tsecr = if opts.timestamps { Some(opts.tsecr) } else { None };
+        if let Some(valid) = cookie::check_ack(p, tsecr) {
+            let ws = if valid.attrs.wscale_ok != 0 { valid.attrs.snd_wscale } else { WSCALE_NONE };
+            // Without the mark the host answers the bare ACK with an RST:
+            // stop answering SYNs and say so, rather than fail silently.
+            if !cookie::mark_for_handoff(ctx, &valid.attrs) {
+                if let Some(status) = FW_STATUS.get_ptr_mut(0) {
+                    // SAFETY: a map value; a lost race only repeats the store.
+                    unsafe { *status |= STATUS_NO_META };
+                }
+                return Reason::HandoffNoMeta;
+            }
+            conntrack::open_cookie(&frame, p, ws, valid.cookie);
+            cookie::count(slot, admitted, Event::Valid);
+            return Reason::CookieValid;
+        }
+        cookie::count(slot, admitted, Event::Invalid);
+        reason = Reason::CookieInvalid;
+    }
+    match header.invalid {
+        STATE_ACCEPT => Reason::InvalidAccept,
+        STATE_DROP => reason,
+        _ => {
+            // `invalid = "rules"`: the rules see it as what it is.
+            // SAFETY: as above.
+            unsafe {
+                (*scratch).key.tcp_flags = flags;
+                (*scratch).key.ct_state = ct_state::INVALID;
+            }
+            let p = unsafe { &*scratch };
+            match rules::classify(slot, header.root, &p.key) {
+                Ok(Some(m)) => {
+                    counters::count_rule(slot, m.rule, p.wire_len);
+                    if m.action == ACTION_ACCEPT { Reason::RuleAccept } else { Reason::RuleDrop }
+                }
+                Ok(None) if header.default_action == ACTION_ACCEPT => Reason::DefaultAccept,
+                Ok(None) => Reason::DefaultDrop,
+                Err(()) => Reason::Internal,
+            }
         }
     }
 }
@@ -320,18 +455,23 @@ fn egress(frame: &Frame) -> Reason {
     if packet.fragment {
         return Reason::EgressUntracked;
     }
-    match conntrack::track(frame, &packet, &header.timeouts) {
+    match conntrack::track(frame, &packet, &header.timeouts, Dir::Egress) {
         // The host's stack is authoritative: its SYN on a dead flow's tuple
         // starts a new connection.
-        Ct::SynInFlow => {
+        Ct::SynInFlow | Ct::SynReuse => {
             conntrack::forget(&packet);
-            conntrack::open(&packet, syn_wscale(frame, &packet), true);
+            conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress);
             Reason::EgressNew
         }
-        Ct::New if conntrack::open(&packet, syn_wscale(frame, &packet), true) => Reason::EgressNew,
+        Ct::New if conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress) => Reason::EgressNew,
         Ct::New => Reason::EgressTracked,
         Ct::Invalid(Reason::InvalidNoFlow) => {
-            conntrack::adopt(frame, &packet);
+            conntrack::adopt(frame, &packet, Dir::Egress, true);
+            Reason::EgressTracked
+        }
+        // The host answers a SYN the table lost (or never saw): half-open.
+        Ct::Invalid(Reason::InvalidSynAck) => {
+            conntrack::open_synack(frame, &packet);
             Reason::EgressTracked
         }
         _ => Reason::EgressTracked,

@@ -360,36 +360,12 @@ fn copy_options(ctx: &Frame, packet: &Packet, buf: &mut [u8; 64]) -> Option<usiz
     Some(len)
 }
 
-/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323).
-///
-/// The options are copied to a zeroed stack buffer (zero is the
-/// end-of-options kind) and scanned with an index masked to the buffer, so
-/// that every path through the scan leaves the index in the same range and
-/// the verifier's states converge from one iteration to the next.
+/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323): the
+/// one option scanner, `tcp_options`, whose loop the verifier prunes well.
 #[inline(always)]
 pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
-    let mut buf = [0u8; 64];
-    copy_options(ctx, packet, &mut buf)?;
-    let mut i = 0usize;
-    for _ in 0..MAX_OPTIONS {
-        let kind = buf[i & 63];
-        if kind == 0 {
-            return None;
-        }
-        if kind == 3 {
-            return if buf[(i + 1) & 63] == 3 { Some(buf[(i + 2) & 63].min(14)) } else { None };
-        }
-        // NOP is one byte; every other option carries its length.
-        let size = if kind == 1 { 1 } else { buf[(i + 1) & 63] as usize };
-        if size == 0 {
-            return None;
-        }
-        i = (i + size) & 63;
-        if i >= MAX_OPTIONS {
-            return None;
-        }
-    }
-    None
+    let wscale = tcp_options(ctx, packet).wscale;
+    if wscale == 0xff { None } else { Some(wscale) }
 }
 
 /// The TCP options a SYN (or the ACK of a cookie) carries that matter to
@@ -407,12 +383,13 @@ pub struct TcpOptions {
     pub tsecr: u32,
 }
 
-/// Where each option kind (below 16) starts in the options area, plus one
-/// (0: absent). Lives in a per-CPU map, see `tcp_options`.
+/// Where each option kind (0..=255: one slot per kind, so no kind can
+/// stand in for another) starts in the options area, plus one (0:
+/// absent). Lives in a per-CPU map, see `tcp_options`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct OptionPositions {
-    pub at: [u8; 16],
+    pub at: [u8; 256],
     /// The scan's index, passed through memory the verifier does not track.
     pub cursor: u64,
 }
@@ -428,8 +405,14 @@ pub struct OptionPositions {
 pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
     let mut opts = TcpOptions { wscale: 0xff, ..TcpOptions::default() };
     let Some(pos) = crate::FW_OPTS.get_ptr_mut(0) else { return opts };
-    // SAFETY: this CPU's slot, used only while this program runs.
-    unsafe { *pos = OptionPositions::default() };
+    // SAFETY: this CPU's slot, used only while this program runs. Only
+    // the kinds read below need clearing.
+    unsafe {
+        (*pos).at[2] = 0;
+        (*pos).at[3] = 0;
+        (*pos).at[4] = 0;
+        (*pos).at[8] = 0;
+    }
     let mut buf = [0u8; 64];
     let Some(len) = copy_options(ctx, packet, &mut buf) else { return opts };
     let limit = len.min(MAX_OPTIONS);
@@ -445,11 +428,11 @@ pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
         if size == 0 || (kind != 1 && size < 2) || i + size > limit {
             break;
         }
-        // SAFETY: as above; the index is masked to the array. Reading the
-        // next index back from the map makes it the same unknown 0..63 on
-        // every path, so the states of one iteration prune each other.
+        // SAFETY: as above; the kind is below 256. Reading the next index
+        // back from the map makes it the same unknown 0..63 on every path,
+        // so the states of one iteration prune each other.
         unsafe {
-            (*pos).at[kind & 15] = (i + 1) as u8;
+            (*pos).at[kind & 255] = (i + 1) as u8;
             (*pos).cursor = ((i + size) & 63) as u64;
             i = core::ptr::read_volatile(&(*pos).cursor) as usize & 63;
         }
@@ -457,13 +440,12 @@ pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
             break;
         }
     }
-    // SAFETY: as above.
-    let found = unsafe { *pos };
     let at = |i: usize| buf[i & 63] as u32;
-    // An option counts only with its exact length, and only when the kind
-    // found at that position is the one asked for (kinds 16+ alias).
+    // An option counts only with its exact length (as in the kernel's
+    // tcp_parse_options); its kind is checked again at its position.
     let option = |kind: usize, size: u32| {
-        let p = found.at[kind] as usize;
+        // SAFETY: as above.
+        let p = unsafe { (*pos).at[kind] } as usize;
         if p != 0 && at(p - 1) == kind as u32 && at(p) == size { Some(p - 1) } else { None }
     };
     if let Some(p) = option(2, 4) {
@@ -481,10 +463,20 @@ pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
     opts
 }
 
+/// What an ICMP error quotes of the packet it is about.
+pub struct Quoted {
+    /// From the quoted packet's view (its source first).
+    pub key: Key,
+    /// ICMP echo identifier (quoted echo), else 0.
+    pub id: u16,
+    /// TCP sequence number (quoted TCP segment), else 0.
+    pub seq: u32,
+}
+
 /// The flow an ICMP error is about: the quoted IP header and the first 8
-/// bytes of its transport header, as a `Key` from the quoted packet's view.
+/// bytes of its transport header.
 #[inline(always)]
-pub fn icmp_quoted(ctx: &Frame, packet: &Packet) -> Option<(Key, u16)> {
+pub fn icmp_quoted(ctx: &Frame, packet: &Packet) -> Option<Quoted> {
     let off = packet.l4_offset + 8;
     if off > MAX_L4_OFFSET {
         return None;
@@ -518,5 +510,6 @@ pub fn icmp_quoted(ctx: &Frame, packet: &Packet) -> Option<(Key, u16)> {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => id = u16::from_be_bytes([ports[4], ports[5]]),
         _ => {}
     }
-    Some((key, id))
+    let seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
+    Some(Quoted { key, id, seq })
 }

@@ -35,6 +35,14 @@ const SPLIT_CANDIDATES: usize = 24;
 const V4_BLOCK_LO: u128 = 0xffff_0000_0000;
 const V4_BLOCK_HI: u128 = 0xffff_ffff_ffff;
 
+/// The key's 128-bit form of an address (IPv4 mapped into `::ffff:0:0/96`).
+pub fn addr128(a: std::net::IpAddr) -> u128 {
+    match a {
+        std::net::IpAddr::V4(a) => V4_BLOCK_LO | u32::from(a) as u128,
+        std::net::IpAddr::V6(a) => u128::from(a),
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("the policy expands to {count} match boxes (rules with lists expand to one box per combination); the limit is {MAX_BOXES}")]

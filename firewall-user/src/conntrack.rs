@@ -75,12 +75,15 @@ pub fn entry(key: &FlowKey, flow: &Flow, now: u64) -> Entry {
     }
 }
 
-pub fn list<M: Borrow<MapData>>(flows: &HashMap<M, FlowKey, Flow>) -> Result<Vec<Entry>> {
+/// Every flow of the given tables (the main one and the remote one).
+pub fn list<M: Borrow<MapData>>(tables: &[&HashMap<M, FlowKey, Flow>]) -> Result<Vec<Entry>> {
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for item in flows.iter() {
-        let (key, flow) = item?;
-        out.push(entry(&key, &flow, now));
+    for flows in tables {
+        for item in flows.iter() {
+            let (key, flow) = item?;
+            out.push(entry(&key, &flow, now));
+        }
     }
     out.sort_by_key(|e| (e.proto, e.src, e.sport, e.dst, e.dport));
     Ok(out)

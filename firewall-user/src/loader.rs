@@ -16,7 +16,9 @@ use aya::{
 };
 use firewall_common::{
     Active, CookieConfig, CookieCounters, CookieKey, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES,
-    MAX_RULES, MatchBox, Node, PORTS, PolicyHeader, RuleMeta, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, maps,
+    MAX_LOCAL_ADDRS, MAX_RULES, MatchBox, Node, OFFER_ALL, OFFER_ECN, OFFER_SACK, OFFER_TIMESTAMPS,
+    OFFER_WSCALE, PORTS, PolicyHeader, RuleMeta, STATUS_NO_META, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, U128,
+    maps,
 };
 
 use crate::compile::Compiled;
@@ -105,8 +107,15 @@ impl Firewall {
             .try_into()?;
         syn.load().context("the kernel's verifier rejected the XDP cookie SYN program")?;
         let syn_fd = syn.fd()?.try_clone()?;
+        let ack: &mut Xdp = ebpf
+            .program_mut(maps::COOKIE_ACK_PROGRAM)
+            .context("the eBPF object has no cookie ACK program")?
+            .try_into()?;
+        ack.load().context("the kernel's verifier rejected the XDP cookie ACK program")?;
+        let ack_fd = ack.fd()?.try_clone()?;
         let mut progs: ProgramArray<_> = ProgramArray::try_from(map(&mut ebpf, maps::PROGRAMS)?)?;
         progs.set(maps::PROG_COOKIE_SYN, &syn_fd, 0).context("failed to register the cookie SYN program")?;
+        progs.set(maps::PROG_COOKIE_ACK, &ack_fd, 0).context("failed to register the cookie ACK program")?;
         let active = Active { netns_ino: netns_inode()?, ..Default::default() };
         let mut fw = Self {
             ebpf,
@@ -116,7 +125,7 @@ impl Firewall {
             cookie_ports: [Vec::new(), Vec::new()],
             auto: Vec::new(),
             cookie_settings: Default::default(),
-            cookie_config: CookieConfig::default(),
+            cookie_config: CookieConfig { offer: OFFER_ALL, ..CookieConfig::default() },
         };
         // Both keys, so that the key bit of a forged cookie never selects
         // an unset (all-zero, hence guessable) key.
@@ -146,12 +155,58 @@ impl Firewall {
         Ok(())
     }
 
-    /// Replaces the key that is not in use and makes it current: cookies
-    /// made with the previous key stay valid until the next rotation.
+    /// Replaces the key that is not in use and makes it current: the XDP
+    /// program still tries the previous key for one cookie lifetime.
     pub fn rotate_cookie_key(&mut self) -> Result<()> {
         let next = 1 - self.cookie_config.key_index;
         self.set_cookie_key(next, random_key()?)?;
+        self.cookie_config.rotated_ns = crate::conntrack::monotonic_ns();
         self.set_cookie_key_index(next)
+    }
+
+    /// Re-reads the sysctls the cookie hand-off depends on and offers in
+    /// cookie SYN-ACKs only what the kernel will accept on hand-off
+    /// (`cookie_bpf_check` refuses window scaling, SACK or timestamps that
+    /// their sysctl turned off). Returns what changed, for the log.
+    pub fn refresh_cookie_offer(&mut self) -> Result<Option<String>> {
+        let offer = cookie_offer()?;
+        if offer == self.cookie_config.offer {
+            return Ok(None);
+        }
+        self.cookie_config.offer = offer;
+        self.write_cookie_config()?;
+        Ok(Some(describe_offer(offer)))
+    }
+
+    /// Writes the host's addresses, the only destinations cookie SYN-ACKs
+    /// are sent for; removes those gone. Returns how many there are.
+    pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<usize> {
+        let mut map: aya::maps::HashMap<_, U128, u32> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::LOCAL_ADDRS)?)?;
+        let want: std::collections::HashSet<U128> = addrs.iter().map(|a| U128::from_u128(crate::compile::addr128(*a))).collect();
+        if want.len() > MAX_LOCAL_ADDRS as usize {
+            bail!("the host has {} addresses; the firewall keeps at most {MAX_LOCAL_ADDRS}", want.len());
+        }
+        let have: Vec<U128> = map.keys().filter_map(|k| k.ok()).collect();
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            let _ = map.remove(k);
+        }
+        for k in &want {
+            map.insert(k, &1, 0).context("failed to write a local address")?;
+        }
+        Ok(want.len())
+    }
+
+    /// `set_local_addrs` with every address of this network namespace.
+    pub fn refresh_local_addrs(&mut self) -> Result<usize> {
+        let addrs = local_addrs()?;
+        self.set_local_addrs(&addrs)
+    }
+
+    /// Whether the data plane found the driver unable to carry the cookie
+    /// hand-off mark (then cookies are off: SYNs go to the host).
+    pub fn handoff_broken(&self) -> Result<bool> {
+        let status: Array<_, u32> = Array::try_from(self.ebpf.map(maps::STATUS).context("no status map")?)?;
+        Ok(status.get(&0, 0)? & STATUS_NO_META != 0)
     }
 
     /// How often the key rotates, from the policy in force.
@@ -209,9 +264,13 @@ impl Firewall {
 
     /// Deletes idle flows from the connection table; returns how many.
     pub fn sweep(&mut self) -> Result<usize> {
-        let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
-            aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::FLOWS)?)?;
-        crate::conntrack::sweep(&mut flows, &self.timeouts)
+        let mut removed = 0;
+        for table in [maps::FLOWS, maps::REMOTE_FLOWS] {
+            let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+                aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
+            removed += crate::conntrack::sweep(&mut flows, &self.timeouts)?;
+        }
+        Ok(removed)
     }
 
     /// Writes `policy` into the slot the XDP program is not reading, then
@@ -220,6 +279,9 @@ impl Firewall {
     pub fn install(&mut self, policy: &Compiled) -> Result<()> {
         if policy.meta.iter().any(|m| m.syncookie != SYNCOOKIE_OFF) {
             check_syncookie_sysctl()?;
+            if let Some(offer) = self.refresh_cookie_offer()? {
+                log::info!("cookie SYN-ACKs offer: {offer}");
+            }
         }
         let slot = if self.active.generation == 0 { 0 } else { 1 - self.active.slot };
         // An XDP program runs for microseconds; 10 ms is a wide margin.
@@ -396,6 +458,88 @@ fn check_syncookie_sysctl() -> Result<()> {
         bail!("the policy uses syncookie, but net.ipv4.tcp_syncookies is 0 in this network namespace, so the kernel would refuse every connection the firewall's cookies complete; set it to 1 (`sysctl -w net.ipv4.tcp_syncookies=1`)");
     }
     Ok(())
+}
+
+fn sysctl_on(name: &str) -> Result<bool> {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    let value = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    Ok(value.trim() != "0")
+}
+
+/// `OFFER_*` from `tcp_window_scaling`, `tcp_sack`, `tcp_timestamps` and
+/// `tcp_ecn` of this network namespace.
+fn cookie_offer() -> Result<u32> {
+    let mut offer = 0;
+    for (name, bit) in [
+        ("tcp_window_scaling", OFFER_WSCALE),
+        ("tcp_sack", OFFER_SACK),
+        ("tcp_timestamps", OFFER_TIMESTAMPS),
+        ("tcp_ecn", OFFER_ECN),
+    ] {
+        if sysctl_on(name)? {
+            offer |= bit;
+        }
+    }
+    Ok(offer)
+}
+
+fn describe_offer(offer: u32) -> String {
+    let names: Vec<&str> = [(OFFER_WSCALE, "window scaling"), (OFFER_SACK, "SACK"), (OFFER_TIMESTAMPS, "timestamps"), (OFFER_ECN, "ECN")]
+        .iter()
+        .filter(|(bit, _)| offer & bit != 0)
+        .map(|&(_, n)| n)
+        .collect();
+    let off: Vec<&str> = [(OFFER_WSCALE, "tcp_window_scaling"), (OFFER_SACK, "tcp_sack"), (OFFER_TIMESTAMPS, "tcp_timestamps"), (OFFER_ECN, "tcp_ecn")]
+        .iter()
+        .filter(|(bit, _)| offer & bit == 0)
+        .map(|&(_, n)| n)
+        .collect();
+    let mut s = if names.is_empty() { "MSS only".to_owned() } else { names.join(", ") };
+    if !off.is_empty() {
+        s += &format!(" (not offered: {} = 0 in this namespace)", off.join(", "));
+    }
+    if offer & OFFER_TIMESTAMPS == 0 {
+        s += "; without timestamps a cookie has no room for window scaling, SACK or ECN";
+    }
+    s
+}
+
+/// Every address of every interface in this network namespace
+/// (getifaddrs): a host accepts packets for any of them on any interface.
+pub fn local_addrs() -> Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head`; freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        bail!("getifaddrs failed: {}", std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family says which sockaddr it is.
+            unsafe {
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// `BPF_PROG_BIND_MAP`: ties a map the program does not reference to the

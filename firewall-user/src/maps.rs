@@ -23,6 +23,8 @@ pub struct FirewallMaps {
     pub rule_counters: PerCpuArray<MapData, Counter>,
     pub reason_counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, Flow>,
+    /// Flows opened from outside and not proven yet.
+    pub remote_flows: BpfHashMap<MapData, FlowKey, Flow>,
     pub cookie_on: Array<MapData, u32>,
     pub cookie_counters: PerCpuArray<MapData, CookieCounters>,
 }
@@ -152,6 +154,7 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str) -> Result<
             rule_counters: PerCpuArray::try_from(take(maps::RULE_COUNTERS)?)?,
             reason_counters: PerCpuArray::try_from(take(maps::REASON_COUNTERS)?)?,
             flows: BpfHashMap::try_from(take(maps::FLOWS)?)?,
+            remote_flows: BpfHashMap::try_from(take(maps::REMOTE_FLOWS)?)?,
             cookie_on: Array::try_from(take(maps::COOKIE_ON)?)?,
             cookie_counters: PerCpuArray::try_from(take(maps::COOKIE_COUNTERS)?)?,
         },

@@ -68,6 +68,27 @@ fn object_has_every_map() {
     }
 }
 
+/// Every program passes the verifier with room to spare (the kernel's
+/// budget is 1,000,000 instructions processed per program).
+#[test]
+fn every_program_verifies_within_budget() {
+    use aya::programs::{SchedClassifier, Xdp};
+    let h = Harness::new(WEB);
+    let mut counts = Vec::new();
+    for name in [maps::XDP_PROGRAM, maps::COOKIE_SYN_PROGRAM, maps::COOKIE_ACK_PROGRAM] {
+        let p: &Xdp = h.fw.ebpf.program(name).expect("program").try_into().expect("xdp");
+        counts.push((name, p.info().expect("info").verified_instruction_count().expect("count")));
+    }
+    for name in [maps::EGRESS_PROGRAM, maps::INGRESS_PROGRAM] {
+        let p: &SchedClassifier = h.fw.ebpf.program(name).expect("program").try_into().expect("tc");
+        counts.push((name, p.info().expect("info").verified_instruction_count().expect("count")));
+    }
+    println!("verifier instructions processed: {counts:?}");
+    for (name, n) in counts {
+        assert!(n < 900_000, "{name} needs {n} of the verifier's 1,000,000 instructions");
+    }
+}
+
 #[test]
 fn accepted_tcp_counts_rule_and_reason_once() {
     let h = Harness::new(WEB);

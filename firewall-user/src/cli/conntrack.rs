@@ -5,7 +5,7 @@ use firewall_user::{conntrack, maps};
 
 pub fn conntrack(iface: Option<&str>, json: bool) -> Result<ExitCode> {
     let found = maps::open(iface)?;
-    let entries = conntrack::list(&found.maps.flows).context("failed to read the connection table")?;
+    let entries = conntrack::list(&[&found.maps.flows, &found.maps.remote_flows]).context("failed to read the connection table")?;
     if json {
         println!("{}", serde_json::to_string(&entries)?);
     } else {

@@ -20,6 +20,8 @@ pub fn run(iface: &str, policy_path: &Path, mode: Mode) -> Result<ExitCode> {
     let compiled = load_policy(policy_path)?;
 
     let mut fw = loader::Firewall::load()?;
+    let addrs = fw.refresh_local_addrs().context("failed to write the host's addresses")?;
+    log::debug!("{addrs} local addresses: cookie SYN-ACKs are sent for these only");
     fw.install(&compiled).context("failed to write the policy into the maps")?;
     let xdp_mode = match mode {
         Mode::Native => XdpMode::Driver,
@@ -82,6 +84,7 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
     let mut rotation = fw.key_rotation();
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + rotation, rotation);
     let mut stamp = file_stamp(&path);
+    let mut warned_no_meta = false;
     loop {
         tokio::select! {
             _ = hup.recv() => reload(fw, &path, "SIGHUP"),
@@ -108,14 +111,35 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
                     rotate = tokio::time::interval_at(tokio::time::Instant::now() + rotation, rotation);
                 }
             }
-            _ = sweep.tick() => match fw.sweep() {
-                Ok(0) => {}
-                Ok(n) => log::debug!("swept {n} idle flows"),
-                Err(e) => log::warn!("sweeping the connection table failed: {e:#}"),
-            },
+            _ = sweep.tick() => {
+                match fw.sweep() {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("swept {n} idle flows"),
+                    Err(e) => log::warn!("sweeping the connection table failed: {e:#}"),
+                }
+                housekeeping(fw, &mut warned_no_meta);
+            }
             _ = int.recv() => return Ok(()),
             _ = term.recv() => return Ok(()),
         }
+    }
+}
+
+/// Keeps what the data plane needs to know of the host current: its
+/// addresses (cookie destinations) and the sysctls the hand-off depends
+/// on; reports once when the driver cannot carry the hand-off mark.
+fn housekeeping(fw: &mut loader::Firewall, warned_no_meta: &mut bool) {
+    if let Err(e) = fw.refresh_local_addrs() {
+        log::warn!("refreshing the host's addresses failed: {e:#}");
+    }
+    match fw.refresh_cookie_offer() {
+        Ok(Some(offer)) => log::warn!("TCP sysctls changed: cookie SYN-ACKs now offer {offer}"),
+        Ok(None) => {}
+        Err(e) => log::warn!("reading the TCP sysctls failed: {e:#}"),
+    }
+    if !*warned_no_meta && fw.handoff_broken().unwrap_or(false) {
+        *warned_no_meta = true;
+        log::error!("this interface's driver gives XDP no metadata room, so a validated cookie ACK cannot be handed to its listener: SYN cookies are off and SYNs go to the host's stack (counter handoff_no_meta); use generic mode (--mode generic) for cookies");
     }
 }
 

@@ -22,9 +22,15 @@ pub struct Harness {
     pub fw: Firewall,
 }
 
+/// The "host" addresses of the BPF_PROG_TEST_RUN tests: the servers that
+/// cookie SYN-ACKs are sent for (`FW_LOCAL_ADDRS`).
+pub const LOCAL_ADDRS: [&str; 5] = ["198.51.100.1", "2001:db8:1::1", "172.16.0.1", "192.0.2.1", "192.0.2.2"];
+
 impl Harness {
     pub fn new(policy_toml: &str) -> Self {
         let mut fw = Firewall::load().expect("the XDP program loads and verifies (run as root)");
+        let addrs: Vec<IpAddr> = LOCAL_ADDRS.iter().map(|a| ip(a)).collect();
+        fw.set_local_addrs(&addrs).expect("local addresses written");
         let compiled = compile_text(policy_toml);
         fw.install(&compiled).expect("policy installs");
         Self { fw }
@@ -51,13 +57,18 @@ impl Harness {
         moved[0]
     }
 
-    fn flows_map(&self) -> aya::maps::HashMap<&aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> {
-        aya::maps::HashMap::try_from(self.fw.ebpf.map(maps::FLOWS).expect("flows map")).expect("hash map")
+    pub fn flows_map(&self, table: &str) -> aya::maps::HashMap<&aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> {
+        aya::maps::HashMap::try_from(self.fw.ebpf.map(table).expect("flows map")).expect("hash map")
     }
 
-    /// The connection table, as `firewall conntrack` shows it.
+    /// The connection table (both tables), as `firewall conntrack` shows it.
     pub fn flows(&self) -> Vec<firewall_user::conntrack::Entry> {
-        firewall_user::conntrack::list(&self.flows_map()).expect("flows readable")
+        firewall_user::conntrack::list(&[&self.flows_map(maps::FLOWS), &self.flows_map(maps::REMOTE_FLOWS)]).expect("flows readable")
+    }
+
+    /// How many flows each table holds: (main, remote).
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.flows_map(maps::FLOWS).keys().count(), self.flows_map(maps::REMOTE_FLOWS).keys().count())
     }
 
     /// State of the one flow between these ports.
@@ -71,13 +82,15 @@ impl Harness {
     /// Moves every flow's last-seen time `secs` into the past: time is
     /// driven through the map, not by sleeping.
     pub fn age_flows(&mut self, secs: u64) {
-        let mut map: aya::maps::HashMap<&mut aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> =
-            aya::maps::HashMap::try_from(self.fw.ebpf.map_mut(maps::FLOWS).expect("flows map")).expect("hash map");
-        let all: Vec<_> = map.iter().map(|r| r.expect("flow")).collect();
-        for (k, mut f) in all {
-            f.last_seen_ns = f.last_seen_ns.saturating_sub(secs * 1_000_000_000);
-            f.created_ns = f.created_ns.saturating_sub(secs * 1_000_000_000);
-            map.insert(&k, &f, 0).expect("flow updated");
+        for table in [maps::FLOWS, maps::REMOTE_FLOWS] {
+            let mut map: aya::maps::HashMap<&mut aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> =
+                aya::maps::HashMap::try_from(self.fw.ebpf.map_mut(table).expect("flows map")).expect("hash map");
+            let all: Vec<_> = map.iter().map(|r| r.expect("flow")).collect();
+            for (k, mut f) in all {
+                f.last_seen_ns = f.last_seen_ns.saturating_sub(secs * 1_000_000_000);
+                f.created_ns = f.created_ns.saturating_sub(secs * 1_000_000_000);
+                map.insert(&k, &f, 0).expect("flow updated");
+            }
         }
     }
 
