@@ -371,6 +371,10 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
     };
     let mut reason = Reason::CookieNotAdmitted;
     if admitted < MAX_RULES {
+        // The cookie is checked on the ACK as it came.
+        // SAFETY: as above.
+        unsafe { (*scratch).key.tcp_flags = flags };
+        let p = unsafe { &*scratch };
         let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: p.wire_len };
         let opts = parse::tcp_options(&frame, p);
         let tsecr = if opts.timestamps { Some(opts.tsecr) } else { None };

@@ -164,6 +164,19 @@ impl Firewall {
         self.set_cookie_key_index(next)
     }
 
+    /// Moves the last rotation's time (tests drive time through the map).
+    pub fn set_cookie_rotated_at(&mut self, ns: u64) -> Result<()> {
+        self.cookie_config.rotated_ns = ns;
+        self.write_cookie_config()
+    }
+
+    /// Sets which options cookie SYN-ACKs may offer (`OFFER_*`); the
+    /// controller derives them from the sysctls (`refresh_cookie_offer`).
+    pub fn set_cookie_offer(&mut self, offer: u32) -> Result<()> {
+        self.cookie_config.offer = offer;
+        self.write_cookie_config()
+    }
+
     /// Re-reads the sysctls the cookie hand-off depends on and offers in
     /// cookie SYN-ACKs only what the kernel will accept on hand-off
     /// (`cookie_bpf_check` refuses window scaling, SACK or timestamps that

@@ -385,3 +385,156 @@ fn the_rst_window_is_scaled_by_the_window_scale_both_syns_announce() {
         h.expect(&seg(remote, host, 40000, 80, RST, 1001 + 1_000_000, 0, b""), verdict, reason);
     }
 }
+
+/// An inbound connection carrying data both ways: (client port, server
+/// port, client's next sequence, server's next sequence).
+fn live_connection(h: &Harness, remote: &str, host: &str, c: u16) -> (u32, u32) {
+    let s = 80;
+    h.expect(&seg(remote, host, c, s, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.egress(&seg(host, remote, s, c, SYN | ACK, 5000, 1001, b""));
+    h.expect(&seg(remote, host, c, s, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, c, s, ACK | PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"), XDP_PASS, Reason::Established);
+    h.egress(&seg(host, remote, s, c, ACK | PSH, 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\n"));
+    (1019, 5020)
+}
+
+/// The second attack of the hardening issue, in the kernel program: an
+/// off-path sender who knows the 4-tuple but not the sequence numbers
+/// sends a FIN as the client and a FIN as the server (on ingress). Neither
+/// changes the flow; the real client's next segment is still established.
+/// (The SYN that followed in the attack is answered by the host's socket:
+/// see the end-to-end test `blind_fin_fin_syn_cannot_kill_a_live_connection`.)
+#[test]
+fn blind_fins_from_either_side_do_not_close_a_live_connection() {
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(POLICY);
+        let c = 40100;
+        let (cseq, sseq) = live_connection(&h, remote, host, c);
+        let mut rng = common::random::rng(1);
+        for _ in 0..200 {
+            let (seq, ack) = (rand::RngCore::next_u32(&mut rng), rand::RngCore::next_u32(&mut rng));
+            // Guesses that happen to fall in the window are not blind.
+            if seq.wrapping_sub(cseq.wrapping_sub(70_000)) < 200_000 || ack.wrapping_sub(sseq.wrapping_sub(70_000)) < 200_000 {
+                continue;
+            }
+            h.expect(&seg(remote, host, c, 80, FIN | ACK, seq, ack, b""), XDP_DROP, Reason::InvalidWindow);
+            h.expect(&seg(remote, host, c, 80, ACK | PSH, seq, ack, b"evil"), XDP_DROP, Reason::InvalidWindow);
+        }
+        // Claiming to be the host itself, even with the right numbers.
+        h.expect(&seg(host, remote, 80, c, FIN | ACK, sseq, cseq, b""), XDP_DROP, Reason::InvalidDirection);
+        h.expect(&seg(host, remote, 80, c, RST | ACK, sseq, cseq, b""), XDP_DROP, Reason::InvalidDirection);
+        assert_eq!(h.flow_state(c, 80), Some("established"), "the flow survives");
+        h.expect(&seg(remote, host, c, 80, ACK | PSH, cseq, sseq, b"more"), XDP_PASS, Reason::Established);
+        // A FIN at the right place still closes it.
+        h.expect(&seg(remote, host, c, 80, FIN | ACK, cseq + 4, sseq, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(c, 80), Some("fin_wait"));
+    }
+}
+
+/// nf_conntrack's `tcp_in_window`: data must start within what the
+/// receiver allowed, end no more than a window back, and acknowledge
+/// only what was sent; retransmissions and window probes fit.
+#[test]
+fn segments_outside_the_window_are_invalid_and_change_nothing() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    let c = 40200;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    // Beyond the window the host offered (64,240 bytes, unscaled).
+    h.expect(&seg(remote, host, c, 80, ACK | PSH, cseq + 64_241, sseq, b"x"), XDP_DROP, Reason::InvalidWindow);
+    // Acknowledging data the host never sent.
+    h.expect(&seg(remote, host, c, 80, ACK, cseq, sseq + 1, b""), XDP_DROP, Reason::InvalidWindow);
+    // Far in the past.
+    h.expect(&seg(remote, host, c, 80, ACK | PSH, cseq.wrapping_sub(200_000), sseq, b"x"), XDP_DROP, Reason::InvalidWindow);
+    // A retransmission of the request, a keep-alive (one before), a window probe at the edge.
+    h.expect(&seg(remote, host, c, 80, ACK | PSH, 1001, sseq, b"GET / HTTP/1.0\r\n\r\n"), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, c, 80, ACK, cseq - 1, sseq, b""), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, c, 80, ACK | PSH, cseq + 64_239, sseq, b"x"), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(c, 80), Some("established"));
+}
+
+/// On ingress a packet must come from the remote side of its flow: the
+/// host's own side sends only through egress. UDP and ping flows too.
+#[test]
+fn ingress_packets_claiming_the_hosts_side_are_invalid() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    assert_eq!(h.egress(&udp(host, remote, 33333, 53)), Reason::EgressNew);
+    h.expect(&udp(host, remote, 33333, 53), XDP_DROP, Reason::InvalidDirection);
+    assert_eq!(h.flow_state(33333, 53), Some("unreplied"), "no reply was forged");
+    assert_eq!(h.egress(&seg(host, remote, 51000, 443, SYN, 100, 0, b"")), Reason::EgressNew);
+    h.expect(&seg(host, remote, 51000, 443, ACK, 101, 7001, b""), XDP_DROP, Reason::InvalidDirection);
+    assert_eq!(h.flow_state(51000, 443), Some("syn_sent"));
+}
+
+/// An ICMP error is related only when it quotes a packet the host sent,
+/// and for TCP one whose sequence lies between what the peer acknowledged
+/// and what the host sent (as the kernel's `tcp_v4_err` checks).
+#[test]
+fn icmp_errors_must_quote_what_the_host_sent() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    let c = 40300;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    let unreach = |quoted: &[u8]| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4([203, 0, 113, 1], [198, 51, 100, 1], 64)
+            .icmpv4_raw(3, 4, [0; 4])
+            .write(&mut out, quoted)
+            .unwrap();
+        out
+    };
+    // Quoting the host's last segment: related.
+    let ours = seg(host, remote, 80, c, ACK, sseq - 1, cseq, b"");
+    h.expect(&unreach(&ours[14..14 + 28]), XDP_PASS, Reason::Related);
+    // Quoting a sequence the host never sent, or one long acknowledged.
+    for seq in [sseq + 100_000, sseq.wrapping_sub(1_000_000)] {
+        let guess = seg(host, remote, 80, c, ACK, seq, cseq, b"");
+        h.expect(&unreach(&guess[14..14 + 28]), XDP_DROP, Reason::InvalidIcmp);
+    }
+    // Quoting a packet of the remote side (the host never sent it).
+    let theirs = seg(remote, host, c, 80, ACK, cseq, sseq, b"");
+    h.expect(&unreach(&theirs[14..14 + 28]), XDP_DROP, Reason::InvalidIcmp);
+}
+
+/// No flood can evict the flows that matter: flows opened from outside
+/// live in their own table until they prove themselves. A spoofed flood
+/// of pings, UDP datagrams and SYNs to an accepted non-cookie port, larger
+/// than that table, leaves an established connection and a handshake the
+/// host opened in the main table, working.
+#[test]
+fn a_spoofed_flood_larger_than_the_table_evicts_no_proven_flow() {
+    use firewall_common::MAX_REMOTE_FLOWS;
+    let policy = format!("{POLICY}\n[[rule]]\nname = \"ping\"\nproto = \"icmp\"\naction = \"accept\"\n");
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(&policy);
+    let c = 40400;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    assert_eq!(h.egress(&seg(host, remote, 52000, 443, SYN, 100, 0, b"")), Reason::EgressNew);
+    let (main_before, _) = h.table_sizes();
+    assert_eq!(main_before, 2, "the proven connection and the host's handshake");
+    let flood = MAX_REMOTE_FLOWS + MAX_REMOTE_FLOWS / 4;
+    for i in 0..flood {
+        let src = format!("10.{}.{}.{}", 100 + i % 3, (i >> 8) & 255, i & 255);
+        let f = match i % 3 {
+            0 => udp(&src, host, 1024 + (i >> 16) as u16, 53),
+            1 => seg(&src, host, 1024 + (i >> 16) as u16, 80, SYN, i, 0, b""),
+            _ => {
+                let mut p = Vec::new();
+                let s: std::net::Ipv4Addr = src.parse().unwrap();
+                etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(s.octets(), [198, 51, 100, 1], 64).icmpv4_echo_request(i as u16, 1).write(&mut p, b"ping").unwrap();
+                p
+            }
+        };
+        assert_eq!(h.verdict(&f), XDP_PASS, "flood packet {i} admitted by the rules");
+    }
+    let (main_after, remote_after) = h.table_sizes();
+    println!("flood of {flood} spoofed packets: main table {main_before} -> {main_after}, remote table {remote_after} (max {MAX_REMOTE_FLOWS})");
+    assert_eq!(main_after, main_before, "no flood flow in the main table");
+    assert!(remote_after <= MAX_REMOTE_FLOWS as usize);
+    // Both still work.
+    h.expect(&seg(remote, host, c, 80, ACK | PSH, cseq, sseq, b"more"), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, 443, 52000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(52000, 443), Some("syn_recv"));
+}

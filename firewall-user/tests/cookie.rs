@@ -10,6 +10,7 @@ mod common;
 use std::{hash::Hasher as _, net::IpAddr, time::Duration};
 
 use common::*;
+use rand::{Rng as _, RngCore as _};
 use etherparse::{NetSlice, SlicedPacket, TcpOptionElement, TransportSlice};
 use firewall_common::{CookieKey, Reason};
 
@@ -67,26 +68,39 @@ fn addr128(a: IpAddr) -> u128 {
     }
 }
 
-/// A cookie as the documented layout defines it, with SipHash-2-4 from
-/// the `siphasher` crate.
+/// SipHash-2-4 (the `siphasher` crate) of the documented MAC message.
 #[allow(clippy::too_many_arguments)]
-fn expected_cookie(key: &CookieKey, client: &str, server: &str, cport: u16, sport: u16, isn: u32, time: u32, info: u32) -> u32 {
-    let info = info & 0x3ff;
+fn expected_hash(key: &CookieKey, client: &str, server: &str, cport: u16, sport: u16, isn: u32, time: u32, info: u32) -> u64 {
     let mut msg = Vec::with_capacity(48);
     for a in [addr128(ip(client)), addr128(ip(server))] {
         msg.extend_from_slice(&((a >> 64) as u64).to_le_bytes());
         msg.extend_from_slice(&(a as u64).to_le_bytes());
     }
     msg.extend_from_slice(&(cport as u64 | (sport as u64) << 16 | (isn as u64) << 32).to_le_bytes());
-    msg.extend_from_slice(&(time as u64 | (info as u64) << 32).to_le_bytes());
+    msg.extend_from_slice(&(time as u64 | ((info & 0x1ff) as u64) << 32).to_le_bytes());
     let mut h = siphasher::sip::SipHasher24::new_with_keys(key.k0, key.k1);
     h.write(&msg);
-    ((h.finish() >> 42) as u32) << 10 | info
+    h.finish()
 }
 
-/// Info bits: MSS index, window scale (15: none), SACK, ECN, time, key.
-fn info(mss_index: u32, wscale: Option<u8>, sack: bool, ecn: bool, time: u32, key: u32) -> u32 {
-    mss_index << 6 | wscale.map_or(15, u32::from) | (sack as u32) << 4 | (ecn as u32) << 5 | (time & 1) << 8 | (key & 1) << 9
+/// A cookie as the documented layout defines it: with timestamps the top
+/// 31 hash bits and the time parity; without, the top 29, the MSS index
+/// and the time parity.
+#[allow(clippy::too_many_arguments)]
+fn expected_cookie(key: &CookieKey, client: &str, server: &str, cport: u16, sport: u16, isn: u32, time: u32, info: u32) -> u32 {
+    let h = expected_hash(key, client, server, cport, sport, isn, time, info);
+    if info & TS != 0 {
+        ((h >> 33) as u32) << 1 | (time & 1)
+    } else {
+        ((h >> 35) as u32) << 3 | (info >> 6 & 3) << 1 | (time & 1)
+    }
+}
+
+const TS: u32 = 1 << 8;
+
+/// Info bits: window scale (15: none), SACK, ECN, MSS index, timestamps.
+fn info(mss_index: u32, wscale: Option<u8>, sack: bool, ecn: bool, ts: bool) -> u32 {
+    mss_index << 6 | wscale.map_or(15, u32::from) | (sack as u32) << 4 | (ecn as u32) << 5 | (ts as u32) << 8
 }
 
 /// A Linux-like SYN: MSS, SACK-permitted, timestamps, window scale.
@@ -116,11 +130,12 @@ fn with_tcp(src: &str, dst: &str, tcp: etherparse::TcpHeader, payload: &[u8]) ->
     out
 }
 
-/// The ACK completing a handshake the cookie SYN-ACK answered.
-fn ack(client: &str, server: &str, cport: u16, sport: u16, isn: u32, cookie: u32, ts: bool) -> Vec<u8> {
+/// The ACK completing a handshake the cookie SYN-ACK answered; `tsecr`:
+/// the echo of the SYN-ACK's TSval, when the handshake uses timestamps.
+fn ack(client: &str, server: &str, cport: u16, sport: u16, isn: u32, cookie: u32, tsecr: Option<u32>) -> Vec<u8> {
     let mut tcp = tcp_header(cport, sport, ACK, isn.wrapping_add(1), cookie.wrapping_add(1));
-    if ts {
-        tcp.set_options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(0x1234_5679, 99)]).unwrap();
+    if let Some(tsecr) = tsecr {
+        tcp.set_options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(0x1234_5679, tsecr)]).unwrap();
     }
     with_tcp(client, server, tcp, b"")
 }
@@ -256,15 +271,23 @@ fn syn_gets_a_valid_cookie_synack_and_its_ack_validates_v4_v6_with_and_without_v
             assert!(s.sack, "SACK permitted offered back");
             let (tsval, tsecr) = s.ts.expect("timestamps offered back");
             assert_eq!(tsecr, 0x1234_5678, "echoes the client's TSval");
-            assert_ne!(tsval, 0);
             assert!(s.ece, "ECN setup SYN answered with ECE");
             assert_eq!((s.other_options, s.payload_len), (0, 0));
             // The cookie is the documented MAC: MSS index 3 (1460, or 1440
-            // for IPv6), window scale 7, SACK, ECN, this period, key 0.
+            // for IPv6), window scale 7, SACK, ECN, timestamps, this period.
             let t = if time_counter() == t0 { t0 } else { continue };
             let mss_index = if v6 { 2 } else { 3 };
-            let want = expected_cookie(&KEY0, client, server, cport, sport, isn, t, info(mss_index, Some(7), true, true, t, 0));
+            let want_info = info(mss_index, Some(7), true, true, true);
+            let want = expected_cookie(&KEY0, client, server, cport, sport, isn, t, want_info);
             assert_eq!(s.seq, want, "cookie = SipHash-2-4 over the documented message");
+            // The TSval carries the info in its low 8 bits, above them our
+            // millisecond clock plus the low 32 hash bits (a keyed offset).
+            assert_eq!(tsval & 0xff, want_info & 0xff, "info in the TSval's low bits");
+            let offset = expected_hash(&KEY0, client, server, cport, sport, isn, t, want_info) as u32;
+            let clock = tsval.wrapping_sub(offset);
+            let now_ms = (monotonic_ns() / 1_000_000) as u32;
+            assert!((now_ms.wrapping_sub(clock) as i32).abs() < 5_000, "TSval = clock + keyed offset: {tsval:#x}, offset {offset:#x}, now {now_ms:#x}");
+            assert!((now_ms.wrapping_sub(tsval) as i32).abs() > 5_000, "TSval is not the bare clock (odds of failing: 10^-6)");
             // No state for the SYN.
             assert!(h.flows().is_empty(), "a cookie SYN creates no flow");
             let svc = service(&h, "web");
@@ -272,7 +295,7 @@ fn syn_gets_a_valid_cookie_synack_and_its_ack_validates_v4_v6_with_and_without_v
             assert_eq!(h.rule_packets("web"), 1);
 
             // The ACK: validated, flow created, marked for the hand-off.
-            let mut a = ack(client, server, cport, sport, isn, s.seq, true);
+            let mut a = ack(client, server, cport, sport, isn, s.seq, Some(tsval));
             if vlan {
                 a = tagged(&a);
             }
@@ -298,17 +321,24 @@ fn a_cookie_with_any_bit_flipped_or_a_wrong_isn_is_dropped() {
         let (cport, sport, isn) = (40001, 80, 0xfff0_0000);
         let frame = syn(client, server, cport, sport, isn, 0, b"", &[]);
         let s = answer(&h, &frame, client, server, cport, sport, false);
+        let tsval = s.ts.expect("timestamps").0;
         for bit in 0..32 {
-            h.expect(&ack(client, server, cport, sport, isn, s.seq ^ (1 << bit), true), XDP_DROP, Reason::CookieInvalid);
+            h.expect(&ack(client, server, cport, sport, isn, s.seq ^ (1 << bit), Some(tsval)), XDP_DROP, Reason::CookieInvalid);
         }
+        // The info echoed in the timestamp is under the MAC: any of its
+        // 8 bits flipped, or the option left out, fails.
+        for bit in 0..8 {
+            h.expect(&ack(client, server, cport, sport, isn, s.seq, Some(tsval ^ (1 << bit))), XDP_DROP, Reason::CookieInvalid);
+        }
+        h.expect(&ack(client, server, cport, sport, isn, s.seq, None), XDP_DROP, Reason::CookieInvalid);
         // The client's ISN is under the MAC too.
-        h.expect(&ack(client, server, cport, sport, isn + 1, s.seq, true), XDP_DROP, Reason::CookieInvalid);
+        h.expect(&ack(client, server, cport, sport, isn + 1, s.seq, Some(tsval)), XDP_DROP, Reason::CookieInvalid);
         // Another client (port) cannot reuse it.
-        h.expect(&ack(client, server, cport + 1, sport, isn, s.seq, true), XDP_DROP, Reason::CookieInvalid);
+        h.expect(&ack(client, server, cport + 1, sport, isn, s.seq, Some(tsval)), XDP_DROP, Reason::CookieInvalid);
         assert!(h.flows().is_empty(), "no invalid ACK created a flow");
-        assert_eq!(service(&h, "web").acks_invalid, 34);
+        assert_eq!(service(&h, "web").acks_invalid, 43);
         // The genuine one still validates.
-        h.expect(&ack(client, server, cport, sport, isn, s.seq, false), XDP_PASS, Reason::CookieValid);
+        h.expect(&ack(client, server, cport, sport, isn, s.seq, Some(tsval)), XDP_PASS, Reason::CookieValid);
     }
 }
 
@@ -318,40 +348,37 @@ fn cookies_live_one_period_more_then_expire() {
         let h = harness(POLICY);
         let t = time_counter();
         let cookie_at = |time: u32, cport: u16| {
-            expected_cookie(&KEY0, client, server, cport, 80, 7, time, info(1, None, false, false, time, 0))
+            expected_cookie(&KEY0, client, server, cport, 80, 7, time, info(1, None, false, false, false))
         };
         // Made this period and the previous one: valid.
-        h.expect(&ack(client, server, 41000, 80, 7, cookie_at(t, 41000), false), XDP_PASS, Reason::CookieValid);
-        h.expect(&ack(client, server, 41001, 80, 7, cookie_at(t - 1, 41001), false), XDP_PASS, Reason::CookieValid);
+        h.expect(&ack(client, server, 41000, 80, 7, cookie_at(t, 41000), None), XDP_PASS, Reason::CookieValid);
+        h.expect(&ack(client, server, 41001, 80, 7, cookie_at(t - 1, 41001), None), XDP_PASS, Reason::CookieValid);
         // Two and three periods ago, and the next one: expired or forged.
         for (i, time) in [t - 2, t - 3, t + 1].into_iter().enumerate() {
-            h.expect(&ack(client, server, 41002 + i as u16, 80, 7, cookie_at(time, 41002 + i as u16), false), XDP_DROP, Reason::CookieInvalid);
+            h.expect(&ack(client, server, 41002 + i as u16, 80, 7, cookie_at(time, 41002 + i as u16), None), XDP_DROP, Reason::CookieInvalid);
         }
         assert_eq!(time_counter(), t, "the period changed during the test; rerun");
     }
 }
 
 #[test]
-fn the_previous_key_is_accepted_until_it_is_replaced() {
+fn the_previous_key_is_accepted_for_one_cookie_lifetime_after_a_rotation() {
     let (client, server) = FAMILIES[0];
     let mut h = harness(POLICY);
-    // New cookies use key 1 once it is current, and say so in the key bit.
-    h.fw.set_cookie_key_index(1).unwrap();
-    let s = answer(&h, &syn(client, server, 42000, 80, 5, 0, b"", &[]), client, server, 42000, 80, false);
-    assert_eq!(s.seq >> 9 & 1, 1, "key bit");
-    // A cookie of key 0 (the previous key) still validates...
     let t = time_counter();
-    let old = expected_cookie(&KEY0, client, server, 42001, 80, 9, t, info(0, None, false, false, t, 0));
-    h.expect(&ack(client, server, 42001, 80, 9, old, false), XDP_PASS, Reason::CookieValid);
-    // ... until the next rotation replaces key 0.
-    h.fw.set_cookie_key(0, CookieKey { k0: 1, k1: 2, valid: 1 }).unwrap();
-    let old2 = expected_cookie(&KEY0, client, server, 42002, 80, 9, t, info(0, None, false, false, t, 0));
-    h.expect(&ack(client, server, 42002, 80, 9, old2, false), XDP_DROP, Reason::CookieInvalid);
+    let old = |cport: u16| expected_cookie(&KEY0, client, server, cport, 80, 9, t, info(0, None, false, false, false));
+    h.expect(&ack(client, server, 42000, 80, 9, old(42000), None), XDP_PASS, Reason::CookieValid);
     // The controller's rotation: a random key, made current.
     h.fw.rotate_cookie_key().unwrap();
-    let s2 = answer(&h, &syn(client, server, 42003, 80, 5, 0, b"", &[]), client, server, 42003, 80, false);
-    assert_eq!(s2.seq >> 9 & 1, 0, "rotation switched to the other key slot");
-    h.expect(&ack(client, server, 42003, 80, 5, s2.seq, false), XDP_PASS, Reason::CookieValid);
+    let s = answer(&h, &syn(client, server, 42001, 80, 5, 0, b"", &[]), client, server, 42001, 80, false);
+    assert_ne!(s.seq, expected_cookie(&KEY0, client, server, 42001, 80, 5, t, info(3, Some(7), true, false, true)), "a new key");
+    h.expect(&ack(client, server, 42001, 80, 5, s.seq, Some(s.ts.unwrap().0)), XDP_PASS, Reason::CookieValid);
+    // A cookie of the previous key still validates right after...
+    h.expect(&ack(client, server, 42002, 80, 9, old(42002), None), XDP_PASS, Reason::CookieValid);
+    // ... but not once a cookie lifetime (2^37 ns) has passed since.
+    let now = firewall_user::conntrack::monotonic_ns();
+    h.fw.set_cookie_rotated_at(now - (1 << 37) - 1_000_000).unwrap();
+    h.expect(&ack(client, server, 42003, 80, 9, old(42003), None), XDP_DROP, Reason::CookieInvalid);
     assert_eq!(time_counter(), t, "the period changed during the test; rerun");
 }
 
@@ -405,8 +432,8 @@ fn ip_options_a_bad_input_checksum_and_a_bare_syn_still_get_a_correct_synack() {
     let bare = with_tcp(client, server, tcp_header(44001, 80, SYN, 5, 0), b"");
     let s = answer(&h, &bare, client, server, 44001, 80, false);
     assert_eq!((s.mss, s.wscale, s.sack, s.ts), (Some(1460), None, false, None));
-    assert_eq!(s.seq & 0x3ff & !0x300, info(0, None, false, false, 0, 0));
-    h.expect(&ack(client, server, 44001, 80, 5, s.seq, false), XDP_PASS, Reason::CookieValid);
+    assert_eq!(s.seq >> 1 & 3, 0, "MSS index 0 in the cookie (no timestamps)");
+    h.expect(&ack(client, server, 44001, 80, 5, s.seq, None), XDP_PASS, Reason::CookieValid);
 }
 
 #[test]
@@ -468,3 +495,224 @@ syncookie = "auto"
     assert!(service(&h, "web").cookies_on, "carried over the reload");
 }
 
+
+/// The first attack of the hardening issue: a forged cookie ACK must never
+/// get past the rules. Cookies that are correct for the test key, from
+/// sources the cookie rule does not admit or an earlier drop rule
+/// forbids, are dropped before any MAC is checked.
+#[test]
+fn a_correct_cookie_from_a_source_the_rules_refuse_is_dropped() {
+    let policy = r#"
+[settings]
+default = "drop"
+
+[[rule]]
+name = "banned"
+proto = "tcp"
+src = "10.211.0.66/32"
+action = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+src = "10.211.0.0/24"
+dport = 80
+action = "accept"
+syncookie = "always"
+"#;
+    let h = harness(policy);
+    let server = "198.51.100.1";
+    let t = time_counter();
+    let cookie = |client: &str, cport: u16| expected_cookie(&KEY0, client, server, cport, 80, 9, t, info(0, None, false, false, false));
+    // Outside the rule's source range, and the banned address inside it.
+    for (client, cport) in [("10.200.3.4", 50000), ("10.211.0.66", 50001)] {
+        h.expect(&ack(client, server, cport, 80, 9, cookie(client, cport), None), XDP_DROP, Reason::CookieNotAdmitted);
+    }
+    assert_eq!(service(&h, "web").acks_invalid, 0, "no MAC was checked for them");
+    assert!(h.flows().is_empty());
+    // The same cookie from an admitted source validates.
+    h.expect(&ack("10.211.0.7", server, 50002, 80, 9, cookie("10.211.0.7", 50002), None), XDP_PASS, Reason::CookieValid);
+    assert_eq!(time_counter(), t, "the period changed during the test; rerun");
+}
+
+/// Random ACKs from admitted sources: the stated odds are 2^-31 with
+/// timestamps and 2^-29 without, so 200,000 tries expect 0.0001 and
+/// 0.0004 acceptances. None may be accepted.
+#[test]
+fn random_acks_validate_at_the_stated_odds() {
+    let h = harness(POLICY);
+    let mut rng = common::random::rng(0xc00c1e);
+    let before = h.reason(Reason::CookieValid).packets;
+    const TRIES: u32 = 200_000;
+    for i in 0..TRIES {
+        let client = format!("10.{}.{}.{}", 200 + (i % 50), rng.random_range(0..(256) as u32), rng.random_range(0..(256) as u32));
+        let (seq, ackn) = (rng.next_u32(), rng.next_u32());
+        let tsecr = if i % 2 == 0 { Some(rng.next_u32()) } else { None };
+        let mut tcp = tcp_header(1024 + (rng.random_range(0..(60000) as u32) as u16), 80, ACK, seq, ackn);
+        if let Some(ts) = tsecr {
+            tcp.set_options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(1, ts)]).unwrap();
+        }
+        let frame = with_tcp(&client, "198.51.100.1", tcp, b"");
+        assert_eq!(h.verdict(&frame), common::XDP_DROP, "random ACK {i} dropped");
+    }
+    let accepted = h.reason(Reason::CookieValid).packets - before;
+    println!("random cookie ACKs: {TRIES} tried, {accepted} accepted (expected 0.0005 at 2^-31 / 2^-29)");
+    assert_eq!(accepted, 0);
+    assert_eq!(service(&h, "web").acks_invalid, TRIES as u64);
+}
+
+/// No reflection: a SYN from or to an address no peer can have gets no
+/// SYN-ACK, and one for an address that is not the host's is left to the
+/// host's stack (which routes or drops it).
+#[test]
+fn syns_from_or_to_martian_or_foreign_addresses_get_no_synack() {
+    let h = harness(POLICY);
+    for (client, server) in [
+        ("127.0.0.1", "198.51.100.1"),
+        ("0.0.0.0", "198.51.100.1"),
+        ("224.0.0.1", "198.51.100.1"),
+        ("255.255.255.255", "198.51.100.1"),
+        ("192.0.2.10", "255.255.255.255"),
+        ("192.0.2.10", "239.1.2.3"),
+        ("192.0.2.10", "127.0.0.1"),
+        ("::1", "2001:db8:1::1"),
+        ("ff02::1", "2001:db8:1::1"),
+        ("::", "2001:db8:1::1"),
+        ("2001:db8::10", "ff02::1"),
+    ] {
+        h.expect(&syn(client, server, 47000, 80, 1, 0, b"", &[]), XDP_DROP, Reason::CookieMartian);
+    }
+    // Admitted by the rule, but not one of the host's addresses: no cookie.
+    h.expect(&syn("192.0.2.10", "198.51.100.77", 47001, 80, 1, 0, b"", &[]), XDP_PASS, Reason::RuleAccept);
+}
+
+/// SYN options in random orders, with kinds that used to alias (Fast Open
+/// 34 on MSS's slot, MD5 19 on window scale's) and unknown kinds: what the
+/// cookie remembers (in the TSval's low bits) equals what etherparse reads
+/// from the SYN.
+#[test]
+fn syn_options_in_any_order_are_read_like_etherparse_reads_them() {
+    let (client, server) = FAMILIES[0];
+    let h = harness(POLICY);
+    let mut rng = common::random::rng(7);
+    let mut agreed = 0;
+    for round in 0..300u32 {
+        let mut opts: Vec<Vec<u8>> = vec![vec![8, 10, 0, 0, 0, 1, 0, 0, 0, 0]];
+        let mss = [536u16, 1300, 1400, 1440, 1460, 9000][rng.random_range(0..(6) as u32) as usize];
+        if rng.random_range(0..(4) as u32) != 0 {
+            opts.push(vec![2, 4, (mss >> 8) as u8, mss as u8]);
+        }
+        let ws = rng.random_range(0..(15) as u32) as u8;
+        if rng.random_range(0..(4) as u32) != 0 {
+            opts.push(vec![3, 3, ws]);
+        }
+        if rng.random_range(0..(2) as u32) != 0 {
+            opts.push(vec![4, 2]);
+        }
+        if rng.random_range(0..(2) as u32) != 0 {
+            opts.push(vec![34, 10, 1, 2, 3, 4, 5, 6, 7, 8]);
+        }
+        if rng.random_range(0..(3) as u32) == 0 {
+            opts.push(vec![19, 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        if rng.random_range(0..(3) as u32) == 0 {
+            // A kind that aliased a real one when positions were kept by `kind & 15`.
+            let base = [2u8, 3, 4, 8][rng.random_range(0..4u32) as usize];
+            let kind = base + 16 * (1 + rng.random_range(0..14u32) as u8);
+            opts.push(vec![kind, 2]);
+        }
+        // Shuffle, then pad with NOPs to a multiple of 4, within 40 bytes.
+        for i in (1..opts.len()).rev() {
+            opts.swap(i, rng.random_range(0..(i as u32 + 1) as u32) as usize);
+        }
+        let mut raw: Vec<u8> = opts.concat();
+        if raw.len() > 40 {
+            continue;
+        }
+        while raw.len() % 4 != 0 {
+            raw.insert(0, 1);
+        }
+        let mut tcp = tcp_header(48000 + round as u16, 80, SYN, round, 0);
+        tcp.set_options_raw(&raw).unwrap();
+        let frame = with_tcp(client, server, tcp.clone(), b"");
+        // The kernel's rules (tcp_parse_options), as a reference model...
+        let (e_mss, e_ws, e_sack) = kernel_options(&raw);
+        // ... which agrees with etherparse wherever etherparse knows every kind.
+        let parsed = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Tcp(t)) = parsed.transport else { panic!() };
+        let (mut p_mss, mut p_ws, mut p_sack, mut known) = (None, None, false, true);
+        for o in t.options_iterator() {
+            match o {
+                Ok(TcpOptionElement::MaximumSegmentSize(m)) => p_mss = Some(m),
+                Ok(TcpOptionElement::WindowScale(w)) => p_ws = Some(w.min(14)),
+                Ok(TcpOptionElement::SelectiveAcknowledgementPermitted) => p_sack = true,
+                Ok(_) => {}
+                Err(_) => known = false,
+            }
+        }
+        if known {
+            assert_eq!((p_mss, p_ws, p_sack), (e_mss, e_ws, e_sack), "reference model vs etherparse: {raw:?}");
+            agreed += 1;
+        }
+        let s = answer(&h, &frame, client, server, 48000 + round as u16, 80, false);
+        let tsval = s.ts.expect("the SYN has timestamps").0;
+        let table = [536u16, 1300, 1440, 1460];
+        let want_mss = table.iter().rposition(|&m| m <= e_mss.unwrap_or(536)).unwrap() as u32;
+        let want = info(want_mss, e_ws, e_sack, false, true) & 0xff;
+        assert_eq!(tsval & 0xff, want, "options {raw:?}: info {:#x}, etherparse says mss {e_mss:?} ws {e_ws:?} sack {e_sack}", tsval & 0xff);
+        assert_eq!(s.wscale.is_some(), e_ws.is_some(), "window scale offered back only if asked for: {raw:?}");
+    }
+    assert!(agreed > 50, "etherparse cross-checked {agreed} option lists");
+}
+
+/// MSS, window scale and SACK-permitted as the kernel's
+/// `tcp_parse_options` reads them: unknown kinds are skipped by their
+/// length, a length below 2 or past the end stops the scan, and an option
+/// counts only with its exact length.
+fn kernel_options(raw: &[u8]) -> (Option<u16>, Option<u8>, bool) {
+    let (mut mss, mut ws, mut sack) = (None, None, false);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&size) = raw.get(i + 1) else { break };
+                let size = size as usize;
+                if size < 2 || i + size > raw.len() {
+                    break;
+                }
+                match (kind, size) {
+                    (2, 4) => mss = Some(u16::from_be_bytes([raw[i + 2], raw[i + 3]])),
+                    (3, 3) => ws = Some(raw[i + 2].min(14)),
+                    (4, 2) => sack = true,
+                    _ => {}
+                }
+                i += size;
+            }
+        }
+    }
+    (mss, ws, sack)
+}
+
+/// The hand-off refuses what the namespace's sysctls turned off: the
+/// SYN-ACK offers only what `OFFER_*` allows, and without timestamps the
+/// cookie has no room for window scaling or SACK (as the kernel's).
+#[test]
+fn synacks_offer_only_what_the_sysctls_allow() {
+    use firewall_common::{OFFER_ALL, OFFER_SACK, OFFER_TIMESTAMPS, OFFER_WSCALE};
+    let (client, server) = FAMILIES[0];
+    let mut h = harness(POLICY);
+    for (offer, want_ws, want_sack, want_ts) in [
+        (OFFER_ALL, true, true, true),
+        (OFFER_ALL & !OFFER_WSCALE, false, true, true),
+        (OFFER_ALL & !OFFER_SACK, true, false, true),
+        (OFFER_ALL & !OFFER_TIMESTAMPS, false, false, false),
+    ] {
+        h.fw.set_cookie_offer(offer).unwrap();
+        let cport = 49000 + offer as u16;
+        let s = answer(&h, &syn(client, server, cport, 80, 3, 0, b"", &[]), client, server, cport, 80, false);
+        assert_eq!((s.wscale.is_some(), s.sack, s.ts.is_some()), (want_ws, want_sack, want_ts), "offer {offer:#x}");
+        h.expect(&ack(client, server, cport, 80, 3, s.seq, s.ts.map(|t| t.0)), XDP_PASS, Reason::CookieValid);
+    }
+}

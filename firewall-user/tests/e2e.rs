@@ -13,6 +13,7 @@ use std::{
 
 use common::netns::{Guarded, OnDrop, PacketSocket, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for};
 use serde_json::Value;
+use firewall_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
 
@@ -503,6 +504,72 @@ fn stateful_default_drop_serves_a_bulk_download_and_drops_forged_packets() {
     assert_eq!(ours["origin"], "remote");
     assert!(ours["packets"].as_u64().unwrap() > 50, "{ours}");
     assert!(ours["bytes"].as_u64().unwrap() > BULK as u64, "both directions' bytes: {ours}");
+}
+
+/// A TCP frame with any flags (as in byte 13 on the wire).
+fn flags_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(ipv4(src), ipv4(dst), 64)
+        .tcp_header(common::tcp_header(sport, dport, flags, seq, ack))
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// The second attack of the hardening issue, against a real connection:
+/// knowing the 4-tuple but no sequence numbers, the attacker sends a
+/// FIN|ACK as the client, a FIN|ACK as the server (arriving on the
+/// server's ingress), then a SYN, and the same with RSTs. Without the
+/// firewall the kernel ignores all of them; through it the connection
+/// must carry data afterwards too.
+#[test]
+fn blind_fin_fin_syn_cannot_kill_a_live_connection() {
+    let pair = Pair::new();
+    start_bulk_server(&pair, 8080);
+    let (_dir, policy) = temp_policy(STATEFUL);
+    let _fw = start_firewall(&pair, &policy);
+    let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
+    let mut conn = Pair::within(&pair.client, move || TcpStream::connect_timeout(&server, Duration::from_secs(3)))
+        .join()
+        .unwrap()
+        .expect("connect through the firewall");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"GET 300000\n").unwrap();
+    read_pattern(&mut conn, 300_000);
+    let cport = conn.local_addr().unwrap().port();
+
+    let (cmac, smac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let (c, s) = (pair.client_ip.as_str(), pair.server_ip.as_str());
+    let before = stats_json(&pair).unwrap();
+    let mut frames = Vec::new();
+    for i in 0..20u32 {
+        let (seq, ack) = (0x1357_9bdf_u32.wrapping_mul(i + 1), 0x2468_ace0_u32.wrapping_mul(i + 3));
+        frames.push(flags_frame(cmac, smac, c, s, cport, 8080, seq, ack, FIN | ACK));
+        frames.push(flags_frame(cmac, smac, s, c, 8080, cport, ack, seq, FIN | ACK));
+        frames.push(flags_frame(cmac, smac, c, s, cport, 8080, seq.wrapping_add(7), 0, SYN));
+        frames.push(flags_frame(cmac, smac, s, c, 8080, cport, ack, seq, RST | ACK));
+    }
+    inject(&pair.client, &pair.client_if, frames);
+    let after = wait_for("the blind segments to be counted", Duration::from_secs(5), || {
+        let s = stats_json(&pair).ok()?;
+        let moved = |r: &str| reason_packets(&s, r) - reason_packets(&before, r);
+        (moved("invalid_window") >= 20 && moved("invalid_direction") >= 40).then_some(s)
+    });
+    assert_eq!(reason_packets(&after, "invalid_window") - reason_packets(&before, "invalid_window"), 20, "{after}");
+    assert_eq!(reason_packets(&after, "invalid_direction") - reason_packets(&before, "invalid_direction"), 40, "{after}");
+
+    // The connection lives on, in both directions, and is still established.
+    conn.write_all(b"GET 200000\n").unwrap();
+    read_pattern(&mut conn, 200_000);
+    conn.write_all(b"still there?\n").unwrap();
+    let mut echo = [0u8; 13];
+    conn.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still there?\n");
+    let out = Pair::output(&pair.server, FIREWALL, &["conntrack", "--iface", &pair.server_if, "--json"]);
+    let flows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = flows.as_array().unwrap().iter().find(|f| f["sport"] == cport).unwrap_or_else(|| panic!("flow in {flows}"));
+    assert_eq!(ours["state"], "established", "{ours}");
 }
 
 #[test]
@@ -996,4 +1063,42 @@ fn cookie_mode_over_ipv6_hands_connections_to_the_server() {
     let web = service(&stats, "web");
     assert!(web["cookies_sent"].as_u64().unwrap() >= 1 && web["acks_valid"].as_u64().unwrap() >= 1, "{web}");
     assert!(reason_packets(&stats, "handoff_done") >= 1, "{stats}");
+}
+
+/// The hand-off refuses what a sysctl turned off (`cookie_bpf_check`):
+/// with each of window scaling, SACK and timestamps switched off in turn
+/// in the server's namespace, the controller offers only the rest, and
+/// real cookie connections still complete (none ends in an RST).
+#[test]
+fn every_handoff_sysctl_switched_off_in_turn_still_completes() {
+    const TS: u8 = 1;
+    const SACK: u8 = 2;
+    const WSCALE: u8 = 4;
+    for (sysctl, gone) in [("tcp_window_scaling", WSCALE), ("tcp_sack", SACK), ("tcp_timestamps", TS | SACK | WSCALE)] {
+        let pair = Pair::new();
+        let _peer = attach_peer_pass(&pair);
+        let set = Pair::output(&pair.server, "sysctl", &["-w", &format!("net.ipv4.{sysctl}=0")]);
+        assert!(set.status.success(), "sysctl {sysctl}: {}", String::from_utf8_lossy(&set.stderr));
+        start_bulk_server(&pair, 9000);
+        let (_dir, policy) = temp_policy(COOKIE_POLICY);
+        let _fw = start_firewall(&pair, &policy);
+        let addr: SocketAddr = format!("{}:9000", pair.server_ip).parse().unwrap();
+        let server_view = Pair::within(&pair.client, move || {
+            use std::io::BufRead as _;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"INFO\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+            s.write_all(format!("GET {}\n", 1 << 20).as_bytes()).unwrap();
+            read_pattern(&mut s, 1 << 20);
+            line.split_whitespace().next().unwrap().parse::<u8>().unwrap()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("a cookie connection with {sysctl} = 0 completes"));
+        assert_eq!(server_view & gone, 0, "{sysctl} = 0: the server socket has none of {gone:#x}: {server_view:#x}");
+        let stats = stats_json(&pair).unwrap();
+        assert!(reason_packets(&stats, "handoff_done") >= 1, "{sysctl}: {stats}");
+        assert_eq!(reason_packets(&stats, "handoff_failed"), 0, "{sysctl}: {stats}");
+    }
 }
