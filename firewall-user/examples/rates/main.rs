@@ -234,6 +234,8 @@ fn firewall(pair: &Pair, policy: &str) -> Harness {
     let (policy, server_if) = (policy.to_owned(), pair.server_if.clone());
     Pair::within(&pair.server, move || {
         let mut h = Harness::new(&policy);
+        // The server's own addresses: cookie SYN-ACKs are sent for these.
+        h.fw.refresh_local_addrs().expect("local addresses");
         h.fw.attach(&server_if, XdpMode::Driver).expect("firewall attaches");
         h
     })
