@@ -2,6 +2,7 @@
 //! and frames built with etherparse.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod netns;
 pub mod random;
 
