@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz`.
 //!
 //! The xtask starts on the machine's default stable toolchain and installs
 //! the pinned ones (see `pins.rs`) before it drives any other build.
 
 mod bench;
 mod build;
+mod fuzz;
 mod pins;
 mod report;
 mod run;
@@ -32,6 +33,8 @@ enum Command {
     Bench,
     /// Run the whole test suite (unit, BPF_PROG_TEST_RUN and namespace end-to-end tests).
     Test(test::Options),
+    /// Run N mutated frames through the real XDP program (BPF_PROG_TEST_RUN) and check its invariants; as root.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::test(opts),
         Command::Bench => bench::bench(),
+        Command::Fuzz(opts) => fuzz::fuzz(opts),
     }
 }

@@ -31,5 +31,5 @@ pub fn test(opts: Options) -> Result<()> {
 }
 
 unsafe extern "C" {
-    fn geteuid() -> u32;
+    pub(crate) fn geteuid() -> u32;
 }
