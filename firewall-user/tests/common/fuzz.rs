@@ -877,6 +877,79 @@ pub fn corpus() -> Vec<Sample> {
     out
 }
 
+/// One frame of a conversation: arriving (XDP, checked) or sent by the
+/// host (TC egress, so that the connection table knows its replies).
+#[derive(Clone, Debug)]
+pub enum Step {
+    In(Vec<u8>),
+    Out(Vec<u8>),
+}
+
+fn segment(vlans: usize, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let (ip, _) = ip_headers(src, dst, IpShape::Plain);
+    let mut f = Vec::new();
+    link(vlans, ip).tcp_header(tcp_with_options(sport, dport, flags, seq, ack, options)).write(&mut f, payload).unwrap();
+    f
+}
+
+/// Handshakes and exchanges with the host, whose SYN-ACKs, data and
+/// replies go through TC egress: the run starts with them, and their
+/// arriving segments join the mutation pool, so that mutations meet
+/// established (and closing) TCP flows and replied UDP flows, not only
+/// packets of no flow.
+pub fn conversations() -> Vec<Vec<Step>> {
+    let mut out = Vec::new();
+    let mut port = 60000u16;
+    for (clients, server) in [(&CLIENTS_V4, SERVER_V4), (&CLIENTS_V6, SERVER_V6)] {
+        let host: IpAddr = server.parse().unwrap();
+        for (ci, client) in clients.iter().enumerate() {
+            let c: IpAddr = client.parse().unwrap();
+            for vlans in [0, 2] {
+                port += 1;
+                let (isn, s_isn) = (0x0100_0000u32.wrapping_mul(port as u32), 0x7000_0000u32.wrapping_add(port as u32));
+                let seg = |from_client: bool, flags, seq, ack, options: &[u8], payload: &[u8]| {
+                    if from_client {
+                        Step::In(segment(vlans, c, host, port, 22, flags, seq, ack, options, payload))
+                    } else {
+                        Step::Out(segment(vlans, host, c, 22, port, flags, seq, ack, options, payload))
+                    }
+                };
+                let mut talk = vec![
+                    seg(true, SYN, isn, 0, TCP_OPTIONS[1], b""),
+                    seg(false, SYN | ACK, s_isn, isn + 1, &[2, 4, 5, 0xb4, 1, 3, 3, 7], b""),
+                    seg(true, ACK, isn + 1, s_isn + 1, b"", b""),
+                    seg(true, PSH | ACK, isn + 1, s_isn + 1, b"", &[b'q'; 100]),
+                    seg(false, PSH | ACK, s_isn + 1, isn + 101, b"", &[b'r'; 300]),
+                    seg(true, ACK, isn + 101, s_isn + 301, TCP_OPTIONS[5], b""),
+                ];
+                if (ci + vlans) % 2 == 1 {
+                    talk.push(seg(true, FIN | ACK, isn + 101, s_isn + 301, b"", b""));
+                }
+                // A DNS exchange: the reply makes the flow established.
+                let (ip, _) = ip_headers(c, host, IpShape::Plain);
+                let mut query = Vec::new();
+                link(vlans, ip).udp(port, 53).write(&mut query, b"query").unwrap();
+                let (ip, _) = ip_headers(host, c, IpShape::Plain);
+                let mut reply = Vec::new();
+                link(vlans, ip).udp(53, port).write(&mut reply, b"answer").unwrap();
+                // The client's ICMP error about the host's reply: related.
+                let l3 = l3_offset(vlans);
+                let quoted = &reply[l3..(l3 + if c.is_ipv4() { 28 } else { 48 }).min(reply.len())];
+                let (ip, _) = ip_headers(c, host, IpShape::Plain);
+                let mut error = Vec::new();
+                if c.is_ipv4() {
+                    link(vlans, ip).icmpv4_raw(3, 3, [0; 4]).write(&mut error, quoted).unwrap();
+                } else {
+                    link(vlans, ip).icmpv6_raw(1, 4, [0; 4]).write(&mut error, quoted).unwrap();
+                }
+                talk.extend([Step::In(query.clone()), Step::Out(reply), Step::In(query), Step::In(error)]);
+                out.push(talk);
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Mutations.
 // ---------------------------------------------------------------------------
@@ -1297,6 +1370,16 @@ impl Runner<'_> {
         }
     }
 
+    /// Runs a frame the host sends through TC egress (never dropped).
+    fn egress(&mut self, frame: &[u8]) {
+        match self.h.fw.test_run_egress(frame) {
+            Ok(r) if r.return_value == 0 => {}
+            other => self.violation("conversation", "egress", format!("TC egress: {other:?}"), frame),
+        }
+        // Egress counts under its own reasons; start the next delta from here.
+        self.last = self.reasons.read();
+    }
+
     /// Runs one frame and checks every invariant.
     fn run(&mut self, frame: &[u8], source: &'static str) {
         let shape = shape(frame);
@@ -1398,8 +1481,8 @@ impl Runner<'_> {
     }
 }
 
-/// Runs `packets` frames (the corpus, every truncation of part of it, then
-/// mutations) through a freshly loaded firewall with `POLICY`.
+/// Runs `packets` frames (conversations with the host, the corpus, every
+/// truncation of part of it, then mutations) through a freshly loaded firewall with `POLICY`.
 pub fn run(packets: u64, seed: u64) -> Summary {
     let start = Instant::now();
     let policy = policy::parse(POLICY, "fuzz.toml").expect("fuzz policy parses");
@@ -1410,6 +1493,20 @@ pub fn run(packets: u64, seed: u64) -> Summary {
     let corpus = corpus();
     let mut r = StdRng::seed_from_u64(seed);
 
+    // Conversations first; their arriving frames are mutated more often
+    // than their share of the pool, to exercise the flows they left.
+    let mut talked = Vec::new();
+    for talk in conversations() {
+        for step in talk {
+            match step {
+                Step::In(f) => {
+                    runner.run(&f, "conversation");
+                    talked.push(f);
+                }
+                Step::Out(f) => runner.egress(&f),
+            }
+        }
+    }
     for s in &corpus {
         if runner.summary.packets >= packets {
             break;
@@ -1431,7 +1528,7 @@ pub fn run(packets: u64, seed: u64) -> Summary {
         if r.random_range(0..100) < 8 {
             runner.run(&random_frame(&mut r), "random frame");
         } else {
-            let base = &corpus[r.random_range(0..corpus.len())].frame;
+            let base = if r.random_range(0..100) < 15 { &talked[r.random_range(0..talked.len())] } else { &corpus[r.random_range(0..corpus.len())].frame };
             let (f, name) = mutate(base, &mut r);
             runner.run(&f, name);
         }
