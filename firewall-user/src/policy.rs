@@ -585,6 +585,19 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
     v.run()
 }
 
+/// `message` with control and bidi-override characters escaped (`\n`,
+/// `\u{202e}`): messages quote the policy's own strings, and a diagnostic
+/// must stay one line that a terminal shows as written.
+fn one_line(message: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !message.contains(hidden) {
+        return message.to_owned();
+    }
+    message.chars().map(|c| if hidden(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 // ---------------------------------------------------------------------------
 // Raw (serde) layer
 // ---------------------------------------------------------------------------
@@ -809,7 +822,7 @@ impl Validator<'_> {
 
     fn diag(&self, pos: usize, message: impl Into<String>) -> Diagnostic {
         let (line, col) = self.locate(pos);
-        Diagnostic { file: self.file.to_owned(), line, col, message: message.into() }
+        Diagnostic { file: self.file.to_owned(), line, col, message: one_line(&message.into()) }
     }
 
     fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
@@ -1918,6 +1931,17 @@ action = "drop"
             err("[[rule]]\nname = \"a\"\naction = = \"drop\"\n"),
             "t.toml:3:10: error: extra `=`, expected nothing"
         );
+    }
+
+    #[test]
+    fn quoted_text_cannot_break_a_diagnostic_line() {
+        // A multi-line string echoed by serde stays on the error's line.
+        assert_eq!(
+            err("[[rule]]\nname = \"a\"\naction = \"\"\"a\nb\"\"\"\n"),
+            "t.toml:3:10: error: unknown variant `a\\nb`, expected `accept` or `drop`"
+        );
+        let e = err("[[rule]]\nname = \"a\"\nsrc = \"10.0.0.0/8\\u001b[2J\\u202e\"\naction = \"drop\"\n");
+        assert_eq!(e, "t.toml:3:7: error: invalid prefix length `/8\\u{1b}[2J\\u{202e}` in `10.0.0.0/8\\u{1b}[2J\\u{202e}`");
     }
 
     #[test]
