@@ -45,16 +45,39 @@ pub fn addr128(a: std::net::IpAddr) -> u128 {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("the policy expands to {count} match boxes (rules with lists expand to one box per combination); the limit is {MAX_BOXES}")]
-    TooManyBoxes { count: usize },
+    /// `rule`: the first rule at which the running count passes the limit.
+    #[error("the policy expands to {count} match boxes (rules with lists expand to one box per combination); the limit is {MAX_BOXES}, passed at this rule")]
+    TooManyBoxes { count: usize, rule: usize },
     #[error("the policy needs more than {MAX_NODES} tree nodes; simplify overlapping rules")]
     TooManyNodes,
     #[error("the policy needs more than {MAX_LEAF_REFS} leaf entries; simplify overlapping rules")]
     TooManyLeafRefs,
     #[error("the policy's decision tree would be deeper than {MAX_TREE_DEPTH} levels")]
     TooDeep,
+    /// `rule`: the first of `rules`, in policy order.
     #[error("more than {MAX_LEAF_BOXES} rules match the same packets and differ only in tcp_flags or state: {rules}")]
-    Inseparable { rules: String },
+    Inseparable { rules: String, rule: usize },
+}
+
+impl CompileError {
+    /// Index of the rule the error points at; `None` for limits that only
+    /// the whole policy reaches (tree nodes, leaf entries, depth).
+    pub fn rule(&self) -> Option<usize> {
+        match self {
+            CompileError::TooManyBoxes { rule, .. } | CompileError::Inseparable { rule, .. } => Some(*rule),
+            CompileError::TooManyNodes | CompileError::TooManyLeafRefs | CompileError::TooDeep => None,
+        }
+    }
+
+    /// `file:line:col: error: message`, at the `name` of the rule the error
+    /// points at (`file: error: message` when there is none), as
+    /// `firewall check` and reloads print it.
+    pub fn render(&self, policy: &Policy, file: &str) -> String {
+        match self.rule().and_then(|i| policy.rules.get(i)) {
+            Some(r) => format!("{file}:{}:{}: error: {self}", r.line, r.col),
+            None => format!("{file}: error: {self}"),
+        }
+    }
 }
 
 /// One policy, ready to be written into a slot of the maps.
@@ -75,9 +98,16 @@ pub struct Compiled {
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     // Count before building: a few long lists multiply into more boxes
     // than memory holds, and a reload must fail cleanly, not abort.
-    let count = policy.rules.iter().fold(0usize, |n, r| n.saturating_add(box_count(r)));
-    if count > MAX_BOXES as usize {
-        return Err(CompileError::TooManyBoxes { count });
+    let mut count = 0usize;
+    let mut over = None;
+    for (index, rule) in policy.rules.iter().enumerate() {
+        count = count.saturating_add(box_count(rule));
+        if count > MAX_BOXES as usize && over.is_none() {
+            over = Some(index);
+        }
+    }
+    if let Some(rule) = over {
+        return Err(CompileError::TooManyBoxes { count, rule });
     }
     let mut boxes = Vec::with_capacity(count);
     for (index, rule) in policy.rules.iter().enumerate() {
@@ -376,14 +406,11 @@ impl Builder<'_> {
     }
 
     fn inseparable(&self, ids: &[u32]) -> CompileError {
-        let mut names: Vec<&str> = Vec::new();
-        for &i in ids {
-            let name = self.policy.rules[self.boxes[i as usize].rule as usize].name.as_str();
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        CompileError::Inseparable { rules: names.join(", ") }
+        let mut rules: Vec<usize> = ids.iter().map(|&i| self.boxes[i as usize].rule as usize).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        let names: Vec<&str> = rules.iter().map(|&r| self.policy.rules[r].name.as_str()).collect();
+        CompileError::Inseparable { rules: names.join(", "), rule: rules[0] }
     }
 }
 
@@ -472,7 +499,14 @@ mod tests {
         let dport = list(300, &|i| format!("{}", 1000 + i));
         let text = format!("[[rule]]\nname = \"big\"\nproto = \"tcp\"\nsrc = [{src}]\ndst = [{dst}]\ndport = [{dport}]\naction = \"accept\"\n");
         let p = policy::parse(&text, "t.toml").unwrap();
-        assert_eq!(compile(&p).unwrap_err(), CompileError::TooManyBoxes { count: 300 * 300 * 300 });
+        assert_eq!(compile(&p).unwrap_err(), CompileError::TooManyBoxes { count: 300 * 300 * 300, rule: 0 });
+
+        // The error points at the rule that passes the limit, not the first.
+        let text = format!("[[rule]]\nname = \"small\"\nproto = \"udp\"\naction = \"drop\"\n{text}");
+        let p = policy::parse(&text, "t.toml").unwrap();
+        let e = compile(&p).unwrap_err();
+        assert_eq!(e.rule(), Some(1));
+        assert!(e.render(&p, "t.toml").starts_with("t.toml:6:8: error: the policy expands to 27000001 match boxes"), "{}", e.render(&p, "t.toml"));
     }
 
     #[test]
@@ -482,6 +516,11 @@ mod tests {
             text.push_str(&format!("[[rule]]\nname = \"f{i}\"\nproto = \"tcp\"\ndport = 80\ntcp_flags = \"syn,{}ack\"\naction = \"drop\"\n", if i % 2 == 0 { "!" } else { "" }));
         }
         let p = policy::parse(&text, "t.toml").unwrap();
-        assert!(matches!(compile(&p), Err(CompileError::Inseparable { .. })));
+        let e = compile(&p).unwrap_err();
+        assert!(matches!(e, CompileError::Inseparable { rule: 0, .. }), "{e:?}");
+        assert!(e.render(&p, "t.toml").starts_with("t.toml:2:8: error: more than 16 rules match the same packets"), "{}", e.render(&p, "t.toml"));
+        // Limits of the whole policy have no rule to point at.
+        assert_eq!(CompileError::TooDeep.rule(), None);
+        assert!(CompileError::TooDeep.render(&p, "t.toml").starts_with("t.toml: error: the policy's decision tree"));
     }
 }

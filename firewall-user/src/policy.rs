@@ -375,8 +375,10 @@ impl TcpFlags {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
-    /// 1-based line of the rule's `name` key.
+    /// 1-based line of the rule's `name` value.
     pub line: usize,
+    /// 1-based column (in characters) of the rule's `name` value.
+    pub col: usize,
     pub proto: Proto,
     /// Empty: any address of either family.
     pub src: Vec<Cidr>,
@@ -877,7 +879,7 @@ impl Validator<'_> {
         for raw_rule in raw.rule {
             let raw_rule = raw_rule.into_inner();
             let name_span = raw_rule.name.span();
-            let (line, _) = self.locate(name_span.start);
+            let (line, col) = self.locate(name_span.start);
             if let Some(first) = first_use.get(raw_rule.name.get_ref()) {
                 let msg = format!(
                     "duplicate rule name `{}` (first used on line {first})",
@@ -888,7 +890,7 @@ impl Validator<'_> {
                 first_use.insert(raw_rule.name.get_ref().clone(), line);
             }
             let state_start = raw_rule.state.as_ref().map(|s| s.span().start);
-            if let Some(rule) = self.rule(raw_rule, line) {
+            if let Some(rule) = self.rule(raw_rule, line, col) {
                 rules.push(rule);
                 name_pos.push(name_span.start);
                 state_pos.push(state_start);
@@ -947,7 +949,7 @@ impl Validator<'_> {
     }
 
     /// Checks one rule; `None` if it had errors (already recorded).
-    fn rule(&mut self, raw: RawRule, line: usize) -> Option<Rule> {
+    fn rule(&mut self, raw: RawRule, line: usize, col: usize) -> Option<Rule> {
         let before = self.errors.len();
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
@@ -1024,6 +1026,7 @@ impl Validator<'_> {
         Some(Rule {
             name,
             line,
+            col,
             proto,
             src: src.map(|(l, _)| l).unwrap_or_default(),
             dst: dst.map(|(l, _)| l).unwrap_or_default(),

@@ -21,7 +21,7 @@ pub fn check(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{}: error: {e}", file.display());
+            eprintln!("{}", e.render(&policy, &file.display().to_string()));
             Ok(ExitCode::FAILURE)
         }
     }

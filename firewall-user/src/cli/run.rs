@@ -62,7 +62,7 @@ fn load_policy(path: &Path) -> Result<compile::Compiled> {
     for w in &policy.warnings {
         log::warn!("{}", w.render("warning"));
     }
-    compile::compile(&policy).with_context(|| format!("{}: cannot compile the policy", path.display()))
+    compile::compile(&policy).map_err(|e| anyhow::anyhow!("{}", e.render(&policy, &path.display().to_string())))
 }
 
 /// What identifies a version of the policy file.
