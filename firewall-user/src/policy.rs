@@ -573,9 +573,19 @@ pub enum PolicyError {
 /// Reads and parses the policy at `path`.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Read { path: file.clone(), source })?;
-    parse(&text, &file)
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read { path: file.clone(), source })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(&text, &file),
+        Err(e) => {
+            // Located like every other problem: at the first bad byte.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let before = std::str::from_utf8(valid).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let message = "invalid UTF-8 (a policy file is UTF-8 text)".to_owned();
+            Err(PolicyError::Invalid(vec![Diagnostic { file, line, col, message }]))
+        }
+    }
 }
 
 /// Parses and validates policy text; `file` only labels diagnostics.
@@ -1945,6 +1955,15 @@ action = "drop"
         );
         let e = err("[[rule]]\nname = \"a\"\nsrc = \"10.0.0.0/8\\u001b[2J\\u202e\"\naction = \"drop\"\n");
         assert_eq!(e, "t.toml:3:7: error: invalid prefix length `/8\\u{1b}[2J\\u{202e}` in `10.0.0.0/8\\u{1b}[2J\\u{202e}`");
+    }
+
+    #[test]
+    fn load_locates_invalid_utf8() {
+        let path = std::env::temp_dir().join(format!("policy-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[[rule]]\nname = \"\xc3\xa9\xff\"\n").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e, format!("{}:2:10: error: invalid UTF-8 (a policy file is UTF-8 text)", path.display()));
     }
 
     #[test]
