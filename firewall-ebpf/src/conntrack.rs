@@ -33,6 +33,8 @@ pub enum Ct {
     /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
     /// everything the old connection sent: the kernel's TIME-WAIT reuse
     /// rule (`tcp_timewait_state_process`) accepts it as a new connection.
+    /// On egress also the host's SYN-ACK on such a flow (its TIME-WAIT
+    /// socket accepted a SYN, which the kernel also allows by timestamps).
     SynReuse,
     Established,
     Related,
@@ -427,6 +429,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
                 touch(f, frame, now);
                 return Ct::Established;
             }
+            // The host's TIME-WAIT socket took a new SYN on the tuple (the
+            // kernel also allows that by timestamps): the host is the truth.
+            TCP_TIME_WAIT | TCP_CLOSE if !ingress => return Ct::SynReuse,
             _ => return Ct::Invalid(Reason::InvalidSynAck),
         }
     } else {

@@ -67,8 +67,9 @@ static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FL
 /// this table, never `FW_FLOWS` (see `MAX_REMOTE_FLOWS`).
 #[map(name = "FW_REMOTE_FLOWS")]
 static FW_REMOTE_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_REMOTE_FLOWS, 0);
-/// Write-only from userspace (BPF_F_WRONLY): no process can read the
-/// cookie keys back, even one that opens the map by id.
+/// Write-only through the controller's descriptor (BPF_F_WRONLY): a
+/// leaked descriptor cannot read the cookie keys back. (CAP_SYS_ADMIN can
+/// still open any map by id read-write.)
 #[map(name = "FW_COOKIE_KEY")]
 static FW_COOKIE_KEY: Array<CookieKey> = Array::with_max_entries(2, BPF_F_WRONLY);
 /// The host's addresses (controller-written): cookie SYN-ACKs are sent
@@ -464,6 +465,11 @@ fn egress(frame: &Frame) -> Reason {
         // starts a new connection.
         Ct::SynInFlow | Ct::SynReuse => {
             conntrack::forget(&packet);
+            if packet.key.tcp_flags & ACK != 0 {
+                // A SYN-ACK: the host answers a new connection on the tuple.
+                conntrack::open_synack(frame, &packet);
+                return Reason::EgressTracked;
+            }
             conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress);
             Reason::EgressNew
         }

@@ -538,3 +538,28 @@ fn a_spoofed_flood_larger_than_the_table_evicts_no_proven_flow() {
     h.expect(&seg(remote, host, 443, 52000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
     assert_eq!(h.flow_state(52000, 443), Some("syn_recv"));
 }
+
+/// A closed flow's tuple reused: a remote SYN beyond the old sequence
+/// starts a new connection; and when the host's TIME-WAIT socket accepts a
+/// SYN (the kernel also allows that by timestamps), its SYN-ACK on egress
+/// restarts the flow, so the client's ACK is established.
+#[test]
+fn a_closed_flows_tuple_is_reused_as_the_kernel_allows() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    let c = 40500;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    h.egress(&seg(host, remote, 80, c, FIN | ACK, sseq, cseq, b""));
+    h.expect(&seg(remote, host, c, 80, FIN | ACK, cseq, sseq + 1, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(c, 80), Some("time_wait"));
+    // The host's SYN-ACK for a new connection on the tuple.
+    assert_eq!(h.egress(&seg(host, remote, 80, c, SYN | ACK, 90_000, 7, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(c, 80), Some("syn_recv"));
+    h.expect(&seg(remote, host, c, 80, ACK, 7, 90_001, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(c, 80), Some("established"));
+    // Closed again; a SYN beyond the old sequence is a new connection.
+    h.egress(&seg(host, remote, 80, c, RST | ACK, 90_001, 7, b""));
+    assert_eq!(h.flow_state(c, 80), Some("close"));
+    h.expect(&seg(remote, host, c, 80, SYN, 100_000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
+}

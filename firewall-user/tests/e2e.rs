@@ -1102,3 +1102,92 @@ fn every_handoff_sysctl_switched_off_in_turn_still_completes() {
         assert_eq!(reason_packets(&stats, "handoff_failed"), 0, "{sysctl}: {stats}");
     }
 }
+
+/// Sends `count` ACKs (at most for `limit`) from the client's end of the
+/// veth to the server's `port`, each from a fresh random source in
+/// `src_net` (`None`: the client's own address) and port, with random
+/// sequence and acknowledgment numbers and correct checksums. Returns
+/// the frames sent.
+fn forged_ack_flood(pair: &Pair, src_net: Option<[u8; 2]>, port: u16, count: usize, limit: Duration, seed: u64) -> usize {
+    use rand::{RngCore as _, SeedableRng as _};
+    let (src_mac, dst_mac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let (client, server) = (ipv4(&pair.client_ip), ipv4(&pair.server_ip));
+    let ifname = pair.client_if.clone();
+    Pair::within(&pair.client, move || {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let socket = PacketSocket::open(&ifname);
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while sent < count && start.elapsed() < limit {
+            let r = rng.next_u64();
+            let src = match src_net {
+                Some([a, b]) => [a, b, (r >> 8) as u8, r as u8],
+                None => client,
+            };
+            let mut tcp = etherparse::TcpHeader::new(1024 + ((r >> 16) % 60000) as u16, port, rng.next_u32(), 64240);
+            tcp.ack = true;
+            tcp.acknowledgment_number = rng.next_u32();
+            let mut out = Vec::with_capacity(64);
+            etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, server, 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
+            if socket.send(&out) {
+                sent += 1;
+            }
+        }
+        sent
+    })
+    .join()
+    .unwrap()
+}
+
+/// The first attack of the hardening issue, replayed: a cookie service
+/// that admits only 10.231.0.0/16, and a flood of ACKs with random
+/// sequence and acknowledgment numbers from 10.200.0.0/16. None may
+/// validate and none may reach the listener; random ACKs from an admitted
+/// source are checked and fail at the stated odds; a real client still
+/// connects.
+#[test]
+fn forged_cookie_acks_never_reach_the_listener() {
+    let pair = Pair::new();
+    let _peer = attach_peer_pass(&pair);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (ip, count) = (pair.server_ip.clone(), accepted.clone());
+    Pair::within(&pair.server, move || {
+        let l = TcpListener::bind((ip.as_str(), 8080)).expect("bind");
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let (_dir, policy) = temp_policy(
+        "[settings]\ndefault = \"drop\"\n\n[[rule]]\nname = \"web\"\nproto = \"tcp\"\nsrc = \"10.231.0.0/16\"\ndport = 8080\naction = \"accept\"\nsyncookie = \"always\"\n",
+    );
+    let _fw = start_firewall(&pair, &policy);
+    let before = stats_json(&pair).unwrap();
+    let unadmitted = forged_ack_flood(&pair, Some([10, 200]), 8080, 1_000_000, Duration::from_secs(20), 1);
+    let admitted = forged_ack_flood(&pair, None, 8080, 200_000, Duration::from_secs(10), 2);
+    let after = wait_for("every forged ACK to be counted", Duration::from_secs(10), || {
+        let s = stats_json(&pair).ok()?;
+        let moved = |r: &str| reason_packets(&s, r) - reason_packets(&before, r);
+        (moved("cookie_not_admitted") as usize >= unadmitted && moved("cookie_invalid") as usize >= admitted).then_some(s)
+    });
+    let moved = |r: &str| reason_packets(&after, r) - reason_packets(&before, r);
+    println!("forged cookie ACKs: {unadmitted} from unadmitted sources, {admitted} from an admitted one; validated {}, accepted by the listener {}", moved("cookie_valid"), accepted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(moved("cookie_not_admitted") as usize, unadmitted, "{after}");
+    assert_eq!(moved("cookie_invalid") as usize, admitted, "{after}");
+    assert_eq!(moved("cookie_valid"), 0, "no forged ACK validated: {after}");
+    assert_eq!(service(&after, "web")["acks_invalid"].as_u64().unwrap() as usize, admitted, "only admitted ACKs were checked");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the listener accepted nothing");
+    // A real client still gets in.
+    let addr: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
+    Pair::within(&pair.client, move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .join()
+        .unwrap()
+        .expect("a real client connects");
+    wait_for("the real connection to be accepted", Duration::from_secs(5), || {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    });
+}

@@ -63,7 +63,7 @@ fn fuzzed_packets_keep_every_invariant() {
 
 #[test]
 fn the_synack_check_catches_a_corrupted_answer() {
-    let h = common::Harness::new(fuzz::POLICY);
+    let h = fuzz::harness();
     let corpus = fuzz::corpus();
     let syn = &corpus.iter().find(|s| s.name.starts_with("SYN :80 2001:db8:c0::10 vlans=1")).unwrap().frame;
     let Shape::Ip(ip) = fuzz::shape(syn) else { panic!("an IP sample") };

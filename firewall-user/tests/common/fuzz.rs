@@ -111,6 +111,26 @@ const CLIENTS_V4: [&str; 4] = ["192.0.2.10", "198.51.100.20", "203.0.113.30", "1
 const CLIENTS_V6: [&str; 4] = ["2001:db8:c0::10", "2001:db8:99::20", "2001:db8:bad::30", "2001:db8:7::40"];
 const SERVER_V4: &str = "10.1.0.1";
 const SERVER_V6: &str = "2001:db8:1::1";
+/// The host's addresses in the fuzzed program (`FW_LOCAL_ADDRS`): cookie
+/// SYN-ACKs are sent for these destinations only.
+pub const LOCAL: [&str; 2] = [SERVER_V4, SERVER_V6];
+
+/// The real program with the fuzzed policy, its host addresses `LOCAL`.
+pub fn harness() -> Harness {
+    let mut h = Harness::new(POLICY);
+    let local: Vec<IpAddr> = LOCAL.iter().map(|a| a.parse().unwrap()).collect();
+    h.fw.set_local_addrs(&local).expect("local addresses");
+    h
+}
+
+/// An address no peer can have, or that reaches many hosts: no SYN-ACK
+/// goes from or to it (unspecified, loopback, multicast, broadcast, class E).
+fn martian(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(a) => a.octets()[0] == 0 || a.is_loopback() || a.octets()[0] >= 224,
+        IpAddr::V6(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Reference model: what the documented parsing limits make of a frame.
@@ -347,7 +367,13 @@ const RULE_DROP: &[Reason] = &[Reason::RuleDrop, Reason::DefaultDrop];
 fn by_rules(policy: &Policy, ip: &Ip, class: &'static str) -> Expect {
     match first_match(policy, ip) {
         Some(r) if r.action == Action::Accept && r.syncookie == Syncookie::Always && matches!(ip.l4, L4::Tcp { flags, .. } if bare_syn(flags)) => {
-            Expect { class: "bare SYN to a cookie service", verdict: XDP_TX, reasons: &[Reason::CookieSent] }
+            if martian(ip.src) || martian(ip.dst) {
+                Expect { class: "SYN to a cookie service from or to a martian address", verdict: XDP_DROP, reasons: &[Reason::CookieMartian] }
+            } else if !LOCAL.iter().any(|a| a.parse::<IpAddr>().unwrap() == ip.dst) {
+                Expect { class: "SYN to a cookie service for another host", verdict: XDP_PASS, reasons: RULE_PASS }
+            } else {
+                Expect { class: "bare SYN to a cookie service", verdict: XDP_TX, reasons: &[Reason::CookieSent] }
+            }
         }
         Some(r) if r.action == Action::Accept => Expect { class, verdict: XDP_PASS, reasons: RULE_PASS },
         None if policy.settings.default == Action::Accept => Expect { class, verdict: XDP_PASS, reasons: RULE_PASS },
@@ -1486,7 +1512,7 @@ impl Runner<'_> {
 pub fn run(packets: u64, seed: u64) -> Summary {
     let start = Instant::now();
     let policy = policy::parse(POLICY, "fuzz.toml").expect("fuzz policy parses");
-    let h = Harness::new(POLICY);
+    let h = harness();
     let reasons = Reasons::new(&h);
     let last = reasons.read();
     let mut runner = Runner { h: &h, reasons, last, model: Model::new(policy), summary: Summary::default() };
