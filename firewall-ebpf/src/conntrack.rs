@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
+    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
@@ -24,6 +24,9 @@ use crate::{
 pub enum Ct {
     /// Opens a flow (or is not tracked): the rules decide.
     New,
+    /// A retransmitted SYN of a handshake the table already follows: new
+    /// to the rules, but never answered with a cookie (the flow exists).
+    SynAgain,
     /// A SYN on the tuple of a live flow, or of a closed one whose
     /// sequence is not beyond the old connection's: a new connection only
     /// if the host has no socket for the tuple any more (the old one died
@@ -98,15 +101,13 @@ pub fn flow_key(key: &Key, icmp_id: u16) -> (FlowKey, u8) {
     }
 }
 
-/// Impossible flag combinations: SYN+FIN, SYN+RST, FIN without ACK (which
-/// covers XMAS, FIN+PSH+URG; with ACK that is a FIN with urgent data, which
-/// is legal), and NULL (none of FIN..URG).
+/// Impossible flag combinations (nf_conntrack's `tcp_valid_flags`):
+/// SYN+FIN, SYN+RST, and any segment but a SYN or an RST without ACK
+/// (FIN, PSH or URG alone, XMAS, NULL). With ACK, a FIN with urgent data
+/// is legal.
 #[inline(always)]
 fn bad_flags(flags: u8) -> bool {
-    flags & (SYN | FIN) == (SYN | FIN)
-        || flags & (SYN | RST) == (SYN | RST)
-        || (flags & FIN != 0 && flags & ACK == 0)
-        || flags & (FIN | SYN | RST | PSH | ACK | URG) == 0
+    flags & (SYN | FIN) == (SYN | FIN) || flags & (SYN | RST) == (SYN | RST) || flags & (SYN | RST | ACK) == 0
 }
 
 /// Per-side array access by branch, not by index: LLVM turns `&a[side]`
@@ -233,6 +234,16 @@ fn in_window(f: &Flow, s: usize, packet: &Packet) -> bool {
         }
     }
     true
+}
+
+/// Remembers a SYN's ISN + 1 for the SYN-ACK check, in the other side's
+/// `max_end` slot, which means nothing until that side's limit is known
+/// (`end_known` clear) and is then overwritten by `note_segment`.
+#[inline(always)]
+fn note_syn(f: &mut Flow, s: usize, packet: &Packet) {
+    let o = 1 - s;
+    set(&mut f.max_end, o, packet.tcp.seq.wrapping_add(1));
+    f.end_known &= !(1 << o);
 }
 
 #[inline(always)]
@@ -362,28 +373,34 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
     }
 
     if rst {
-        // RFC 5961: only an RST inside the receiver's window may end a
-        // flow: at or after what the receiver last acknowledged, or exactly
-        // at the sender's next sequence number (minus one after its FIN).
-        // Answering a SYN, it must acknowledge the SYN instead. With
-        // neither known there is nothing to check against: refused (the
-        // host's own RSTs, on egress, are always believed).
-        let ok = if !ingress {
-            true
+        // RFC 5961: an RST ends a flow only exactly at what the receiver
+        // expects next (its last acknowledgment, or the sender's next
+        // sequence number, minus one after its FIN). One elsewhere in the
+        // receiver's window goes to the host, whose stack answers with a
+        // challenge ACK, and changes nothing here (as nf_conntrack keeps
+        // the state); outside it is invalid. Answering a SYN, an RST must
+        // acknowledge the SYN instead. With nothing known it is refused.
+        // The host's own RSTs, on egress, are always believed.
+        let (exact, in_window) = if !ingress {
+            (true, true)
         } else if f.state == TCP_SYN_SENT {
-            !from_initiator && ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other)
+            let ok = !from_initiator && ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other);
+            (ok, ok)
         } else {
             let seq = packet.tcp.seq;
             let window = get(&f.max_window, other).max(1);
-            let in_window = f.ack_known & (1 << other) != 0 && seq.wrapping_sub(get(&f.last_ack, other)) < window;
+            let acked = f.ack_known & (1 << other) != 0;
+            let expected = get(&f.last_ack, other);
             let next = get(&f.next_seq, s);
             let at_next = f.seq_known & (1 << s) != 0 && (seq == next || seq == next.wrapping_sub(1));
-            in_window || at_next
+            (at_next || (acked && seq == expected), at_next || (acked && seq.wrapping_sub(expected) < window))
         };
-        if !ok {
+        if !in_window {
             return Ct::Invalid(Reason::InvalidRst);
         }
-        f.state = TCP_CLOSE;
+        if exact {
+            f.state = TCP_CLOSE;
+        }
         touch(f, frame, now);
         return Ct::Established;
     }
@@ -394,14 +411,16 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
             // new connection to the rules. A new ISN replaces the old one.
             TCP_SYN_SENT | TCP_SYN_RECV if from_initiator => {
                 set(&mut f.next_seq, s, packet.tcp.seq.wrapping_add(segment_len(packet)));
+                note_syn(f, s, packet);
                 f.seq_known |= 1 << s;
                 f.last_seen_ns = now;
-                return Ct::New;
+                return Ct::SynAgain;
             }
             // Simultaneous open: both sides sent a SYN.
             TCP_SYN_SENT => {
                 f.state = TCP_SYN_RECV;
                 f.flags |= FLOW_BOTH_SYNS;
+                note_syn(f, s, packet);
                 set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
             }
             // A closed flow's tuple reused by a new connection: beyond the
@@ -417,7 +436,14 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         // SYN-ACK: from the responder (or either side after simultaneous
         // SYNs), acknowledging the SYN it answers.
         let responder = !from_initiator || f.flags & FLOW_BOTH_SYNS != 0;
-        let acks_syn = ack && f.seq_known & (1 << other) != 0 && packet.tcp.ack == get(&f.next_seq, other);
+        // It acknowledges the SYN, and of the SYN's data (TCP Fast Open)
+        // all or none: between the other side's ISN + 1 and its next
+        // sequence number (`note_syn`).
+        let acks_syn = ack
+            && f.seq_known & (1 << other) != 0
+            && f.end_known & (1 << s) == 0
+            && !seq_after(packet.tcp.ack, get(&f.next_seq, other))
+            && !seq_after(get(&f.max_end, s), packet.tcp.ack);
         match f.state {
             TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => {
                 f.state = TCP_SYN_RECV;
@@ -440,6 +466,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         if ingress && !in_window(f, s, packet) {
             return Ct::Invalid(Reason::InvalidWindow);
         }
+        let mut completed = false;
         match f.state {
             // Nothing but a SYN-ACK (or an RST) may answer a SYN.
             TCP_SYN_SENT => return Ct::Invalid(Reason::InvalidState),
@@ -449,6 +476,13 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
                     return Ct::Invalid(Reason::InvalidState);
                 }
                 f.state = TCP_ESTABLISHED;
+                completed = true;
+            }
+            // Closed by an RST: what follows changes nothing (nf_conntrack
+            // keeps CLOSE for a FIN or an ACK too).
+            TCP_CLOSE => {
+                touch(f, frame, now);
+                return Ct::Established;
             }
             _ => {}
         }
@@ -456,15 +490,25 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
             f.fins |= 1 << s;
             f.state = if f.fins == 3 { TCP_TIME_WAIT } else { TCP_FIN_WAIT };
         }
+        // A flow picked up mid-stream learns the remote side's sequence
+        // only once the host has said how far it may send: before that, a
+        // forged segment could set it anywhere.
+        if ingress && f.end_known & (1 << s) == 0 && f.wscale[0] == WSCALE_UNKNOWN {
+            touch(f, frame, now);
+            return Ct::Established;
+        }
+        note_segment(f, side, packet);
+        touch(f, frame, now);
+        // Only a handshake completed through the table (its last ACK exact
+        // to the host's ISN, which an off-path sender cannot know) proves
+        // a flow opened from outside: it leaves the table a flood churns.
+        if completed && table == Table::Remote {
+            promote(&fk, f);
+        }
+        return Ct::Established;
     }
     note_segment(f, side, packet);
     touch(f, frame, now);
-    // A handshake completed through the table, or any segment the host
-    // itself sends on an established flow, proves the flow: it leaves the
-    // table a flood can churn.
-    if table == Table::Remote && !syn && f.state >= TCP_ESTABLISHED && f.state <= TCP_TIME_WAIT {
-        promote(&fk, f);
-    }
     Ct::Established
 }
 
@@ -472,10 +516,10 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
 /// ingress; at once on egress). Returns whether a flow was created:
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
 /// or a datagram before any reply finds its flow there already. Flows the
-/// host opens go to the main table; flows opened from outside to the
-/// remote table, until they prove themselves.
+/// host opens go to the main table (`proven`); flows opened from outside,
+/// and host datagrams that may answer one, to the remote table.
 #[inline(always)]
-pub fn open(packet: &Packet, wscale: u8, dir: Dir) -> bool {
+pub fn open(packet: &Packet, wscale: u8, dir: Dir, proven: bool) -> bool {
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -505,8 +549,9 @@ pub fn open(packet: &Packet, wscale: u8, dir: Dir) -> bool {
         flow.wscale = [WSCALE_NONE; 2];
         set(&mut flow.wscale, (side & 1) as usize, wscale);
         note_segment(&mut flow, side, packet);
+        note_syn(&mut flow, (side & 1) as usize, packet);
     }
-    insert(&fk, &flow, if egress { Table::Main } else { Table::Remote });
+    insert(&fk, &flow, if egress && proven { Table::Main } else { Table::Remote });
     true
 }
 
@@ -547,7 +592,11 @@ pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool) {
     // The initiator is unknown: the handshake happened before we saw the flow.
     let mut flow = established(frame, 1 - local, local);
     flow.wscale = [WSCALE_UNKNOWN; 2];
-    note_segment(&mut flow, side, packet);
+    // Only the host's own segment is believed; a remote one may be forged
+    // (see `track_tcp`).
+    if dir == Dir::Egress {
+        note_segment(&mut flow, side, packet);
+    }
     insert(&fk, &flow, if proven { Table::Main } else { Table::Remote });
 }
 

@@ -149,24 +149,26 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     let sk = ctx.ctx as *mut _;
     match ct {
         // An ACK of no flow for a connection the host has: evicted from
-        // the table, or older than the firewall. A half-open request of
-        // the host's stays unproven (the remote table).
+        // the table, or older than the firewall.
         Ct::Invalid(Reason::InvalidNoFlow) => match conntrack::socket_state(sk, &packet.key) {
             Socket::Connected => {
                 conntrack::adopt(frame, &packet, Dir::Ingress, true);
                 ct = Ct::Established;
             }
-            Socket::Request => {
-                conntrack::adopt(frame, &packet, Dir::Ingress, false);
-                ct = Ct::Established;
-            }
+            // A half-open handshake of the host's own (the table lost it):
+            // the host's stack judges the ACK; no flow until it has a
+            // connection (an off-path sender can make request sockets).
+            Socket::Request => ct = Ct::Established,
             Socket::None | Socket::TimeWait => {}
         },
+        // The host still has the old connection (a closed flow's socket
+        // may live on: an RST this table took for exact was not): its
+        // stack answers, as for any SYN on a live connection.
+        Ct::SynReuse if conntrack::socket_state(sk, &packet.key) == Socket::Connected => ct = Ct::Established,
         Ct::SynReuse => {
             conntrack::forget(&packet);
             ct = Ct::New;
         }
-        // The host still has the old connection: its stack answers.
         Ct::SynInFlow => {
             if conntrack::socket_state(sk, &packet.key) == Socket::None {
                 // The old connection died unseen: this SYN starts a new one.
@@ -195,7 +197,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
     }
     let (state, setting) = match ct {
-        Ct::New | Ct::SynInFlow | Ct::SynReuse => (ct_state::NEW, firewall_common::STATE_RULES),
+        Ct::New | Ct::SynAgain | Ct::SynInFlow | Ct::SynReuse => (ct_state::NEW, firewall_common::STATE_RULES),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
         Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
@@ -209,6 +211,9 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         _ => {}
     }
     packet.key.ct_state = state;
+    // A retransmitted SYN of a handshake the table follows is not answered
+    // with a cookie (its flow would reject the cookie's ACK).
+    packet.syn_again = ct == Ct::SynAgain;
     let Some(packet) = forget_paths(packet) else {
         return Reason::Internal;
     };
@@ -231,7 +236,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     if accept && packet.key.ct_state == ct_state::NEW {
         let (rule, mode) = service;
         let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
-        if mode != SYNCOOKIE_OFF && bare_syn && packet.key.proto == parse::IPPROTO_TCP {
+        if mode != SYNCOOKIE_OFF && bare_syn && !packet.syn_again && packet.key.proto == parse::IPPROTO_TCP {
             cookie::count(slot, rule, Event::Syn);
             // Never a reflector: no SYN-ACK to or from an address no host
             // can have, and none for a destination that is not ours.
@@ -253,7 +258,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
         // Fresh packet pointers: the ones from before the walk stay dead there.
         let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
-        conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress);
+        conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress, false);
     }
     reason
 }
@@ -325,7 +330,7 @@ fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
         Err(reason) => {
             // The frame is still the SYN: let the host answer, tracked as usual.
             let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
-            conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress);
+            conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress, false);
             (reason, XDP_PASS)
         }
     }
@@ -454,7 +459,7 @@ fn egress(frame: &Frame) -> Reason {
     let Ok(Some(packet)) = parse::parse(frame) else {
         return Reason::EgressUntracked;
     };
-    let Ok((_, header)) = active_policy() else {
+    let Ok((slot, header)) = active_policy() else {
         return Reason::EgressUntracked;
     };
     if packet.fragment {
@@ -470,11 +475,28 @@ fn egress(frame: &Frame) -> Reason {
                 conntrack::open_synack(frame, &packet);
                 return Reason::EgressTracked;
             }
-            conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress);
+            conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress, true);
             Reason::EgressNew
         }
-        Ct::New if conntrack::open(&packet, syn_wscale(frame, &packet), Dir::Egress) => Reason::EgressNew,
-        Ct::New => Reason::EgressTracked,
+        Ct::New => {
+            // A datagram of no flow may answer one from outside whose flow
+            // the remote table lost: a spoofed flood must not reach the main
+            // table through the host's replies. An echo reply opens nothing;
+            // a datagram the rules would admit inbound goes to the remote
+            // table (the rules take its peer's packets anyway).
+            let (proven, wscale) = match packet.key.proto {
+                parse::IPPROTO_ICMP if packet.key.sport == 0 => return Reason::EgressTracked,
+                parse::IPPROTO_ICMPV6 if packet.key.sport == 129 => return Reason::EgressTracked,
+                parse::IPPROTO_UDP => (!inbound_allowed(slot, header, &packet), WSCALE_NONE),
+                parse::IPPROTO_TCP => (true, syn_wscale(frame, &packet)),
+                _ => (true, WSCALE_NONE),
+            };
+            if conntrack::open(&packet, wscale, Dir::Egress, proven) {
+                Reason::EgressNew
+            } else {
+                Reason::EgressTracked
+            }
+        }
         Ct::Invalid(Reason::InvalidNoFlow) => {
             conntrack::adopt(frame, &packet, Dir::Egress, true);
             Reason::EgressTracked
@@ -485,6 +507,24 @@ fn egress(frame: &Frame) -> Reason {
             Reason::EgressTracked
         }
         _ => Reason::EgressTracked,
+    }
+}
+
+/// Whether the rules would accept, as a new flow, the reverse of this
+/// outbound packet (its peer sending to the host).
+#[inline(always)]
+fn inbound_allowed(slot: u32, header: &PolicyHeader, packet: &parse::Packet) -> bool {
+    let mut reverse = *packet;
+    reverse.key.src = packet.key.dst;
+    reverse.key.dst = packet.key.src;
+    reverse.key.sport = packet.key.dport;
+    reverse.key.dport = packet.key.sport;
+    reverse.key.ct_state = ct_state::NEW;
+    let Some(p) = forget_paths(reverse) else { return false };
+    match rules::classify(slot, header.root, &p.key) {
+        Ok(Some(m)) => m.action == ACTION_ACCEPT,
+        Ok(None) => header.default_action == ACTION_ACCEPT,
+        Err(()) => false,
     }
 }
 

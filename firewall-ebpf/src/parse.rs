@@ -73,6 +73,11 @@ pub struct Packet {
     pub tcp: TcpInfo,
     /// ICMP echo identifier (0 for other packets).
     pub icmp_id: u16,
+    /// Set by the XDP program: a retransmitted SYN of a handshake the
+    /// table follows (kept in the packet so that it passes through the
+    /// scratch copy: a flag held across the rule walk would make the
+    /// verifier check the walk once per value).
+    pub syn_again: bool,
     /// Bytes on the wire (`Frame::wire_len`).
     pub wire_len: u64,
 }
@@ -183,6 +188,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_len: total_len - header_len,
         tcp: TcpInfo::default(),
         icmp_id: 0,
+        syn_again: false,
         wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -259,6 +265,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_len: payload_len - consumed,
         tcp: TcpInfo::default(),
         icmp_id: 0,
+        syn_again: false,
         wire_len: ctx.wire_len,
     };
     if fragment {

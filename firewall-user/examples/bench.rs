@@ -79,7 +79,7 @@ fn main() {
             ("established", "established flow (accept)", &established),
             ("invalid_no_flow", "invalid: ACK of no flow (drop; includes a socket lookup)", &invalid),
             ("invalid_flags", "invalid: SYN+FIN (drop)", &bad_flags),
-            ("cookie_ack_forged", "forged cookie ACK (drop; table miss, socket lookup, SipHash)", &forged_ack),
+            ("cookie_ack_forged", "forged cookie ACK (drop; table misses, socket lookup, tail call, rules as its SYN, SipHash)", &forged_ack),
             ("malformed", "malformed (drop)", &malformed),
         ] {
             rows.push(Row { rules, id, class, method: "repeat", ns: median_ns(&h, f) });

@@ -139,6 +139,10 @@ fn rst_must_be_in_window() {
         h.expect(&seg(remote, host, 40000, 80, RST, 1001 + 0x4000_0000, 0, b""), XDP_DROP, Reason::InvalidRst);
         assert_eq!(h.flow_state(40000, 80), Some("established"), "the flow survives");
         h.expect(&seg(remote, host, 40000, 80, ACK | PSH, 1001, 5001, b"still here"), XDP_PASS, Reason::Established);
+        // In the window but not exact: the host's stack gets it (and sends
+        // a challenge ACK, RFC 5961); the flow does not close on a guess.
+        h.expect(&seg(remote, host, 40000, 80, RST, 1011 + 100, 0, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(40000, 80), Some("established"), "an inexact RST changes nothing");
         // The real one: exactly at the next expected sequence number.
         h.expect(&seg(remote, host, 40000, 80, RST, 1011, 0, b""), XDP_PASS, Reason::Established);
         assert_eq!(h.flow_state(40000, 80), Some("close"));
@@ -562,4 +566,59 @@ fn a_closed_flows_tuple_is_reused_as_the_kernel_allows() {
     assert_eq!(h.flow_state(c, 80), Some("close"));
     h.expect(&seg(remote, host, c, 80, SYN, 100_000, 0, b""), XDP_PASS, Reason::RuleAccept);
     assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
+}
+
+/// The review's table-filling paths, closed: a spoofed SYN answered by
+/// the host's RST, then a FIN, stays a closed flow in the remote table;
+/// segments without ACK are invalid; a UDP reply of the host to a flow
+/// the remote table lost goes back there, and an echo reply opens nothing.
+#[test]
+fn spoofed_sequences_cannot_promote_a_flow_into_the_main_table() {
+    let policy = format!("{POLICY}\n[[rule]]\nname = \"ping\"\nproto = \"icmp\"\naction = \"accept\"\n");
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(&policy);
+    for i in 0..50u16 {
+        let src = format!("10.77.0.{}", i + 1);
+        h.expect(&seg(&src, host, 3000 + i, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        // Nothing listens: the host resets; then the spoofer's FIN and data.
+        h.egress(&seg(host, &src, 80, 3000 + i, RST | ACK, 0, 1001, b""));
+        h.expect(&seg(&src, host, 3000 + i, 80, FIN | ACK, 1001, 1, b""), XDP_PASS, Reason::Established);
+        h.expect(&seg(&src, host, 3000 + i, 80, ACK | PSH, 1002, 1, b"x"), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(3000 + i, 80), Some("close"), "an RST's flow stays closed");
+        // A segment without ACK (PSH alone) is never valid.
+        h.expect(&seg(&src, host, 3000 + i, 80, PSH, 1002, 0, b"x"), XDP_DROP, Reason::InvalidFlags);
+    }
+    // The host's reply to a datagram whose flow was lost: the remote table.
+    assert_eq!(h.egress(&udp(host, remote, 53, 40053)), Reason::EgressNew);
+    let mut pong = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4([198, 51, 100, 1], [192, 0, 2, 10], 64).icmpv4_echo_reply(9, 1).write(&mut pong, b"pong").unwrap();
+    assert_eq!(h.egress(&pong), Reason::EgressTracked);
+    let (main, remote_flows) = h.table_sizes();
+    assert_eq!(main, 0, "nothing spoofed reached the main table ({remote_flows} in the remote one)");
+    // A UDP flow the host opens to a port no rule admits inbound is proven.
+    assert_eq!(h.egress(&udp(host, remote, 40000, 123)), Reason::EgressNew);
+    assert_eq!(h.table_sizes().0, 1);
+}
+
+/// TCP Fast Open: the responder may acknowledge the SYN's data or only
+/// the SYN (a refused cookie); both complete the handshake.
+#[test]
+fn a_synack_acknowledging_only_the_syn_of_a_fast_open_syn_is_valid() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    // The host as a TFO client whose data the server refuses.
+    assert_eq!(h.egress(&seg(host, remote, 52100, 443, SYN, 100, 0, b"early data")), Reason::EgressNew);
+    h.expect(&seg(remote, host, 443, 52100, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(52100, 443), Some("syn_recv"));
+    // A SYN-ACK acknowledging more than the SYN carried is still refused.
+    assert_eq!(h.egress(&seg(host, remote, 52101, 443, SYN, 100, 0, b"early data")), Reason::EgressNew);
+    h.expect(&seg(remote, host, 443, 52101, SYN | ACK, 7000, 112, b""), XDP_DROP, Reason::InvalidSynAck);
+    h.expect(&seg(remote, host, 443, 52101, SYN | ACK, 7000, 100, b""), XDP_DROP, Reason::InvalidSynAck);
+    h.expect(&seg(remote, host, 443, 52101, SYN | ACK, 7000, 111, b""), XDP_PASS, Reason::Established);
+    // The host as a server refusing a TFO SYN's data.
+    h.expect(&seg(remote, host, 40600, 80, SYN, 1000, 0, b"early data"), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(h.egress(&seg(host, remote, 80, 40600, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(40600, 80), Some("syn_recv"));
+    h.expect(&seg(remote, host, 40600, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(40600, 80), Some("established"));
 }

@@ -437,14 +437,30 @@ fn ipv4(s: &str) -> [u8; 4] {
 }
 
 fn tcp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32, syn: bool, rst: bool) -> Vec<u8> {
-    let mut tcp = etherparse::TcpHeader::new(sport, dport, seq, 64240);
-    tcp.acknowledgment_number = ack;
-    tcp.ack = true;
-    tcp.syn = syn;
-    tcp.rst = rst;
+    let flags = ACK | if syn { SYN } else { 0 } | if rst { RST } else { 0 };
+    flags_frame(src_mac, dst_mac, src, dst, sport, dport, seq, ack, flags)
+}
+
+/// A TCP frame with any flags (as in byte 13 on the wire).
+fn flags_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(ipv4(src), ipv4(dst), 64).tcp_header(tcp).write(&mut out, &[]).unwrap();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(ipv4(src), ipv4(dst), 64)
+        .tcp_header(common::tcp_header(sport, dport, flags, seq, ack))
+        .write(&mut out, &[])
+        .unwrap();
     out
+}
+
+/// A client connection to the bulk server on 8080, through the firewall.
+fn connect_bulk(pair: &Pair) -> TcpStream {
+    let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
+    let conn = Pair::within(&pair.client, move || TcpStream::connect_timeout(&server, Duration::from_secs(3)))
+        .join()
+        .unwrap()
+        .expect("connect through the firewall");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn
 }
 
 #[test]
@@ -453,14 +469,9 @@ fn stateful_default_drop_serves_a_bulk_download_and_drops_forged_packets() {
     start_bulk_server(&pair, 8080);
     let (_dir, policy) = temp_policy(STATEFUL);
     let _fw = start_firewall(&pair, &policy);
-    let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
 
     // One real connection (its port is read back below): a multi-MiB download first.
-    let mut conn = Pair::within(&pair.client, move || TcpStream::connect_timeout(&server, Duration::from_secs(3)))
-    .join()
-    .unwrap()
-    .expect("connect through the firewall");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut conn = connect_bulk(&pair);
     const BULK: usize = 8 << 20;
     conn.write_all(format!("GET {BULK}\n").as_bytes()).unwrap();
     read_pattern(&mut conn, BULK);
@@ -506,17 +517,6 @@ fn stateful_default_drop_serves_a_bulk_download_and_drops_forged_packets() {
     assert!(ours["bytes"].as_u64().unwrap() > BULK as u64, "both directions' bytes: {ours}");
 }
 
-/// A TCP frame with any flags (as in byte 13 on the wire).
-fn flags_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(ipv4(src), ipv4(dst), 64)
-        .tcp_header(common::tcp_header(sport, dport, flags, seq, ack))
-        .write(&mut out, &[])
-        .unwrap();
-    out
-}
-
 /// The second attack of the hardening issue, against a real connection:
 /// knowing the 4-tuple but no sequence numbers, the attacker sends a
 /// FIN|ACK as the client, a FIN|ACK as the server (arriving on the
@@ -529,12 +529,7 @@ fn blind_fin_fin_syn_cannot_kill_a_live_connection() {
     start_bulk_server(&pair, 8080);
     let (_dir, policy) = temp_policy(STATEFUL);
     let _fw = start_firewall(&pair, &policy);
-    let server: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
-    let mut conn = Pair::within(&pair.client, move || TcpStream::connect_timeout(&server, Duration::from_secs(3)))
-        .join()
-        .unwrap()
-        .expect("connect through the firewall");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut conn = connect_bulk(&pair);
     conn.write_all(b"GET 300000\n").unwrap();
     read_pattern(&mut conn, 300_000);
     let cport = conn.local_addr().unwrap().port();
