@@ -42,7 +42,8 @@ pub enum Reason {
     StateDrop = 16,
     /// Invalid, but passed by `invalid = "accept"`.
     InvalidAccept = 17,
-    /// Impossible TCP flags: SYN+FIN, SYN+RST, FIN without ACK, NULL, XMAS.
+    /// Impossible TCP flags: SYN+FIN, SYN+RST, and any segment but a SYN or
+    /// an RST without ACK (FIN, PSH or URG alone, NULL, XMAS).
     InvalidFlags = 18,
     /// A TCP packet other than a SYN with no flow (e.g. an unsolicited ACK).
     InvalidNoFlow = 19,
