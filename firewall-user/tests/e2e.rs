@@ -1186,3 +1186,90 @@ fn forged_cookie_acks_never_reach_the_listener() {
         (accepted.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
     });
 }
+
+/// Sends `count` spoofed frames (at most for `limit`) from the client's
+/// end: from 10.100.0.0/14, in turn a UDP datagram to port 53, a SYN to
+/// `syn_port` and an ICMP echo request, each from a fresh source.
+fn spoofed_mixed_flood(pair: &Pair, syn_port: u16, count: usize, limit: Duration) -> std::thread::JoinHandle<usize> {
+    let (src_mac, dst_mac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let server = ipv4(&pair.server_ip);
+    let ifname = pair.client_if.clone();
+    Pair::within(&pair.client, move || {
+        let socket = PacketSocket::open(&ifname);
+        let start = std::time::Instant::now();
+        let mut sent = 0usize;
+        while sent < count && start.elapsed() < limit {
+            let i = sent as u32;
+            let src = [10, 100 + ((i >> 16) & 3) as u8, (i >> 8) as u8, i as u8];
+            let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, server, 64);
+            let mut out = Vec::with_capacity(64);
+            match i % 3 {
+                0 => b.udp(1024 + (i % 50000) as u16, 53).write(&mut out, b"query").unwrap(),
+                1 => b.tcp_header(common::tcp_header(1024 + (i % 50000) as u16, syn_port, SYN, i, 0)).write(&mut out, &[]).unwrap(),
+                _ => b.icmpv4_echo_request(i as u16, 1).write(&mut out, b"ping").unwrap(),
+            }
+            if socket.send(&out) {
+                sent += 1;
+            }
+        }
+        sent
+    })
+}
+
+/// No flood can evict the flows that matter, with real stacks: during a
+/// spoofed flood of datagrams, SYNs to an open non-cookie port and pings,
+/// larger than the unproven-flow table, an established inbound connection
+/// and one the host opened keep carrying data, and the host opens new
+/// connections out.
+#[test]
+fn a_spoofed_flood_larger_than_the_table_leaves_real_connections_working() {
+    use firewall_common::MAX_REMOTE_FLOWS;
+    let pair = Pair::new();
+    start_bulk_server(&pair, 8080);
+    let cip = pair.client_ip.clone();
+    Pair::within(&pair.client, move || {
+        let l = TcpListener::bind((cip.as_str(), 9443)).unwrap();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                std::thread::spawn(move || serve_bulk(conn));
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let policy = format!("{STATEFUL}\n[[rule]]\nname = \"dns\"\nproto = \"udp\"\ndport = 53\naction = \"accept\"\n\n[[rule]]\nname = \"ping\"\nproto = \"icmp\"\naction = \"accept\"\n");
+    let (_dir, policy) = temp_policy(&policy);
+    let _fw = start_firewall(&pair, &policy);
+    let mut inbound = connect_bulk(&pair);
+    let target: SocketAddr = format!("{}:9443", pair.client_ip).parse().unwrap();
+    let mut outbound = Pair::within(&pair.server, move || TcpStream::connect_timeout(&target, Duration::from_secs(3)))
+        .join()
+        .unwrap()
+        .expect("outbound connect");
+    outbound.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    let count = (MAX_REMOTE_FLOWS as usize) * 3 / 2;
+    let flood = spoofed_mixed_flood(&pair, 8080, count, Duration::from_secs(20));
+    // During the flood: both connections carry data, and the host opens
+    // new connections out (each a host-opened handshake).
+    let mut new_outbound = 0;
+    while !flood.is_finished() {
+        inbound.write_all(b"GET 20000\n").unwrap();
+        read_pattern(&mut inbound, 20_000);
+        outbound.write_all(b"GET 20000\n").unwrap();
+        read_pattern(&mut outbound, 20_000);
+        let ok = Pair::within(&pair.server, move || TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()).join().unwrap();
+        assert!(ok, "a host-opened handshake completes during the flood");
+        new_outbound += 1;
+    }
+    let sent = flood.join().unwrap();
+    // And after it.
+    inbound.write_all(b"GET 100000\n").unwrap();
+    read_pattern(&mut inbound, 100_000);
+    outbound.write_all(b"GET 100000\n").unwrap();
+    read_pattern(&mut outbound, 100_000);
+    let stats = stats_json(&pair).unwrap();
+    println!("mixed spoofed flood: {sent} frames (unproven table {MAX_REMOTE_FLOWS}); {new_outbound} host-opened connections during it; rule_accept {}", reason_packets(&stats, "rule_accept"));
+    assert!(sent >= count, "the flood sent {sent} of {count} frames in time");
+    assert!(new_outbound >= 1);
+}
