@@ -714,16 +714,7 @@ pub const TCP_OPTIONS: &[&[u8]] = &[
 ];
 
 fn tcp_with_options(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, options: &[u8]) -> TcpHeader {
-    let mut tcp = TcpHeader::new(sport, dport, seq, 64240);
-    tcp.acknowledgment_number = ack;
-    tcp.fin = flags & FIN != 0;
-    tcp.syn = flags & SYN != 0;
-    tcp.rst = flags & RST != 0;
-    tcp.psh = flags & PSH != 0;
-    tcp.ack = flags & ACK != 0;
-    tcp.urg = flags & URG != 0;
-    tcp.ece = flags & ECE != 0;
-    tcp.cwr = flags & CWR != 0;
+    let mut tcp = super::tcp_header(sport, dport, flags, seq, ack);
     let mut raw = options.to_vec();
     while raw.len() % 4 != 0 {
         raw.push(0);
