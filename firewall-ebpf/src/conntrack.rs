@@ -392,7 +392,8 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
             let acked = f.ack_known & (1 << other) != 0;
             let expected = get(&f.last_ack, other);
             let next = get(&f.next_seq, s);
-            let at_next = f.seq_known & (1 << s) != 0 && (seq == next || seq == next.wrapping_sub(1));
+            let after_fin = f.fins & (1 << s) != 0;
+            let at_next = f.seq_known & (1 << s) != 0 && (seq == next || (after_fin && seq == next.wrapping_sub(1)));
             (at_next || (acked && seq == expected), at_next || (acked && seq.wrapping_sub(expected) < window))
         };
         if !in_window {
@@ -409,7 +410,19 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         match f.state {
             // A retransmitted SYN (its SYN-ACK may have been lost): still a
             // new connection to the rules. A new ISN replaces the old one.
+            // A retransmitted SYN (its SYN-ACK may have been lost): still a
+            // new connection to the rules. From outside only the same ISN
+            // counts (`note_syn`); another one goes to the host's stack,
+            // which answers it, and changes nothing here (a blind SYN could
+            // otherwise derail the handshake). The host's own new ISN is
+            // believed.
             TCP_SYN_SENT | TCP_SYN_RECV if from_initiator => {
+                let isn_next = get(&f.max_end, other);
+                let same = f.end_known & (1 << other) == 0 && packet.tcp.seq.wrapping_add(1) == isn_next;
+                if ingress && !same {
+                    touch(f, frame, now);
+                    return Ct::Established;
+                }
                 set(&mut f.next_seq, s, packet.tcp.seq.wrapping_add(segment_len(packet)));
                 note_syn(f, s, packet);
                 f.seq_known |= 1 << s;
@@ -439,11 +452,16 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         // It acknowledges the SYN, and of the SYN's data (TCP Fast Open)
         // all or none: between the other side's ISN + 1 and its next
         // sequence number (`note_syn`).
+        // Once that slot holds a real limit (simultaneous open, where this
+        // side has acknowledged already), the acknowledgment must be exact.
         let acks_syn = ack
             && f.seq_known & (1 << other) != 0
-            && f.end_known & (1 << s) == 0
             && !seq_after(packet.tcp.ack, get(&f.next_seq, other))
-            && !seq_after(get(&f.max_end, s), packet.tcp.ack);
+            && if f.end_known & (1 << s) == 0 {
+                !seq_after(get(&f.max_end, s), packet.tcp.ack)
+            } else {
+                packet.tcp.ack == get(&f.next_seq, other)
+            };
         match f.state {
             TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => {
                 f.state = TCP_SYN_RECV;
@@ -470,20 +488,31 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         match f.state {
             // Nothing but a SYN-ACK (or an RST) may answer a SYN.
             TCP_SYN_SENT => return Ct::Invalid(Reason::InvalidState),
-            // The handshake's last ACK acknowledges the SYN-ACK exactly.
+            // The handshake's last ACK acknowledges the SYN-ACK exactly,
+            // from the side that did not send it: from outside (the host's
+            // ISN, unknowable off path), or from the host when it opened the
+            // connection. The host's own ACK while it is the responder (its
+            // answer to a stray SYN) completes nothing.
             TCP_SYN_RECV if ack => {
+                if !ingress && !from_initiator && f.flags & FLOW_BOTH_SYNS == 0 {
+                    touch(f, frame, now);
+                    return Ct::Established;
+                }
                 if f.seq_known & (1 << other) == 0 || packet.tcp.ack != get(&f.next_seq, other) {
                     return Ct::Invalid(Reason::InvalidState);
                 }
                 f.state = TCP_ESTABLISHED;
-                completed = true;
+                completed = ingress;
             }
-            // Closed by an RST: what follows changes nothing (nf_conntrack
-            // keeps CLOSE for a FIN or an ACK too).
-            TCP_CLOSE => {
+            // Closed by an RST: what follows from outside changes nothing
+            // (nf_conntrack keeps CLOSE for a FIN or an ACK too). A segment
+            // the host sends says its connection lives on (the RST this
+            // table took for exact was not, to the host): tracking resumes.
+            TCP_CLOSE if ingress => {
                 touch(f, frame, now);
                 return Ct::Established;
             }
+            TCP_CLOSE => f.state = if f.fins != 0 { TCP_FIN_WAIT } else { TCP_ESTABLISHED },
             _ => {}
         }
         if fin {

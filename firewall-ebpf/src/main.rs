@@ -161,23 +161,29 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             Socket::Request => ct = Ct::Established,
             Socket::None | Socket::TimeWait => {}
         },
-        // The host still has the old connection (a closed flow's socket
-        // may live on: an RST this table took for exact was not): its
-        // stack answers, as for any SYN on a live connection.
-        Ct::SynReuse if conntrack::socket_state(sk, &packet.key) == Socket::Connected => ct = Ct::Established,
-        Ct::SynReuse => {
+        // The table holds a handshake for a tuple the host has a live
+        // connection on (it predates the firewall, or was evicted, and a
+        // SYN from outside opened a flow over it): the host is the truth.
+        Ct::Invalid(Reason::InvalidState) if conntrack::socket_state(sk, &packet.key) == Socket::Connected => {
             conntrack::forget(&packet);
-            ct = Ct::New;
+            conntrack::adopt(frame, &packet, Dir::Ingress, true);
+            ct = Ct::Established;
         }
-        Ct::SynInFlow => {
-            if conntrack::socket_state(sk, &packet.key) == Socket::None {
-                // The old connection died unseen: this SYN starts a new one.
-                conntrack::forget(&packet);
+        // A SYN on a known tuple: a new connection if the host has none
+        // there (the old flow is replaced once the rules accept it); the
+        // host's stack answers it when it still has one; a TIME-WAIT
+        // socket decides itself, so no cookie answers for it.
+        Ct::SynReuse | Ct::SynInFlow => match conntrack::socket_state(sk, &packet.key) {
+            Socket::Connected | Socket::Request => ct = Ct::Established,
+            Socket::TimeWait if ct == Ct::SynInFlow => {
+                packet.syn_again = true;
                 ct = Ct::New;
-            } else {
-                ct = Ct::Established;
             }
-        }
+            Socket::TimeWait | Socket::None => {
+                packet.replaces = true;
+                ct = Ct::New;
+            }
+        },
         _ => {}
     }
     // An ACK of no flow to a cookie port may complete a handshake the
@@ -197,7 +203,9 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
     }
     let (state, setting) = match ct {
-        Ct::New | Ct::SynAgain | Ct::SynInFlow | Ct::SynReuse => (ct_state::NEW, firewall_common::STATE_RULES),
+        Ct::New | Ct::SynAgain => (ct_state::NEW, firewall_common::STATE_RULES),
+        // Resolved above.
+        Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
         Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
@@ -213,7 +221,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     packet.key.ct_state = state;
     // A retransmitted SYN of a handshake the table follows is not answered
     // with a cookie (its flow would reject the cookie's ACK).
-    packet.syn_again = ct == Ct::SynAgain;
+    packet.syn_again |= ct == Ct::SynAgain;
     let Some(packet) = forget_paths(packet) else {
         return Reason::Internal;
     };
@@ -234,6 +242,9 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     };
     // Read from the scratch copy, not kept from before the walk (see FW_SCRATCH).
     if accept && packet.key.ct_state == ct_state::NEW {
+        if packet.replaces {
+            conntrack::forget(packet);
+        }
         let (rule, mode) = service;
         let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
         if mode != SYNCOOKIE_OFF && bare_syn && !packet.syn_again && packet.key.proto == parse::IPPROTO_TCP {

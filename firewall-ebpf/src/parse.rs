@@ -78,6 +78,9 @@ pub struct Packet {
     /// scratch copy: a flag held across the rule walk would make the
     /// verifier check the walk once per value).
     pub syn_again: bool,
+    /// Set by the XDP program: a SYN that replaces the dead flow on its
+    /// tuple once the rules accept it (kept here for the same reason).
+    pub replaces: bool,
     /// Bytes on the wire (`Frame::wire_len`).
     pub wire_len: u64,
 }
@@ -189,6 +192,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         tcp: TcpInfo::default(),
         icmp_id: 0,
         syn_again: false,
+        replaces: false,
         wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -266,6 +270,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         tcp: TcpInfo::default(),
         icmp_id: 0,
         syn_again: false,
+        replaces: false,
         wire_len: ctx.wire_len,
     };
     if fragment {

@@ -622,3 +622,77 @@ fn a_synack_acknowledging_only_the_syn_of_a_fast_open_syn_is_valid() {
     h.expect(&seg(remote, host, 40600, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
     assert_eq!(h.flow_state(40600, 80), Some("established"));
 }
+
+/// The second review's critical path, closed: a spoofed SYN, the host's
+/// SYN-ACK, a stray SYN, and the host's bare ACK answering it (whose ack
+/// is the spoofer's own ISN + 1). The host's ACK as the responder
+/// completes nothing, so nothing reaches the main table.
+#[test]
+fn the_hosts_own_ack_never_completes_a_handshake_it_answered() {
+    let (_, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    for i in 0..20u16 {
+        let src = format!("10.78.0.{}", i + 1);
+        let x = 1000 + i as u32;
+        h.expect(&seg(&src, host, 3000 + i, 80, SYN, x, 0, b""), XDP_PASS, Reason::RuleAccept);
+        h.egress(&seg(host, &src, 80, 3000 + i, SYN | ACK, 9000, x + 1, b""));
+        // The same SYN again (a retransmission to the table).
+        h.expect(&seg(&src, host, 3000 + i, 80, SYN, x, 0, b""), XDP_PASS, Reason::RuleAccept);
+        // The host's request socket answers with a bare ACK.
+        assert_eq!(h.egress(&seg(host, &src, 80, 3000 + i, ACK, 9001, x + 1, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(3000 + i, 80), Some("syn_recv"), "not completed by the host's own ACK");
+    }
+    assert_eq!(h.table_sizes().0, 0, "nothing reached the main table");
+}
+
+/// A blind SYN with another ISN during a handshake goes to the host and
+/// changes nothing: the real client's final ACK still completes it.
+#[test]
+fn a_blind_syn_with_another_isn_does_not_derail_a_handshake() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    h.expect(&seg(remote, host, 40700, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    h.egress(&seg(host, remote, 80, 40700, SYN | ACK, 5000, 1001, b""));
+    h.expect(&seg(remote, host, 40700, 80, SYN, 0x7000_0000, 0, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(40700, 80), Some("syn_recv"));
+    // The host retransmits its SYN-ACK; the client completes.
+    assert_eq!(h.egress(&seg(host, remote, 80, 40700, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    h.expect(&seg(remote, host, 40700, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(40700, 80), Some("established"));
+    assert_eq!(h.table_sizes(), (1, 0), "completed from outside: promoted");
+}
+
+/// Simultaneous open where the host's SYN-ACK goes out before the peer's
+/// arrives: the peer's SYN-ACK must acknowledge the host's SYN exactly.
+#[test]
+fn simultaneous_open_with_the_hosts_synack_first() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    assert_eq!(h.egress(&seg(host, remote, 6100, 6101, SYN, 10, 0, b"")), Reason::EgressNew);
+    h.expect(&seg(remote, host, 6101, 6100, SYN, 20, 0, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.egress(&seg(host, remote, 6100, 6101, SYN | ACK, 10, 21, b"")), Reason::EgressTracked);
+    h.expect(&seg(remote, host, 6101, 6100, SYN | ACK, 20, 12, b""), XDP_DROP, Reason::InvalidSynAck);
+    h.expect(&seg(remote, host, 6101, 6100, SYN | ACK, 20, 11, b""), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, 6101, 6100, ACK, 21, 11, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(6100, 6101), Some("established"));
+}
+
+/// An RST one before the sender's next sequence closes only after its
+/// FIN; and if the host keeps sending on a flow the table took for
+/// closed, tracking resumes.
+#[test]
+fn close_follows_the_host() {
+    let (remote, host) = FAMILIES[0];
+    let h = Harness::new(POLICY);
+    let c = 40800;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    // One before what the host expects, with no FIN before it: outside.
+    h.expect(&seg(remote, host, c, 80, RST, cseq - 1, 0, b""), XDP_DROP, Reason::InvalidRst);
+    assert_eq!(h.flow_state(c, 80), Some("established"), "next - 1 without a FIN is not exact");
+    h.expect(&seg(remote, host, c, 80, RST, cseq, 0, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(c, 80), Some("close"));
+    // The host's stack did not take it: it sends on.
+    assert_eq!(h.egress(&seg(host, remote, 80, c, ACK | PSH, sseq, cseq, b"more")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(c, 80), Some("established"));
+    h.expect(&seg(remote, host, c, 80, ACK, cseq, sseq + 4, b""), XDP_PASS, Reason::Established);
+}

@@ -389,8 +389,10 @@ type Tuple = (IpAddr, IpAddr, u16, u16);
 /// would make established, and no segment other than a SYN on its own).
 pub struct Model {
     pub policy: Policy,
-    /// Tuple -> whether a TCP packet other than a bare SYN used it.
-    tcp_tuples: HashMap<Tuple, bool>,
+    /// Tuple -> whether a TCP packet other than a bare SYN used it, and
+    /// the sequence number of its first bare SYN (a SYN with another ISN
+    /// on a handshake the table follows goes to the host unjudged).
+    tcp_tuples: HashMap<Tuple, (bool, Option<u32>)>,
 }
 
 impl Model {
@@ -411,16 +413,20 @@ impl Model {
             Shape::Ip(ip) => match ip.l4 {
                 L4::Other(_) => Some(by_rules(&self.policy, ip, "untracked protocol")),
                 L4::Icmp { proto, ty, .. } if stateless_icmp(proto, ty) => Some(by_rules(&self.policy, ip, "untracked ICMP type")),
-                L4::Tcp { sport, dport, flags, .. } if bare_syn(flags) => {
+                L4::Tcp { sport, dport, flags, seq, .. } if bare_syn(flags) => {
                     let reverse = self.tcp_tuples.contains_key(&(ip.dst, ip.src, dport, sport));
-                    let used = self.tcp_tuples.get(&(ip.src, ip.dst, sport, dport)).copied().unwrap_or(false);
-                    (!reverse && !used).then(|| by_rules(&self.policy, ip, "bare SYN"))
+                    let (used, first) = self.tcp_tuples.get(&(ip.src, ip.dst, sport, dport)).copied().unwrap_or((false, None));
+                    (!reverse && !used && first.is_none_or(|f| f == seq)).then(|| by_rules(&self.policy, ip, "bare SYN"))
                 }
                 _ => None,
             },
         };
-        if let Shape::Ip(Ip { src, dst, l4: L4::Tcp { sport, dport, flags, .. }, .. }) = shape {
-            *self.tcp_tuples.entry((*src, *dst, *sport, *dport)).or_default() |= !bare_syn(*flags);
+        if let Shape::Ip(Ip { src, dst, l4: L4::Tcp { sport, dport, flags, seq, .. }, .. }) = shape {
+            let entry = self.tcp_tuples.entry((*src, *dst, *sport, *dport)).or_default();
+            entry.0 |= !bare_syn(*flags);
+            if bare_syn(*flags) && entry.1.is_none() {
+                entry.1 = Some(*seq);
+            }
         }
         expect
     }
