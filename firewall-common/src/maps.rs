@@ -23,7 +23,8 @@ pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
 /// Per service (slot * MAX_RULES + rule): whether `auto` turned cookies on.
 pub const COOKIE_ON: &str = "FW_COOKIE_ON";
 pub const COOKIE_COUNTERS: &str = "FW_COOKIE_CNT";
-/// Per slot and destination port: 1 + the first cookie rule for the port.
+/// Per slot and destination port: 1 + the first cookie rule for the port,
+/// plus `COOKIE_PORT_ALWAYS_ONLY`.
 pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";

@@ -143,12 +143,13 @@ enum Table {
     Remote,
 }
 
-/// Looks up the flow in the main table, then in the remote one, dropping
-/// it when it has been idle past its timeout.
+/// Looks up the flow in the main table, then (unless `main_only`) in the
+/// remote one, dropping it when it has been idle past its timeout.
 #[inline(always)]
-fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64) -> Option<(*mut Flow, Table)> {
+fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64, main_only: bool) -> Option<(*mut Flow, Table)> {
     let (flow, table) = match FW_FLOWS.get_ptr_mut(fk) {
         Some(f) => (f, Table::Main),
+        None if main_only => return None,
         None => (FW_REMOTE_FLOWS.get_ptr_mut(fk)?, Table::Remote),
     };
     // SAFETY: a valid map value pointer for the duration of this program.
@@ -281,9 +282,11 @@ fn touch(f: &mut Flow, frame: &Frame, now: u64) {
 }
 
 /// Classifies `packet` and advances its flow. A `New` packet creates no
-/// state here: ingress calls `open` once the rules accepted it, egress at once.
+/// state here: ingress calls `open` once the rules accepted it, egress at
+/// once. `syn_main_only`: a SYN that can have no unproven flow (its port
+/// is `COOKIE_PORT_ALWAYS_ONLY`), so the remote table is not searched.
 #[inline(always)]
-pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> Ct {
+pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool) -> Ct {
     let key = &packet.key;
     match kind(key) {
         Kind::Untracked => Ct::New,
@@ -291,7 +294,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
         Kind::Datagram => {
             let (fk, side) = flow_key(key, packet.icmp_id);
             let now = now_ns();
-            let Some((flow, _)) = lookup(&fk, timeouts, now) else { return Ct::New };
+            let Some((flow, _)) = lookup(&fk, timeouts, now, false) else { return Ct::New };
             // SAFETY: as in `lookup`.
             let f = unsafe { &mut *flow };
             if (dir == Dir::Ingress) == (side == f.local_side) {
@@ -305,7 +308,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
             }
             if f.state == UDP_UNREPLIED { Ct::New } else { Ct::Established }
         }
-        Kind::Tcp => track_tcp(frame, packet, timeouts, dir),
+        Kind::Tcp => track_tcp(frame, packet, timeouts, dir, syn_main_only),
     }
 }
 
@@ -319,7 +322,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     let (fk, side) = flow_key(&quoted.key, quoted.id);
-    let Some((flow, _)) = lookup(&fk, timeouts, now_ns()) else {
+    let Some((flow, _)) = lookup(&fk, timeouts, now_ns(), false) else {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     // SAFETY: as in `lookup`.
@@ -344,7 +347,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 }
 
 #[inline(always)]
-fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> Ct {
+fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool) -> Ct {
     let flags = packet.key.tcp_flags;
     if bad_flags(flags) {
         return Ct::Invalid(Reason::InvalidFlags);
@@ -352,7 +355,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir) -> C
     let (syn, ack, rst, fin) = (flags & SYN != 0, flags & ACK != 0, flags & RST != 0, flags & FIN != 0);
     let (fk, side) = flow_key(&packet.key, 0);
     let now = now_ns();
-    let Some((flow, table)) = lookup(&fk, timeouts, now) else {
+    let Some((flow, table)) = lookup(&fk, timeouts, now, syn_main_only && syn && !ack) else {
         return if syn && !ack {
             Ct::New
         } else if syn {

@@ -24,7 +24,7 @@ use cookie::Event;
 use firewall_common::{
     ACTION_ACCEPT, Active, CookieConfig, CookieCounters, CookieKey, Counter, Flow, FlowKey,
     MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_REMOTE_FLOWS, MAX_RULES,
-    MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
+    COOKIE_PORT_ALWAYS_ONLY, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, U128, WSCALE_NONE, ct_state,
     maps::{PROG_COOKIE_ACK, PROG_COOKIE_SYN},
     reason::REASON_COUNT,
@@ -145,7 +145,12 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // Connection state first, like `ct state established,related accept;
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
-    let mut ct = conntrack::track(frame, &packet, &header.timeouts, Dir::Ingress);
+    // A SYN to a port only `always` cookie services take can have no
+    // unproven flow: the flood path skips that table.
+    let syn_main_only = packet.key.proto == parse::IPPROTO_TCP
+        && packet.key.tcp_flags & (SYN | ACK) == SYN
+        && FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32).is_some_and(|e| *e & COOKIE_PORT_ALWAYS_ONLY != 0);
+    let mut ct = conntrack::track(frame, &packet, &header.timeouts, Dir::Ingress, syn_main_only);
     let sk = ctx.ctx as *mut _;
     match ct {
         // An ACK of no flow for a connection the host has: evicted from
@@ -476,7 +481,7 @@ fn egress(frame: &Frame) -> Reason {
     if packet.fragment {
         return Reason::EgressUntracked;
     }
-    match conntrack::track(frame, &packet, &header.timeouts, Dir::Egress) {
+    match conntrack::track(frame, &packet, &header.timeouts, Dir::Egress, false) {
         // The host's stack is authoritative: its SYN on a dead flow's tuple
         // starts a new connection.
         Ct::SynInFlow | Ct::SynReuse => {

@@ -90,7 +90,9 @@ pub struct Compiled {
     pub meta: Vec<RuleMeta>,
     pub depth: u32,
     /// Destination ports of cookie services and the first cookie rule
-    /// (index) for each: where an ACK of no flow has its cookie checked.
+    /// (index) for each, with `COOKIE_PORT_ALWAYS_ONLY` set where only
+    /// `always` services can accept a SYN: where an ACK of no flow has its
+    /// cookie checked.
     pub cookie_ports: Vec<(u16, u32)>,
     pub syncookie: crate::policy::SyncookieSettings,
 }
@@ -150,7 +152,35 @@ fn cookie_ports(policy: &Policy) -> Vec<(u16, u32)> {
             }
         }
     }
-    owner.iter().enumerate().filter_map(|(p, o)| o.map(|rule| (p as u16, rule))).collect()
+    // A port is `always`-only when no rule but an `always` cookie service
+    // could accept a TCP SYN to it, and the default drops (see
+    // `COOKIE_PORT_ALWAYS_ONLY`). Conservative: states and flags are not
+    // looked at.
+    let mut mixed = vec![policy.settings.default == crate::policy::Action::Accept; 65_536];
+    for rule in &policy.rules {
+        let may_accept_syn = rule.action == crate::policy::Action::Accept && matches!(rule.proto, Proto::Any | Proto::Tcp);
+        if !may_accept_syn || rule.syncookie == crate::policy::Syncookie::Always {
+            continue;
+        }
+        if rule.dport.is_empty() {
+            mixed.iter_mut().for_each(|m| *m = true);
+        }
+        for r in &rule.dport {
+            for port in r.lo..=r.hi {
+                mixed[port as usize] = true;
+            }
+        }
+    }
+    owner
+        .iter()
+        .enumerate()
+        .filter_map(|(p, o)| {
+            o.map(|rule| {
+                let always_only = !mixed[p] && policy.rules[rule as usize].syncookie == crate::policy::Syncookie::Always;
+                (p as u16, rule | if always_only { firewall_common::COOKIE_PORT_ALWAYS_ONLY } else { 0 })
+            })
+        })
+        .collect()
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
@@ -437,6 +467,26 @@ mod tests {
 
     fn compiled(text: &str) -> Compiled {
         compile(&policy::parse(text, "t.toml").expect("valid")).expect("compiles")
+    }
+
+    /// A port is marked `always`-only (its SYNs skip the unproven-flow
+    /// table) only when nothing but an `always` service can accept a SYN
+    /// to it and the default drops.
+    #[test]
+    fn only_ports_that_only_always_services_accept_are_marked() {
+        let web = "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = [80, 443]\naction = \"accept\"\nsyncookie = \"always\"\n";
+        let flag = |c: &Compiled, port: u16| c.cookie_ports.iter().find(|(p, _)| *p == port).map(|&(_, r)| r & firewall_common::COOKIE_PORT_ALWAYS_ONLY != 0);
+        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n"));
+        assert_eq!((flag(&c, 80), flag(&c, 443), flag(&c, 22)), (Some(true), Some(true), None));
+        // A plain accept rule on 443 (before or after), an any-port accept, auto mode, or default accept: not marked.
+        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"admin\"\nproto = \"tcp\"\nsrc = \"10.0.0.0/8\"\ndport = 443\naction = \"accept\"\n"));
+        assert_eq!((flag(&c, 80), flag(&c, 443)), (Some(true), Some(false)));
+        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"lan\"\nsrc = \"10.0.0.0/8\"\naction = \"accept\"\n"));
+        assert_eq!(flag(&c, 80), Some(false));
+        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{}", web.replace("always", "auto")));
+        assert_eq!(flag(&c, 80), Some(false));
+        let c = compiled(&format!("[settings]\ndefault = \"accept\"\n\n{web}"));
+        assert_eq!(flag(&c, 80), Some(false));
     }
 
     #[test]
