@@ -423,8 +423,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 let isn_next = get(&f.max_end, other);
                 let same = f.end_known & (1 << other) == 0 && packet.tcp.seq.wrapping_add(1) == isn_next;
                 if ingress && !same {
-                    touch(f, frame, now);
-                    return Ct::Established;
+                    // To the rules as a retransmission (counted, no cookie),
+                    // but the flow keeps its ISN and its age.
+                    return Ct::SynAgain;
                 }
                 set(&mut f.next_seq, s, packet.tcp.seq.wrapping_add(segment_len(packet)));
                 note_syn(f, s, packet);
@@ -515,7 +516,13 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 touch(f, frame, now);
                 return Ct::Established;
             }
-            TCP_CLOSE => f.state = if f.fins != 0 { TCP_FIN_WAIT } else { TCP_ESTABLISHED },
+            TCP_CLOSE => {
+                f.state = match f.fins {
+                    0 => TCP_ESTABLISHED,
+                    3 => TCP_TIME_WAIT,
+                    _ => TCP_FIN_WAIT,
+                }
+            }
             _ => {}
         }
         if fin {
@@ -715,6 +722,8 @@ pub fn sock_tuple(key: &Key) -> (bpf_sock_tuple, u32) {
 
 pub const BPF_F_CURRENT_NETNS: u64 = -1i64 as u64;
 pub const TCP_LISTEN: u32 = 10;
+const TCP_SYN_SENT_SK: u32 = 2;
+const TCP_SYN_RECV_SK: u32 = 3;
 const TCP_TIME_WAIT_SK: u32 = 6;
 const TCP_CLOSE_SK: u32 = 7;
 const TCP_NEW_SYN_RECV: u32 = 12;
@@ -724,8 +733,11 @@ const TCP_NEW_SYN_RECV: u32 = 12;
 pub enum Socket {
     /// Nothing, or only a listener.
     None,
-    /// A connection (any state but TIME-WAIT), which owns the tuple.
+    /// A synchronized connection, which owns the tuple.
     Connected,
+    /// A connection still in its handshake (the kernel's SYN_SENT or
+    /// SYN_RECV): it owns the tuple, but proves no peer.
+    Opening,
     /// A TIME-WAIT socket: the old connection is closed but remembered.
     TimeWait,
     /// A request socket (half-open handshake the host answered itself).
@@ -750,6 +762,7 @@ pub fn socket_state(ctx: *mut c_void, key: &Key) -> Socket {
             TCP_LISTEN | TCP_CLOSE_SK => Socket::None,
             TCP_TIME_WAIT_SK => Socket::TimeWait,
             TCP_NEW_SYN_RECV => Socket::Request,
+            TCP_SYN_SENT_SK | TCP_SYN_RECV_SK => Socket::Opening,
             _ => Socket::Connected,
         }
     }

@@ -164,7 +164,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             // the host's stack judges the ACK; no flow until it has a
             // connection (an off-path sender can make request sockets).
             Socket::Request => ct = Ct::Established,
-            Socket::None | Socket::TimeWait => {}
+            Socket::None | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
         // connection on (it predates the firewall, or was evicted, and a
@@ -179,12 +179,13 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // host's stack answers it when it still has one; a TIME-WAIT
         // socket decides itself, so no cookie answers for it.
         Ct::SynReuse | Ct::SynInFlow => match conntrack::socket_state(sk, &packet.key) {
-            Socket::Connected | Socket::Request => ct = Ct::Established,
-            Socket::TimeWait if ct == Ct::SynInFlow => {
+            Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
+            Socket::TimeWait => {
                 packet.syn_again = true;
+                packet.replaces = ct == Ct::SynReuse;
                 ct = Ct::New;
             }
-            Socket::TimeWait | Socket::None => {
+            Socket::None => {
                 packet.replaces = true;
                 ct = Ct::New;
             }

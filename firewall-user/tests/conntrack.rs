@@ -645,15 +645,16 @@ fn the_hosts_own_ack_never_completes_a_handshake_it_answered() {
     assert_eq!(h.table_sizes().0, 0, "nothing reached the main table");
 }
 
-/// A blind SYN with another ISN during a handshake goes to the host and
-/// changes nothing: the real client's final ACK still completes it.
+/// A blind SYN with another ISN during a handshake meets the rules as a
+/// retransmission (counted, never a cookie) and changes nothing: the real
+/// client's final ACK still completes it.
 #[test]
 fn a_blind_syn_with_another_isn_does_not_derail_a_handshake() {
     let (remote, host) = FAMILIES[0];
     let h = Harness::new(POLICY);
     h.expect(&seg(remote, host, 40700, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
     h.egress(&seg(host, remote, 80, 40700, SYN | ACK, 5000, 1001, b""));
-    h.expect(&seg(remote, host, 40700, 80, SYN, 0x7000_0000, 0, b""), XDP_PASS, Reason::Established);
+    h.expect(&seg(remote, host, 40700, 80, SYN, 0x7000_0000, 0, b""), XDP_PASS, Reason::RuleAccept);
     assert_eq!(h.flow_state(40700, 80), Some("syn_recv"));
     // The host retransmits its SYN-ACK; the client completes.
     assert_eq!(h.egress(&seg(host, remote, 80, 40700, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
