@@ -232,20 +232,15 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         return Reason::Internal;
     };
     let mut service = (MAX_RULES, SYNCOOKIE_OFF);
-    let (accept, reason) = match rules::classify(slot, header.root, &packet.key) {
-        Ok(Some(matched)) => {
-            counters::count_rule(slot, matched.rule, packet.wire_len);
-            service = (matched.rule, matched.syncookie);
-            if matched.action == ACTION_ACCEPT {
-                (true, Reason::RuleAccept)
-            } else {
-                (false, Reason::RuleDrop)
-            }
-        }
-        Ok(None) if header.default_action == ACTION_ACCEPT => (true, Reason::DefaultAccept),
-        Ok(None) => (false, Reason::DefaultDrop),
-        Err(()) => return Reason::Internal,
+    let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
+        return Reason::Internal;
     };
+    if let Some(m) = matched {
+        counters::count_rule(slot, m.rule, packet.wire_len);
+        service = (m.rule, m.syncookie);
+    }
+    let reason = rules::reason(header, matched);
+    let accept = rules::accepts(reason);
     // Read from the scratch copy, not kept from before the walk (see FW_SCRATCH).
     if accept && packet.key.ct_state == ct_state::NEW {
         if packet.replaces {
@@ -430,15 +425,11 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
                 (*scratch).key.ct_state = ct_state::INVALID;
             }
             let p = unsafe { &*scratch };
-            match rules::classify(slot, header.root, &p.key) {
-                Ok(Some(m)) => {
-                    counters::count_rule(slot, m.rule, p.wire_len);
-                    if m.action == ACTION_ACCEPT { Reason::RuleAccept } else { Reason::RuleDrop }
-                }
-                Ok(None) if header.default_action == ACTION_ACCEPT => Reason::DefaultAccept,
-                Ok(None) => Reason::DefaultDrop,
-                Err(()) => Reason::Internal,
+            let Ok(matched) = rules::classify(slot, header.root, &p.key) else { return Reason::Internal };
+            if let Some(m) = matched {
+                counters::count_rule(slot, m.rule, p.wire_len);
             }
+            rules::reason(header, matched)
         }
     }
 }
@@ -538,11 +529,7 @@ fn inbound_allowed(slot: u32, header: &PolicyHeader, packet: &parse::Packet) -> 
     reverse.key.dport = packet.key.sport;
     reverse.key.ct_state = ct_state::NEW;
     let Some(p) = forget_paths(reverse) else { return false };
-    match rules::classify(slot, header.root, &p.key) {
-        Ok(Some(m)) => m.action == ACTION_ACCEPT,
-        Ok(None) => header.default_action == ACTION_ACCEPT,
-        Err(()) => false,
-    }
+    rules::classify(slot, header.root, &p.key).is_ok_and(|m| rules::accepts(rules::reason(header, m)))
 }
 
 /// The window scale a TCP SYN announces (`WSCALE_NONE` for anything else).

@@ -5,7 +5,7 @@
 //! whatever the number of rules.
 
 use firewall_common::{
-    DIM_DPORT, DIM_DST, DIM_PROTO, DIM_SPORT, DIM_SRC, LEAF_COUNT_MASK, LEAF_COUNT_SHIFT,
+    ACTION_ACCEPT, PolicyHeader, Reason, DIM_DPORT, DIM_DST, DIM_PROTO, DIM_SPORT, DIM_SRC, LEAF_COUNT_MASK, LEAF_COUNT_SHIFT,
     LEAF_START_MASK, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_TREE_DEPTH,
     MatchBox, NODE_LEAF, U128,
 };
@@ -50,6 +50,24 @@ pub fn classify(slot: u32, root: u32, key: &Key) -> Result<Option<&'static Match
         }
     }
     Ok(None)
+}
+
+/// The verdict the rules give a packet: the matching rule's action, or
+/// the policy's default.
+#[inline(always)]
+pub fn reason(header: &PolicyHeader, matched: Option<&MatchBox>) -> Reason {
+    match matched {
+        Some(m) if m.action == ACTION_ACCEPT => Reason::RuleAccept,
+        Some(_) => Reason::RuleDrop,
+        None if header.default_action == ACTION_ACCEPT => Reason::DefaultAccept,
+        None => Reason::DefaultDrop,
+    }
+}
+
+/// Whether a `reason` verdict accepts.
+#[inline(always)]
+pub fn accepts(reason: Reason) -> bool {
+    matches!(reason, Reason::RuleAccept | Reason::DefaultAccept)
 }
 
 #[inline(always)]

@@ -465,9 +465,7 @@ fn random_key() -> Result<CookieKey> {
 /// which `net.ipv4.tcp_syncookies = 0` turns off (cookie_v4_check): then
 /// every cookie connection would fail, so such a policy is refused.
 fn check_syncookie_sysctl() -> Result<()> {
-    let path = "/proc/sys/net/ipv4/tcp_syncookies";
-    let value = fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    if value.trim() == "0" {
+    if !sysctl_on("tcp_syncookies")? {
         bail!("the policy uses syncookie, but net.ipv4.tcp_syncookies is 0 in this network namespace, so the kernel would refuse every connection the firewall's cookies complete; set it to 1 (`sysctl -w net.ipv4.tcp_syncookies=1`)");
     }
     Ok(())
@@ -479,17 +477,20 @@ fn sysctl_on(name: &str) -> Result<bool> {
     Ok(value.trim() != "0")
 }
 
-/// `OFFER_*` from `tcp_window_scaling`, `tcp_sack`, `tcp_timestamps` and
-/// `tcp_ecn` of this network namespace.
+/// Each option a cookie SYN-ACK may offer: its `OFFER_*` bit, its name,
+/// and the sysctl of this network namespace that allows it.
+const OFFERS: [(u32, &str, &str); 4] = [
+    (OFFER_WSCALE, "window scaling", "tcp_window_scaling"),
+    (OFFER_SACK, "SACK", "tcp_sack"),
+    (OFFER_TIMESTAMPS, "timestamps", "tcp_timestamps"),
+    (OFFER_ECN, "ECN", "tcp_ecn"),
+];
+
+/// `OFFER_*` from the sysctls in `OFFERS`.
 fn cookie_offer() -> Result<u32> {
     let mut offer = 0;
-    for (name, bit) in [
-        ("tcp_window_scaling", OFFER_WSCALE),
-        ("tcp_sack", OFFER_SACK),
-        ("tcp_timestamps", OFFER_TIMESTAMPS),
-        ("tcp_ecn", OFFER_ECN),
-    ] {
-        if sysctl_on(name)? {
+    for (bit, _, sysctl) in OFFERS {
+        if sysctl_on(sysctl)? {
             offer |= bit;
         }
     }
@@ -497,16 +498,8 @@ fn cookie_offer() -> Result<u32> {
 }
 
 fn describe_offer(offer: u32) -> String {
-    let names: Vec<&str> = [(OFFER_WSCALE, "window scaling"), (OFFER_SACK, "SACK"), (OFFER_TIMESTAMPS, "timestamps"), (OFFER_ECN, "ECN")]
-        .iter()
-        .filter(|(bit, _)| offer & bit != 0)
-        .map(|&(_, n)| n)
-        .collect();
-    let off: Vec<&str> = [(OFFER_WSCALE, "tcp_window_scaling"), (OFFER_SACK, "tcp_sack"), (OFFER_TIMESTAMPS, "tcp_timestamps"), (OFFER_ECN, "tcp_ecn")]
-        .iter()
-        .filter(|(bit, _)| offer & bit == 0)
-        .map(|&(_, n)| n)
-        .collect();
+    let names: Vec<&str> = OFFERS.iter().filter(|o| offer & o.0 != 0).map(|o| o.1).collect();
+    let off: Vec<&str> = OFFERS.iter().filter(|o| offer & o.0 == 0).map(|o| o.2).collect();
     let mut s = if names.is_empty() { "MSS only".to_owned() } else { names.join(", ") };
     if !off.is_empty() {
         s += &format!(" (not offered: {} = 0 in this namespace)", off.join(", "));
