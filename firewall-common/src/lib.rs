@@ -3,6 +3,7 @@
 //! and `no_std`; the `user` feature adds the `aya::Pod` impls userspace needs.
 #![no_std]
 
+pub mod control;
 pub mod conntrack;
 pub mod cookie;
 pub mod limits;
@@ -11,6 +12,7 @@ pub mod reason;
 pub mod rule;
 
 pub use conntrack::*;
+pub use control::*;
 pub use cookie::*;
 pub use limits::*;
 pub use reason::Reason;

@@ -29,13 +29,44 @@ pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
-/// Every map the controller pins and `stats` opens.
-pub const ALL: &[&str] = &[
+/// `Control` of the firewall (shared by its interfaces).
+pub const CONTROL: &str = "FW_CONTROL";
+/// `IfaceInfo` of one interface's programs.
+pub const IFACE: &str = "FW_IFACE";
+/// `RuleBase` per rule of each slot, per interface.
+pub const RULE_BASE: &str = "FW_RULE_BASE";
+
+/// Maps every interface of one firewall shares (one policy, one connection
+/// table, one pair of cookie keys): pinned once per firewall.
+pub const SHARED: &[&str] = &[
     ACTIVE,
     POLICY,
     NODES,
     LEAF_REFS,
     BOXES,
+    RULE_META,
+    FLOWS,
+    REMOTE_FLOWS,
+    LOCAL_ADDRS,
+    COOKIE_KEY,
+    COOKIE_ON,
+    COOKIE_PORT,
+    CONTROL,
+];
+
+/// Maps of one interface's programs: its counters, its cookie settings
+/// (MSS follows its MTU), its driver's status. `PROGRAMS` is pinned apart
+/// (each program object has its own; see the loader).
+pub const PER_IFACE: &[&str] = &[RULE_COUNTERS, REASON_COUNTERS, COOKIE_COUNTERS, COOKIE_CONFIG, STATUS, RULE_BASE, IFACE];
+
+/// Maps the programs never reference: bound to the XDP program so that
+/// another process finds them from its map ids.
+pub const BOUND: &[&str] = &[RULE_META, CONTROL, IFACE, RULE_BASE];
+
+/// Every map `stats` opens.
+pub const ALL: &[&str] = &[
+    ACTIVE,
+    POLICY,
     RULE_META,
     RULE_COUNTERS,
     REASON_COUNTERS,
@@ -43,6 +74,9 @@ pub const ALL: &[&str] = &[
     REMOTE_FLOWS,
     COOKIE_ON,
     COOKIE_COUNTERS,
+    CONTROL,
+    IFACE,
+    RULE_BASE,
 ];
 
 /// Indexes in `PROGRAMS`.

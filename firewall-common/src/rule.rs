@@ -75,9 +75,8 @@ impl U128 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Active {
     pub slot: u32,
-    /// Interface the controller attached to, for `stats` to find it again.
-    pub ifindex: u32,
-    /// Inode of the controller's network namespace (ifindexes are per namespace).
+    pub _pad: u32,
+    /// Inode of the controller's network namespace.
     pub netns_ino: u64,
     /// Incremented on every successful load or reload.
     pub generation: u64,
@@ -185,4 +184,7 @@ mod pod {
     unsafe impl aya::Pod for crate::cookie::CookieConfig {}
     unsafe impl aya::Pod for crate::cookie::CookieCounters {}
     unsafe impl aya::Pod for crate::U128 {}
+    unsafe impl aya::Pod for crate::control::Control {}
+    unsafe impl aya::Pod for crate::control::IfaceInfo {}
+    unsafe impl aya::Pod for crate::control::RuleBase {}
 }

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use conntrack::{Ct, Dir, Socket};
 use cookie::Event;
 use firewall_common::{
-    ACTION_ACCEPT, Active, CookieConfig, CookieCounters, CookieKey, Counter, Flow, FlowKey,
+    ACTION_ACCEPT, Active, Control, CookieConfig, IfaceInfo, RuleBase, CookieCounters, CookieKey, Counter, Flow, FlowKey,
     MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_REMOTE_FLOWS, MAX_RULES,
     COOKIE_PORT_ALWAYS_ONLY, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, U128, WSCALE_NONE, ct_state,
@@ -93,6 +93,14 @@ static FW_COOKIE_PORT: Array<u32> = Array::with_max_entries(POLICY_SLOTS * PORTS
 static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 /// Programs the XDP program tail-calls (`maps::PROG_*`): each has a
 /// verifier budget of its own.
+// Read by no program: the controller's records, bound to the XDP program
+// by the loader so that they live (and are found) with it.
+#[map(name = "FW_CONTROL")]
+static FW_CONTROL: Array<Control> = Array::with_max_entries(1, 0);
+#[map(name = "FW_IFACE")]
+static FW_IFACE: Array<IfaceInfo> = Array::with_max_entries(1, 0);
+#[map(name = "FW_RULE_BASE")]
+static FW_RULE_BASE: Array<RuleBase> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_PROGS")]
 static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 

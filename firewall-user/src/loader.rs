@@ -1,45 +1,72 @@
-//! Loads the XDP program, writes compiled policies into its maps (double
-//! buffered, so a reload is atomic per packet), attaches it, pins its maps.
+//! Loads the firewall's programs (one object per interface), reopening or
+//! pinning their maps; writes compiled policies into the maps (double
+//! buffered, so a reload is atomic per packet); attaches.
 
 use std::{
     ffi::CString,
     fs,
-    os::{fd::{AsFd as _, AsRawFd as _}, unix::fs::MetadataExt as _},
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{ProgramError, links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use firewall_common::{
-    Active, CookieConfig, CookieCounters, CookieKey, Counter, MAX_BOXES, MAX_LEAF_REFS, MAX_NODES,
-    MAX_LOCAL_ADDRS, MAX_RULES, MatchBox, Node, OFFER_ALL, OFFER_ECN, OFFER_SACK, OFFER_TIMESTAMPS,
-    OFFER_WSCALE, PORTS, PolicyHeader, RuleMeta, STATUS_NO_META, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, U128,
-    maps,
+    Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, IfaceInfo, LAYOUT_VERSION, MAX_BOXES,
+    MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_RULES, MODE_GENERIC, MODE_NATIVE, MatchBox, Node, OFFER_ALL,
+    OFFER_ECN, OFFER_SACK, OFFER_TIMESTAMPS, OFFER_WSCALE, PORTS, POLICY_PATH_LEN, PolicyHeader, RuleBase, RuleMeta,
+    STATUS_NO_META, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, U128, maps,
 };
 
-use crate::compile::Compiled;
+use crate::{bpf_sys, compile::Compiled};
 
 /// The XDP object, built by build.rs with the pinned nightly.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));
 
-/// Where the maps of the firewall on `iface` are pinned when a bpffs is at /sys/fs/bpf.
-pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new(BPFFS).join("firewall").join(iface)
-}
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// A loaded (not necessarily attached) firewall program and its maps.
+/// An XDP program runs for microseconds: 10 ms after a flip (or a program
+/// swap) no packet is still judged by what was replaced.
+pub const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Where one interface's program object finds its maps: the firewall's
+/// shared directory (policy, connection table, keys) and the interface's own
+/// (counters, cookie settings). Maps found there are reused; missing ones are
+/// created and pinned there.
+#[derive(Debug, Clone)]
+pub struct PinPaths {
+    pub shared: PathBuf,
+    pub iface: PathBuf,
+}
+
+/// The pinned maps do not fit this build (an upgrade across a layout
+/// change): nothing was changed.
+#[derive(Debug)]
+pub struct Incompatible(pub String);
+
+impl std::fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Incompatible {}
+
+/// The three links of one interface, by what they attach.
+pub const LINKS: [&str; 3] = ["link_xdp", "link_tc_egress", "link_tc_ingress"];
+
+/// A loaded (not necessarily attached) firewall: one program object per
+/// interface, sharing the policy, connection-table and key maps.
 pub struct Firewall {
+    /// The first interface's object (and the handles of the shared maps).
     pub ebpf: Ebpf,
+    /// The objects of further interfaces.
+    others: Vec<Ebpf>,
     active: Active,
-    /// When the last flip happened: the slot it left is rewritten only after
-    /// packets that were judged by it have surely finished.
-    flipped: Option<std::time::Instant>,
     /// Of the policy in force, for the sweep of idle flows.
     timeouts: firewall_common::Timeouts,
     /// Cookie ports written into each policy slot (to clear on reuse).
@@ -47,7 +74,11 @@ pub struct Firewall {
     /// `auto` services of the policy in force.
     auto: Vec<AutoService>,
     cookie_settings: crate::policy::SyncookieSettings,
+    /// What every interface's `FW_COOKIE_CFG` holds, but the MSS (per object, in `mss`).
     cookie_config: CookieConfig,
+    mss: Vec<(u16, u16)>,
+    /// Whether the shared maps were created by this load (not reopened).
+    fresh: bool,
 }
 
 /// The state of one `syncookie = "auto"` service.
@@ -62,78 +93,236 @@ struct AutoService {
     below_since: Option<std::time::Instant>,
 }
 
-impl Firewall {
-    /// Loads the object into the kernel (the verifier runs here).
-    pub fn load() -> Result<Self> {
-        check_privileges()?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
-            let msg = format!("{e:#}");
-            if msg.contains("bpf_sk_assign_tcp_reqsk") {
-                anyhow!("this kernel lacks the kfunc bpf_sk_assign_tcp_reqsk (Linux 6.9 or newer, with CONFIG_SYN_COOKIES), which hands SYN-cookie connections to their listener: {msg}")
-            } else if msg.contains("Operation not permitted") {
-                anyhow!("loading the XDP program was refused (EPERM): run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
-            } else {
-                anyhow!(e).context("failed to load the firewall's eBPF object")
-            }
-        })?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .context("the eBPF object has no `firewall` program")?
-            .try_into()?;
-        program.load().context("the kernel's verifier rejected the XDP program")?;
-        // The XDP program never reads the rule names, so the kernel would not
-        // list that map among the program's maps; bind it so that `stats` in
-        // another process finds it from the program (as libbpf does for its
-        // metadata maps).
-        let prog_fd = program.fd()?.as_fd().as_raw_fd();
-        match ebpf.map(maps::RULE_META) {
-            Some(aya::maps::Map::Array(data)) => bind_map(prog_fd, data.fd().as_fd().as_raw_fd())
-                .context("BPF_PROG_BIND_MAP failed (the kernel must be 5.10 or newer)")?,
-            _ => bail!("the eBPF object has no array map {}", maps::RULE_META),
+fn load_error(e: aya::EbpfError) -> anyhow::Error {
+    if let aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap { name, property, expected, actual }) = &e {
+        return anyhow!(Incompatible(format!("the pinned map {name} has {property} {actual}, this build needs {expected}")));
+    }
+    let msg = format!("{e:#}");
+    if msg.contains("bpf_sk_assign_tcp_reqsk") {
+        anyhow!("this kernel lacks the kfunc bpf_sk_assign_tcp_reqsk (Linux 6.9 or newer, with CONFIG_SYN_COOKIES), which hands SYN-cookie connections to their listener: {msg}")
+    } else if msg.contains("Operation not permitted") {
+        anyhow!("loading the XDP program was refused (EPERM): run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+    } else {
+        anyhow!(e).context("failed to load the firewall's eBPF object")
+    }
+}
+
+/// Loads one program object; its maps are reopened from / pinned at `pins`.
+fn load_object(pins: Option<&PinPaths>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    if let Some(p) = pins {
+        for name in maps::SHARED {
+            loader.map_pin_path(name, p.shared.join(name));
         }
-        let egress: &mut SchedClassifier = ebpf
-            .program_mut(maps::EGRESS_PROGRAM)
-            .context("the eBPF object has no egress program")?
-            .try_into()?;
-        egress.load().context("the kernel's verifier rejected the TC egress program")?;
-        let ingress: &mut SchedClassifier = ebpf
-            .program_mut(maps::INGRESS_PROGRAM)
-            .context("the eBPF object has no TC ingress program")?
-            .try_into()?;
-        ingress.load().context("the kernel's verifier rejected the TC ingress (cookie hand-off) program")?;
-        let syn: &mut Xdp = ebpf
-            .program_mut(maps::COOKIE_SYN_PROGRAM)
-            .context("the eBPF object has no cookie SYN program")?
-            .try_into()?;
-        syn.load().context("the kernel's verifier rejected the XDP cookie SYN program")?;
-        let syn_fd = syn.fd()?.try_clone()?;
-        let ack: &mut Xdp = ebpf
-            .program_mut(maps::COOKIE_ACK_PROGRAM)
-            .context("the eBPF object has no cookie ACK program")?
-            .try_into()?;
-        ack.load().context("the kernel's verifier rejected the XDP cookie ACK program")?;
-        let ack_fd = ack.fd()?.try_clone()?;
-        let mut progs: ProgramArray<_> = ProgramArray::try_from(map(&mut ebpf, maps::PROGRAMS)?)?;
-        progs.set(maps::PROG_COOKIE_SYN, &syn_fd, 0).context("failed to register the cookie SYN program")?;
-        progs.set(maps::PROG_COOKIE_ACK, &ack_fd, 0).context("failed to register the cookie ACK program")?;
-        let active = Active { netns_ino: netns_inode()?, ..Default::default() };
+        for name in maps::PER_IFACE {
+            loader.map_pin_path(name, p.iface.join(name));
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(load_error)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(maps::XDP_PROGRAM)
+        .context("the eBPF object has no `firewall` program")?
+        .try_into()?;
+    program.load().context("the kernel's verifier rejected the XDP program")?;
+    let prog_fd = program.fd()?.try_clone()?;
+    for name in maps::BOUND {
+        match ebpf.map(name) {
+            Some(aya::maps::Map::Array(data)) => bpf_sys::bind_map(prog_fd.as_fd(), data.fd().as_fd())
+                .context("BPF_PROG_BIND_MAP failed (the kernel must be 5.10 or newer)")?,
+            _ => bail!("the eBPF object has no array map {name}"),
+        }
+    }
+    let egress: &mut SchedClassifier = ebpf
+        .program_mut(maps::EGRESS_PROGRAM)
+        .context("the eBPF object has no egress program")?
+        .try_into()?;
+    egress.load().context("the kernel's verifier rejected the TC egress program")?;
+    let ingress: &mut SchedClassifier = ebpf
+        .program_mut(maps::INGRESS_PROGRAM)
+        .context("the eBPF object has no TC ingress program")?
+        .try_into()?;
+    ingress.load().context("the kernel's verifier rejected the TC ingress (cookie hand-off) program")?;
+    let syn: &mut Xdp = ebpf
+        .program_mut(maps::COOKIE_SYN_PROGRAM)
+        .context("the eBPF object has no cookie SYN program")?
+        .try_into()?;
+    syn.load().context("the kernel's verifier rejected the XDP cookie SYN program")?;
+    let syn_fd = syn.fd()?.try_clone()?;
+    let ack: &mut Xdp = ebpf
+        .program_mut(maps::COOKIE_ACK_PROGRAM)
+        .context("the eBPF object has no cookie ACK program")?
+        .try_into()?;
+    ack.load().context("the kernel's verifier rejected the XDP cookie ACK program")?;
+    let ack_fd = ack.fd()?.try_clone()?;
+    let mut progs: ProgramArray<_> = ProgramArray::try_from(map(&mut ebpf, maps::PROGRAMS)?)?;
+    progs.set(maps::PROG_COOKIE_SYN, &syn_fd, 0).context("failed to register the cookie SYN program")?;
+    progs.set(maps::PROG_COOKIE_ACK, &ack_fd, 0).context("failed to register the cookie ACK program")?;
+    Ok(ebpf)
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The (percpu) sum of one counter.
+fn counter_sum(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+}
+
+fn nr_cpus() -> Result<usize> {
+    Ok(aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize)
+}
+
+impl Firewall {
+    /// Loads one object with maps of its own (tests, benchmarks); the
+    /// verifier runs here.
+    pub fn load() -> Result<Self> {
+        Self::open(&[])
+    }
+
+    /// Loads one object per entry of `pins` (one per interface), reusing
+    /// the maps pinned there or creating and pinning them; with no entry,
+    /// one object with unpinned maps. Reused maps keep everything: policy,
+    /// flows, counters, cookie keys. A pinned map of another layout fails
+    /// with `Incompatible` before anything is changed.
+    pub fn open(pins: &[PinPaths]) -> Result<Self> {
+        check_privileges()?;
+        let mut objects = Vec::new();
+        if pins.is_empty() {
+            objects.push(load_object(None)?);
+        }
+        for p in pins {
+            objects.push(load_object(Some(p))?);
+        }
+        let mut objects = objects.into_iter();
+        let ebpf = objects.next().expect("one object");
         let mut fw = Self {
             ebpf,
-            active,
-            flipped: None,
+            others: objects.collect(),
+            active: Active::default(),
             timeouts: Default::default(),
             cookie_ports: [Vec::new(), Vec::new()],
             auto: Vec::new(),
             cookie_settings: Default::default(),
             cookie_config: CookieConfig { offer: OFFER_ALL, ..CookieConfig::default() },
+            mss: Vec::new(),
+            fresh: false,
         };
-        // Both keys, so that the key bit of a forged cookie never selects
-        // an unset (all-zero, hence guessable) key.
-        for index in 0..2 {
-            fw.set_cookie_key(index, random_key()?)?;
-        }
-        fw.write_cookie_config()?;
+        fw.restore()?;
         Ok(fw)
+    }
+
+    fn objects_mut(&mut self) -> impl Iterator<Item = &mut Ebpf> {
+        std::iter::once(&mut self.ebpf).chain(self.others.iter_mut())
+    }
+
+    fn objects(&self) -> impl Iterator<Item = &Ebpf> {
+        std::iter::once(&self.ebpf).chain(self.others.iter())
+    }
+
+    /// Interfaces (program objects) this firewall has.
+    pub fn ports(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Reads back what the maps hold (all zero when they were just
+    /// created): the policy in force, cookie state, `auto` modes. Fresh
+    /// shared maps get new cookie keys and the layout stamp.
+    fn restore(&mut self) -> Result<()> {
+        let control = self.control()?;
+        self.fresh = control.layout == 0;
+        if self.fresh {
+            // Both keys, so that the key bit of a forged cookie never
+            // selects an unset (all-zero, hence guessable) key.
+            for index in 0..2 {
+                self.set_cookie_key(index, random_key()?)?;
+            }
+            let now = unix_now();
+            self.update_control(|c| {
+                c.layout = LAYOUT_VERSION;
+                c.created_unix = now;
+            })?;
+        } else if control.layout != LAYOUT_VERSION {
+            bail!(Incompatible(format!("the pinned data plane has layout {}, this build {LAYOUT_VERSION}", control.layout)));
+        }
+        let active: Array<_, Active> = Array::try_from(self.ebpf.map(maps::ACTIVE).context("no active map")?)?;
+        self.active = active.get(&0, 0)?;
+        self.active.netns_ino = netns_inode()?;
+        if self.active.generation > 0 {
+            let slot = self.active.slot;
+            let headers: Array<_, PolicyHeader> = Array::try_from(self.ebpf.map(maps::POLICY).context("no policy map")?)?;
+            self.timeouts = headers.get(&slot, 0)?.timeouts;
+            let ports: Array<_, u32> = Array::try_from(self.ebpf.map(maps::COOKIE_PORT).context("no cookie port map")?)?;
+            for s in 0..2u32 {
+                self.cookie_ports[s as usize] =
+                    (0..PORTS).filter(|p| ports.get(&(s * PORTS + p), 0).is_ok_and(|v| v != 0)).map(|p| p as u16).collect();
+            }
+            let meta = self.rule_metas(slot)?;
+            let on: Array<_, u32> = Array::try_from(self.ebpf.map(maps::COOKIE_ON).context("no cookie mode map")?)?;
+            for (rule, m) in meta.iter().enumerate() {
+                if m.syncookie == SYNCOOKIE_AUTO {
+                    let was_on = on.get(&(slot * MAX_RULES + rule as u32), 0)? != 0;
+                    self.auto.push(AutoService { rule: rule as u32, name: crate::stats::rule_name(m), on: was_on, syns: 0, below_since: None });
+                }
+            }
+        }
+        let mut mss = Vec::new();
+        let mut config = None;
+        for e in self.objects() {
+            let cfg: Array<_, CookieConfig> = Array::try_from(e.map(maps::COOKIE_CONFIG).context("no cookie config map")?)?;
+            let c = cfg.get(&0, 0)?;
+            mss.push((c.mss_v4, c.mss_v6));
+            // An interface added to a running firewall has an empty config.
+            if config.is_none() && c.offer != 0 {
+                config = Some(c);
+            }
+        }
+        self.mss = mss;
+        if let Some(c) = config.filter(|_| !self.fresh) {
+            self.cookie_config = c;
+        }
+        self.write_cookie_config()
+    }
+
+    /// The rule metadata of policy slot `slot` (as many as its header says).
+    fn rule_metas(&self, slot: u32) -> Result<Vec<RuleMeta>> {
+        let headers: Array<_, PolicyHeader> = Array::try_from(self.ebpf.map(maps::POLICY).context("no policy map")?)?;
+        let count = headers.get(&slot, 0)?.rule_count.min(MAX_RULES);
+        let meta: Array<_, RuleMeta> = Array::try_from(self.ebpf.map(maps::RULE_META).context("no rule meta map")?)?;
+        (0..count).map(|r| Ok(meta.get(&(slot * MAX_RULES + r), 0)?)).collect()
+    }
+
+    /// Whether the shared maps were created by this load rather than reopened.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    pub fn control(&self) -> Result<Control> {
+        let c: Array<_, Control> = Array::try_from(self.ebpf.map(maps::CONTROL).context("no control map")?)?;
+        Ok(c.get(&0, 0)?)
+    }
+
+    fn update_control(&mut self, f: impl FnOnce(&mut Control)) -> Result<()> {
+        let mut c: Array<_, Control> = Array::try_from(map(&mut self.ebpf, maps::CONTROL)?)?;
+        let mut v = c.get(&0, 0)?;
+        f(&mut v);
+        c.set(0, &v, 0).context("failed to write the control record")?;
+        Ok(())
+    }
+
+    /// Records this process as the controller, running `policy`.
+    pub fn set_controller(&mut self, policy: &Path) -> Result<()> {
+        let mut path = [0u8; POLICY_PATH_LEN];
+        let bytes = policy.as_os_str().as_encoded_bytes();
+        let n = bytes.len().min(POLICY_PATH_LEN - 1);
+        path[..n].copy_from_slice(&bytes[..n]);
+        let now = unix_now();
+        self.update_control(|c| {
+            c.pid = std::process::id();
+            c.controller_unix = now;
+            c.policy_path = path;
+        })
     }
 
     /// Writes cookie key `index` (0 or 1). Tests use it to know the key.
@@ -149,9 +338,15 @@ impl Firewall {
         self.write_cookie_config()
     }
 
+    /// Every interface's cookie config: the common part, its own MSS.
     fn write_cookie_config(&mut self) -> Result<()> {
-        let mut cfg: Array<_, CookieConfig> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_CONFIG)?)?;
-        cfg.set(0, &self.cookie_config, 0).context("failed to write the cookie configuration")?;
+        let common = self.cookie_config;
+        let mss = self.mss.clone();
+        for (i, e) in self.objects_mut().enumerate() {
+            let (mss_v4, mss_v6) = mss.get(i).copied().unwrap_or_default();
+            let mut cfg: Array<_, CookieConfig> = Array::try_from(map(e, maps::COOKIE_CONFIG)?)?;
+            cfg.set(0, &CookieConfig { mss_v4, mss_v6, ..common }, 0).context("failed to write the cookie configuration")?;
+        }
         Ok(())
     }
 
@@ -162,6 +357,11 @@ impl Firewall {
         self.set_cookie_key(next, random_key()?)?;
         self.cookie_config.rotated_ns = crate::conntrack::monotonic_ns();
         self.set_cookie_key_index(next)
+    }
+
+    /// `CLOCK_MONOTONIC` ns of the last key rotation (kept across restarts).
+    pub fn cookie_rotated_at(&self) -> u64 {
+        self.cookie_config.rotated_ns
     }
 
     /// Moves the last rotation's time (tests drive time through the map).
@@ -215,11 +415,16 @@ impl Firewall {
         self.set_local_addrs(&addrs)
     }
 
-    /// Whether the data plane found the driver unable to carry the cookie
-    /// hand-off mark (then cookies are off: SYNs go to the host).
+    /// Whether the data plane found a driver unable to carry the cookie
+    /// hand-off mark (then cookies are off there: SYNs go to the host).
     pub fn handoff_broken(&self) -> Result<bool> {
-        let status: Array<_, u32> = Array::try_from(self.ebpf.map(maps::STATUS).context("no status map")?)?;
-        Ok(status.get(&0, 0)? & STATUS_NO_META != 0)
+        for e in self.objects() {
+            let status: Array<_, u32> = Array::try_from(e.map(maps::STATUS).context("no status map")?)?;
+            if status.get(&0, 0)? & STATUS_NO_META != 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// How often the key rotates, from the policy in force.
@@ -228,8 +433,9 @@ impl Firewall {
     }
 
     /// One step of the `auto` mode controller, `dt` after the previous
-    /// one: measures each auto service's SYN rate and switches cookies on
-    /// above `auto_on_rate`, off after `auto_hold_secs` below `auto_off_rate`.
+    /// one: measures each auto service's SYN rate (over all interfaces) and
+    /// switches cookies on above `auto_on_rate`, off after `auto_hold_secs`
+    /// below `auto_off_rate`.
     pub fn cookie_tick(&mut self, dt: std::time::Duration) -> Result<()> {
         self.cookie_tick_at(dt, std::time::Instant::now())
     }
@@ -241,10 +447,15 @@ impl Firewall {
         }
         let slot = self.active.slot;
         let settings = self.cookie_settings.clone();
-        let counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(&mut self.ebpf, maps::COOKIE_COUNTERS)?)?;
+        let mut syns_of = vec![0u64; self.auto.len()];
+        for e in self.objects() {
+            let counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(e.map(maps::COOKIE_COUNTERS).context("no cookie counters")?)?;
+            for (i, svc) in self.auto.iter().enumerate() {
+                syns_of[i] += counters.get(&(slot * MAX_RULES + svc.rule), 0)?.iter().map(|c| c.syns).sum::<u64>();
+            }
+        }
         let mut changes = Vec::new();
-        for svc in &mut self.auto {
-            let syns: u64 = counters.get(&(slot * MAX_RULES + svc.rule), 0)?.iter().map(|c| c.syns).sum();
+        for (svc, syns) in self.auto.iter_mut().zip(syns_of) {
             let rate = syns.saturating_sub(svc.syns) as f64 / dt.as_secs_f64();
             svc.syns = syns;
             if !svc.on && rate >= settings.auto_on_rate as f64 {
@@ -288,6 +499,8 @@ impl Firewall {
 
     /// Writes `policy` into the slot the XDP program is not reading, then
     /// flips `FW_ACTIVE`: every packet sees either the old or the new policy.
+    /// A rule whose name the policy in force also has keeps its counters
+    /// (per interface, through `FW_RULE_BASE`); a new one starts at zero.
     /// On error the running policy is untouched.
     pub fn install(&mut self, policy: &Compiled) -> Result<()> {
         if policy.meta.iter().any(|m| m.syncookie != SYNCOOKIE_OFF) {
@@ -296,36 +509,36 @@ impl Firewall {
                 log::info!("cookie SYN-ACKs offer: {offer}");
             }
         }
-        let slot = if self.active.generation == 0 { 0 } else { 1 - self.active.slot };
-        // An XDP program runs for microseconds; 10 ms is a wide margin.
-        const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
-        if let Some(rest) = self.flipped.and_then(|t| GRACE.checked_sub(t.elapsed())) {
-            std::thread::sleep(rest);
-        }
+        let old = (self.active.generation > 0).then_some(self.active.slot);
+        let slot = old.map_or(0, |s| 1 - s);
+        // The old slot's rule of the same name, for each new rule.
+        let old_names: Vec<String> = match old {
+            Some(s) => self.rule_metas(s)?.iter().map(crate::stats::rule_name).collect(),
+            None => Vec::new(),
+        };
+        let carry: Vec<Option<u32>> = policy
+            .meta
+            .iter()
+            .map(|m| {
+                let name = crate::stats::rule_name(m);
+                old_names.iter().position(|n| *n == name).map(|i| i as u32)
+            })
+            .collect();
         let e = &mut self.ebpf;
         write_all::<Node>(e, maps::NODES, slot * MAX_NODES, &policy.nodes)?;
         write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;
         write_all::<MatchBox>(e, maps::BOXES, slot * MAX_BOXES, &policy.boxes)?;
         write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
-        // Counters belong to the loaded policy (as with an nftables ruleset
-        // reload): the new slot starts at zero.
-        let mut counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map(e, maps::RULE_COUNTERS)?)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
-        for rule in 0..policy.meta.len() as u32 {
-            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
-            counters
-                .set(slot * MAX_RULES + rule, zeros, 0)
-                .context("failed to reset rule counters")?;
+        let cpus = nr_cpus()?;
+        let now = unix_now();
+        // Per interface: the new slot's counters from zero, its bases from
+        // the old rule's total (read now; what the old slot still counts
+        // before the flip is added after it).
+        let mut read_before = Vec::new();
+        for e in self.objects_mut() {
+            read_before.push(prepare_counters(e, slot, old, &carry, policy, cpus, now)?);
         }
-        // Cookie services: counters from zero, ports of the slot's previous
-        // policy cleared, `auto` state carried over by rule name.
-        let mut cookie_counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(e, maps::COOKIE_COUNTERS)?)?;
-        for (rule, m) in policy.meta.iter().enumerate() {
-            if m.syncookie != SYNCOOKIE_OFF {
-                let zeros = PerCpuValues::try_from(vec![CookieCounters::default(); cpus])?;
-                cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
-            }
-        }
+        let e = &mut self.ebpf;
         let mut auto = Vec::new();
         let mut on: Array<_, u32> = Array::try_from(map(e, maps::COOKIE_ON)?)?;
         for (rule, m) in policy.meta.iter().enumerate() {
@@ -351,101 +564,210 @@ impl Firewall {
         let next = Active { slot, generation: self.active.generation + 1, ..self.active };
         active.set(0, &next, 0).context("failed to switch to the new policy")?;
         self.active = next;
-        self.flipped = Some(std::time::Instant::now());
         self.timeouts = policy.header.timeouts;
         self.auto = auto;
         self.cookie_settings = policy.syncookie.clone();
+        self.update_control(|c| c.loaded_unix = now)?;
+        // After the grace no packet is judged by the old slot any more (and
+        // the next install may rewrite it at once).
+        std::thread::sleep(GRACE);
+        if let Some(old) = old {
+            for (e, before) in self.objects_mut().zip(read_before) {
+                settle_counters(e, slot, old, &carry, &before)?;
+            }
+        }
         Ok(())
     }
 
-    /// Attaches to `iface`. `Driver` falls back to `Skb` (generic) when the
-    /// driver has no native XDP, and says so; returns the mode in effect.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode> {
+    /// Attaches interface `port`'s programs to `iface`: TC egress and
+    /// ingress, then XDP. `Driver` falls back to `Skb` (generic) when the
+    /// driver has no native XDP, and says so. Returns the mode in effect
+    /// and the three links (in `LINKS` order), to be pinned or dropped.
+    pub fn attach_port(&mut self, port: usize, iface: &str, mode: XdpMode) -> Result<(XdpMode, Vec<FdLink>)> {
         let ifindex = ifindex(iface)?;
         let name = CString::new(iface)?;
+        // The MSS the SYN-ACKs announce follows the interface's MTU.
+        if let Some(mtu) = fs::read_to_string(format!("/sys/class/net/{iface}/mtu")).ok().and_then(|m| m.trim().parse::<u32>().ok()) {
+            if let Some(m) = self.mss.get_mut(port) {
+                *m = (mtu.saturating_sub(40).clamp(536, 65_495) as u16, mtu.saturating_sub(60).clamp(1220, 65_475) as u16);
+            }
+            self.write_cookie_config()?;
+        }
+        let ebpf = if port == 0 { &mut self.ebpf } else { self.others.get_mut(port - 1).context("no such port")? };
         // Egress first: until it runs, replies to the host's new
         // connections would meet an enforcing XDP program as unknown.
         // Ingress (the cookie hand-off) before XDP issues any cookie.
-        self.attach_egress(iface, &name)?;
-        let ingress: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(maps::INGRESS_PROGRAM)
-            .context("no TC ingress program")?
-            .try_into()?;
-        ingress
-            .attach(name.as_c_str(), TcAttachType::Ingress)
-            .with_context(|| format!("failed to attach the TC ingress program to {iface}"))?;
-        // The MSS the SYN-ACKs announce follows the interface's MTU.
-        if let Some(mtu) = fs::read_to_string(format!("/sys/class/net/{iface}/mtu")).ok().and_then(|m| m.trim().parse::<u32>().ok()) {
-            self.cookie_config.mss_v4 = mtu.saturating_sub(40).clamp(536, 65_495) as u16;
-            self.cookie_config.mss_v6 = mtu.saturating_sub(60).clamp(1220, 65_475) as u16;
-            self.write_cookie_config()?;
-        }
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .context("no XDP program")?
-            .try_into()?;
-        let in_effect = match program.attach(name.as_c_str(), mode) {
-            Ok(_) => mode,
-            Err(e) if mode == XdpMode::Driver && is_errno(&e, libc::EOPNOTSUPP) => {
-                log::warn!("{iface} has no native XDP support; attaching in generic (skb) mode, which is slower");
-                program
-                    .attach(name.as_c_str(), XdpMode::Skb)
-                    .map_err(|e| attach_error(iface, e))?;
-                XdpMode::Skb
-            }
-            Err(e) => return Err(attach_error(iface, e)),
-        };
-        // Only now does `stats` see it (it skips ifindex 0): attached and enforcing.
-        self.active.ifindex = ifindex;
-        let mut active: Array<_, Active> = Array::try_from(map(&mut self.ebpf, maps::ACTIVE)?)?;
-        active.set(0, &self.active, 0)?;
-        Ok(in_effect)
-    }
-
-    /// XDP sees only what arrives: the TC egress program records the flows
-    /// the host opens, so that their replies are known. TCX on kernels that
-    /// have it (6.6), a clsact qdisc before.
-    fn attach_egress(&mut self, iface: &str, name: &CString) -> Result<()> {
         if !kernel_at_least(6, 6) {
             // An existing clsact qdisc is fine; anything else is worth seeing.
             if let Err(e) = tc::qdisc_add_clsact(name.as_c_str()) {
                 log::warn!("adding a clsact qdisc to {iface}: {e} (fine if one exists)");
             }
         }
-        let egress: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(maps::EGRESS_PROGRAM)
-            .context("no egress program")?
-            .try_into()?;
-        egress
+        let mut links = Vec::new();
+        let egress: &mut SchedClassifier = ebpf.program_mut(maps::EGRESS_PROGRAM).context("no egress program")?.try_into()?;
+        let id = egress
             .attach(name.as_c_str(), TcAttachType::Egress)
             .with_context(|| format!("failed to attach the TC egress program to {iface}"))?;
-        Ok(())
+        let egress_link = FdLink::try_from(egress.take_link(id)?).ok();
+        let ingress: &mut SchedClassifier = ebpf.program_mut(maps::INGRESS_PROGRAM).context("no TC ingress program")?.try_into()?;
+        let id = ingress
+            .attach(name.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("failed to attach the TC ingress program to {iface}"))?;
+        let ingress_link = FdLink::try_from(ingress.take_link(id)?).ok();
+        let program: &mut Xdp = ebpf.program_mut(maps::XDP_PROGRAM).context("no XDP program")?.try_into()?;
+        let (id, in_effect) = match program.attach(name.as_c_str(), mode) {
+            Ok(id) => (id, mode),
+            Err(e) if mode == XdpMode::Driver && is_errno(&e, libc::EOPNOTSUPP) => {
+                log::warn!("{iface} has no native XDP support; attaching in generic (skb) mode, which is slower");
+                (program.attach(name.as_c_str(), XdpMode::Skb).map_err(|e| attach_error(iface, e))?, XdpMode::Skb)
+            }
+            Err(e) => return Err(attach_error(iface, e)),
+        };
+        let xdp_link = FdLink::try_from(program.take_link(id)?).ok();
+        // Only now does `stats` see it (it skips ifindex 0): attached and enforcing.
+        let info = IfaceInfo {
+            ifindex,
+            mode: if in_effect == XdpMode::Skb { MODE_GENERIC } else { MODE_NATIVE },
+            netns_ino: self.active.netns_ino,
+            attached_unix: unix_now(),
+        };
+        let mut map_iface: Array<_, IfaceInfo> = Array::try_from(map(ebpf, maps::IFACE)?)?;
+        map_iface.set(0, &info, 0)?;
+        // Without BPF links (kernels before TCX) the attachments cannot be
+        // pinned: they last as long as this process.
+        match (xdp_link, egress_link, ingress_link) {
+            (Some(x), Some(e), Some(i)) => links.extend([x, e, i]),
+            _ => log::warn!("{iface}: this kernel gives no BPF links for every attachment (TCX needs Linux 6.6); the firewall lasts only as long as this process"),
+        }
+        Ok((in_effect, links))
     }
 
-    /// Pins the maps under `pin_dir(iface)` when a bpffs can be used there;
-    /// returns where, or `None` (then `stats` finds the maps by program id).
-    pub fn pin_maps(&self, iface: &str) -> Result<Option<PathBuf>> {
-        if !ensure_bpffs()? {
-            return Ok(None);
-        }
-        let dir = pin_dir(iface);
-        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        for name in maps::ALL {
-            let path = dir.join(name);
-            // A pin left by a firewall that did not exit cleanly: our attach
-            // succeeded, so that firewall is gone.
-            let _ = fs::remove_file(&path);
-            self.ebpf
-                .map(name)
-                .with_context(|| format!("no map {name}"))?
-                .pin(&path)
-                .with_context(|| format!("failed to pin {name} at {}", path.display()))?;
-        }
-        Ok(Some(dir))
+    /// `attach_port(0, ..)`, the links kept by this process (detached when
+    /// it drops them): for tests and benchmarks.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(XdpMode, Vec<FdLink>)> {
+        self.attach_port(0, iface, mode)
     }
+
+    /// Swaps the programs behind interface `port`'s pinned links (in `LINKS`
+    /// order) for this object's, each atomically (`BPF_LINK_UPDATE`): no
+    /// packet meets an interface without a program. Returns the interface
+    /// the XDP link is on.
+    pub fn replace_port(&mut self, port: usize, links: &[std::os::fd::OwnedFd]) -> Result<u32> {
+        let ebpf = if port == 0 { &self.ebpf } else { self.others.get(port - 1).context("no such port")? };
+        let mut ifindex = 0;
+        for (link, prog_name) in links.iter().zip([maps::XDP_PROGRAM, maps::EGRESS_PROGRAM, maps::INGRESS_PROGRAM]) {
+            let info = bpf_sys::link_info(link.as_fd()).context("cannot read a pinned link")?;
+            if info.ifindex == 0 {
+                bail!("a pinned link of this firewall is defunct (its interface was removed)");
+            }
+            if prog_name == maps::XDP_PROGRAM {
+                ifindex = info.ifindex;
+            }
+            let old = bpf_sys::prog_fd_by_id(info.prog_id).context("cannot open the pinned link's program")?;
+            let new = ebpf.program(prog_name).with_context(|| format!("no program {prog_name}"))?.fd()?;
+            bpf_sys::link_update(link.as_fd(), new.as_fd(), old.as_fd())
+                .with_context(|| format!("BPF_LINK_UPDATE of the {prog_name} link failed"))?;
+        }
+        Ok(ifindex)
+    }
+
+    /// Records that interface `port` runs in `mode` on `ifindex` (after
+    /// `replace_port`, whose object's `FW_IFACE` was reopened from the pin).
+    pub fn interface(&self, port: usize) -> Result<IfaceInfo> {
+        let ebpf = self.objects().nth(port).context("no such port")?;
+        let m: Array<_, IfaceInfo> = Array::try_from(ebpf.map(maps::IFACE).context("no iface map")?)?;
+        Ok(m.get(&0, 0)?)
+    }
+
+    /// Pins interface `port`'s tail-call table at `path`: a program array
+    /// loses its entries when no process or pin holds it, and the XDP
+    /// program's cookie path lives in it.
+    pub fn pin_programs(&self, port: usize, path: &Path) -> Result<()> {
+        let ebpf = self.objects().nth(port).context("no such port")?;
+        let _ = fs::remove_file(path);
+        ebpf.map(maps::PROGRAMS)
+            .context("no program array")?
+            .pin(path)
+            .with_context(|| format!("failed to pin the tail-call table at {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Zeroes the new slot's counters of one interface and sets their bases
+/// from the old slot's rule of the same name; returns what was read of
+/// the old counters (to add what they count until the flip).
+fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<u32>, carry: &[Option<u32>], policy: &Compiled, cpus: usize, now: u64) -> Result<Vec<Counter>> {
+    let mut read = vec![Counter::default(); carry.len()];
+    let old_counts: Vec<Option<(RuleBase, Counter)>> = {
+        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(e.map(maps::RULE_COUNTERS).context("no rule counters")?)?;
+        let bases: Array<_, RuleBase> = Array::try_from(e.map(maps::RULE_BASE).context("no rule bases")?)?;
+        carry
+            .iter()
+            .map(|c| match (c, old) {
+                (Some(r), Some(s)) => {
+                    let i = s * MAX_RULES + r;
+                    Ok(Some((bases.get(&i, 0)?, counter_sum(&counters.get(&i, 0)?))))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map(e, maps::RULE_COUNTERS)?)?;
+    for rule in 0..carry.len() as u32 {
+        counters
+            .set(slot * MAX_RULES + rule, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)
+            .context("failed to reset rule counters")?;
+    }
+    let mut bases: Array<_, RuleBase> = Array::try_from(map(e, maps::RULE_BASE)?)?;
+    for (rule, prior) in old_counts.iter().enumerate() {
+        let base = match prior {
+            Some((b, c)) => {
+                read[rule] = *c;
+                RuleBase { packets: b.packets + c.packets, bytes: b.bytes + c.bytes, since_unix: if b.since_unix == 0 { now } else { b.since_unix } }
+            }
+            None => RuleBase { packets: 0, bytes: 0, since_unix: now },
+        };
+        bases.set(slot * MAX_RULES + rule as u32, &base, 0).context("failed to write a rule counter base")?;
+    }
+    // Cookie services: counters from zero (per policy load).
+    let mut cookie_counters: PerCpuArray<_, CookieCounters> = PerCpuArray::try_from(map(e, maps::COOKIE_COUNTERS)?)?;
+    for (rule, m) in policy.meta.iter().enumerate() {
+        if m.syncookie != SYNCOOKIE_OFF {
+            let zeros = PerCpuValues::try_from(vec![CookieCounters::default(); cpus])?;
+            cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
+        }
+    }
+    Ok(read)
+}
+
+/// After the flip's grace: adds to each carried base what the old rule
+/// counted between `prepare_counters` and the flip.
+fn settle_counters(e: &mut Ebpf, slot: u32, old: u32, carry: &[Option<u32>], before: &[Counter]) -> Result<()> {
+    let late: Vec<Option<Counter>> = {
+        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(e.map(maps::RULE_COUNTERS).context("no rule counters")?)?;
+        carry
+            .iter()
+            .zip(before)
+            .map(|(c, b)| match c {
+                Some(r) => {
+                    let now = counter_sum(&counters.get(&(old * MAX_RULES + r), 0)?);
+                    Ok(Some(Counter { packets: now.packets.saturating_sub(b.packets), bytes: now.bytes.saturating_sub(b.bytes) }))
+                }
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut bases: Array<_, RuleBase> = Array::try_from(map(e, maps::RULE_BASE)?)?;
+    for (rule, d) in late.iter().enumerate() {
+        if let Some(d) = d.filter(|d| d.packets > 0) {
+            let i = slot * MAX_RULES + rule as u32;
+            let mut b = bases.get(&i, 0)?;
+            b.packets += d.packets;
+            b.bytes += d.bytes;
+            bases.set(i, &b, 0).context("failed to write a rule counter base")?;
+        }
+    }
+    Ok(())
 }
 
 /// A fresh SipHash key from the OS random source.
@@ -548,31 +870,6 @@ pub fn local_addrs() -> Result<Vec<std::net::IpAddr>> {
     Ok(out)
 }
 
-/// `BPF_PROG_BIND_MAP`: ties a map the program does not reference to the
-/// program, so the map is listed in its info (aya has no wrapper).
-fn bind_map(prog_fd: i32, map_fd: i32) -> std::io::Result<()> {
-    #[repr(C)]
-    struct ProgBindMapAttr {
-        prog_fd: u32,
-        map_fd: u32,
-        flags: u32,
-    }
-    const BPF_PROG_BIND_MAP: libc::c_long = 35;
-    let attr = ProgBindMapAttr { prog_fd: prog_fd as u32, map_fd: map_fd as u32, flags: 0 };
-    // SAFETY: a bpf(2) call with an attribute struct of the size we pass.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_BIND_MAP, &attr as *const ProgBindMapAttr, std::mem::size_of::<ProgBindMapAttr>())
-    };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
-pub fn unpin_maps(dir: &Path) {
-    for name in maps::ALL {
-        let _ = fs::remove_file(dir.join(name));
-    }
-    let _ = fs::remove_dir(dir);
-}
-
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
 }
@@ -667,14 +964,20 @@ fn is_bpffs(path: &str) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Makes sure /sys/fs/bpf is a bpffs. Mounts one when this process shares
-/// its parent's mount namespace; under `ip netns exec` (a private mount namespace
-/// with its own /sys) a mount would be invisible to other processes, so it
-/// returns `false` and the maps are found through the program instead.
-pub fn ensure_bpffs() -> Result<bool> {
-    if is_bpffs(BPFFS) {
-        return Ok(true);
-    }
+/// Whether pins outlive this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bpffs {
+    /// The host's bpffs: pinned programs and maps outlive the controller.
+    Shared,
+    /// A bpffs in a mount namespace of this process's own (`ip netns
+    /// exec`): it goes away with the process, and the data plane with it.
+    Private,
+}
+
+/// Makes sure /sys/fs/bpf is a bpffs, mounting one if needed, and says
+/// whether it is the host's. Under `ip netns exec` (a mount namespace of
+/// its own, with its own /sys) any bpffs is private to this process.
+pub fn ensure_bpffs() -> Result<Bpffs> {
     // `ip netns exec` gives its command a mount namespace of its own; the
     // process that started us (pid 1 may be unreadable in containers) is
     // still in the shared one.
@@ -682,19 +985,18 @@ pub fn ensure_bpffs() -> Result<bool> {
     let own = ns_of("self");
     // SAFETY: no arguments.
     let parent = ns_of(&unsafe { libc::getppid() }.to_string()).or_else(|| ns_of("1"));
-    if own.is_none() || own != parent {
-        log::info!("{BPFFS} is not a bpffs in this mount namespace; maps not pinned (`firewall stats` finds them through the attached program)");
-        return Ok(false);
+    let kind = if own.is_some() && own == parent { Bpffs::Shared } else { Bpffs::Private };
+    if is_bpffs(BPFFS) {
+        return Ok(kind);
     }
     let (src, target, fstype) = (c"bpf", CString::new(BPFFS)?, c"bpf");
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        log::warn!("cannot mount a bpffs at {BPFFS}: {}; maps not pinned", std::io::Error::last_os_error());
-        return Ok(false);
+        bail!("{BPFFS} is not a bpffs and mounting one failed: {}", std::io::Error::last_os_error());
     }
     log::info!("mounted a bpffs at {BPFFS}");
-    Ok(true)
+    Ok(kind)
 }
 
 

@@ -1,8 +1,8 @@
 //! Finds the maps of a running firewall from another process: through the
-//! pins when /sys/fs/bpf is a bpffs here, otherwise through the attached
-//! program (program and map ids are global; `ip netns exec` hides bpffs
-//! mounts but not ids). Either way the firewall's `FW_ACTIVE` entry must
-//! name this network namespace and the interface asked for.
+//! pins when this process sees the firewall's bpffs, otherwise through the
+//! attached programs (program and map ids are global; `ip netns exec`
+//! hides bpffs mounts but not ids). Either way the interface's `FW_IFACE`
+//! entry must name this network namespace.
 
 use std::collections::HashMap;
 
@@ -11,22 +11,25 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::loaded_programs,
 };
-use firewall_common::{Active, CookieCounters, Counter, Flow, FlowKey, PolicyHeader, RuleMeta, maps};
+use firewall_common::{Active, Control, CookieCounters, Counter, Flow, FlowKey, IfaceInfo, PolicyHeader, RuleBase, RuleMeta, maps};
 
-use crate::loader::{self, pin_dir};
+use crate::{instance, loader};
 
-/// The maps `stats` reads.
+/// The maps `stats`, `conntrack` and `status` read, of one interface.
 pub struct FirewallMaps {
     pub active: Array<MapData, Active>,
     pub policy: Array<MapData, PolicyHeader>,
     pub rule_meta: Array<MapData, RuleMeta>,
     pub rule_counters: PerCpuArray<MapData, Counter>,
+    pub rule_base: Array<MapData, RuleBase>,
     pub reason_counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, Flow>,
     /// Flows opened from outside and not proven yet.
     pub remote_flows: BpfHashMap<MapData, FlowKey, Flow>,
     pub cookie_on: Array<MapData, u32>,
     pub cookie_counters: PerCpuArray<MapData, CookieCounters>,
+    pub control: Array<MapData, Control>,
+    pub iface: Array<MapData, IfaceInfo>,
 }
 
 impl FirewallMaps {
@@ -36,6 +39,7 @@ impl FirewallMaps {
             policy: &self.policy,
             rule_meta: &self.rule_meta,
             rule_counters: &self.rule_counters,
+            rule_base: &self.rule_base,
             reason_counters: &self.reason_counters,
             cookie_on: &self.cookie_on,
             cookie_counters: &self.cookie_counters,
@@ -43,69 +47,96 @@ impl FirewallMaps {
     }
 }
 
-/// A firewall found in this network namespace.
+/// One interface of a firewall found in this network namespace.
 pub struct Found {
     pub ifindex: u32,
+    /// The interface's name (or `ifindex N` when it has none here).
+    pub iface: String,
     pub via: &'static str,
+    /// Which firewall it belongs to (its `FW_CONTROL` map), to group
+    /// interfaces of one firewall.
+    pub control_id: u32,
+    /// Where its pins are, when found through them.
+    pub pin_dir: Option<std::path::PathBuf>,
     pub maps: FirewallMaps,
 }
 
-/// Opens the maps of the firewall attached to `iface`, or of the only
-/// firewall in this network namespace when `iface` is `None`.
-pub fn open(iface: Option<&str>) -> Result<Found> {
+/// The interfaces of a firewall: `iface`'s alone, or, with `None`, every
+/// interface of the only firewall in this network namespace.
+pub fn open(iface: Option<&str>) -> Result<Vec<Found>> {
     // Without privileges the program list is silently empty: say why instead.
     loader::check_privileges()?;
     let netns = loader::netns_inode()?;
     let want = iface.map(loader::ifindex).transpose()?;
-    if let (Some(name), Some(ifindex)) = (iface, want) {
-        // Pins may outlive a firewall that was killed: only trusted when a
-        // loaded firewall program uses them; any problem falls back to ids.
-        match from_pins(name, netns, ifindex) {
-            Ok(Some(found)) => return Ok(found),
-            Ok(None) => {}
-            Err(e) => log::debug!("pins for {name} not usable: {e:#}"),
+    let mut found = match from_pins(iface, netns) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => from_programs(netns)?,
+        Err(e) => {
+            log::debug!("pins not usable: {e:#}");
+            from_programs(netns)?
         }
-    }
-    let mut found = from_programs(netns)?;
+    };
     if let Some(ifindex) = want {
         found.retain(|f| f.ifindex == ifindex);
     }
-    match (found.len(), iface) {
-        (1, _) => Ok(found.pop().expect("one element")),
+    let firewalls: std::collections::BTreeSet<u32> = found.iter().map(|f| f.control_id).collect();
+    match (firewalls.len(), iface) {
+        (1, _) => Ok(found),
         (0, Some(name)) => bail!("no firewall is attached to {name} in this network namespace (is `firewall run` running?)"),
         (0, None) => bail!("no firewall is running in this network namespace"),
         (_, _) => bail!("several firewalls run in this network namespace; choose one with --iface"),
     }
 }
 
-fn from_pins(iface: &str, netns: u64, ifindex: u32) -> Result<Option<Found>> {
-    let dir = pin_dir(iface);
-    if !dir.join(maps::ACTIVE).exists() {
-        return Ok(None);
+/// Every firewall of this namespace, each as its interfaces (for `status`).
+pub fn open_all() -> Result<Vec<Vec<Found>>> {
+    loader::check_privileges()?;
+    let netns = loader::netns_inode()?;
+    let found = match from_pins(None, netns) {
+        Ok(f) if !f.is_empty() => f,
+        _ => from_programs(netns)?,
+    };
+    let mut groups: std::collections::BTreeMap<u32, Vec<Found>> = Default::default();
+    for f in found {
+        groups.entry(f.control_id).or_default().push(f);
     }
-    let mut by_name = HashMap::new();
-    for name in maps::ALL {
-        let path = dir.join(name);
-        let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
-        by_name.insert(name.to_string(), data);
+    Ok(groups.into_values().collect())
+}
+
+fn from_pins(iface: Option<&str>, netns: u64) -> Result<Vec<Found>> {
+    let dirs = match iface {
+        Some(name) => instance::find(name)?.into_iter().collect(),
+        None => instance::list()?,
+    };
+    let mut out = Vec::new();
+    for (_, dir) in dirs {
+        for name in instance::interfaces(&dir) {
+            if iface.is_some_and(|i| i != name) {
+                continue;
+            }
+            let mut by_name = HashMap::new();
+            for map in maps::ALL {
+                let sub = if maps::SHARED.contains(map) { dir.join("shared") } else { dir.join("iface").join(&name) };
+                let path = sub.join(map);
+                let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+                by_name.insert(map.to_string(), data);
+            }
+            let found = assemble(by_name, "pinned maps", Some(dir.clone()))?;
+            // Pins of an interface that was removed (or recreated) enforce nothing.
+            if is_ours(&found, netns) && loader::ifindex(&name).ok() == Some(found.ifindex) {
+                out.push(found);
+            } else {
+                log::debug!("pins of {name} at {} belong to no live interface", dir.display());
+            }
+        }
     }
-    let active_id = by_name[maps::ACTIVE].info()?.id();
-    let live = loaded_programs().flatten().any(|p| {
-        p.name_as_str() == Some(maps::XDP_PROGRAM) && p.map_ids().ok().flatten().is_some_and(|ids| ids.contains(&active_id))
-    });
-    if !live {
-        log::debug!("pins for {iface} belong to no loaded firewall (left by a killed one?)");
-        return Ok(None);
-    }
-    let found = assemble(by_name, "pinned maps")?;
-    Ok((is_ours(&found, netns) && found.ifindex == ifindex).then_some(found))
+    Ok(out)
 }
 
 fn from_programs(netns: u64) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     for program in loaded_programs() {
         let Ok(program) = program else { continue };
-        log::debug!("program {} {:?}", program.id(), program.name_as_str());
         if program.name_as_str() != Some(maps::XDP_PROGRAM) {
             continue;
         }
@@ -118,45 +149,64 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
                 by_name.insert(name, MapData::from_id(id).context("cannot open map by id")?);
             }
         }
-        log::debug!("maps found: {:?}", by_name.keys().collect::<Vec<_>>());
         if by_name.len() != maps::ALL.len() {
             continue;
         }
-        let found = assemble(by_name, "attached program")?;
-        if is_ours(&found, netns) {
+        let found = assemble(by_name, "attached program", None)?;
+        // A program replaced by an upgrade may still be loaded for a moment:
+        // one entry per interface.
+        if is_ours(&found, netns) && !out.iter().any(|f: &Found| f.ifindex == found.ifindex && f.control_id == found.control_id) {
             out.push(found);
         }
     }
     Ok(out)
 }
 
-/// Written by a controller in this network namespace that attached it
-/// (loaded-only programs, as in tests, have ifindex 0).
+/// Attached by a controller in this network namespace (loaded-only
+/// programs, as in tests, have ifindex 0).
 fn is_ours(found: &Found, netns: u64) -> bool {
-    log::debug!("active {:?} want netns {netns}", found.maps.active.get(&0, 0).ok());
-    found.maps.active.get(&0, 0).map(|a| a.netns_ino == netns && a.ifindex != 0).unwrap_or(false)
+    found.maps.iface.get(&0, 0).map(|a| a.netns_ino == netns && a.ifindex != 0).unwrap_or(false)
 }
 
-fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str) -> Result<Found> {
+fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: Option<std::path::PathBuf>) -> Result<Found> {
+    let control_id = by_name.get(maps::CONTROL).context("no control map")?.info()?.id();
     let mut take = |name: &str| -> Result<Map> {
         let data = by_name.remove(name).with_context(|| format!("map {name} missing"))?;
         Ok(Map::from_map_data(data)?)
     };
-    let active: Array<MapData, Active> = Array::try_from(take(maps::ACTIVE)?)?;
-    let ifindex = active.get(&0, 0).map(|a| a.ifindex).unwrap_or(0);
+    let iface: Array<MapData, IfaceInfo> = Array::try_from(take(maps::IFACE)?)?;
+    let ifindex = iface.get(&0, 0).map(|a| a.ifindex).unwrap_or(0);
     Ok(Found {
         ifindex,
+        iface: if_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}")),
         via,
+        control_id,
+        pin_dir,
         maps: FirewallMaps {
-            active,
+            active: Array::try_from(take(maps::ACTIVE)?)?,
             policy: Array::try_from(take(maps::POLICY)?)?,
             rule_meta: Array::try_from(take(maps::RULE_META)?)?,
             rule_counters: PerCpuArray::try_from(take(maps::RULE_COUNTERS)?)?,
+            rule_base: Array::try_from(take(maps::RULE_BASE)?)?,
             reason_counters: PerCpuArray::try_from(take(maps::REASON_COUNTERS)?)?,
             flows: BpfHashMap::try_from(take(maps::FLOWS)?)?,
             remote_flows: BpfHashMap::try_from(take(maps::REMOTE_FLOWS)?)?,
             cookie_on: Array::try_from(take(maps::COOKIE_ON)?)?,
             cookie_counters: PerCpuArray::try_from(take(maps::COOKIE_COUNTERS)?)?,
+            control: Array::try_from(take(maps::CONTROL)?)?,
+            iface,
         },
     })
+}
+
+/// The name of interface `ifindex` in this network namespace.
+pub fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }

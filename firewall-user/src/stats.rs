@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use anyhow::Result;
 use aya::maps::{Array, MapData, PerCpuArray};
 use firewall_common::{
-    ACTION_ACCEPT, Active, CookieCounters, Counter, MAX_RULES, PolicyHeader, Reason, RuleMeta,
+    ACTION_ACCEPT, Active, CookieCounters, Counter, MAX_RULES, PolicyHeader, Reason, RuleBase, RuleMeta,
     SYNCOOKIE_ALWAYS, SYNCOOKIE_AUTO, SYNCOOKIE_OFF,
 };
 use serde::Serialize;
@@ -16,6 +16,9 @@ pub struct RuleStats {
     pub action: &'static str,
     pub packets: u64,
     pub bytes: u64,
+    /// Unix seconds the counter last started from zero (a rule keeps its
+    /// counters across reloads and restarts while its name stays).
+    pub since_unix: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -55,6 +58,7 @@ pub struct Sources<'a, M: Borrow<MapData>> {
     pub policy: &'a Array<M, PolicyHeader>,
     pub rule_meta: &'a Array<M, RuleMeta>,
     pub rule_counters: &'a PerCpuArray<M, Counter>,
+    pub rule_base: &'a Array<M, RuleBase>,
     pub reason_counters: &'a PerCpuArray<M, Counter>,
     pub cookie_on: &'a Array<M, u32>,
     pub cookie_counters: &'a PerCpuArray<M, CookieCounters>,
@@ -67,6 +71,26 @@ impl Snapshot {
     pub fn rule(&self, name: &str) -> Option<&RuleStats> {
         self.rules.iter().find(|r| r.name == name)
     }
+    /// Adds the counters of another interface of the same firewall (same
+    /// policy, hence the same rules in the same order).
+    pub fn merge(&mut self, other: &Snapshot) {
+        for (a, b) in self.rules.iter_mut().zip(&other.rules) {
+            a.packets += b.packets;
+            a.bytes += b.bytes;
+            a.since_unix = a.since_unix.min(b.since_unix);
+        }
+        for (a, b) in self.reasons.iter_mut().zip(&other.reasons) {
+            a.packets += b.packets;
+            a.bytes += b.bytes;
+        }
+        for (a, b) in self.services.iter_mut().zip(&other.services) {
+            a.syns += b.syns;
+            a.cookies_sent += b.cookies_sent;
+            a.acks_valid += b.acks_valid;
+            a.acks_invalid += b.acks_invalid;
+        }
+    }
+
     pub fn reason(&self, reason: Reason) -> Counter {
         self.reasons
             .iter()
@@ -118,7 +142,7 @@ fn mode_name(code: u8) -> &'static str {
 
 /// Reads the counters of the policy currently in force.
 pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
-    let Sources { active, policy, rule_meta, rule_counters, reason_counters, cookie_on, cookie_counters } = src;
+    let Sources { active, policy, rule_meta, rule_counters, rule_base, reason_counters, cookie_on, cookie_counters } = src;
     let active = active.get(&0, 0)?;
     let header = policy.get(&active.slot, 0)?;
     let mut rules = Vec::with_capacity(header.rule_count as usize);
@@ -127,6 +151,7 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
         let index = active.slot * MAX_RULES + rule;
         let meta = rule_meta.get(&index, 0)?;
         let c = sum(rule_counters, index);
+        let base = rule_base.get(&index, 0).unwrap_or_default();
         let name = rule_name(&meta);
         if meta.syncookie != SYNCOOKIE_OFF {
             let per_cpu = cookie_counters.get(&index, 0)?;
@@ -149,8 +174,9 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
         rules.push(RuleStats {
             name,
             action: action_name(meta.action),
-            packets: c.packets,
-            bytes: c.bytes,
+            packets: base.packets + c.packets,
+            bytes: base.bytes + c.bytes,
+            since_unix: base.since_unix,
         });
     }
     let reasons = Reason::ALL
@@ -174,6 +200,16 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
     })
 }
 
+/// A duration as the largest unit or two: `42s`, `5m12s`, `3h04m`, `2d05h`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
 /// Plain-text table; `previous` and `seconds` add a packets/s column.
 pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> String {
     use std::fmt::Write as _;
@@ -192,9 +228,11 @@ pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> 
         }
     };
     let pps = if previous.is_some() { format!("{:>12}", "packets/s") } else { String::new() };
-    let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "RULE", "ACTION", "PACKETS", "BYTES");
+    let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16} {:>12}{pps}", "RULE", "ACTION", "PACKETS", "BYTES", "RESET");
+    let now = crate::loader::unix_now();
     for r in &s.rules {
-        let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16}{}", r.name, r.action, r.packets, r.bytes, rate(&r.name, r.packets, previous, false));
+        let since = if r.since_unix == 0 { "-".to_owned() } else { format!("{} ago", age(now.saturating_sub(r.since_unix))) };
+        let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16} {:>12}{}", r.name, r.action, r.packets, r.bytes, since, rate(&r.name, r.packets, previous, false));
     }
     let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "REASON", "VERDICT", "PACKETS", "BYTES");
     for r in &s.reasons {

@@ -5,7 +5,9 @@ use firewall_user::{conntrack, maps};
 
 pub fn conntrack(iface: Option<&str>, json: bool) -> Result<ExitCode> {
     let found = maps::open(iface)?;
-    let entries = conntrack::list(&[&found.maps.flows, &found.maps.remote_flows]).context("failed to read the connection table")?;
+    // One table for every interface of a firewall.
+    let m = &found.first().expect("open returns one firewall").maps;
+    let entries = conntrack::list(&[&m.flows, &m.remote_flows]).context("failed to read the connection table")?;
     if json {
         println!("{}", serde_json::to_string(&entries)?);
     } else {

@@ -2,6 +2,8 @@ mod check;
 mod conntrack;
 mod run;
 mod stats;
+mod status;
+mod stop;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -25,19 +27,41 @@ pub enum Mode {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load a policy, attach to an interface and stay in the foreground
-    /// (SIGHUP or a change of the file reloads; SIGINT/SIGTERM detach).
+    /// Load a policy, attach to one or more interfaces and stay in the
+    /// foreground (SIGHUP or a change of the file reloads; SIGINT/SIGTERM
+    /// detach unless --keep). The data plane is pinned: if this process dies
+    /// it keeps enforcing, and the next `run` takes it over.
     Run {
-        #[arg(long)]
-        iface: String,
+        /// Interface to protect; repeat for several (one policy, one shared connection table).
+        #[arg(long, required = true)]
+        iface: Vec<String>,
+        /// Policy file (TOML).
         #[arg(long)]
         policy: PathBuf,
+        /// XDP attach mode for interfaces attached afresh.
         #[arg(long, value_enum, default_value = "native")]
         mode: Mode,
+        /// On SIGINT/SIGTERM leave the data plane pinned and enforcing (for
+        /// a service manager: the next `run` adopts it without a gap).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Detach a firewall and remove its pins (stopping its controller first).
+    Stop {
+        /// An interface of the firewall to stop (default: every firewall in this network namespace).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// List the firewalls of this network namespace: interfaces, mode,
+    /// policy, controller, uptime, connection-table use.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Show per-rule and per-reason counters of a running firewall.
     Stats {
-        /// Interface (default: the only firewall in this network namespace).
+        /// One interface's counters (default: the sum over every interface of the only firewall here).
         #[arg(long)]
         iface: Option<String>,
         /// Refresh every second, with packets per second.
@@ -47,9 +71,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the connection table of a running firewall.
+    /// List the connection table of a running firewall (shared by its interfaces).
     Conntrack {
-        /// Interface (default: the only firewall in this network namespace).
+        /// An interface of the firewall (default: the only firewall in this network namespace).
         #[arg(long)]
         iface: Option<String>,
         /// Machine-readable output.
@@ -62,7 +86,9 @@ enum Command {
 
 pub fn main() -> Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { iface, policy, mode } => run::run(&iface, &policy, mode),
+        Command::Run { iface, policy, mode, keep } => run::run(&iface, &policy, mode, keep),
+        Command::Stop { iface } => stop::stop(iface.as_deref()),
+        Command::Status { json } => status::status(json),
         Command::Stats { iface, watch, json } => stats::stats(iface.as_deref(), watch, json),
         Command::Conntrack { iface, json } => conntrack::conntrack(iface.as_deref(), json),
         Command::Check { file } => check::check(&file),

@@ -6,54 +6,120 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::programs::XdpMode;
-use firewall_user::{compile, loader, policy};
+use firewall_common::MODE_GENERIC;
+use firewall_user::{compile, instance, loader, policy};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Mode;
 
-pub fn run(iface: &str, policy_path: &Path, mode: Mode) -> Result<ExitCode> {
+pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Result<ExitCode> {
     loader::check_kernel()?;
     loader::check_privileges()?;
-    loader::ifindex(iface)?;
-    let compiled = load_policy(policy_path)?;
-
-    let mut fw = loader::Firewall::load()?;
+    let mut ifaces = ifaces.to_vec();
+    ifaces.dedup();
+    for iface in &ifaces {
+        loader::ifindex(iface)?;
+    }
+    let policy_path = fs::canonicalize(policy_path).with_context(|| format!("cannot read {}", policy_path.display()))?;
+    let compiled = load_policy(&policy_path)?;
+    let bpffs = loader::ensure_bpffs()?;
+    if bpffs == loader::Bpffs::Private {
+        log::warn!("this process has a mount namespace of its own (`ip netns exec`?): the data plane is pinned where no other process sees it and lasts only as long as this controller; to keep it enforcing across a crash or restart, enter just the network namespace (`nsenter --net=/run/netns/NAME`)");
+    }
+    let inst = instance::Instance::take(&ifaces)?;
+    let mut adopted = Vec::new();
+    for iface in &ifaces {
+        adopted.push(inst.live_links(iface)?);
+        inst.prepare(iface)?;
+    }
+    let pins: Vec<loader::PinPaths> = ifaces.iter().map(|i| inst.pin_paths(i)).collect();
+    let mut fw = match loader::Firewall::open(&pins) {
+        Ok(fw) => fw,
+        Err(e) => {
+            // Leave a pinned data plane exactly as it was.
+            for (iface, links) in ifaces.iter().zip(&adopted) {
+                if links.is_none() && !inst.created {
+                    inst.remove_iface(iface);
+                }
+            }
+            if inst.created {
+                inst.remove();
+            }
+            if e.downcast_ref::<loader::Incompatible>().is_some() {
+                bail!("refusing to take over the running firewall `{}`: {e}; it keeps running and enforcing its policy. To replace it (its flows, counters and cookie keys are lost), run `firewall stop --iface {}` first", inst.name, ifaces[0]);
+            }
+            return Err(e);
+        }
+    };
     let addrs = fw.refresh_local_addrs().context("failed to write the host's addresses")?;
     log::debug!("{addrs} local addresses: cookie SYN-ACKs are sent for these only");
-    fw.install(&compiled).context("failed to write the policy into the maps")?;
+    let previous = if fw.is_fresh() { None } else { Some(fw.generation()) };
+    if let Err(e) = fw.install(&compiled) {
+        if inst.created {
+            inst.remove();
+        }
+        return Err(e.context("failed to write the policy into the maps"));
+    }
+    fw.set_controller(&policy_path)?;
     let xdp_mode = match mode {
         Mode::Native => XdpMode::Driver,
         Mode::Generic => XdpMode::Skb,
     };
-    let in_effect = fw.attach(iface, xdp_mode)?;
-    // Pins are a convenience (stats also finds the maps by program id): a
-    // failure to pin is reported, not fatal, and leaves no half set behind.
-    let pins = match fw.pin_maps(iface) {
-        Ok(p) => p,
-        Err(e) => {
-            log::warn!("maps not pinned: {e:#}");
-            loader::unpin_maps(&loader::pin_dir(iface));
-            None
+    for (port, (iface, links)) in ifaces.iter().zip(adopted).enumerate() {
+        let dir = inst.iface_dir(iface);
+        match links {
+            Some(links) => {
+                // The new tail-call table is pinned before the swap, the old
+                // one released after it.
+                fw.pin_programs(port, &dir.join("progs_new"))?;
+                fw.replace_port(port, &links).with_context(|| format!("failed to swap the programs on {iface}"))?;
+                std::thread::sleep(loader::GRACE);
+                fs::rename(dir.join("progs_new"), dir.join("progs")).context("failed to pin the new tail-call table")?;
+                let info = fw.interface(port)?;
+                let was = if info.mode == MODE_GENERIC { "generic" } else { "native" };
+                if (info.mode == MODE_GENERIC) != (xdp_mode == XdpMode::Skb) {
+                    log::warn!("{iface} stays in {was} mode (an adopted attachment keeps its mode; `firewall stop` and `run` to change it)");
+                }
+                log::info!("took over {iface} ({was} mode): programs replaced atomically, flows, counters and cookie keys kept");
+            }
+            None => {
+                fw.pin_programs(port, &dir.join("progs"))?;
+                let (in_effect, links) = fw.attach_port(port, iface, xdp_mode)?;
+                for (link, name) in links.into_iter().zip(loader::LINKS) {
+                    link.pin(dir.join(name)).with_context(|| format!("failed to pin {name} of {iface}"))?;
+                }
+                log::info!("attached to {iface} ({} mode)", if in_effect == XdpMode::Skb { "generic" } else { "native" });
+            }
         }
-    };
+    }
+    // Interfaces the firewall had and this run does not name.
+    for old in instance::interfaces(&inst.dir) {
+        if !ifaces.contains(&old) {
+            inst.remove_iface(&old);
+            log::info!("detached from {old} (not named by this run)");
+        }
+    }
     log::info!(
-        "attached to {iface} ({} mode), policy {} ({}){}",
-        if in_effect == XdpMode::Skb { "generic" } else { "native" },
+        "policy {} ({}), generation {}{}; pinned at {}",
         policy_path.display(),
         compile::describe(&compiled),
-        pins.as_ref().map(|p| format!(", maps pinned at {}", p.display())).unwrap_or_default()
+        fw.generation(),
+        previous.map(|g| format!(" (took over at generation {g})")).unwrap_or_default(),
+        inst.dir.display()
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf()));
-    if let Some(dir) = pins {
-        loader::unpin_maps(&dir);
+    if keep {
+        log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
+    } else {
+        // Without pins and with our descriptors closed, the links detach.
+        inst.remove();
+        drop(fw);
+        log::info!("detached from {}", ifaces.join(", "));
     }
-    // Dropping the program detaches it.
-    drop(fw);
-    log::info!("detached from {iface}");
     result.map(|()| ExitCode::SUCCESS)
 }
 
@@ -82,7 +148,11 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
     const TICK: Duration = Duration::from_millis(250);
     let mut cookie_tick = tokio::time::interval(TICK);
     let mut rotation = fw.key_rotation();
-    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + rotation, rotation);
+    // A controller that took over keeps the previous one's rotation schedule.
+    let rotated = fw.cookie_rotated_at();
+    let since = if rotated == 0 { Duration::ZERO } else { Duration::from_nanos(firewall_user::conntrack::monotonic_ns().saturating_sub(rotated)) };
+    let first = rotation.saturating_sub(since).max(Duration::from_millis(1));
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + first, rotation);
     let mut stamp = file_stamp(&path);
     let mut warned_no_meta = false;
     loop {

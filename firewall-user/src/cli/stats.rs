@@ -5,16 +5,28 @@ use firewall_user::{maps, stats};
 
 pub fn stats(iface: Option<&str>, watch: bool, json: bool) -> Result<ExitCode> {
     let found = maps::open(iface)?;
-    let name = iface.map(str::to_owned).unwrap_or_else(|| format!("ifindex {}", found.ifindex));
-    let m = &found.maps;
-    let read = || stats::snapshot(&m.sources());
+    let names: Vec<&str> = found.iter().map(|f| f.iface.as_str()).collect();
+    let name = names.join(", ");
+    // Every interface's counters, summed (one policy, so the same rules).
+    let read = || -> Result<stats::Snapshot> {
+        let mut total: Option<stats::Snapshot> = None;
+        for f in &found {
+            let snap = stats::snapshot(&f.maps.sources())?;
+            match total.as_mut() {
+                Some(t) => t.merge(&snap),
+                None => total = Some(snap),
+            }
+        }
+        Ok(total.expect("one interface at least"))
+    };
     let mut previous: Option<(stats::Snapshot, Instant)> = None;
     loop {
         let snap = read().context("failed to read the firewall's counters")?;
         if json {
             println!("{}", serde_json::to_string(&serde_json::json!({
                 "iface": name,
-                "found_via": found.via,
+                "interfaces": names,
+                "found_via": found[0].via,
                 "generation": snap.generation,
                 "default": snap.default_action,
                 "rules": snap.rules,

@@ -1,0 +1,55 @@
+use std::{process::ExitCode, time::{Duration, Instant}};
+
+use anyhow::{Result, bail};
+use firewall_user::{instance, loader};
+
+/// Stops the firewall that has `iface` (or every firewall of this network
+/// namespace): its controller first (SIGTERM, as `systemctl stop` would),
+/// then its pins, which detaches its programs.
+pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
+    loader::check_privileges()?;
+    if loader::ensure_bpffs()? == loader::Bpffs::Private {
+        bail!("this process has a mount namespace of its own (`ip netns exec`?) and cannot see the host's pins; a firewall started the same way lasts only as long as its controller: stop that instead (Ctrl-C or SIGTERM). To reach pinned firewalls, enter just the network namespace (`nsenter --net=/run/netns/NAME firewall stop`)");
+    }
+    let targets = match iface {
+        Some(name) => match instance::find(name)? {
+            Some(t) => vec![t],
+            None => bail!("no pinned firewall has {name} in this network namespace (`firewall status` lists them)"),
+        },
+        None => instance::list()?,
+    };
+    if targets.is_empty() {
+        println!("no firewall is pinned in this network namespace");
+    }
+    for (name, dir) in targets {
+        if instance::controller_alive(&dir) {
+            let pid = pinned_pid(&dir);
+            let Some(pid) = pid else { bail!("the controller of `{name}` holds its lock but its pid is unknown") };
+            // SAFETY: kill(2) with a pid and a signal.
+            if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+                bail!("cannot signal the controller of `{name}` (pid {pid}): {}", std::io::Error::last_os_error());
+            }
+            let start = Instant::now();
+            while instance::controller_alive(&dir) {
+                if start.elapsed() > Duration::from_secs(10) {
+                    bail!("the controller of `{name}` (pid {pid}) did not exit within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let ifaces = instance::interfaces(&dir);
+        instance::remove_dir(&dir);
+        if dir.exists() {
+            bail!("could not remove every pin under {}", dir.display());
+        }
+        println!("stopped `{name}`: detached from {}", if ifaces.is_empty() { "nothing".to_owned() } else { ifaces.join(", ") });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The controller pid recorded in a firewall's pinned control map.
+fn pinned_pid(dir: &std::path::Path) -> Option<u32> {
+    let data = aya::maps::MapData::from_pin(dir.join("shared").join(firewall_common::maps::CONTROL)).ok()?;
+    let m: aya::maps::Array<_, firewall_common::Control> = aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()?;
+    m.get(&0, 0).ok().map(|c| c.pid).filter(|&p| p != 0)
+}
