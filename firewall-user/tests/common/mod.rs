@@ -5,6 +5,7 @@
 pub mod fuzz;
 pub mod netns;
 pub mod random;
+pub mod soak;
 
 use std::net::IpAddr;
 
@@ -104,6 +105,7 @@ impl Harness {
             policy: &Array::try_from(get(maps::POLICY)).unwrap(),
             rule_meta: &Array::try_from(get(maps::RULE_META)).unwrap(),
             rule_counters: &PerCpuArray::try_from(get(maps::RULE_COUNTERS)).unwrap(),
+            rule_base: &Array::try_from(get(maps::RULE_BASE)).unwrap(),
             reason_counters: &PerCpuArray::try_from(get(maps::REASON_COUNTERS)).unwrap(),
             cookie_on: &Array::try_from(get(maps::COOKIE_ON)).unwrap(),
             cookie_counters: &PerCpuArray::try_from(get(maps::COOKIE_COUNTERS)).unwrap(),
