@@ -103,3 +103,35 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     // SAFETY: a new descriptor the kernel just returned.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// The programs behind every live BPF link on the system (with the
+/// interface each is on): a program that is loaded but in no link is not
+/// enforcing anything.
+pub fn linked_programs() -> std::collections::HashMap<u32, u32> {
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut out = std::collections::HashMap::new();
+    let mut id = 0;
+    loop {
+        let mut next = Attr { id, next_id: 0, open_flags: 0 };
+        if bpf(BPF_LINK_GET_NEXT_ID, &mut next).is_err() {
+            return out;
+        }
+        id = next.next_id;
+        let mut get = Attr { id, next_id: 0, open_flags: 0 };
+        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut get) else { continue };
+        // SAFETY: a new descriptor the kernel just returned.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if let Ok(info) = link_info(std::os::fd::AsFd::as_fd(&fd)) {
+            if info.ifindex != 0 {
+                out.insert(info.prog_id, info.ifindex);
+            }
+        }
+    }
+}

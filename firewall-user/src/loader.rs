@@ -79,6 +79,8 @@ pub struct Firewall {
     mss: Vec<(u16, u16)>,
     /// Whether the shared maps were created by this load (not reopened).
     fresh: bool,
+    /// Links of `attach`, which are not pinned.
+    held_links: Vec<FdLink>,
 }
 
 /// The state of one `syncookie = "auto"` service.
@@ -208,6 +210,7 @@ impl Firewall {
             cookie_config: CookieConfig { offer: OFFER_ALL, ..CookieConfig::default() },
             mss: Vec::new(),
             fresh: false,
+            held_links: Vec::new(),
         };
         fw.restore()?;
         Ok(fw)
@@ -642,10 +645,12 @@ impl Firewall {
         Ok((in_effect, links))
     }
 
-    /// `attach_port(0, ..)`, the links kept by this process (detached when
-    /// it drops them): for tests and benchmarks.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(XdpMode, Vec<FdLink>)> {
-        self.attach_port(0, iface, mode)
+    /// `attach_port(0, ..)` with the links held by this object (detached
+    /// when it is dropped): for tests and benchmarks.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode> {
+        let (mode, links) = self.attach_port(0, iface, mode)?;
+        self.held_links.extend(links);
+        Ok(mode)
     }
 
     /// Swaps the programs behind interface `port`'s pinned links (in `LINKS`

@@ -135,9 +135,12 @@ fn from_pins(iface: Option<&str>, netns: u64) -> Result<Vec<Found>> {
 
 fn from_programs(netns: u64) -> Result<Vec<Found>> {
     let mut out = Vec::new();
+    // Only programs in a live link enforce anything (a detached one may
+    // stay loaded for a moment).
+    let linked = crate::bpf_sys::linked_programs();
     for program in loaded_programs() {
         let Ok(program) = program else { continue };
-        if program.name_as_str() != Some(maps::XDP_PROGRAM) {
+        if program.name_as_str() != Some(maps::XDP_PROGRAM) || !linked.contains_key(&program.id()) {
             continue;
         }
         let Ok(Some(ids)) = program.map_ids() else { continue };
@@ -153,9 +156,7 @@ fn from_programs(netns: u64) -> Result<Vec<Found>> {
             continue;
         }
         let found = assemble(by_name, "attached program", None)?;
-        // A program replaced by an upgrade may still be loaded for a moment:
-        // one entry per interface.
-        if is_ours(&found, netns) && !out.iter().any(|f: &Found| f.ifindex == found.ifindex && f.control_id == found.control_id) {
+        if is_ours(&found, netns) {
             out.push(found);
         }
     }

@@ -278,10 +278,11 @@ fn clear_errors_for_missing_interface_and_broken_policy() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// On a plain host (no `ip netns exec`), the maps are pinned per interface
-/// under /sys/fs/bpf/firewall/IFACE and `stats` reads them from there; the
-/// pins go away when the firewall exits. No traffic: the veth end in the
-/// host namespace gets no address.
+/// On a plain host (no `ip netns exec`), the data plane is pinned under
+/// /sys/fs/bpf/firewall/NETNS/IFACE and `stats` reads it from there; the
+/// pins go away when the firewall exits cleanly. Killed, it leaves them,
+/// and they keep enforcing until `firewall stop`. No traffic: the veth end
+/// in the host namespace gets no address.
 #[test]
 fn maps_are_pinned_per_interface_on_a_plain_host() {
     let pair = Pair::new();
@@ -294,6 +295,7 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
     // Deleted with the namespace holding its peer; also explicitly on the way out.
     let link = host_if.clone();
     let _link = OnDrop(move || {
+        let _ = std::process::Command::new(FIREWALL).args(["stop", "--iface", &link]).output();
         let _ = std::process::Command::new("ip").args(["link", "del", &link]).status();
     });
     let (_dir, policy) = temp_policy(POLICY);
@@ -302,40 +304,43 @@ fn maps_are_pinned_per_interface_on_a_plain_host() {
         c.args(["run", "--iface", &host_if, "--policy", policy.to_str().unwrap()]);
         c
     });
-    let pin = Path::new("/sys/fs/bpf/firewall").join(&host_if);
+    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let pin = Path::new("/sys/fs/bpf/firewall").join(netns.to_string()).join(&host_if);
     let stats = wait_for("stats through the pins", Duration::from_secs(20), || {
         assert!(fw.child().try_wait().unwrap().is_none(), "firewall exited early");
         let out = std::process::Command::new(FIREWALL).args(["stats", "--iface", &host_if, "--json"]).output().unwrap();
-        // The firewall pins right after attaching; until then stats finds it by program.
         let v = out.status.success().then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())?;
         (v["found_via"] == "pinned maps").then_some(v)
     });
     assert_eq!(stats["found_via"], "pinned maps", "{stats}");
-    assert!(pin.join("FW_RULE_CNT").exists());
+    assert!(pin.join("iface").join(&host_if).join("FW_RULE_CNT").exists());
+    assert!(pin.join("iface").join(&host_if).join("link_xdp").exists());
+    assert!(pin.join("shared").join("FW_FLOWS").exists());
     let out = fw.terminate();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!pin.exists(), "pins removed on exit");
 
-    // Killed (no cleanup): the pins stay, but stats must not take them for a
-    // running firewall.
+    // Killed (no cleanup): the pins stay and keep enforcing; stats reads
+    // them; `firewall stop` removes them.
     let mut fw = Guarded::spawn({
         let mut c = std::process::Command::new(FIREWALL);
         c.args(["run", "--iface", &host_if, "--policy", policy.to_str().unwrap()]);
         c
     });
-    wait_for("pins again", Duration::from_secs(20), || {
+    wait_for("pinned links", Duration::from_secs(20), || {
         assert!(fw.child().try_wait().unwrap().is_none(), "firewall exited early");
-        pin.join("FW_REASON_CNT").exists().then_some(())
+        pin.join("iface").join(&host_if).join("link_tc_ingress").exists().then_some(())
     });
     fw.child().kill().unwrap();
     fw.child().wait().unwrap();
-    let stale = pin.clone();
-    let _pins = OnDrop(move || {
-        let _ = std::fs::remove_dir_all(&stale);
-    });
-    assert!(pin.join("FW_ACTIVE").exists(), "a killed firewall leaves its pins");
+    assert!(pin.join("shared").join("FW_ACTIVE").exists(), "a killed firewall leaves its pins");
     let out = std::process::Command::new(FIREWALL).args(["stats", "--iface", &host_if]).output().unwrap();
-    assert!(!out.status.success(), "stale pins are not a running firewall: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "a killed controller's data plane still answers stats: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(FIREWALL).args(["stop", "--iface", &host_if]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pin.exists(), "stop removes the pins");
+    let out = std::process::Command::new(FIREWALL).args(["stats", "--iface", &host_if]).output().unwrap();
+    assert!(!out.status.success(), "nothing left after stop: {}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no firewall is attached"));
 }
 
