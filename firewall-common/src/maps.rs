@@ -17,7 +17,9 @@ pub const REMOTE_FLOWS: &str = "FW_REMOTE_FLOWS";
 pub const LOCAL_ADDRS: &str = "FW_LOCAL_ADDRS";
 /// Data-plane status flags (`STATUS_*`), set by the programs.
 pub const STATUS: &str = "FW_STATUS";
-/// Cookie keys: never pinned (the key must not reach a file).
+/// Cookie keys: pinned with the rest (mode 0600, root only) so that a
+/// restarted controller validates the cookies of handshakes in flight; the
+/// controller's own descriptor is write-only.
 pub const COOKIE_KEY: &str = "FW_COOKIE_KEY";
 pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
 /// Per service (slot * MAX_RULES + rule): whether `auto` turned cookies on.

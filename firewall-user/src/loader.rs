@@ -980,9 +980,14 @@ pub enum Bpffs {
 }
 
 /// Makes sure /sys/fs/bpf is a bpffs, mounting one if needed, and says
-/// whether it is the host's. Under `ip netns exec` (a mount namespace of
-/// its own, with its own /sys) any bpffs is private to this process.
+/// whether it is the host's. A bpffs already there is taken as the host's
+/// (a service manager's sandbox shares it). Under `ip netns exec` (a mount
+/// namespace of its own, with a fresh /sys and no bpffs) the one mounted
+/// here is private to this process.
 pub fn ensure_bpffs() -> Result<Bpffs> {
+    if is_bpffs(BPFFS) {
+        return Ok(Bpffs::Shared);
+    }
     // `ip netns exec` gives its command a mount namespace of its own; the
     // process that started us (pid 1 may be unreadable in containers) is
     // still in the shared one.
@@ -991,9 +996,6 @@ pub fn ensure_bpffs() -> Result<Bpffs> {
     // SAFETY: no arguments.
     let parent = ns_of(&unsafe { libc::getppid() }.to_string()).or_else(|| ns_of("1"));
     let kind = if own.is_some() && own == parent { Bpffs::Shared } else { Bpffs::Private };
-    if is_bpffs(BPFFS) {
-        return Ok(kind);
-    }
     let (src, target, fstype) = (c"bpf", CString::new(BPFFS)?, c"bpf");
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };

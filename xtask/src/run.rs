@@ -48,7 +48,7 @@ unsafe extern "C" {
 }
 
 /// Reads the interface of the IPv4 (else IPv6) default route from procfs.
-fn default_route_interface() -> Result<String> {
+pub(crate) fn default_route_interface() -> Result<String> {
     let routes = std::fs::read_to_string("/proc/net/route").context("read /proc/net/route")?;
     for line in routes.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();

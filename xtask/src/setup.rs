@@ -16,12 +16,14 @@ use crate::pins::{BPF_LINKER_VERSION, EBPF_TOOLCHAIN, USER_TOOLCHAIN};
 /// eBPF crate's kfunc shim (firewall-ebpf/src/kfuncs.c) to bitcode, `ip`
 /// (iproute2) builds namespaces and veth pairs and `ss` reads TCP_INFO,
 /// `setpriv` (util-linux) runs the CLI without privileges, `tcpdump`
-/// shows what the server's stack sees in the SYN-cookie tests.
-const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump"];
+/// shows what the server's stack sees in the SYN-cookie tests, `systemd-analyze`
+/// (systemd) verifies the service unit, `nft` (nftables) holds back a
+/// client's ACK in the restart test.
+const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump", "systemd", "nftables"];
 
-/// What `cargo xtask bench` compares against or drives: `nft` (nftables,
-/// the anchor it is measured beside) and `ethtool` (GRO on the veth).
-const BENCH_APT_PACKAGES: &[&str] = &["nftables", "ethtool"];
+/// What `cargo xtask bench` drives beyond the test packages (`nft`, the
+/// anchor it is measured beside, is one of those): `ethtool` (GRO on the veth).
+const BENCH_APT_PACKAGES: &[&str] = &["ethtool"];
 
 /// The benchmark's extra Debian packages.
 pub fn ensure_bench() -> Result<()> {
