@@ -106,7 +106,7 @@ impl Instance {
             None => {
                 let name = ifaces.first().context("no interface")?.clone();
                 let dir = netns_dir()?.join(&name);
-                fs::create_dir_all(dir.join("shared")).with_context(|| format!("cannot create {}", dir.display()))?;
+                make_dir(&dir.join("shared"))?;
                 (name, dir, true)
             }
         };
@@ -120,7 +120,7 @@ impl Instance {
             log::warn!("the pins at {} belong to interfaces that are gone; starting afresh", inst.dir.display());
             remove_dir(&inst.dir.join("iface"));
             remove_dir(&inst.dir.join("shared"));
-            fs::create_dir_all(inst.dir.join("shared")).with_context(|| format!("cannot create {}", inst.dir.display()))?;
+            make_dir(&inst.dir.join("shared"))?;
             inst.created = true;
         }
         Ok(inst)
@@ -136,8 +136,7 @@ impl Instance {
 
     /// Makes the interface's directory (where `PinPaths::iface` points).
     pub fn prepare(&self, iface: &str) -> Result<()> {
-        let d = self.iface_dir(iface);
-        fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))
+        make_dir(&self.iface_dir(iface))
     }
 
     /// The pinned links of `iface`, when all three are there and live on
@@ -184,6 +183,32 @@ impl Instance {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// Creates `dir` and its parents below /sys/fs/bpf as 0700, and checks
+/// that each (new or not) belongs to this user and is writable by no
+/// other: /sys/fs/bpf is often world-writable (1777), and a directory
+/// another user made there could squat or lock a firewall's pins.
+fn make_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let root = Path::new(BPFFS);
+    let rel = dir.strip_prefix(root).with_context(|| format!("{} is not under {BPFFS}", dir.display()))?;
+    let mut path = root.to_path_buf();
+    // SAFETY: no arguments.
+    let euid = unsafe { libc::geteuid() };
+    for part in rel.components() {
+        path.push(part);
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+        let m = fs::symlink_metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+        if !m.is_dir() || m.uid() != euid || m.mode() & 0o022 != 0 {
+            bail!("{} is not a directory of this user's that only it can write (uid {}, mode {:o}); remove it and start again", path.display(), m.uid(), m.mode() & 0o7777);
+        }
+    }
+    Ok(())
 }
 
 /// Whether any interface of the firewall still has its pinned XDP link live

@@ -268,12 +268,18 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
     assert_eq!(conn.round_trip("hello").unwrap(), "hello");
     let stop = Arc::new(AtomicBool::new(false));
     let (exchanged, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(None::<String>)));
+    // The longest round trip, in microseconds: a gap in enforcement or a
+    // dropped segment (retransmitted after 200 ms or more) shows here.
+    let slowest = Arc::new(AtomicU64::new(0));
     let busy = {
-        let (stop, exchanged, failed) = (stop.clone(), exchanged.clone(), failed.clone());
+        let (stop, exchanged, failed, slowest) = (stop.clone(), exchanged.clone(), failed.clone(), slowest.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                match conn.round_trip(&format!("msg {n}")) {
+                let t = Instant::now();
+                let reply = conn.round_trip(&format!("msg {n}"));
+                slowest.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match reply {
                     Ok(r) if r == format!("msg {n}") => {
                         n += 1;
                         exchanged.store(n, Ordering::Relaxed);
@@ -314,7 +320,9 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
     assert!(flows_dead >= 1, "the web flow is in the table: {status}");
 
     // Restart: adopts.
+    let t = Instant::now();
     let fw = Controller::start(&pair.server, &[&pair.server_if], &policy, &[]);
+    let takeover = t.elapsed();
     let line = fw.wait_log("the takeover", |l| l.contains("took over"));
     assert!(line.contains("programs replaced atomically"), "{line}");
     let prog_after = xdp_prog_id(&pair.server, &pair.server_if).expect("XDP attached");
@@ -342,7 +350,9 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
     stop.store(true, Ordering::Relaxed);
     busy.join().unwrap();
     assert!(failed.lock().unwrap().is_none(), "the established connection was never cut: {:?}", failed.lock().unwrap());
-    println!("restart: {} messages over one connection across SIGKILL and restart; XDP prog {prog_before} -> {prog_after}", exchanged.load(Ordering::Relaxed));
+    let slowest_ms = slowest.load(Ordering::Relaxed) as f64 / 1000.0;
+    println!("restart: {} messages over one connection across SIGKILL and restart, slowest round trip {slowest_ms:.1} ms; takeover {:.2} s; XDP prog {prog_before} -> {prog_after}", exchanged.load(Ordering::Relaxed), takeover.as_secs_f64());
+    assert!(slowest_ms < 200.0, "a round trip took {slowest_ms} ms: a segment was lost across the restart");
 
     // Without --keep, SIGTERM detaches and removes the pins.
     let (status, log) = fw.terminate();
