@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz | soak | install`.
 //!
 //! The xtask starts on the machine's default stable toolchain and installs
 //! the pinned ones (see `pins.rs`) before it drives any other build.
@@ -6,10 +6,12 @@
 mod bench;
 mod build;
 mod fuzz;
+mod install;
 mod pins;
 mod report;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,10 @@ enum Command {
     Test(test::Options),
     /// Run N mutated frames through the real XDP program (BPF_PROG_TEST_RUN) and check its invariants; as root.
     Fuzz(fuzz::Options),
+    /// Run a spoofed SYN flood, forged cookie ACKs and legitimate clients at once against `firewall run` for N seconds; report; as root.
+    Soak(soak::Options),
+    /// Build the release binary; install it, the systemd unit firewall@.service and /etc/firewall/example.toml.
+    Install(install::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::test(opts),
         Command::Bench => bench::bench(),
         Command::Fuzz(opts) => fuzz::fuzz(opts),
+        Command::Install(opts) => install::install(&opts),
+        Command::Soak(opts) => soak::soak(opts),
     }
 }
