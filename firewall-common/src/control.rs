@@ -2,9 +2,11 @@
 //! it: who runs it, which policy file, per interface how it is attached,
 //! and the counter bases that carry rule counters across reloads.
 
-/// Bumped whenever a shared type or a map's meaning changes: a controller
-/// adopts a pinned data plane only when this matches (map sizes are
-/// checked separately when the maps are reopened).
+/// Bumped whenever a shared type, a map's meaning or what the compiler
+/// writes into the policy maps changes: a controller adopts a pinned data
+/// plane only when this matches (map sizes are checked separately when the
+/// maps are reopened). Between its install and its program swap, the old
+/// programs judge the new controller's policy, so that too must agree.
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Longest policy path kept in `Control` (longer ones are cut).
@@ -18,6 +20,9 @@ pub struct Control {
     pub layout: u32,
     /// Process id of the controller that last took this firewall over.
     pub pid: u32,
+    /// `SO_NETNS_COOKIE` of the network namespace (inode numbers are reused
+    /// once a namespace dies; cookies are not).
+    pub netns_cookie: u64,
     /// Unix seconds: when the data plane was first attached (reason
     /// counters and flows count from here).
     pub created_unix: u64,
@@ -31,7 +36,7 @@ pub struct Control {
 
 impl Default for Control {
     fn default() -> Self {
-        Self { layout: 0, pid: 0, created_unix: 0, controller_unix: 0, loaded_unix: 0, policy_path: [0; POLICY_PATH_LEN] }
+        Self { layout: 0, pid: 0, netns_cookie: 0, created_unix: 0, controller_unix: 0, loaded_unix: 0, policy_path: [0; POLICY_PATH_LEN] }
     }
 }
 

@@ -125,7 +125,9 @@ pub struct CookieConfig {
     /// `OFFER_*`: options a SYN-ACK may offer, from the namespace's
     /// sysctls (the hand-off refuses what they turn off).
     pub offer: u32,
-    pub _pad: u32,
+    /// Non-zero once the controller wrote this entry (an interface added to
+    /// a running firewall starts with an empty one).
+    pub valid: u32,
 }
 
 /// Most addresses in `FW_LOCAL_ADDRS`.

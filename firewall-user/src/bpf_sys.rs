@@ -135,3 +135,35 @@ pub fn linked_programs() -> std::collections::HashMap<u32, u32> {
         }
     }
 }
+
+/// `BPF_LINK_DETACH`: takes the link's program off its hook now.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+    }
+    let mut attr = Attr { link_fd: link.as_raw_fd() as u32 };
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`,
+/// Linux 5.14): unlike its inode number, never reused.
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a new socket we own.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor just returned.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: an out-buffer of `len` bytes.
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}

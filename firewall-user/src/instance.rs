@@ -5,17 +5,22 @@
 //! /sys/fs/bpf/firewall/<netns inode>/<name>/shared/FW_*        policy, flows, keys
 //!                                          /iface/<IF>/FW_*    counters, cookie settings
 //!                                          /iface/<IF>/link_*  the XDP and TC links
-//!                                          /iface/<IF>/progs   the tail-call table
+//!                                          /iface/<IF>/progs_* the tail-call table
 //! ```
 //!
-//! `<name>` is the first interface the firewall was started on. The
+//! `<name>` is the first interface the firewall was started on (with a
+//! suffix if a directory of that name exists). Every directory is 0700. The
 //! controller holds an exclusive `flock` on the firewall's directory while
 //! it runs: a second controller for the same interfaces is refused.
 
 use std::{
     fs::{self, File},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -25,7 +30,7 @@ use crate::{
     loader::{self, BPFFS, LINKS, PinPaths},
 };
 
-/// This network namespace's directory of firewalls.
+/// This network namespace's directory of firewalls (not created here).
 pub fn netns_dir() -> Result<PathBuf> {
     Ok(Path::new(BPFFS).join("firewall").join(loader::netns_inode()?.to_string()))
 }
@@ -39,33 +44,94 @@ pub struct Instance {
     _lock: File,
 }
 
-/// The interfaces a firewall directory has pins for.
-pub fn interfaces(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(dir.join("iface"))
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
+/// Checks that `path` (under /sys/fs/bpf) is a directory, not a symlink,
+/// of this user's, that no other user can open: /sys/fs/bpf is often
+/// world-writable (1777), and a directory another user made there could
+/// squat, lock or (with symlinks) redirect a firewall's pins. A directory
+/// of ours with looser bits (an older version made them 0755) is tightened.
+/// Returns whether it exists.
+fn check_dir(path: &Path) -> Result<bool> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    // SAFETY: no arguments.
+    let euid = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() || m.uid() != euid {
+        bail!("{} is not a directory of this user's (uid {}); remove it and start again", path.display(), m.uid());
+    }
+    if m.mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(true)
 }
 
-/// Every firewall directory of this network namespace.
-pub fn list() -> Result<Vec<(String, PathBuf)>> {
-    let root = netns_dir()?;
-    let mut out: Vec<(String, PathBuf)> = fs::read_dir(&root)
+/// `check_dir` on every directory from /sys/fs/bpf/firewall down to `dir`.
+fn check_path(dir: &Path) -> Result<bool> {
+    let rel = dir.strip_prefix(BPFFS).with_context(|| format!("{} is not under {BPFFS}", dir.display()))?;
+    let mut path = PathBuf::from(BPFFS);
+    for part in rel.components() {
+        path.push(part);
+        if !check_dir(&path)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Creates `dir` and its parents below /sys/fs/bpf as 0700 (see `check_dir`).
+fn make_dir(dir: &Path) -> Result<()> {
+    let rel = dir.strip_prefix(BPFFS).with_context(|| format!("{} is not under {BPFFS}", dir.display()))?;
+    let mut path = PathBuf::from(BPFFS);
+    for part in rel.components() {
+        path.push(part);
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+        check_dir(&path)?;
+    }
+    Ok(())
+}
+
+/// The real subdirectories of `dir` (never through a symlink).
+fn subdirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.path().is_dir())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
                 .collect()
         })
         .unwrap_or_default();
     out.sort();
+    out
+}
+
+/// The interfaces a firewall directory has pins for.
+pub fn interfaces(dir: &Path) -> Vec<String> {
+    subdirs(&dir.join("iface")).into_iter().map(|(n, _)| n).collect()
+}
+
+/// Every firewall directory of this network namespace.
+pub fn list() -> Result<Vec<(String, PathBuf)>> {
+    let root = netns_dir()?;
+    if !check_path(&root)? {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, dir) in subdirs(&root) {
+        check_dir(&dir)?;
+        out.push((name, dir));
+    }
     Ok(out)
 }
 
 /// The firewall directory with pins for `iface`, if any.
 pub fn find(iface: &str) -> Result<Option<(String, PathBuf)>> {
-    Ok(list()?.into_iter().find(|(_, dir)| dir.join("iface").join(iface).is_dir()))
+    Ok(list()?.into_iter().find(|(_, dir)| interfaces(dir).iter().any(|i| i == iface)))
 }
 
 /// Tries to lock `dir` exclusively; `None` when a controller holds it.
@@ -83,9 +149,29 @@ fn try_lock(dir: &Path) -> Result<Option<File>> {
     Err(err).with_context(|| format!("cannot lock {}", dir.display()))
 }
 
+/// The process holding `dir`'s lock (its controller), from /proc/locks:
+/// asking never takes the lock, so it cannot make a starting controller fail.
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    let m = fs::metadata(dir).ok()?;
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        // "1: FLOCK  ADVISORY  WRITE 3485 00:1d:12345 0 EOF"; waiters have "->".
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            return None;
+        }
+        let mut id = f[5].split(':');
+        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+        let min = u32::from_str_radix(id.next()?, 16).ok()?;
+        let ino: u64 = id.next()?.parse().ok()?;
+        (maj == major && min == minor && ino == m.ino()).then(|| f[4].parse().ok()).flatten()
+    })
+}
+
 /// Whether a controller holds `dir`'s lock now.
 pub fn controller_alive(dir: &Path) -> bool {
-    matches!(try_lock(dir), Ok(None))
+    lock_holder(dir).is_some()
 }
 
 impl Instance {
@@ -104,26 +190,51 @@ impl Instance {
         let (name, dir, created) = match found {
             Some((name, dir)) => (name, dir, false),
             None => {
-                let name = ifaces.first().context("no interface")?.clone();
-                let dir = netns_dir()?.join(&name);
+                // A directory of that name may belong to a firewall that no
+                // longer has this interface: never reuse it.
+                let first = ifaces.first().context("no interface")?;
+                let root = netns_dir()?;
+                let mut name = first.clone();
+                let mut n = 1;
+                while fs::symlink_metadata(root.join(&name)).is_ok() {
+                    n += 1;
+                    name = format!("{first}-{n}");
+                }
+                let dir = root.join(&name);
                 make_dir(&dir.join("shared"))?;
                 (name, dir, true)
             }
         };
         let Some(lock) = try_lock(&dir)? else {
-            bail!("another controller runs the firewall `{name}` (pins at {}); stop it first, or use `firewall status`", dir.display());
+            let pid = lock_holder(&dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
+            bail!("another controller{pid} runs the firewall `{name}` (pins at {}); stop it first, or see `firewall status`", dir.display());
         };
         let mut inst = Self { name, dir, created, _lock: lock };
         // Pins whose every interface is gone (a network namespace that died,
         // and whose inode number came back) hold no state worth keeping.
         if !inst.created && !instance_live(&inst) {
             log::warn!("the pins at {} belong to interfaces that are gone; starting afresh", inst.dir.display());
-            remove_dir(&inst.dir.join("iface"));
-            remove_dir(&inst.dir.join("shared"));
+            remove_tree(&inst.dir.join("iface"));
+            remove_tree(&inst.dir.join("shared"));
             make_dir(&inst.dir.join("shared"))?;
             inst.created = true;
         }
         Ok(inst)
+    }
+
+    /// Locks an existing firewall directory, waiting up to `limit` for its
+    /// controller to let go (for `stop`).
+    pub fn lock_existing(name: &str, dir: &Path, limit: Duration) -> Result<Self> {
+        let start = Instant::now();
+        loop {
+            if let Some(lock) = try_lock(dir)? {
+                return Ok(Self { name: name.to_owned(), dir: dir.to_path_buf(), created: false, _lock: lock });
+            }
+            if start.elapsed() > limit {
+                bail!("the controller of `{name}` still holds its lock after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pin_paths(&self, iface: &str) -> PinPaths {
@@ -139,45 +250,56 @@ impl Instance {
         make_dir(&self.iface_dir(iface))
     }
 
-    /// The pinned links of `iface`, when all three are there and live on
-    /// the interface of that name. Pins that do not (the interface was
-    /// removed or recreated) are removed: that interface starts afresh.
+    /// The pinned links of `iface` (in `LINKS` order), when the interface
+    /// has a live set. A set missing its XDP link (a controller died while
+    /// attaching: the TC links are pinned first) is detached, to be attached
+    /// afresh with the interface's counters kept; links on an interface
+    /// that is gone (removed or recreated) are removed with its pins.
     pub fn live_links(&self, iface: &str) -> Result<Option<Vec<OwnedFd>>> {
         let d = self.iface_dir(iface);
-        if !d.join(LINKS[0]).exists() {
-            return Ok(None);
-        }
-        let want = loader::ifindex(iface).ok();
         let mut links = Vec::new();
         for name in LINKS {
-            let fd = match bpf_sys::obj_get(&d.join(name)) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    log::warn!("{iface}: pinned link {name} unusable ({e}); attaching afresh");
-                    remove_dir(&d);
-                    return Ok(None);
-                }
-            };
-            let info = bpf_sys::link_info(std::os::fd::AsFd::as_fd(&fd))?;
+            match bpf_sys::obj_get(&d.join(name)) {
+                Ok(fd) => links.push(Some(fd)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => links.push(None),
+                Err(e) => return Err(e).with_context(|| format!("cannot open the pinned link {}", d.join(name).display())),
+            }
+        }
+        if links.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if links.iter().any(Option::is_none) {
+            log::warn!("{iface}: an incomplete set of pinned links (a controller died while attaching); attaching afresh");
+            detach_links(&d);
+            return Ok(None);
+        }
+        let links: Vec<OwnedFd> = links.into_iter().flatten().collect();
+        let want = loader::ifindex(iface).ok();
+        for fd in &links {
+            let info = bpf_sys::link_info(fd.as_fd())?;
             if info.ifindex == 0 || Some(info.ifindex) != want {
                 log::warn!("{iface}: the pinned firewall belonged to an interface that is gone; attaching afresh");
-                remove_dir(&d);
+                detach_links(&d);
+                remove_tree(&d);
                 return Ok(None);
             }
-            links.push(fd);
         }
         Ok(Some(links))
     }
 
-    /// Removes what was pinned for `iface`; its programs detach once no
-    /// process holds their links.
+    /// Detaches `iface` and removes its pins.
     pub fn remove_iface(&self, iface: &str) {
-        remove_dir(&self.iface_dir(iface));
+        let d = self.iface_dir(iface);
+        detach_links(&d);
+        remove_tree(&d);
     }
 
-    /// Removes every pin of this firewall.
+    /// Detaches every interface and removes every pin of this firewall.
     pub fn remove(&self) {
-        remove_dir(&self.dir);
+        for iface in interfaces(&self.dir) {
+            detach_links(&self.iface_dir(iface.as_str()));
+        }
+        remove_tree(&self.dir);
         // The namespace's directory, once its last firewall is gone.
         if let Some(parent) = self.dir.parent() {
             let _ = fs::remove_dir(parent);
@@ -185,49 +307,51 @@ impl Instance {
     }
 }
 
-/// Creates `dir` and its parents below /sys/fs/bpf as 0700, and checks
-/// that each (new or not) belongs to this user and is writable by no
-/// other: /sys/fs/bpf is often world-writable (1777), and a directory
-/// another user made there could squat or lock a firewall's pins.
-fn make_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    let root = Path::new(BPFFS);
-    let rel = dir.strip_prefix(root).with_context(|| format!("{} is not under {BPFFS}", dir.display()))?;
-    let mut path = root.to_path_buf();
-    // SAFETY: no arguments.
-    let euid = unsafe { libc::geteuid() };
-    for part in rel.components() {
-        path.push(part);
-        match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+/// `BPF_LINK_DETACH` on each pinned link of an interface directory: the
+/// program is off the interface when this returns (unlinking the pin alone
+/// frees the link later).
+fn detach_links(dir: &Path) {
+    for name in LINKS {
+        let path = dir.join(name);
+        if let Ok(fd) = bpf_sys::obj_get(&path) {
+            if let Err(e) = bpf_sys::link_detach(fd.as_fd()) {
+                log::warn!("detaching {}: {e}", path.display());
+            }
         }
-        let m = fs::symlink_metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
-        if !m.is_dir() || m.uid() != euid || m.mode() & 0o022 != 0 {
-            bail!("{} is not a directory of this user's that only it can write (uid {}, mode {:o}); remove it and start again", path.display(), m.uid(), m.mode() & 0o7777);
-        }
+        let _ = fs::remove_file(&path);
     }
-    Ok(())
 }
 
-/// Whether any interface of the firewall still has its pinned XDP link live
-/// on the interface of that name.
+/// Whether the firewall belongs to this network namespace (its recorded
+/// namespace cookie, when there is one, is ours) and any of its interfaces
+/// still has its pinned XDP link live on the interface of that name.
 fn instance_live(inst: &Instance) -> bool {
+    let pinned = pinned_control(&inst.dir).map(|c| c.netns_cookie).unwrap_or(0);
+    if pinned != 0 && bpf_sys::netns_cookie().is_ok_and(|c| c != pinned) {
+        return false;
+    }
     interfaces(&inst.dir).iter().any(|iface| {
-        let Ok(fd) = bpf_sys::obj_get(&inst.iface_dir(iface).join(LINKS[0])) else { return false };
+        let Ok(fd) = bpf_sys::obj_get(&inst.iface_dir(iface).join(loader::XDP_LINK)) else { return false };
         let want = loader::ifindex(iface).ok();
-        bpf_sys::link_info(std::os::fd::AsFd::as_fd(&fd)).is_ok_and(|i| i.ifindex != 0 && Some(i.ifindex) == want)
+        bpf_sys::link_info(fd.as_fd()).is_ok_and(|i| i.ifindex != 0 && Some(i.ifindex) == want)
     })
 }
 
-/// Removes a directory of pins, depth first (bpffs has no recursive unlink).
-pub fn remove_dir(dir: &Path) {
+/// The control record pinned in a firewall directory.
+pub fn pinned_control(dir: &Path) -> Option<firewall_common::Control> {
+    let data = aya::maps::MapData::from_pin(dir.join("shared").join(firewall_common::maps::CONTROL)).ok()?;
+    let m: aya::maps::Array<_, firewall_common::Control> = aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()?;
+    m.get(&0, 0).ok()
+}
+
+/// Removes a directory of pins, depth first (bpffs has no recursive
+/// unlink); never follows a symlink.
+pub fn remove_tree(dir: &Path) {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_dir() {
-                remove_dir(&p);
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&p);
             } else {
                 let _ = fs::remove_file(&p);
             }

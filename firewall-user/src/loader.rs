@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{ProgramError, links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{ProgramError, links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use firewall_common::{
     Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, IfaceInfo, LAYOUT_VERSION, MAX_BOXES,
@@ -56,8 +56,12 @@ impl std::fmt::Display for Incompatible {
 }
 impl std::error::Error for Incompatible {}
 
-/// The three links of one interface, by what they attach.
-pub const LINKS: [&str; 3] = ["link_xdp", "link_tc_egress", "link_tc_ingress"];
+/// The three links of one interface, in the order they are attached and
+/// pinned: TC first, so that a set with its XDP link is complete.
+pub const LINKS: [&str; 3] = ["link_tc_egress", "link_tc_ingress", XDP_LINK];
+pub const XDP_LINK: &str = "link_xdp";
+/// The program behind each of `LINKS`.
+const LINKED_PROGRAMS: [&str; 3] = [maps::EGRESS_PROGRAM, maps::INGRESS_PROGRAM, maps::XDP_PROGRAM];
 
 /// A loaded (not necessarily attached) firewall: one program object per
 /// interface, sharing the policy, connection-table and key maps.
@@ -242,9 +246,11 @@ impl Firewall {
                 self.set_cookie_key(index, random_key()?)?;
             }
             let now = unix_now();
+            let cookie = bpf_sys::netns_cookie().context("cannot read this network namespace's cookie")?;
             self.update_control(|c| {
                 c.layout = LAYOUT_VERSION;
                 c.created_unix = now;
+                c.netns_cookie = cookie;
             })?;
         } else if control.layout != LAYOUT_VERSION {
             bail!(Incompatible(format!("the pinned data plane has layout {}, this build {LAYOUT_VERSION}", control.layout)));
@@ -252,15 +258,17 @@ impl Firewall {
         let active: Array<_, Active> = Array::try_from(self.ebpf.map(maps::ACTIVE).context("no active map")?)?;
         self.active = active.get(&0, 0)?;
         self.active.netns_ino = netns_inode()?;
+        // Both slots' cookie ports, whatever the generation: a controller
+        // killed during its first install may have written some.
+        let ports: Array<_, u32> = Array::try_from(self.ebpf.map(maps::COOKIE_PORT).context("no cookie port map")?)?;
+        for s in 0..2u32 {
+            self.cookie_ports[s as usize] =
+                (0..PORTS).filter(|p| ports.get(&(s * PORTS + p), 0).is_ok_and(|v| v != 0)).map(|p| p as u16).collect();
+        }
         if self.active.generation > 0 {
             let slot = self.active.slot;
             let headers: Array<_, PolicyHeader> = Array::try_from(self.ebpf.map(maps::POLICY).context("no policy map")?)?;
             self.timeouts = headers.get(&slot, 0)?.timeouts;
-            let ports: Array<_, u32> = Array::try_from(self.ebpf.map(maps::COOKIE_PORT).context("no cookie port map")?)?;
-            for s in 0..2u32 {
-                self.cookie_ports[s as usize] =
-                    (0..PORTS).filter(|p| ports.get(&(s * PORTS + p), 0).is_ok_and(|v| v != 0)).map(|p| p as u16).collect();
-            }
             let meta = self.rule_metas(slot)?;
             let on: Array<_, u32> = Array::try_from(self.ebpf.map(maps::COOKIE_ON).context("no cookie mode map")?)?;
             for (rule, m) in meta.iter().enumerate() {
@@ -277,7 +285,7 @@ impl Firewall {
             let c = cfg.get(&0, 0)?;
             mss.push((c.mss_v4, c.mss_v6));
             // An interface added to a running firewall has an empty config.
-            if config.is_none() && c.offer != 0 {
+            if config.is_none() && c.valid != 0 {
                 config = Some(c);
             }
         }
@@ -321,8 +329,10 @@ impl Firewall {
         let n = bytes.len().min(POLICY_PATH_LEN - 1);
         path[..n].copy_from_slice(&bytes[..n]);
         let now = unix_now();
+        let cookie = bpf_sys::netns_cookie().context("cannot read this network namespace's cookie")?;
         self.update_control(|c| {
             c.pid = std::process::id();
+            c.netns_cookie = cookie;
             c.controller_unix = now;
             c.policy_path = path;
         })
@@ -348,7 +358,7 @@ impl Firewall {
         for (i, e) in self.objects_mut().enumerate() {
             let (mss_v4, mss_v6) = mss.get(i).copied().unwrap_or_default();
             let mut cfg: Array<_, CookieConfig> = Array::try_from(map(e, maps::COOKIE_CONFIG)?)?;
-            cfg.set(0, &CookieConfig { mss_v4, mss_v6, ..common }, 0).context("failed to write the cookie configuration")?;
+            cfg.set(0, &CookieConfig { mss_v4, mss_v6, valid: 1, ..common }, 0).context("failed to write the cookie configuration")?;
         }
         Ok(())
     }
@@ -600,12 +610,6 @@ impl Firewall {
         // Egress first: until it runs, replies to the host's new
         // connections would meet an enforcing XDP program as unknown.
         // Ingress (the cookie hand-off) before XDP issues any cookie.
-        if !kernel_at_least(6, 6) {
-            // An existing clsact qdisc is fine; anything else is worth seeing.
-            if let Err(e) = tc::qdisc_add_clsact(name.as_c_str()) {
-                log::warn!("adding a clsact qdisc to {iface}: {e} (fine if one exists)");
-            }
-        }
         let mut links = Vec::new();
         let egress: &mut SchedClassifier = ebpf.program_mut(maps::EGRESS_PROGRAM).context("no egress program")?.try_into()?;
         let id = egress
@@ -636,11 +640,10 @@ impl Firewall {
         };
         let mut map_iface: Array<_, IfaceInfo> = Array::try_from(map(ebpf, maps::IFACE)?)?;
         map_iface.set(0, &info, 0)?;
-        // Without BPF links (kernels before TCX) the attachments cannot be
-        // pinned: they last as long as this process.
-        match (xdp_link, egress_link, ingress_link) {
-            (Some(x), Some(e), Some(i)) => links.extend([x, e, i]),
-            _ => log::warn!("{iface}: this kernel gives no BPF links for every attachment (TCX needs Linux 6.6); the firewall lasts only as long as this process"),
+        // `check_kernel` asks for TCX (6.6), so every attachment is a link.
+        match (egress_link, ingress_link, xdp_link) {
+            (Some(e), Some(i), Some(x)) => links.extend([e, i, x]),
+            _ => bail!("{iface}: an attachment is not a BPF link (this kernel has no TCX?), so it cannot be pinned"),
         }
         Ok((in_effect, links))
     }
@@ -660,7 +663,7 @@ impl Firewall {
     pub fn replace_port(&mut self, port: usize, links: &[std::os::fd::OwnedFd]) -> Result<u32> {
         let ebpf = if port == 0 { &self.ebpf } else { self.others.get(port - 1).context("no such port")? };
         let mut ifindex = 0;
-        for (link, prog_name) in links.iter().zip([maps::XDP_PROGRAM, maps::EGRESS_PROGRAM, maps::INGRESS_PROGRAM]) {
+        for (link, prog_name) in links.iter().zip(LINKED_PROGRAMS) {
             let info = bpf_sys::link_info(link.as_fd()).context("cannot read a pinned link")?;
             if info.ifindex == 0 {
                 bail!("a pinned link of this firewall is defunct (its interface was removed)");
@@ -689,7 +692,6 @@ impl Firewall {
     /// program's cookie path lives in it.
     pub fn pin_programs(&self, port: usize, path: &Path) -> Result<()> {
         let ebpf = self.objects().nth(port).context("no such port")?;
-        let _ = fs::remove_file(path);
         ebpf.map(maps::PROGRAMS)
             .context("no program array")?
             .pin(path)
@@ -953,11 +955,12 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     kernel_version() >= (major, minor)
 }
 
-/// Kernel 5.10 or newer: bounded loops, BPF links for XDP, BPF_PROG_BIND_MAP.
+/// Kernel 6.9 or newer: the cookie hand-off kfunc (6.9), TCX links for TC
+/// (6.6) so that every attachment can be pinned, BPF_PROG_BIND_MAP (5.10).
 pub fn check_kernel() -> Result<()> {
-    if !kernel_at_least(5, 10) {
+    if !kernel_at_least(6, 9) {
         let (major, minor) = kernel_version();
-        bail!("kernel {major}.{minor} is too old: the firewall needs Linux 5.10 or newer");
+        bail!("kernel {major}.{minor} is too old: the firewall needs Linux 6.9 or newer (bpf_sk_assign_tcp_reqsk for the SYN-cookie hand-off, TCX links)");
     }
     Ok(())
 }

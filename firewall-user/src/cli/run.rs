@@ -14,11 +14,26 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Mode;
 
+/// The signals `serve` acts on, registered before anything is loaded: a
+/// SIGHUP or SIGTERM during start-up (a `systemctl reload` right after
+/// `start`) waits for `serve` instead of killing a half-done takeover.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
 pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = {
+        let _guard = runtime.enter();
+        Signals { hup: signal(SignalKind::hangup())?, int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? }
+    };
     loader::check_kernel()?;
     loader::check_privileges()?;
-    let mut ifaces = ifaces.to_vec();
-    ifaces.dedup();
+    // In order, each once.
+    let mut seen = std::collections::HashSet::new();
+    let ifaces: Vec<String> = ifaces.iter().filter(|i| seen.insert(i.as_str())).cloned().collect();
     for iface in &ifaces {
         loader::ifindex(iface)?;
     }
@@ -29,8 +44,44 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Res
         log::warn!("this process has a mount namespace of its own (`ip netns exec`?): the data plane is pinned where no other process sees it and lasts only as long as this controller; to keep it enforcing across a crash or restart, enter just the network namespace (`nsenter --net=/run/netns/NAME`)");
     }
     let inst = instance::Instance::take(&ifaces)?;
+    log::info!("loading the firewall for {} (signals are queued until it runs)", ifaces.join(", "));
+    let mut fw = match start(&inst, &ifaces, &policy_path, &compiled, mode) {
+        Ok(fw) => fw,
+        Err(e) => {
+            // A firewall this run created goes again; one it was taking
+            // over keeps running (see `start`).
+            if inst.created {
+                inst.remove();
+            }
+            return Err(e);
+        }
+    };
+    log::info!(
+        "policy {} ({}), generation {}; pinned at {}",
+        policy_path.display(),
+        compile::describe(&compiled),
+        fw.generation(),
+        inst.dir.display()
+    );
+    notify_ready();
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), signals));
+    if keep {
+        log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
+    } else {
+        inst.remove();
+        drop(fw);
+        log::info!("detached from {}", ifaces.join(", "));
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Loads, installs the policy and attaches or takes over every interface.
+/// Until `install` flips, a data plane being taken over is untouched; a
+/// failure after that leaves it enforcing the new policy, some interfaces
+/// possibly with the new programs (the error says which step failed).
+fn start(inst: &instance::Instance, ifaces: &[String], policy_path: &Path, compiled: &compile::Compiled, mode: Mode) -> Result<loader::Firewall> {
     let mut adopted = Vec::new();
-    for iface in &ifaces {
+    for iface in ifaces {
         adopted.push(inst.live_links(iface)?);
         inst.prepare(iface)?;
     }
@@ -44,39 +95,41 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Res
                     inst.remove_iface(iface);
                 }
             }
-            if inst.created {
-                inst.remove();
-            }
             if e.downcast_ref::<loader::Incompatible>().is_some() {
                 bail!("refusing to take over the running firewall `{}`: {e}; it keeps running and enforcing its policy. To replace it (its flows, counters and cookie keys are lost), run `firewall stop --iface {}` first", inst.name, ifaces[0]);
             }
             return Err(e);
         }
     };
+    fw.set_controller(policy_path)?;
+    // Interfaces the firewall had and this run does not name: detached
+    // before the install, which prepares the counters of named ones only.
+    for old in instance::interfaces(&inst.dir) {
+        if !ifaces.contains(&old) {
+            inst.remove_iface(&old);
+            log::info!("detached from {old} (not named by this run)");
+        }
+    }
     let addrs = fw.refresh_local_addrs().context("failed to write the host's addresses")?;
     log::debug!("{addrs} local addresses: cookie SYN-ACKs are sent for these only");
-    let previous = if fw.is_fresh() { None } else { Some(fw.generation()) };
-    if let Err(e) = fw.install(&compiled) {
-        if inst.created {
-            inst.remove();
-        }
-        return Err(e.context("failed to write the policy into the maps"));
+    let previous = (!fw.is_fresh()).then(|| fw.generation());
+    fw.install(compiled).context("failed to write the policy into the maps")?;
+    if let Some(g) = previous {
+        log::info!("took over the firewall `{}` at generation {g}", inst.name);
     }
-    fw.set_controller(&policy_path)?;
     let xdp_mode = match mode {
         Mode::Native => XdpMode::Driver,
         Mode::Generic => XdpMode::Skb,
     };
+    // Each run pins its own tail-call tables under a name of its own; the
+    // others are released once its programs run.
+    let progs = format!("progs_{}", std::process::id());
     for (port, (iface, links)) in ifaces.iter().zip(adopted).enumerate() {
         let dir = inst.iface_dir(iface);
+        fw.pin_programs(port, &dir.join(&progs))?;
         match links {
             Some(links) => {
-                // The new tail-call table is pinned before the swap, the old
-                // one released after it.
-                fw.pin_programs(port, &dir.join("progs_new"))?;
                 fw.replace_port(port, &links).with_context(|| format!("failed to swap the programs on {iface}"))?;
-                std::thread::sleep(loader::GRACE);
-                fs::rename(dir.join("progs_new"), dir.join("progs")).context("failed to pin the new tail-call table")?;
                 let info = fw.interface(port)?;
                 let was = if info.mode == MODE_GENERIC { "generic" } else { "native" };
                 if (info.mode == MODE_GENERIC) != (xdp_mode == XdpMode::Skb) {
@@ -85,7 +138,6 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Res
                 log::info!("took over {iface} ({was} mode): programs replaced atomically, flows, counters and cookie keys kept");
             }
             None => {
-                fw.pin_programs(port, &dir.join("progs"))?;
                 let (in_effect, links) = fw.attach_port(port, iface, xdp_mode)?;
                 for (link, name) in links.into_iter().zip(loader::LINKS) {
                     link.pin(dir.join(name)).with_context(|| format!("failed to pin {name} of {iface}"))?;
@@ -94,33 +146,35 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Res
             }
         }
     }
-    // Interfaces the firewall had and this run does not name.
-    for old in instance::interfaces(&inst.dir) {
-        if !ifaces.contains(&old) {
-            inst.remove_iface(&old);
-            log::info!("detached from {old} (not named by this run)");
+    // No packet is in the programs replaced any more.
+    std::thread::sleep(loader::GRACE);
+    for iface in ifaces {
+        let dir = inst.iface_dir(iface);
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("progs_") && name != progs {
+                let _ = fs::remove_file(entry.path());
+            }
         }
     }
-    log::info!(
-        "policy {} ({}), generation {}{}; pinned at {}",
-        policy_path.display(),
-        compile::describe(&compiled),
-        fw.generation(),
-        previous.map(|g| format!(" (took over at generation {g})")).unwrap_or_default(),
-        inst.dir.display()
-    );
+    Ok(fw)
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf()));
-    if keep {
-        log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
+/// Tells a service manager (`Type=notify`) that the firewall is enforcing.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let msg = format!("READY=1\nMAINPID={}", std::process::id());
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
     } else {
-        // Without pins and with our descriptors closed, the links detach.
-        inst.remove();
-        drop(fw);
-        log::info!("detached from {}", ifaces.join(", "));
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = sent {
+        log::warn!("cannot notify the service manager: {e}");
     }
-    result.map(|()| ExitCode::SUCCESS)
 }
 
 fn load_policy(path: &Path) -> Result<compile::Compiled> {
@@ -137,10 +191,8 @@ fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
-async fn serve(fw: &mut loader::Firewall, path: PathBuf) -> Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Result<()> {
+    let Signals { mut hup, mut int, mut term } = signals;
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     // The XDP program ignores idle flows on lookup; the sweep frees them.
     let mut sweep = tokio::time::interval(Duration::from_secs(10));

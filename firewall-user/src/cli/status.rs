@@ -39,9 +39,12 @@ pub fn status(json: bool) -> Result<ExitCode> {
         let control = first.maps.control.get(&0, 0)?;
         let active = first.maps.active.get(&0, 0)?;
         let len = control.policy_path.iter().position(|&b| b == 0).unwrap_or(control.policy_path.len());
-        let alive = match &first.pin_dir {
-            Some(dir) => instance::controller_alive(dir),
-            None => pid_is_controller(control.pid),
+        let (alive, pid) = match &first.pin_dir {
+            Some(dir) => match instance::lock_holder(dir) {
+                Some(pid) => (true, pid),
+                None => (false, control.pid),
+            },
+            None => (pid_is_controller(control.pid), control.pid),
         };
         out.push(Status {
             name: first.pin_dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| first.iface.clone()),
@@ -55,7 +58,7 @@ pub fn status(json: bool) -> Result<ExitCode> {
             policy: String::from_utf8_lossy(&control.policy_path[..len]).into_owned(),
             generation: active.generation,
             loaded_unix: control.loaded_unix,
-            controller_pid: control.pid,
+            controller_pid: pid,
             controller_alive: alive,
             controller_unix: control.controller_unix,
             created_unix: control.created_unix,

@@ -5,7 +5,7 @@ use firewall_user::{instance, loader};
 
 /// Stops the firewall that has `iface` (or every firewall of this network
 /// namespace): its controller first (SIGTERM, as `systemctl stop` would),
-/// then its pins, which detaches its programs.
+/// then, holding its lock, detaches its programs and removes its pins.
 pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
     loader::check_privileges()?;
     if loader::ensure_bpffs()? == loader::Bpffs::Private {
@@ -22,9 +22,8 @@ pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
         println!("no firewall is pinned in this network namespace");
     }
     for (name, dir) in targets {
-        if instance::controller_alive(&dir) {
-            let pid = pinned_pid(&dir);
-            let Some(pid) = pid else { bail!("the controller of `{name}` holds its lock but its pid is unknown") };
+        let ifaces = instance::interfaces(&dir);
+        if let Some(pid) = instance::lock_holder(&dir) {
             // SAFETY: kill(2) with a pid and a signal.
             if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
                 bail!("cannot signal the controller of `{name}` (pid {pid}): {}", std::io::Error::last_os_error());
@@ -37,19 +36,15 @@ pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let ifaces = instance::interfaces(&dir);
-        instance::remove_dir(&dir);
+        // A controller without --keep removed everything itself.
         if dir.exists() {
-            bail!("could not remove every pin under {}", dir.display());
+            let inst = instance::Instance::lock_existing(&name, &dir, Duration::from_secs(10))?;
+            inst.remove();
+            if dir.exists() {
+                bail!("could not remove every pin under {}", dir.display());
+            }
         }
         println!("stopped `{name}`: detached from {}", if ifaces.is_empty() { "nothing".to_owned() } else { ifaces.join(", ") });
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The controller pid recorded in a firewall's pinned control map.
-fn pinned_pid(dir: &std::path::Path) -> Option<u32> {
-    let data = aya::maps::MapData::from_pin(dir.join("shared").join(firewall_common::maps::CONTROL)).ok()?;
-    let m: aya::maps::Array<_, firewall_common::Control> = aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()?;
-    m.get(&0, 0).ok().map(|c| c.pid).filter(|&p| p != 0)
 }
