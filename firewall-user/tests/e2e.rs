@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Guarded, OnDrop, PacketSocket, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for};
+use common::{
+    netns::{Guarded, OnDrop, PacketSocket, Pair, attach_peer_pass, mac, netstat, spoofed_syn_flood, wait_for},
+    json_output, reason_packets, rule_packets, temp_policy,
+};
 use serde_json::Value;
 use firewall_common::tcp_flags::{ACK, FIN, RST, SYN};
 
@@ -105,19 +108,7 @@ fn udp_echo(pair: &Pair, port: u16, tries: u32) -> bool {
 }
 
 fn stats_json(pair: &Pair) -> Result<Value, String> {
-    let out = Pair::output(&pair.server, FIREWALL, &["stats", "--iface", &pair.server_if, "--json"]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-fn rule_packets(stats: &Value, name: &str) -> u64 {
-    stats["rules"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("rule {name} in {stats}"))["packets"].as_u64().unwrap()
-}
-
-fn reason_packets(stats: &Value, reason: &str) -> u64 {
-    stats["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == reason).unwrap()["packets"].as_u64().unwrap()
+    json_output(Pair::output(&pair.server, FIREWALL, &["stats", "--iface", &pair.server_if, "--json"]))
 }
 
 fn start_firewall(pair: &Pair, policy: &Path) -> Guarded {
@@ -132,31 +123,6 @@ fn start_firewall(pair: &Pair, policy: &Path) -> Guarded {
         stats_json(pair).ok()
     });
     fw
-}
-
-fn temp_policy(text: &str) -> (tempdir::Dir, std::path::PathBuf) {
-    let dir = tempdir::Dir::new();
-    let path = dir.0.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    (dir, path)
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new() -> Self {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let p = std::env::temp_dir().join(format!("fw-e2e-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]

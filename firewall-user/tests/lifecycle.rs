@@ -9,7 +9,7 @@ mod common;
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     sync::{
         Arc, Mutex,
@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Guarded, OnDrop, Pair, attach_peer_pass, wait_for};
+use common::{
+    netns::{Guarded, OnDrop, Pair, attach_peer_pass, wait_for},
+    json_output, reason_packets, rule_packets, temp_policy,
+};
 use serde_json::Value;
 
 const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
@@ -56,19 +59,7 @@ fn fw_output(ns: &str, args: &[&str]) -> Output {
 }
 
 fn json(ns: &str, args: &[&str]) -> Result<Value, String> {
-    let out = fw_output(ns, args);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-fn rule_packets(stats: &Value, name: &str) -> u64 {
-    stats["rules"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("rule {name} in {stats}"))["packets"].as_u64().unwrap()
-}
-
-fn reason_packets(stats: &Value, reason: &str) -> u64 {
-    stats["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == reason).unwrap_or_else(|| panic!("reason {reason}"))["packets"].as_u64().unwrap()
+    json_output(fw_output(ns, args))
 }
 
 /// A controller with its stderr collected line by line.
@@ -84,7 +75,14 @@ impl Controller {
             args.extend(["--iface", i]);
         }
         args.extend(extra);
-        let mut cmd = in_net(ns, &args);
+        let c = Self::spawn(in_net(ns, &args));
+        // Ready once it says which policy generation it runs.
+        c.wait_log("the policy in force", |l| l.contains(", generation "));
+        c
+    }
+
+    /// Starts `cmd` (a `firewall run`) at log level info, without waiting.
+    fn spawn(mut cmd: Command) -> Self {
         cmd.env("RUST_LOG", "info");
         let mut child = Guarded::spawn(cmd);
         let stderr = child.child().stderr.take().unwrap();
@@ -95,10 +93,7 @@ impl Controller {
                 sink.lock().unwrap().push(line);
             }
         });
-        let c = Controller { child, log };
-        // Ready once it says which policy generation it runs.
-        c.wait_log("the policy in force", |l| l.contains(", generation "));
-        c
+        Controller { child, log }
     }
 
     fn pid(&mut self) -> i32 {
@@ -134,31 +129,6 @@ impl Controller {
         // The stderr reader ends with the process.
         std::thread::sleep(Duration::from_millis(50));
         (status, self.text())
-    }
-}
-
-fn temp_policy(text: &str) -> (tempdir::Dir, PathBuf) {
-    let dir = tempdir::Dir::new();
-    let path = dir.0.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    (dir, path)
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new() -> Self {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let p = std::env::temp_dir().join(format!("fw-life-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }
 
@@ -637,20 +607,8 @@ fn startup_signals_duplicate_interfaces_and_directory_names() {
     let a = pair.server_if.clone();
 
     // SIGHUP and a duplicate --iface during start-up.
-    let mut cmd = in_net(&pair.server, &["run", "--iface", &a, "--iface", &a, "--policy", policy.to_str().unwrap(), "--keep"]);
-    cmd.env("RUST_LOG", "info");
-    let mut child = Guarded::spawn(cmd);
-    let stderr = child.child().stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let fw = Controller { child, log };
+    let mut fw = Controller::spawn(in_net(&pair.server, &["run", "--iface", &a, "--iface", &a, "--policy", policy.to_str().unwrap(), "--keep"]));
     fw.wait_log("loading", |l| l.contains("signals are queued"));
-    let mut fw = fw;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(fw.pid(), libc::SIGHUP) };
     fw.wait_log("the reload the early SIGHUP asked for", |l| l.contains("reloaded") && l.contains("SIGHUP"));

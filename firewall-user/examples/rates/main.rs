@@ -44,17 +44,16 @@ use std::{
 use aya::{
     Ebpf,
     maps::PerCpuArray,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::XdpMode,
 };
 use common::{
     Harness,
-    netns::{Pair, attach_xdp, mac},
+    netns::{BENCH_OBJECT, LiveFrames, Pair, attach_xdp, mac},
     random,
 };
 use firewall_common::maps::bench;
 use serde_json::{Value, json};
 
-static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-bench"));
 
 /// Rounds per scenario (`FW_BENCH_ROUNDS` overrides, for a quick look).
 fn rounds() -> usize {
@@ -140,35 +139,14 @@ fn bench_count(ebpf: &Ebpf) -> u64 {
 /// fast as it can, or paced to `rate` frames per second. Returns the
 /// frames sent and the seconds taken.
 fn flood(pair: &Pair, frame: Vec<u8>, stop: Arc<AtomicBool>, rate: Option<f64>) -> thread::JoinHandle<(u64, f64)> {
-    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
+    let ifname = pair.client_if.clone();
     Pair::within(&pair.client, move || {
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object loads");
-        assert!(frame.len() <= bench::MAX_FRAME, "frame longer than the generator's template");
-        let mut template = [0u8; bench::MAX_FRAME];
-        template[..frame.len()].copy_from_slice(&frame);
-        let mut m: aya::maps::Array<_, [u8; bench::MAX_FRAME]> = aya::maps::Array::try_from(ebpf.map_mut(bench::FRAME).unwrap()).unwrap();
-        m.set(0, &template, 0).unwrap();
-        let prog: &mut Xdp = ebpf.program_mut(bench::GEN_PROGRAM).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        assert_ne!(ifindex, 0, "the client's veth exists");
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex. Live frames leave through the
-        // ingress device with XDP_TX.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut generator = LiveFrames::new(&ifname, frame);
         let start = Instant::now();
         let mut sent = 0u64;
         let chunk = if rate.is_some() { PACED_CHUNK } else { CHUNK };
         while sent < MAX_FRAMES && start.elapsed() < SECONDS && !stop.load(Ordering::Relaxed) {
-            let opts = TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: chunk,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..TestRunOptions::new()
-            };
-            prog.test_run(opts).expect("live-frames test run");
+            generator.send(chunk);
             sent += u64::from(chunk);
             if let Some(rate) = rate {
                 // Pacing: wait for this chunk's slot in the schedule.

@@ -226,3 +226,49 @@ pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 pub use firewall_common::tcp_flags::*;
+
+/// `text` written to `policy.toml` in a fresh directory, removed when the
+/// returned guard drops.
+pub fn temp_policy(text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new();
+    let path = dir.0.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// A directory under the system's temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("fw-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The output of a `firewall ... --json` command, or its stderr.
+pub fn json_output(out: std::process::Output) -> Result<serde_json::Value, String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// A rule's packets in `firewall stats --json`.
+pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["rules"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("rule {name} in {stats}"))["packets"].as_u64().unwrap()
+}
+
+/// A reason's packets in `firewall stats --json`.
+pub fn reason_packets(stats: &serde_json::Value, reason: &str) -> u64 {
+    stats["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == reason).unwrap_or_else(|| panic!("reason {reason} in {stats}"))["packets"].as_u64().unwrap()
+}

@@ -241,3 +241,53 @@ impl Drop for PacketSocket {
         unsafe { libc::close(self.fd) };
     }
 }
+
+/// The benchmark helper object (`firewall-bench`): the generator and sinks.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-bench"));
+
+/// `bench_gen` loaded with `frame` as its template (each copy gets a new
+/// source in its last two address bytes), sending with BPF_PROG_TEST_RUN's
+/// live-frames mode out of `ifname` of the calling thread's namespace:
+/// XDP_TX into the veth's peer. Create and use it on one thread.
+pub struct LiveFrames {
+    ebpf: aya::Ebpf,
+    frame: Vec<u8>,
+    ctx: Vec<u8>,
+}
+
+impl LiveFrames {
+    pub fn new(ifname: &str, frame: Vec<u8>) -> Self {
+        use firewall_common::maps::bench;
+        let mut ebpf = aya::Ebpf::load(BENCH_OBJECT).expect("bench object loads");
+        assert!(frame.len() <= bench::MAX_FRAME, "frame longer than the generator's template");
+        let mut template = [0u8; bench::MAX_FRAME];
+        template[..frame.len()].copy_from_slice(&frame);
+        let mut m: aya::maps::Array<_, [u8; bench::MAX_FRAME]> = aya::maps::Array::try_from(ebpf.map_mut(bench::FRAME).unwrap()).unwrap();
+        m.set(0, &template, 0).unwrap();
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(bench::GEN_PROGRAM).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "{ifname} exists");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. Live frames leave through the
+        // ingress device with XDP_TX.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        Self { ebpf, frame, ctx }
+    }
+
+    /// Sends `count` frames (one test run).
+    pub fn send(&mut self, count: u32) {
+        use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+        let prog: &aya::programs::Xdp = self.ebpf.program(firewall_common::maps::bench::GEN_PROGRAM).unwrap().try_into().unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(&self.frame),
+            ctx_in: Some(&self.ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        };
+        prog.test_run(opts).expect("live-frames test run");
+    }
+}

@@ -46,17 +46,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    Ebpf,
-    maps::PerCpuArray,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
-};
+use aya::maps::PerCpuArray;
 use firewall_common::maps::bench;
 use serde_json::Value;
 
-use super::netns::{Guarded, OnDrop, PacketSocket, Pair, attach_xdp, mac, netstat, wait_for};
+use super::netns::{BENCH_OBJECT, Guarded, LiveFrames, OnDrop, PacketSocket, Pair, attach_xdp, mac, netstat, wait_for};
 
-static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-bench"));
 
 /// The cookie service's port.
 pub const PORT: u16 = 8080;
@@ -367,35 +362,14 @@ fn syn_template(pair: &Pair, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
 /// veth (each frame gets a new source, then XDP_TX into the server's end)
 /// until `deadline`, `stop` or `max` frames. Returns (frames, seconds).
 fn syn_flood(pair: &Pair, frame: Vec<u8>, deadline: Instant, max: u64, stop: Arc<AtomicBool>) -> thread::JoinHandle<(u64, f64)> {
-    let ifname = std::ffi::CString::new(pair.client_if.clone()).unwrap();
+    let ifname = pair.client_if.clone();
     Pair::within(&pair.client, move || {
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object loads");
-        assert!(frame.len() <= bench::MAX_FRAME, "frame longer than the generator's template");
-        let mut template = [0u8; bench::MAX_FRAME];
-        template[..frame.len()].copy_from_slice(&frame);
-        let mut m: aya::maps::Array<_, [u8; bench::MAX_FRAME]> = aya::maps::Array::try_from(ebpf.map_mut(bench::FRAME).unwrap()).unwrap();
-        m.set(0, &template, 0).unwrap();
-        let prog: &mut Xdp = ebpf.program_mut(bench::GEN_PROGRAM).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        assert_ne!(ifindex, 0, "the client's veth exists");
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex. Live frames leave through the
-        // ingress device with XDP_TX.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut generator = LiveFrames::new(&ifname, frame);
         let start = Instant::now();
         let mut sent = 0u64;
         while sent < max && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             let chunk = CHUNK.min((max - sent) as u32);
-            let opts = TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: chunk,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..TestRunOptions::new()
-            };
-            prog.test_run(opts).expect("live-frames test run");
+            generator.send(chunk);
             sent += u64::from(chunk);
         }
         (sent, start.elapsed().as_secs_f64())
