@@ -264,6 +264,36 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
         })
     };
     assert!(Echo::connect(&pair.client, closed).is_err(), "8081 is not allowed");
+    // Datagrams to a port the policy drops, sent all through the kill and
+    // the takeover: one that reached the server would have passed unjudged.
+    let leaked = Arc::new(AtomicU64::new(0));
+    let sink = {
+        let (ip, leaked, stop) = (pair.server_ip.clone(), leaked.clone(), stop.clone());
+        let sock = Pair::within(&pair.server, move || UdpSocket::bind((ip.as_str(), 5999)).unwrap()).join().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    leaked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let probes = Arc::new(AtomicU64::new(0));
+    let prober = {
+        let (dst, local, probes, stop) = (format!("{}:5999", pair.server_ip), format!("{}:0", pair.client_ip), probes.clone(), stop.clone());
+        Pair::within(&pair.client, move || {
+            let s = UdpSocket::bind(local).unwrap();
+            // Bounded: at most 100,000, about 5,000 a second.
+            while !stop.load(Ordering::Relaxed) && probes.load(Ordering::Relaxed) < 100_000 {
+                if s.send_to(b"probe", &dst).is_ok() {
+                    probes.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
 
     // A cookie handshake begun before the restart: the client's side is
     // established, its ACK held back.
@@ -321,9 +351,13 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
 
     stop.store(true, Ordering::Relaxed);
     busy.join().unwrap();
+    prober.join().unwrap();
+    sink.join().unwrap();
+    assert!(probes.load(Ordering::Relaxed) > 1000, "probes ran across the restart");
+    assert_eq!(leaked.load(Ordering::Relaxed), 0, "of {} datagrams to a dropped port sent across kill and takeover, some passed", probes.load(Ordering::Relaxed));
     assert!(failed.lock().unwrap().is_none(), "the established connection was never cut: {:?}", failed.lock().unwrap());
     let slowest_ms = slowest.load(Ordering::Relaxed) as f64 / 1000.0;
-    println!("restart: {} messages over one connection across SIGKILL and restart, slowest round trip {slowest_ms:.1} ms; takeover {:.2} s; XDP prog {prog_before} -> {prog_after}", exchanged.load(Ordering::Relaxed), takeover.as_secs_f64());
+    println!("restart: {} messages over one connection across SIGKILL and restart, slowest round trip {slowest_ms:.1} ms; {} datagrams to a dropped port, 0 passed; takeover {:.2} s; XDP prog {prog_before} -> {prog_after}", exchanged.load(Ordering::Relaxed), probes.load(Ordering::Relaxed), takeover.as_secs_f64());
     assert!(slowest_ms < 200.0, "a round trip took {slowest_ms} ms: a segment was lost across the restart");
 
     // Without --keep, SIGTERM detaches and removes the pins.
