@@ -519,8 +519,30 @@ fn an_incompatible_upgrade_is_refused_and_the_old_data_plane_runs_on() {
     assert_eq!(conn.round_trip("two").unwrap(), "two", "the old data plane still passes its connections");
     assert!(Echo::connect(&pair.client, closed).is_err(), "and still drops what its policy drops");
 
-    // Same layout again: the new build's programs replace the old ones.
     set_layout(ours);
+
+    // A deliberately changed object: the interface's status map pinned
+    // with another size, as a build that changed it would have made it.
+    let status_pin = Path::new(status[0]["pinned_at"].as_str().unwrap()).join("iface").join(&pair.server_if).join(firewall_common::maps::STATUS);
+    let original = aya::maps::MapData::from_pin(&status_pin).unwrap();
+    std::fs::remove_file(&status_pin).unwrap();
+    drop(
+        aya::EbpfLoader::new()
+            .map_max_entries(firewall_common::maps::STATUS, 4)
+            .map_pin_path(firewall_common::maps::STATUS, status_pin.as_path())
+            .load(firewall_user::loader::EBPF_OBJECT)
+            .expect("the changed object's maps are created"),
+    );
+    let out = in_net(&pair.server, &["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a data plane with another map layout is not taken over");
+    assert!(err.contains("refusing to take over") && err.contains(firewall_common::maps::STATUS) && err.contains("max_entries"), "{err}");
+    assert_eq!(xdp_prog_id(&pair.server, &pair.server_if), Some(prog), "the old programs still run");
+    assert_eq!(conn.round_trip("two and a half").unwrap(), "two and a half");
+    std::fs::remove_file(&status_pin).unwrap();
+    original.pin(&status_pin).unwrap();
+
+    // Same layout again: the new build's programs replace the old ones.
     let fw = Controller::start(&pair.server, &[&pair.server_if], &policy, &[]);
     fw.wait_log("the takeover", |l| l.contains("took over"));
     assert_ne!(xdp_prog_id(&pair.server, &pair.server_if), Some(prog), "replaced");
