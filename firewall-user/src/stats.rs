@@ -211,7 +211,8 @@ pub fn age(secs: u64) -> String {
 }
 
 /// Plain-text table; `previous` and `seconds` add a packets/s column.
-pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> String {
+/// Reasons that counted nothing are left out unless `all`.
+pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>, all: bool) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "firewall on {iface}: policy generation {}, default {}", s.generation, s.default_action);
@@ -235,8 +236,12 @@ pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> 
         let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16} {:>12}{}", r.name, r.action, r.packets, r.bytes, since, rate(&r.name, r.packets, previous, false));
     }
     let _ = writeln!(out, "\n{:<32} {:<7} {:>14} {:>16}{pps}", "REASON", "VERDICT", "PACKETS", "BYTES");
-    for r in &s.reasons {
+    let shown: Vec<&ReasonStats> = s.reasons.iter().filter(|r| all || r.packets > 0).collect();
+    for r in &shown {
         let _ = writeln!(out, "{:<32} {:<7} {:>14} {:>16}{}", r.reason, r.verdict, r.packets, r.bytes, rate(r.reason, r.packets, previous, true));
+    }
+    if shown.len() < s.reasons.len() {
+        let _ = writeln!(out, "({} reasons with no packets not shown; --all shows them)", s.reasons.len() - shown.len());
     }
     if !s.services.is_empty() {
         let _ = writeln!(out, "\n{:<32} {:<12} {:>12} {:>12} {:>12} {:>12}", "SYN-COOKIE SERVICE", "MODE", "SYNS", "COOKIES", "ACKS VALID", "ACKS INVALID");
@@ -250,4 +255,48 @@ pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let reason = |r: Reason, packets| ReasonStats { reason: r.name(), verdict: verdict(r), packets, bytes: packets * 60 };
+        Snapshot {
+            generation: 3,
+            default_action: "drop",
+            rules: vec![RuleStats { name: "web".into(), action: "accept", packets: 5, bytes: 300, since_unix: 0 }],
+            reasons: vec![reason(Reason::RuleAccept, 5), reason(Reason::DefaultDrop, 0), reason(Reason::InvalidWindow, 0)],
+            services: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reasons_that_counted_nothing_are_left_out_unless_all() {
+        let s = snapshot();
+        let text = render("eth0", &s, None, false);
+        assert!(text.contains("rule_accept") && !text.contains("default_drop") && !text.contains("invalid_window"), "{text}");
+        assert!(text.contains("(2 reasons with no packets not shown; --all shows them)"), "{text}");
+        let text = render("eth0", &s, None, true);
+        assert!(text.contains("default_drop") && text.contains("invalid_window") && !text.contains("not shown"), "{text}");
+        assert!(text.starts_with("firewall on eth0: policy generation 3"), "{text}");
+    }
+
+    #[test]
+    fn merge_sums_interfaces() {
+        let mut a = snapshot();
+        a.merge(&snapshot());
+        assert_eq!(a.rules[0].packets, 10);
+        assert_eq!(a.reasons[0].packets, 10);
+        assert_eq!(a.reasons[0].bytes, 600);
+    }
+
+    #[test]
+    fn ages_read_as_the_largest_units() {
+        assert_eq!(age(42), "42s");
+        assert_eq!(age(312), "5m12s");
+        assert_eq!(age(3 * 3600 + 4 * 60), "3h04m");
+        assert_eq!(age(2 * 86400 + 5 * 3600), "2d05h");
+    }
 }

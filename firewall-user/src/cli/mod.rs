@@ -67,9 +67,12 @@ enum Command {
         /// Refresh every second, with packets per second.
         #[arg(long)]
         watch: bool,
-        /// Machine-readable output.
+        /// Machine-readable output (every reason, zero or not).
         #[arg(long)]
         json: bool,
+        /// Show the reasons that counted nothing too.
+        #[arg(long)]
+        all: bool,
     },
     /// List the connection table of a running firewall (shared by its interfaces).
     Conntrack {
@@ -81,7 +84,10 @@ enum Command {
         json: bool,
     },
     /// Validate a policy file without attaching anything.
-    Check { file: PathBuf },
+    Check {
+        /// Policy file (TOML).
+        file: PathBuf,
+    },
 }
 
 pub fn main() -> Result<ExitCode> {
@@ -89,7 +95,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Run { iface, policy, mode, keep } => run::run(&iface, &policy, mode, keep),
         Command::Stop { iface } => stop::stop(iface.as_deref()),
         Command::Status { json } => status::status(json),
-        Command::Stats { iface, watch, json } => stats::stats(iface.as_deref(), watch, json),
+        Command::Stats { iface, watch, json, all } => stats::stats(iface.as_deref(), watch, json, all),
         Command::Conntrack { iface, json } => conntrack::conntrack(iface.as_deref(), json),
         Command::Check { file } => check::check(&file),
     }

@@ -3,7 +3,7 @@ use std::{process::ExitCode, time::{Duration, Instant}};
 use anyhow::{Context as _, Result};
 use firewall_user::{maps, stats};
 
-pub fn stats(iface: Option<&str>, watch: bool, json: bool) -> Result<ExitCode> {
+pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<ExitCode> {
     let found = maps::open(iface)?;
     let names: Vec<&str> = found.iter().map(|f| f.iface.as_str()).collect();
     let name = names.join(", ");
@@ -44,7 +44,7 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool) -> Result<ExitCode> {
                 print!("\x1b[2J\x1b[H");
             }
             let prev = previous.as_ref().map(|(s, t)| (s, t.elapsed().as_secs_f64()));
-            print!("{}", stats::render(&name, &snap, prev));
+            print!("{}", stats::render(&name, &snap, prev, all));
         }
         if !watch {
             return Ok(ExitCode::SUCCESS);
