@@ -12,5 +12,6 @@ pub mod conntrack;
 pub mod instance;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod policy;
 pub mod stats;

@@ -679,6 +679,19 @@ impl Firewall {
         Ok(ifindex)
     }
 
+    /// The kernel ids of every interface's programs: (port, name, id).
+    pub fn program_ids(&self) -> Vec<(usize, &'static str, u32)> {
+        let mut out = Vec::new();
+        for (port, e) in self.objects().enumerate() {
+            for name in [maps::XDP_PROGRAM, maps::COOKIE_SYN_PROGRAM, maps::COOKIE_ACK_PROGRAM, maps::EGRESS_PROGRAM, maps::INGRESS_PROGRAM] {
+                if let Some(id) = e.program(name).and_then(|p| p.info().ok()).map(|i| i.id()) {
+                    out.push((port, name, id));
+                }
+            }
+        }
+        out
+    }
+
     /// Records that interface `port` runs in `mode` on `ifindex` (after
     /// `replace_port`, whose object's `FW_IFACE` was reopened from the pin).
     pub fn interface(&self, port: usize) -> Result<IfaceInfo> {

@@ -103,13 +103,23 @@ pub fn open_all() -> Result<Vec<Vec<Found>>> {
     Ok(groups.into_values().collect())
 }
 
+/// Every interface of the firewall pinned at `dir` (the controller's own
+/// view, for `/metrics`).
+pub fn open_dir(dir: &std::path::Path) -> Result<Vec<Found>> {
+    from_dirs(vec![dir.to_path_buf()], None, loader::netns_inode()?)
+}
+
 fn from_pins(iface: Option<&str>, netns: u64) -> Result<Vec<Found>> {
     let dirs = match iface {
-        Some(name) => instance::find(name)?.into_iter().collect(),
-        None => instance::list()?,
+        Some(name) => instance::find(name)?.into_iter().map(|(_, d)| d).collect(),
+        None => instance::list()?.into_iter().map(|(_, d)| d).collect(),
     };
+    from_dirs(dirs, iface, netns)
+}
+
+fn from_dirs(dirs: Vec<std::path::PathBuf>, iface: Option<&str>, netns: u64) -> Result<Vec<Found>> {
     let mut out = Vec::new();
-    for (_, dir) in dirs {
+    for dir in dirs {
         for name in instance::interfaces(&dir) {
             if iface.is_some_and(|i| i != name) {
                 continue;

@@ -45,6 +45,9 @@ enum Command {
         /// a service manager: the next `run` adopts it without a gap).
         #[arg(long)]
         keep: bool,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Detach a firewall and remove its pins (stopping its controller first).
     Stop {
@@ -92,7 +95,7 @@ enum Command {
 
 pub fn main() -> Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { iface, policy, mode, keep } => run::run(&iface, &policy, mode, keep),
+        Command::Run { iface, policy, mode, keep, metrics } => run::run(&iface, &policy, mode, keep, metrics),
         Command::Stop { iface } => stop::stop(iface.as_deref()),
         Command::Status { json } => status::status(json),
         Command::Stats { iface, watch, json, all } => stats::stats(iface.as_deref(), watch, json, all),

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::XdpMode;
 use firewall_common::MODE_GENERIC;
-use firewall_user::{compile, instance, loader, policy};
+use firewall_user::{compile, instance, loader, maps, metrics, policy};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Mode;
@@ -23,8 +23,15 @@ struct Signals {
     term: tokio::signal::unix::Signal,
 }
 
-pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Result<ExitCode> {
+/// This controller's own counts, for `/metrics`.
+static COUNTS: metrics::ControllerCounts = metrics::ControllerCounts::new();
+
+pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metrics_addr: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Bound first: a wrong address fails before anything is attached.
+    let metrics_listener = metrics_addr
+        .map(|a| std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} for /metrics")))
+        .transpose()?;
     let signals = {
         let _guard = runtime.enter();
         Signals { hup: signal(SignalKind::hangup())?, int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? }
@@ -63,6 +70,18 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool) -> Res
         fw.generation(),
         inst.dir.display()
     );
+    if let Some(listener) = metrics_listener {
+        let found = maps::open_dir(&inst.dir).context("cannot open the maps for /metrics")?;
+        let programs: Vec<metrics::ProgramRef> = fw
+            .program_ids()
+            .into_iter()
+            .map(|(port, name, id)| metrics::ProgramRef { iface: ifaces[port].clone(), name: name.to_owned(), id })
+            .collect();
+        let addr = listener.local_addr()?;
+        let _guard = runtime.enter();
+        runtime.spawn(serve_metrics(listener, found, programs));
+        log::info!("serving Prometheus metrics at http://{addr}/metrics");
+    }
     notify_ready();
     let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), signals));
     if keep {
@@ -160,6 +179,40 @@ fn start(inst: &instance::Instance, ifaces: &[String], policy_path: &Path, compi
     Ok(fw)
 }
 
+/// `/metrics` over HTTP on the controller's runtime; each scrape reads the
+/// maps on the blocking pool (counting the flow tables takes a while).
+async fn serve_metrics(listener: std::net::TcpListener, found: Vec<maps::Found>, programs: Vec<metrics::ProgramRef>) {
+    use axum::{http::header, response::IntoResponse};
+    let state = std::sync::Arc::new(std::sync::Mutex::new((found, programs)));
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move {
+                let text = tokio::task::spawn_blocking(move || {
+                    let guard = state.lock().expect("metrics state");
+                    metrics::render(&guard.0, &COUNTS, &guard.1)
+                })
+                .await;
+                match text {
+                    Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response(),
+                    Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    let result = async {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app).await
+    }
+    .await;
+    if let Err(e) = result {
+        log::error!("the /metrics server stopped: {e}");
+    }
+}
+
 /// Tells a service manager (`Type=notify`) that the firewall is enforcing.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -225,7 +278,10 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Re
             _ = rotate.tick() => {
                 match fw.rotate_cookie_key() {
                     Ok(()) => log::debug!("rotated the SYN-cookie key"),
-                    Err(e) => log::error!("rotating the SYN-cookie key failed (the previous key stays in use): {e:#}"),
+                    Err(e) => {
+                        COUNTS.error();
+                        log::error!("rotating the SYN-cookie key failed (the previous key stays in use): {e:#}")
+                    }
                 }
                 // A reload may have changed the period.
                 if fw.key_rotation() != rotation {
@@ -237,7 +293,10 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Re
                 match fw.sweep() {
                     Ok(0) => {}
                     Ok(n) => log::debug!("swept {n} idle flows"),
-                    Err(e) => log::warn!("sweeping the connection table failed: {e:#}"),
+                    Err(e) => {
+                        COUNTS.error();
+                        log::warn!("sweeping the connection table failed: {e:#}")
+                    }
                 }
                 housekeeping(fw, &mut warned_no_meta);
             }
@@ -252,12 +311,16 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Re
 /// on; reports once when the driver cannot carry the hand-off mark.
 fn housekeeping(fw: &mut loader::Firewall, warned_no_meta: &mut bool) {
     if let Err(e) = fw.refresh_local_addrs() {
+        COUNTS.error();
         log::warn!("refreshing the host's addresses failed: {e:#}");
     }
     match fw.refresh_cookie_offer() {
         Ok(Some(offer)) => log::warn!("TCP sysctls changed: cookie SYN-ACKs now offer {offer}"),
         Ok(None) => {}
-        Err(e) => log::warn!("reading the TCP sysctls failed: {e:#}"),
+        Err(e) => {
+            COUNTS.error();
+            log::warn!("reading the TCP sysctls failed: {e:#}")
+        }
     }
     if !*warned_no_meta && fw.handoff_broken().unwrap_or(false) {
         *warned_no_meta = true;
@@ -268,7 +331,13 @@ fn housekeeping(fw: &mut loader::Firewall, warned_no_meta: &mut bool) {
 /// A policy that fails to load leaves the running one in force.
 fn reload(fw: &mut loader::Firewall, path: &Path, why: &str) {
     match load_policy(path).and_then(|c| fw.install(&c).map(|()| c)) {
-        Ok(c) => log::info!("reloaded {} ({why}): generation {}, {}", path.display(), fw.generation(), compile::describe(&c)),
-        Err(e) => log::error!("reload of {} ({why}) failed; keeping the running policy (generation {}):\n{e:#}", path.display(), fw.generation()),
+        Ok(c) => {
+            COUNTS.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::info!("reloaded {} ({why}): generation {}, {}", path.display(), fw.generation(), compile::describe(&c))
+        }
+        Err(e) => {
+            COUNTS.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::error!("reload of {} ({why}) failed; keeping the running policy (generation {}):\n{e:#}", path.display(), fw.generation())
+        }
     }
 }

@@ -1,0 +1,169 @@
+//! `firewall run --metrics`: scraped with a real HTTP client (ureq) inside
+//! the server's namespace, parsed with a Prometheus text-format parser
+//! (prometheus-parse); the values must move with traffic and reloads.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::BufRead as _,
+    net::UdpSocket,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{
+    netns::{Guarded, OnDrop, Pair, wait_for},
+    temp_policy,
+};
+
+const FIREWALL: &str = env!("CARGO_BIN_EXE_firewall");
+
+const POLICY: &str = r#"
+[settings]
+default = "drop"
+established = "rules"
+
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = 5353
+action = "accept"
+
+[[rule]]
+name = "shop"
+proto = "tcp"
+dport = 8443
+action = "accept"
+syncookie = "always"
+"#;
+
+const ADDR: &str = "127.0.0.1:9464";
+
+/// One scrape: every sample as (name, sorted labels) -> value.
+fn scrape(ns: &str) -> Result<HashMap<(String, Vec<(String, String)>), f64>, String> {
+    let body = Pair::within(ns, || -> Result<String, String> {
+        let mut resp = ureq::get(&format!("http://{ADDR}/metrics")).call().map_err(|e| e.to_string())?;
+        resp.body_mut().read_to_string().map_err(|e| e.to_string())
+    })
+    .join()
+    .unwrap()?;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.sort();
+        out.insert((s.metric, labels), v);
+    }
+    Ok(out)
+}
+
+fn get(m: &HashMap<(String, Vec<(String, String)>), f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.iter()
+        .find(|((n, l), _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape: {:?}", m.keys().filter(|(n, _)| n == name).collect::<Vec<_>>()))
+}
+
+#[test]
+fn metrics_are_served_and_move_with_traffic() {
+    let pair = Pair::new();
+    let ns = pair.server.clone();
+    let _cleanup = OnDrop(move || {
+        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
+    });
+    let (dir, policy) = temp_policy(POLICY);
+    let mut child = Guarded::spawn({
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", pair.server))
+            .arg(FIREWALL)
+            .args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap(), "--metrics", ADDR]);
+        c.env("RUST_LOG", "info");
+        c
+    });
+    let stderr = child.child().stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let before = wait_for("/metrics to answer", Duration::from_secs(30), || {
+        assert!(child.child().try_wait().unwrap().is_none(), "the controller exited: {:?}", log.lock().unwrap());
+        scrape(&pair.server).ok()
+    });
+    let iface = pair.server_if.as_str();
+    assert_eq!(get(&before, "firewall_policy_generation", &[]), 1.0);
+    assert_eq!(get(&before, "firewall_cookie_mode", &[("service", "shop"), ("mode", "always")]), 1.0);
+    assert_eq!(get(&before, "firewall_flows_max", &[("table", "proven")]), f64::from(firewall_common::MAX_FLOWS));
+
+    // 200 datagrams to the accepted port, 50 to a dropped one.
+    let (dst_ok, dst_drop, local) = (format!("{}:5353", pair.server_ip), format!("{}:5999", pair.server_ip), format!("{}:0", pair.client_ip));
+    Pair::within(&pair.client, move || {
+        let s = UdpSocket::bind(local).unwrap();
+        for i in 0..250 {
+            s.send_to(b"query", if i < 200 { &dst_ok } else { &dst_drop }).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let start = Instant::now();
+    let after = loop {
+        let m = scrape(&pair.server).unwrap();
+        if get(&m, "firewall_reason_packets_total", &[("reason", "default_drop"), ("iface", iface)]) >= 50.0 || start.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let dns = |m: &HashMap<_, f64>| get(m, "firewall_rule_packets_total", &[("rule", "dns"), ("action", "accept"), ("iface", iface)]);
+    assert_eq!(dns(&after) - dns(&before), 200.0, "every datagram to 5353 counted by its rule");
+    assert!(get(&after, "firewall_rule_bytes_total", &[("rule", "dns")]) > get(&before, "firewall_rule_bytes_total", &[("rule", "dns")]));
+    let drops = |m: &HashMap<_, f64>| get(m, "firewall_reason_packets_total", &[("reason", "default_drop"), ("verdict", "drop"), ("iface", iface)]);
+    assert!(drops(&after) - drops(&before) >= 50.0, "the dropped datagrams counted by reason");
+    assert!(get(&after, "firewall_flows", &[("table", "unproven")]) >= 1.0, "the UDP flow is in the table");
+    assert!(get(&after, "firewall_program_runs_total", &[("program", "firewall"), ("iface", iface)]) >= 0.0);
+
+    // A reload, then a refused one: both counted, the generation follows.
+    let pid = child.child().id() as i32;
+    std::fs::write(dir.0.join("next.toml"), format!("{POLICY}\n[[rule]]\nname = \"extra\"\nproto = \"udp\"\ndport = 5354\naction = \"accept\"\n")).unwrap();
+    std::fs::rename(dir.0.join("next.toml"), &policy).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloaded = wait_for("the reload in the metrics", Duration::from_secs(10), || {
+        let m = scrape(&pair.server).ok()?;
+        (get(&m, "firewall_policy_generation", &[]) >= 2.0).then_some(m)
+    });
+    assert!(get(&reloaded, "firewall_reloads_total", &[("result", "ok")]) >= 1.0);
+    assert_eq!(dns(&reloaded), dns(&after), "the rule keeps its counter across the reload");
+    std::fs::write(dir.0.join("next.toml"), "[[rule]]\nname = \"bad\"\nproto = \"tcp\"\ndport = 99999\naction = \"accept\"\n").unwrap();
+    std::fs::rename(dir.0.join("next.toml"), &policy).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let refused = wait_for("the refused reload in the metrics", Duration::from_secs(10), || {
+        let m = scrape(&pair.server).ok()?;
+        (get(&m, "firewall_reloads_total", &[("result", "failed")]) >= 1.0).then_some(m)
+    });
+    assert_eq!(get(&refused, "firewall_policy_generation", &[]), get(&reloaded, "firewall_policy_generation", &[]));
+    // The shipped alert rules and dashboard use only names the scrape has.
+    let names: std::collections::HashSet<&str> = refused.keys().map(|(n, _)| n.as_str()).collect();
+    for file in ["contrib/prometheus/firewall-alerts.yml", "contrib/grafana/firewall.json"] {
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)).unwrap();
+        let mut used: Vec<&str> = text.match_indices("firewall_").map(|(i, _)| {
+            let rest = &text[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        }).collect();
+        used.dedup();
+        assert!(!used.is_empty(), "{file} uses the metrics");
+        for name in used {
+            assert!(names.contains(name), "{file} uses {name}, which /metrics does not serve");
+        }
+    }
+    let sample: String = Pair::within(&pair.server, || ureq::get(&format!("http://{ADDR}/metrics")).call().unwrap().body_mut().read_to_string().unwrap()).join().unwrap();
+    println!("{}", sample.lines().filter(|l| l.contains("dns") || l.contains("generation") || l.contains("cookie_mode") || l.starts_with("firewall_flows")).collect::<Vec<_>>().join("\n"));
+}
