@@ -15,3 +15,4 @@ pub mod maps;
 pub mod metrics;
 pub mod policy;
 pub mod stats;
+pub mod view;

@@ -1,6 +1,8 @@
-//! `firewall run --metrics`: scraped with a real HTTP client (ureq) inside
-//! the server's namespace, parsed with a Prometheus text-format parser
-//! (prometheus-parse); the values must move with traffic and reloads.
+//! Monitoring from outside the controller: `firewall run --metrics`
+//! scraped with a real HTTP client (ureq) inside the server's namespace and
+//! parsed with a Prometheus text-format parser (prometheus-parse), the
+//! values moving with traffic and reloads; and `stats --watch` in a real
+//! terminal (tmux), read off the screen.
 
 mod common;
 
@@ -166,4 +168,71 @@ fn metrics_are_served_and_move_with_traffic() {
     }
     let sample: String = Pair::within(&pair.server, || ureq::get(&format!("http://{ADDR}/metrics")).call().unwrap().body_mut().read_to_string().unwrap()).join().unwrap();
     println!("{}", sample.lines().filter(|l| l.contains("dns") || l.contains("generation") || l.contains("cookie_mode") || l.starts_with("firewall_flows")).collect::<Vec<_>>().join("\n"));
+}
+
+/// `stats --watch` in a real 80x24 terminal: tmux runs it, its screen is
+/// read with capture-pane while traffic moves the counters, `q` quits.
+#[test]
+fn the_live_view_runs_in_a_real_terminal() {
+    let pair = Pair::new();
+    let ns = pair.server.clone();
+    let _cleanup = OnDrop(move || {
+        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
+    });
+    let (_dir, policy) = temp_policy(POLICY);
+    let mut child = Guarded::spawn({
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]);
+        c
+    });
+    wait_for("the firewall", Duration::from_secs(30), || {
+        assert!(child.child().try_wait().unwrap().is_none(), "the controller exited");
+        let out = Command::new("nsenter").arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(["stats", "--json"]).output().unwrap();
+        out.status.success().then_some(())
+    });
+    // A tmux server of its own (-L), killed on the way out.
+    let socket = format!("fwtest{}", std::process::id());
+    let session = "view";
+    let tmux = |args: &[&str]| Command::new("tmux").arg("-L").arg(&socket).args(args).output().expect("tmux runs");
+    let kill = socket.clone();
+    let _tmux = OnDrop(move || {
+        let _ = Command::new("tmux").args(["-L", &kill, "kill-server"]).output();
+    });
+    let cmd = format!("nsenter --net=/run/netns/{} {FIREWALL} stats --watch", pair.server);
+    let out = tmux(&["new-session", "-d", "-s", session, "-x", "80", "-y", "24", &cmd]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Traffic for the rates: 5 datagrams every 10 ms to the `dns` rule.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dst, local, stop_tx) = (format!("{}:5353", pair.server_ip), format!("{}:0", pair.client_ip), stop.clone());
+    let sender = Pair::within(&pair.client, move || {
+        let s = UdpSocket::bind(local).unwrap();
+        let start = Instant::now();
+        while !stop_tx.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
+            for _ in 0..5 {
+                s.send_to(b"query", &dst).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let screen = wait_for("the live view with moving rates", Duration::from_secs(15), || {
+        let out = tmux(&["capture-pane", "-p", "-t", session]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The dns row with a non-zero rate, once two snapshots exist.
+        // The dns row's PKT/S (the word after its action) above zero.
+        let moving = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first().is_some_and(|f| f.trim_start_matches('│') == "dns")
+                && w.get(1) == Some(&"accept")
+                && w.get(2).and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0)
+        });
+        (text.contains("rules by rate") && text.contains("verdicts by reason") && text.contains("SYN-cookie services") && moving).then_some(text)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    println!("{screen}");
+    assert!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80), "fits 80x24");
+    assert!(screen.contains("shop") && screen.contains("always"), "the cookie service and its mode:\n{screen}");
+    let out = tmux(&["send-keys", "-t", session, "q"]);
+    assert!(out.status.success());
+    wait_for("q to quit the view", Duration::from_secs(5), || (!tmux(&["has-session", "-t", session]).status.success()).then_some(()));
 }

@@ -18,8 +18,9 @@ use crate::pins::{BPF_LINKER_VERSION, EBPF_TOOLCHAIN, USER_TOOLCHAIN};
 /// `setpriv` (util-linux) runs the CLI without privileges, `tcpdump`
 /// shows what the server's stack sees in the SYN-cookie tests, `systemd-analyze`
 /// (systemd) verifies the service unit, `nft` (nftables) holds back a
-/// client's ACK in the restart test.
-const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump", "systemd", "nftables"];
+/// client's ACK in the restart test, `tmux` runs the live view in a real
+/// terminal.
+const APT_PACKAGES: &[&str] = &["clang-14", "iproute2", "util-linux", "tcpdump", "systemd", "nftables", "tmux"];
 
 /// What `cargo xtask bench` drives beyond the test packages (`nft`, the
 /// anchor it is measured beside, is one of those): `ethtool` (GRO on the veth).

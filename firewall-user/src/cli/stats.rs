@@ -24,6 +24,9 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
         }
         anyhow::bail!("the policy kept changing while the interfaces' counters were read")
     };
+    if watch && !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return live(name, read);
+    }
     let mut previous: Option<(stats::Snapshot, Instant)> = None;
     loop {
         let snap = read().context("failed to read the firewall's counters")?;
@@ -52,4 +55,32 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
         previous = Some((snap, Instant::now()));
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// The live view: redrawn every second until `q`, Esc or Ctrl-C.
+fn live(name: String, read: impl Fn() -> Result<stats::Snapshot>) -> Result<ExitCode> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let mut view = firewall_user::view::View::new(name, read().context("failed to read the firewall's counters")?);
+    let mut terminal = ratatui::init();
+    let result = (|| -> Result<()> {
+        let mut last = Instant::now();
+        loop {
+            terminal.draw(|f| firewall_user::view::draw(f, &view))?;
+            let wait = Duration::from_secs(1).saturating_sub(last.elapsed());
+            if event::poll(wait)? {
+                if let Event::Key(k) = event::read()? {
+                    let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                    if matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            let secs = last.elapsed().as_secs_f64();
+            last = Instant::now();
+            view.push(read().context("failed to read the firewall's counters")?, secs);
+        }
+    })();
+    ratatui::restore();
+    result.map(|()| ExitCode::SUCCESS)
 }
