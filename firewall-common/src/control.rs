@@ -7,7 +7,7 @@
 /// plane only when this matches (map sizes are checked separately when the
 /// maps are reopened). Between its install and its program swap, the old
 /// programs judge the new controller's policy, so that too must agree.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Longest policy path kept in `Control` (longer ones are cut).
 pub const POLICY_PATH_LEN: usize = 256;
@@ -60,7 +60,11 @@ pub const MODE_GENERIC: u32 = 2;
 /// `FW_RULE_BASE[slot * MAX_RULES + rule]`, per interface: what the rule
 /// had counted under earlier policies (a rule keeps its counters across
 /// reloads while its name stays), and since when it counts. The shown
-/// count is this plus the per-CPU `FW_RULE_CNT` entry.
+/// count is `packets` plus, while `pending_from` is set, the old slot's
+/// counter it carries on (still counting until the flip's grace is over),
+/// plus the per-CPU `FW_RULE_CNT` entry. The controller folds the old
+/// counter into `packets` and clears `pending_from` in one map update, so
+/// a reader sees the same total before and after: it never goes down.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RuleBase {
@@ -68,4 +72,7 @@ pub struct RuleBase {
     pub bytes: u64,
     /// Unix seconds the counter last started from zero.
     pub since_unix: u64,
+    /// 1 + the `FW_RULE_CNT` index of the old slot's rule, or 0.
+    pub pending_from: u32,
+    pub _pad: u32,
 }

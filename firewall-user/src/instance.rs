@@ -140,6 +140,13 @@ fn try_lock(dir: &Path) -> Result<Option<File>> {
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
+        // A `stop` may have removed the directory between the open and the
+        // lock: then the lock is on nothing anyone else will find.
+        let held = f.metadata()?;
+        let now = fs::symlink_metadata(dir).ok();
+        if now.is_none_or(|m| m.ino() != held.ino() || m.dev() != held.dev()) {
+            bail!("{} was removed while it was being locked (a concurrent `firewall stop`?); try again", dir.display());
+        }
         return Ok(Some(f));
     }
     let err = std::io::Error::last_os_error();
@@ -155,19 +162,24 @@ pub fn lock_holder(dir: &Path) -> Option<u32> {
     let m = fs::metadata(dir).ok()?;
     let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
     let locks = fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|l| {
-        // "1: FLOCK  ADVISORY  WRITE 3485 00:1d:12345 0 EOF"; waiters have "->".
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 6 || f[1] != "FLOCK" {
-            return None;
-        }
-        let mut id = f[5].split(':');
-        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
-        let min = u32::from_str_radix(id.next()?, 16).ok()?;
-        let ino: u64 = id.next()?.parse().ok()?;
-        (maj == major && min == minor && ino == m.ino()).then(|| f[4].parse().ok()).flatten()
-    })
+    locks.lines().find_map(|l| lock_line_holder(l, major, minor, m.ino()))
 }
+
+/// The pid of a /proc/locks line that is a held FLOCK on (major:minor, ino):
+/// `1: FLOCK  ADVISORY  WRITE 3485 00:1d:12345 0 EOF` (device numbers in
+/// hex, the inode in decimal); waiters (`1: -> FLOCK ...`) are not holders.
+fn lock_line_holder(line: &str, major: u32, minor: u32, ino: u64) -> Option<u32> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 6 || f[1] != "FLOCK" {
+        return None;
+    }
+    let mut id = f[5].split(':');
+    let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+    let min = u32::from_str_radix(id.next()?, 16).ok()?;
+    let i: u64 = id.next()?.parse().ok()?;
+    (maj == major && min == minor && i == ino).then(|| f[4].parse().ok()).flatten()
+}
+
 
 /// Whether a controller holds `dir`'s lock now.
 pub fn controller_alive(dir: &Path) -> bool {
@@ -212,7 +224,7 @@ impl Instance {
         let mut inst = Self { name, dir, created, _lock: lock };
         // Pins whose every interface is gone (a network namespace that died,
         // and whose inode number came back) hold no state worth keeping.
-        if !inst.created && !instance_live(&inst) {
+        if !inst.created && !instance_live(&inst)? {
             log::warn!("the pins at {} belong to interfaces that are gone; starting afresh", inst.dir.display());
             remove_tree(&inst.dir.join("iface"));
             remove_tree(&inst.dir.join("shared"));
@@ -245,9 +257,13 @@ impl Instance {
         self.dir.join("iface").join(iface)
     }
 
-    /// Makes the interface's directory (where `PinPaths::iface` points).
-    pub fn prepare(&self, iface: &str) -> Result<()> {
-        make_dir(&self.iface_dir(iface))
+    /// Makes the interface's directory (where `PinPaths::iface` points);
+    /// returns whether it was not there before.
+    pub fn prepare(&self, iface: &str) -> Result<bool> {
+        let d = self.iface_dir(iface);
+        let existed = fs::symlink_metadata(&d).is_ok();
+        make_dir(&d)?;
+        Ok(!existed)
     }
 
     /// The pinned links of `iface` (in `LINKS` order), when the interface
@@ -311,7 +327,9 @@ impl Instance {
 /// program is off the interface when this returns (unlinking the pin alone
 /// frees the link later).
 fn detach_links(dir: &Path) {
-    for name in LINKS {
+    // XDP first: an interface never runs XDP without the TC programs, which
+    // keep the host's flows known and hand cookie connections over.
+    for name in LINKS.iter().rev() {
         let path = dir.join(name);
         if let Ok(fd) = bpf_sys::obj_get(&path) {
             if let Err(e) = bpf_sys::link_detach(fd.as_fd()) {
@@ -325,16 +343,38 @@ fn detach_links(dir: &Path) {
 /// Whether the firewall belongs to this network namespace (its recorded
 /// namespace cookie, when there is one, is ours) and any of its interfaces
 /// still has its pinned XDP link live on the interface of that name.
-fn instance_live(inst: &Instance) -> bool {
-    let pinned = pinned_control(&inst.dir).map(|c| c.netns_cookie).unwrap_or(0);
-    if pinned != 0 && bpf_sys::netns_cookie().is_ok_and(|c| c != pinned) {
-        return false;
+fn instance_live(inst: &Instance) -> Result<bool> {
+    if !ours(&inst.dir)? {
+        return Ok(false);
     }
-    interfaces(&inst.dir).iter().any(|iface| {
-        let Ok(fd) = bpf_sys::obj_get(&inst.iface_dir(iface).join(loader::XDP_LINK)) else { return false };
-        let want = loader::ifindex(iface).ok();
-        bpf_sys::link_info(fd.as_fd()).is_ok_and(|i| i.ifindex != 0 && Some(i.ifindex) == want)
-    })
+    for iface in interfaces(&inst.dir) {
+        if xdp_link_live(&inst.dir, &iface)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the firewall at `dir` was made in this network namespace (its
+/// recorded namespace cookie, when there is one, is ours): inode numbers
+/// come back once a namespace dies.
+pub fn ours(dir: &Path) -> Result<bool> {
+    let pinned = pinned_control(dir).map(|c| c.netns_cookie).unwrap_or(0);
+    Ok(pinned == 0 || pinned == bpf_sys::netns_cookie().context("cannot read this network namespace's cookie")?)
+}
+
+/// Whether `iface`'s pinned XDP link in `dir` is live on the interface of
+/// that name. Only a missing pin or a defunct link means no; any other
+/// error is an error (never a reason to remove live pins).
+pub fn xdp_link_live(dir: &Path, iface: &str) -> Result<bool> {
+    let path = dir.join("iface").join(iface).join(loader::XDP_LINK);
+    let fd = match bpf_sys::obj_get(&path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let info = bpf_sys::link_info(fd.as_fd()).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(info.ifindex != 0 && loader::ifindex(iface).ok() == Some(info.ifindex))
 }
 
 /// The control record pinned in a firewall directory.
@@ -358,4 +398,18 @@ pub fn remove_tree(dir: &Path) {
         }
     }
     let _ = fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_locks_lines() {
+        use super::lock_line_holder as h;
+        assert_eq!(h("1: FLOCK  ADVISORY  WRITE 3485 00:1d:12345 0 EOF", 0, 0x1d, 12345), Some(3485));
+        assert_eq!(h("1: FLOCK  ADVISORY  WRITE 3485 00:1d:12345 0 EOF", 0, 0x1d, 12346), None, "another inode");
+        assert_eq!(h("1: FLOCK  ADVISORY  WRITE 3485 00:1e:12345 0 EOF", 0, 0x1d, 12345), None, "another device");
+        assert_eq!(h("1: -> FLOCK  ADVISORY  WRITE 3499 00:1d:12345 0 EOF", 0, 0x1d, 12345), None, "a waiter");
+        assert_eq!(h("2: POSIX  ADVISORY  WRITE 3485 00:1d:12345 0 EOF", 0, 0x1d, 12345), None, "not a flock");
+        assert_eq!(h("3: FLOCK  ADVISORY  WRITE 77 103:02:9 0 EOF", 0x103, 2, 9), Some(77), "hex majors");
+    }
 }

@@ -6,6 +6,7 @@
 //! `stats` reads its counters, `instance` keeps a data plane pinned so that
 //! it outlives its controller.
 
+pub mod alerts;
 pub mod bpf_sys;
 pub mod compile;
 pub mod conntrack;

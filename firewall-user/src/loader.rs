@@ -544,12 +544,9 @@ impl Firewall {
         write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
         let cpus = nr_cpus()?;
         let now = unix_now();
-        // Per interface: the new slot's counters from zero, its bases from
-        // the old rule's total (read now; what the old slot still counts
-        // before the flip is added after it).
-        let mut read_before = Vec::new();
+        // Per interface: the new slot's counters from zero, carried bases.
         for e in self.objects_mut() {
-            read_before.push(prepare_counters(e, slot, old, &carry, policy, cpus, now)?);
+            prepare_counters(e, slot, old.map(|o| (o, old_names.len() as u32)), &carry, policy, cpus, now)?;
         }
         let e = &mut self.ebpf;
         let mut auto = Vec::new();
@@ -584,9 +581,9 @@ impl Firewall {
         // After the grace no packet is judged by the old slot any more (and
         // the next install may rewrite it at once).
         std::thread::sleep(GRACE);
-        if let Some(old) = old {
-            for (e, before) in self.objects_mut().zip(read_before) {
-                settle_counters(e, slot, old, &carry, &before)?;
+        if old.is_some() {
+            for e in self.objects_mut() {
+                settle_counters(e, slot, policy.meta.len() as u32)?;
             }
         }
         Ok(())
@@ -700,38 +697,31 @@ impl Firewall {
         Ok(m.get(&0, 0)?)
     }
 
-    /// Pins interface `port`'s tail-call table at `path`: a program array
+    /// Pins interface `port`'s tail-call table in `dir` as `progs_<map id>`
+    /// (a name no other table has) and returns that name: a program array
     /// loses its entries when no process or pin holds it, and the XDP
     /// program's cookie path lives in it.
-    pub fn pin_programs(&self, port: usize, path: &Path) -> Result<()> {
+    pub fn pin_programs(&self, port: usize, dir: &Path) -> Result<String> {
         let ebpf = self.objects().nth(port).context("no such port")?;
-        ebpf.map(maps::PROGRAMS)
-            .context("no program array")?
-            .pin(path)
-            .with_context(|| format!("failed to pin the tail-call table at {}", path.display()))?;
-        Ok(())
+        let table = ebpf.map(maps::PROGRAMS).context("no program array")?;
+        let aya::maps::Map::ProgramArray(data) = table else { bail!("{} is not a program array", maps::PROGRAMS) };
+        let name = format!("progs_{}", data.info()?.id());
+        table.pin(dir.join(&name)).with_context(|| format!("failed to pin the tail-call table at {}", dir.join(&name).display()))?;
+        Ok(name)
     }
 }
 
-/// Zeroes the new slot's counters of one interface and sets their bases
-/// from the old slot's rule of the same name; returns what was read of
-/// the old counters (to add what they count until the flip).
-fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<u32>, carry: &[Option<u32>], policy: &Compiled, cpus: usize, now: u64) -> Result<Vec<Counter>> {
-    let mut read = vec![Counter::default(); carry.len()];
-    let old_counts: Vec<Option<(RuleBase, Counter)>> = {
-        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(e.map(maps::RULE_COUNTERS).context("no rule counters")?)?;
-        let bases: Array<_, RuleBase> = Array::try_from(e.map(maps::RULE_BASE).context("no rule bases")?)?;
-        carry
-            .iter()
-            .map(|c| match (c, old) {
-                (Some(r), Some(s)) => {
-                    let i = s * MAX_RULES + r;
-                    Ok(Some((bases.get(&i, 0)?, counter_sum(&counters.get(&i, 0)?))))
-                }
-                _ => Ok(None),
-            })
-            .collect::<Result<_>>()?
-    };
+/// Zeroes the new slot's counters of one interface and sets their bases:
+/// a rule whose name the old slot has carries on that rule's count (its
+/// base now, its counter through `pending_from` until `settle_counters`).
+/// First the old slot's own pending carries are folded (a controller that
+/// died before settling left them), since the new slot is what they point
+/// into.
+fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<(u32, u32)>, carry: &[Option<u32>], policy: &Compiled, cpus: usize, now: u64) -> Result<()> {
+    let (old, old_rules) = (old.map(|o| o.0), old.map_or(0, |o| o.1));
+    if let Some(old) = old {
+        settle_counters(e, old, old_rules)?;
+    }
     let mut counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map(e, maps::RULE_COUNTERS)?)?;
     for rule in 0..carry.len() as u32 {
         counters
@@ -739,13 +729,14 @@ fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<u32>, carry: &[Option<u
             .context("failed to reset rule counters")?;
     }
     let mut bases: Array<_, RuleBase> = Array::try_from(map(e, maps::RULE_BASE)?)?;
-    for (rule, prior) in old_counts.iter().enumerate() {
-        let base = match prior {
-            Some((b, c)) => {
-                read[rule] = *c;
-                RuleBase { packets: b.packets + c.packets, bytes: b.bytes + c.bytes, since_unix: if b.since_unix == 0 { now } else { b.since_unix } }
+    for (rule, c) in carry.iter().enumerate() {
+        let base = match (c, old) {
+            (Some(r), Some(s)) => {
+                let from = s * MAX_RULES + r;
+                let b = bases.get(&from, 0)?;
+                RuleBase { packets: b.packets, bytes: b.bytes, since_unix: if b.since_unix == 0 { now } else { b.since_unix }, pending_from: from + 1, _pad: 0 }
             }
-            None => RuleBase { packets: 0, bytes: 0, since_unix: now },
+            _ => RuleBase { since_unix: now, ..RuleBase::default() },
         };
         bases.set(slot * MAX_RULES + rule as u32, &base, 0).context("failed to write a rule counter base")?;
     }
@@ -757,35 +748,30 @@ fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<u32>, carry: &[Option<u
             cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
         }
     }
-    Ok(read)
+    Ok(())
 }
 
-/// After the flip's grace: adds to each carried base what the old rule
-/// counted between `prepare_counters` and the flip.
-fn settle_counters(e: &mut Ebpf, slot: u32, old: u32, carry: &[Option<u32>], before: &[Counter]) -> Result<()> {
-    let late: Vec<Option<Counter>> = {
+/// Folds each pending carry of `slot`'s bases into the base (once no
+/// packet is judged by the slot carried from): one update per rule, which
+/// a reader sees as the same total before and after.
+fn settle_counters(e: &mut Ebpf, slot: u32, rules: u32) -> Result<()> {
+    let folded: Vec<(u32, RuleBase)> = {
         let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(e.map(maps::RULE_COUNTERS).context("no rule counters")?)?;
-        carry
-            .iter()
-            .zip(before)
-            .map(|(c, b)| match c {
-                Some(r) => {
-                    let now = counter_sum(&counters.get(&(old * MAX_RULES + r), 0)?);
-                    Ok(Some(Counter { packets: now.packets.saturating_sub(b.packets), bytes: now.bytes.saturating_sub(b.bytes) }))
-                }
-                None => Ok(None),
-            })
-            .collect::<Result<_>>()?
+        let bases: Array<_, RuleBase> = Array::try_from(e.map(maps::RULE_BASE).context("no rule bases")?)?;
+        let mut out = Vec::new();
+        for rule in 0..rules.min(MAX_RULES) {
+            let i = slot * MAX_RULES + rule;
+            let b = bases.get(&i, 0)?;
+            if b.pending_from != 0 {
+                let c = counter_sum(&counters.get(&(b.pending_from - 1), 0)?);
+                out.push((i, RuleBase { packets: b.packets + c.packets, bytes: b.bytes + c.bytes, pending_from: 0, ..b }));
+            }
+        }
+        out
     };
     let mut bases: Array<_, RuleBase> = Array::try_from(map(e, maps::RULE_BASE)?)?;
-    for (rule, d) in late.iter().enumerate() {
-        if let Some(d) = d.filter(|d| d.packets > 0) {
-            let i = slot * MAX_RULES + rule as u32;
-            let mut b = bases.get(&i, 0)?;
-            b.packets += d.packets;
-            b.bytes += d.bytes;
-            bases.set(i, &b, 0).context("failed to write a rule counter base")?;
-        }
+    for (i, b) in folded {
+        bases.set(i, &b, 0).context("failed to write a rule counter base")?;
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<cli::Refused>().is_some() {
+                std::process::ExitCode::from(cli::REFUSED_EXIT)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

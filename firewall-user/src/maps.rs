@@ -132,8 +132,10 @@ fn from_dirs(dirs: Vec<std::path::PathBuf>, iface: Option<&str>, netns: u64) -> 
                 by_name.insert(map.to_string(), data);
             }
             let found = assemble(by_name, "pinned maps", Some(dir.clone()))?;
-            // Pins of an interface that was removed (or recreated) enforce nothing.
-            if is_ours(&found, netns) && loader::ifindex(&name).ok() == Some(found.ifindex) {
+            // Pins of an interface that was removed (or recreated), or of a
+            // namespace that died and whose inode number came back, enforce
+            // nothing.
+            if is_ours(&found, netns) && instance::ours(&dir)? && instance::xdp_link_live(&dir, &name)? {
                 out.push(found);
             } else {
                 log::debug!("pins of {name} at {} belong to no live interface", dir.display());

@@ -532,6 +532,8 @@ pub struct Policy {
     /// Problems that do not stop the policy from loading (rules that can
     /// never match: shadowed, or matching only states decided before them).
     pub warnings: Vec<Diagnostic>,
+    /// `[[alert]]` thresholds the controller watches.
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 /// A located message. `Display` prints `file:line:col: message`; use
@@ -620,6 +622,8 @@ struct RawPolicy {
     settings: Option<RawSettings>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    alert: Vec<Spanned<crate::alerts::RawAlert>>,
 }
 
 #[derive(Deserialize)]
@@ -907,6 +911,12 @@ impl Validator<'_> {
             }
         }
 
+        let mut alert_errors = Vec::new();
+        let alerts = crate::alerts::validate(raw.alert, &rules, &mut |span, msg| alert_errors.push((span.clone(), msg)));
+        for (span, msg) in alert_errors {
+            self.error(&span, msg);
+        }
+
         if !self.errors.is_empty() {
             return Err(PolicyError::Invalid(self.errors));
         }
@@ -955,7 +965,7 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(Policy { settings, rules, warnings })
+        Ok(Policy { settings, rules, warnings, alerts })
     }
 
     /// Checks one rule; `None` if it had errors (already recorded).

@@ -110,6 +110,14 @@ fn action_name(code: u8) -> &'static str {
     if code == ACTION_ACCEPT { "accept" } else { "drop" }
 }
 
+/// A rule's count: its base, the old rule it carries on while that is
+/// pending (see `RuleBase`), and its own per-CPU counter at `index`.
+pub fn rule_total<M: Borrow<MapData>>(base: &RuleBase, counters: &PerCpuArray<M, Counter>, index: u32) -> Counter {
+    let own = sum(counters, index);
+    let carried = if base.pending_from != 0 { sum(counters, base.pending_from - 1) } else { Counter::default() };
+    Counter { packets: base.packets + carried.packets + own.packets, bytes: base.bytes + carried.bytes + own.bytes }
+}
+
 fn sum<M: Borrow<MapData>>(map: &PerCpuArray<M, Counter>, index: u32) -> Counter {
     map.get(&index, 0)
         .map(|values| {
@@ -150,8 +158,8 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
     for rule in 0..header.rule_count.min(MAX_RULES) {
         let index = active.slot * MAX_RULES + rule;
         let meta = rule_meta.get(&index, 0)?;
-        let c = sum(rule_counters, index);
         let base = rule_base.get(&index, 0).unwrap_or_default();
+        let c = rule_total(&base, rule_counters, index);
         let name = rule_name(&meta);
         if meta.syncookie != SYNCOOKIE_OFF {
             let per_cpu = cookie_counters.get(&index, 0)?;
@@ -174,8 +182,8 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
         rules.push(RuleStats {
             name,
             action: action_name(meta.action),
-            packets: base.packets + c.packets,
-            bytes: base.bytes + c.bytes,
+            packets: c.packets,
+            bytes: c.bytes,
             since_unix: base.since_unix,
         });
     }

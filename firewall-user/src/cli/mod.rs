@@ -5,6 +5,8 @@ mod stats;
 mod status;
 mod stop;
 
+pub use run::{REFUSED_EXIT, Refused};
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;

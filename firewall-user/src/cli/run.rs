@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
 use firewall_common::MODE_GENERIC;
 use firewall_user::{compile, instance, loader, maps, metrics, policy};
@@ -45,6 +45,8 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metric
         loader::ifindex(iface)?;
     }
     let policy_path = fs::canonicalize(policy_path).with_context(|| format!("cannot read {}", policy_path.display()))?;
+    // Taken before the file is read: an edit during start-up is reloaded.
+    let stamp = file_stamp(&policy_path);
     let compiled = load_policy(&policy_path)?;
     let bpffs = loader::ensure_bpffs()?;
     if bpffs == loader::Bpffs::Private {
@@ -83,7 +85,7 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metric
         log::info!("serving Prometheus metrics at http://{addr}/metrics");
     }
     notify_ready();
-    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), signals));
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals));
     if keep {
         log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
     } else {
@@ -100,39 +102,38 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metric
 /// possibly with the new programs (the error says which step failed).
 fn start(inst: &instance::Instance, ifaces: &[String], policy_path: &Path, compiled: &compile::Compiled, mode: Mode) -> Result<loader::Firewall> {
     let mut adopted = Vec::new();
+    let mut made = Vec::new();
     for iface in ifaces {
         adopted.push(inst.live_links(iface)?);
-        inst.prepare(iface)?;
+        made.push(inst.prepare(iface)?);
     }
     let pins: Vec<loader::PinPaths> = ifaces.iter().map(|i| inst.pin_paths(i)).collect();
     let mut fw = match loader::Firewall::open(&pins) {
         Ok(fw) => fw,
         Err(e) => {
-            // Leave a pinned data plane exactly as it was.
-            for (iface, links) in ifaces.iter().zip(&adopted) {
-                if links.is_none() && !inst.created {
+            // Leave a pinned data plane exactly as it was: remove only the
+            // interface directories this run made.
+            for (iface, made) in ifaces.iter().zip(&made) {
+                if *made && !inst.created {
                     inst.remove_iface(iface);
                 }
             }
             if e.downcast_ref::<loader::Incompatible>().is_some() {
-                bail!("refusing to take over the running firewall `{}`: {e}; it keeps running and enforcing its policy. To replace it (its flows, counters and cookie keys are lost), run `firewall stop --iface {}` first", inst.name, ifaces[0]);
+                return Err(anyhow::anyhow!(Refused(format!("refusing to take over the running firewall `{}`: {e}; it keeps running and enforcing its policy. To replace it (its flows, counters and cookie keys are lost), run `firewall stop --iface {}` first", inst.name, ifaces[0]))));
             }
             return Err(e);
         }
     };
-    fw.set_controller(policy_path)?;
-    // Interfaces the firewall had and this run does not name: detached
-    // before the install, which prepares the counters of named ones only.
-    for old in instance::interfaces(&inst.dir) {
-        if !ifaces.contains(&old) {
-            inst.remove_iface(&old);
-            log::info!("detached from {old} (not named by this run)");
-        }
+    // Before the install: a failure to pin changes nothing.
+    let mut tables = Vec::new();
+    for (port, iface) in ifaces.iter().enumerate() {
+        tables.push(fw.pin_programs(port, &inst.iface_dir(iface))?);
     }
     let addrs = fw.refresh_local_addrs().context("failed to write the host's addresses")?;
     log::debug!("{addrs} local addresses: cookie SYN-ACKs are sent for these only");
     let previous = (!fw.is_fresh()).then(|| fw.generation());
     fw.install(compiled).context("failed to write the policy into the maps")?;
+    fw.set_controller(policy_path)?;
     if let Some(g) = previous {
         log::info!("took over the firewall `{}` at generation {g}", inst.name);
     }
@@ -140,12 +141,8 @@ fn start(inst: &instance::Instance, ifaces: &[String], policy_path: &Path, compi
         Mode::Native => XdpMode::Driver,
         Mode::Generic => XdpMode::Skb,
     };
-    // Each run pins its own tail-call tables under a name of its own; the
-    // others are released once its programs run.
-    let progs = format!("progs_{}", std::process::id());
     for (port, (iface, links)) in ifaces.iter().zip(adopted).enumerate() {
         let dir = inst.iface_dir(iface);
-        fw.pin_programs(port, &dir.join(&progs))?;
         match links {
             Some(links) => {
                 fw.replace_port(port, &links).with_context(|| format!("failed to swap the programs on {iface}"))?;
@@ -165,19 +162,40 @@ fn start(inst: &instance::Instance, ifaces: &[String], policy_path: &Path, compi
             }
         }
     }
-    // No packet is in the programs replaced any more.
+    // Interfaces the firewall had and this run does not name.
+    for old in instance::interfaces(&inst.dir) {
+        if !ifaces.contains(&old) {
+            inst.remove_iface(&old);
+            log::info!("detached from {old} (not named by this run)");
+        }
+    }
+    // No packet is in the programs replaced any more: release their tables.
     std::thread::sleep(loader::GRACE);
-    for iface in ifaces {
-        let dir = inst.iface_dir(iface);
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+    for (iface, ours) in ifaces.iter().zip(&tables) {
+        for entry in fs::read_dir(inst.iface_dir(iface)).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("progs_") && name != progs {
+            if name.starts_with("progs") && name != *ours {
                 let _ = fs::remove_file(entry.path());
             }
         }
     }
     Ok(fw)
 }
+
+/// A takeover refused because the pinned data plane does not fit this
+/// build: the process exits with `REFUSED_EXIT` (the service unit does not
+/// restart on it).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+pub const REFUSED_EXIT: u8 = 3;
 
 /// `/metrics` over HTTP on the controller's runtime; each scrape reads the
 /// maps on the blocking pool (counting the flow tables takes a while).
@@ -216,7 +234,13 @@ async fn serve_metrics(listener: std::net::TcpListener, found: Vec<maps::Found>,
 /// Tells a service manager (`Type=notify`) that the firewall is enforcing.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot notify the service manager that the firewall is ready: {e}");
+            return;
+        }
+    };
     let msg = format!("READY=1\nMAINPID={}", std::process::id());
     let bytes = path.as_encoded_bytes();
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
@@ -226,7 +250,7 @@ fn notify_ready() {
         sock.send_to(msg.as_bytes(), Path::new(&path))
     };
     if let Err(e) = sent {
-        log::warn!("cannot notify the service manager: {e}");
+        log::error!("cannot notify the service manager that the firewall is ready: {e}");
     }
 }
 
@@ -244,7 +268,7 @@ fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
-async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Result<()> {
+async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals) -> Result<()> {
     let Signals { mut hup, mut int, mut term } = signals;
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     // The XDP program ignores idle flows on lookup; the sweep frees them.
@@ -258,7 +282,6 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, signals: Signals) -> Re
     let since = if rotated == 0 { Duration::ZERO } else { Duration::from_nanos(firewall_user::conntrack::monotonic_ns().saturating_sub(rotated)) };
     let first = rotation.saturating_sub(since).max(Duration::from_millis(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + first, rotation);
-    let mut stamp = file_stamp(&path);
     let mut warned_no_meta = false;
     loop {
         tokio::select! {

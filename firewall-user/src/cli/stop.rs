@@ -26,7 +26,11 @@ pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
         if let Some(pid) = instance::lock_holder(&dir) {
             // SAFETY: kill(2) with a pid and a signal.
             if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-                bail!("cannot signal the controller of `{name}` (pid {pid}): {}", std::io::Error::last_os_error());
+                let e = std::io::Error::last_os_error();
+                // ESRCH: it exited between the lookup and the signal.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    bail!("cannot signal the controller of `{name}` (pid {pid}): {e}");
+                }
             }
             let start = Instant::now();
             while instance::controller_alive(&dir) {
