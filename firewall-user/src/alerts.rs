@@ -240,6 +240,11 @@ impl Watch {
         &self.alerts
     }
 
+    /// Whether an alert watches a connection table (counting one walks it).
+    pub fn needs_tables(&self) -> bool {
+        self.alerts.iter().any(|a| matches!(a.metric, Metric::TableUse(_)))
+    }
+
     /// Which alerts fire now, by name.
     pub fn firing(&self) -> Vec<(String, bool)> {
         self.alerts.iter().map(|a| (a.name.clone(), self.states.get(&a.name).is_some_and(|s| s.firing))).collect()
@@ -354,6 +359,40 @@ mod tests {
         let ticks: Vec<usize> = (0..6u64).map(|i| w.tick(snap(i * 200), (0, 0), 1.0, t0 + Duration::from_secs(i)).len()).collect();
         // Above from the second tick (t=1); fires once 2 s have passed (t=3).
         assert_eq!(ticks, [0, 0, 0, 1, 0, 0]);
+    }
+
+    fn errors(text: &str) -> String {
+        match crate::policy::parse(text, "p.toml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const RULES: &str = "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = 80\naction = \"accept\"\nsyncookie = \"always\"\n\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n\n";
+
+    #[test]
+    fn policy_alerts_are_validated_with_locations() {
+        let ok = format!("{RULES}[[alert]]\nname = \"flood\"\nwhen = \"syn_rate\"\nservice = \"web\"\nabove = 1000\nfor_secs = 2\ncommand = [\"/bin/true\"]\n");
+        let p = crate::policy::parse(&ok, "p.toml").expect("valid");
+        assert_eq!(p.alerts[0], Alert { name: "flood".into(), metric: Metric::SynRate("web".into()), above: 1000.0, below: 800.0, for_secs: 2, command: Some(vec!["/bin/true".into()]) });
+        let cases = [
+            ("[[alert]]\nname = \"a\"\nwhen = \"syn_rate\"\nservice = \"ssh\"\nabove = 10\n", "p.toml:17:11: error: rule `ssh` is not a SYN-cookie service"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"syn_rate\"\nabove = 10\n", "p.toml:16:8: error: `when = \"syn_rate\"` needs `service`"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"temperature\"\nabove = 10\n", "is not one of syn_rate, cookie_ack_failures, reason_rate, rule_rate, table_use"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"reason_rate\"\nreason = \"nope\"\nabove = 10\n", "p.toml:17:10: error: no reason is named `nope`"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"rule_rate\"\nrule = \"db\"\nabove = 10\n", "no rule is named `db`"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"table_use\"\ntable = \"proven\"\nabove = 5\n", "a table's use is a fraction"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"rule_rate\"\nrule = \"ssh\"\nabove = 10\nbelow = 20\n", "`below` must be at least 0 and less than `above`"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"rule_rate\"\nrule = \"ssh\"\nabove = 10\ncommand = []\n", "`command` needs a program"),
+            ("[[alert]]\nname = \"a\"\nwhen = \"rule_rate\"\nrule = \"ssh\"\nabove = 10\nlevel = 3\n", "unknown field `level`"),
+        ];
+        for (alert, want) in cases {
+            let e = errors(&format!("{RULES}{alert}"));
+            assert!(e.contains(want), "{alert}\n-> {e}");
+        }
+        // Every problem in one pass: two alerts, two errors.
+        let e = errors(&format!("{RULES}[[alert]]\nname = \"a\"\nwhen = \"x\"\nabove = 1\n\n[[alert]]\nname = \"a\"\nwhen = \"rule_rate\"\nrule = \"db\"\nabove = 1\n"));
+        assert!(e.contains("`when = \"x\"`") && e.contains("duplicate alert name `a`") && e.contains("no rule is named `db`"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,13 @@ impl ControllerCounts {
     }
 }
 
+/// Which alerts fire, by name (the controller sets it after each check).
+static ALERTS: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_alerts(firing: Vec<(String, bool)>) {
+    *ALERTS.lock().unwrap_or_else(|e| e.into_inner()) = firing;
+}
+
 /// One of this controller's programs, for its run counts.
 #[derive(Debug, Clone)]
 pub struct ProgramRef {
@@ -112,6 +119,10 @@ pub fn render(found: &[Found], controller: &ControllerCounts, programs: &[Progra
             flows_max.get_or_create(&lab(&[("table", "proven")])).set(i64::from(firewall_common::MAX_FLOWS));
             flows_max.get_or_create(&lab(&[("table", "unproven")])).set(i64::from(firewall_common::MAX_REMOTE_FLOWS));
         }
+    }
+    let firing = gauge_family(&mut reg, "firewall_alert_firing", "1 while a policy alert fires");
+    for (name, on) in ALERTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        firing.get_or_create(&lab(&[("alert", name)])).set(i64::from(*on));
     }
     reloads.get_or_create(&lab(&[("result", "ok")])).inc_by(controller.reloads_ok.load(Ordering::Relaxed));
     reloads.get_or_create(&lab(&[("result", "failed")])).inc_by(controller.reloads_failed.load(Ordering::Relaxed));

@@ -236,3 +236,77 @@ fn the_live_view_runs_in_a_real_terminal() {
     assert!(out.status.success());
     wait_for("q to quit the view", Duration::from_secs(5), || (!tmux(&["has-session", "-t", session]).status.success()).then_some(()));
 }
+
+/// A policy alert end to end: traffic above the threshold fires it (a JSON
+/// log line, the alert's command with the alert on stdin, the /metrics
+/// gauge); traffic stopped resolves it.
+#[test]
+fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
+    let pair = Pair::new();
+    let ns = pair.server.clone();
+    let _cleanup = OnDrop(move || {
+        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
+    });
+    let out_dir = common::TempDir::new();
+    let record = out_dir.0.join("alerts.jsonl");
+    let policy_text = format!(
+        "{POLICY}\n[[alert]]\nname = \"dns-hot\"\nwhen = \"rule_rate\"\nrule = \"dns\"\nabove = 200\nbelow = 20\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\n",
+        record.display()
+    );
+    let (_dir, policy) = temp_policy(&policy_text);
+    let mut child = Guarded::spawn({
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", pair.server))
+            .arg(FIREWALL)
+            .args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap(), "--metrics", ADDR, "--alert-log", "json"]);
+        c.env("RUST_LOG", "info");
+        c
+    });
+    let stderr = child.child().stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for("/metrics", Duration::from_secs(30), || {
+        assert!(child.child().try_wait().unwrap().is_none(), "the controller exited: {:?}", log.lock().unwrap());
+        scrape(&pair.server).ok()
+    });
+    // About 1,000 datagrams a second to the `dns` rule, bounded in time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dst, local, stop_tx) = (format!("{}:5353", pair.server_ip), format!("{}:0", pair.client_ip), stop.clone());
+    let sender = Pair::within(&pair.client, move || {
+        let s = UdpSocket::bind(local).unwrap();
+        let start = Instant::now();
+        while !stop_tx.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
+            for _ in 0..10 {
+                s.send_to(b"query", &dst).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let json_line = |state: &str| -> Option<serde_json::Value> {
+        log.lock().unwrap().iter().filter_map(|l| l.find('{').map(|i| &l[i..])).filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok()).find(|v| v["alert"] == "dns-hot" && v["state"] == state)
+    };
+    let fired = wait_for("the alert to fire", Duration::from_secs(10), || json_line("firing"));
+    assert!(fired["value"].as_f64().unwrap() > 200.0 && fired["threshold"] == 200.0, "{fired}");
+    assert_eq!(fired["what"], "packets/s of rule `dns`");
+    let m = scrape(&pair.server).unwrap();
+    assert_eq!(get(&m, "firewall_alert_firing", &[("alert", "dns-hot")]), 1.0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    let resolved = wait_for("the alert to resolve", Duration::from_secs(10), || json_line("resolved"));
+    assert!(resolved["value"].as_f64().unwrap() < 20.0, "{resolved}");
+    let m = scrape(&pair.server).unwrap();
+    assert_eq!(get(&m, "firewall_alert_firing", &[("alert", "dns-hot")]), 0.0);
+    // The command got each transition as one JSON object on stdin.
+    let lines = wait_for("the command's record of both", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        let v: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (v.len() == 2).then_some(v)
+    });
+    assert_eq!((lines[0]["state"].as_str(), lines[1]["state"].as_str()), (Some("firing"), Some("resolved")));
+    println!("alert log line: {fired}\nresolved: {resolved}");
+}

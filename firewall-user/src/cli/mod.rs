@@ -33,24 +33,7 @@ enum Command {
     /// foreground (SIGHUP or a change of the file reloads; SIGINT/SIGTERM
     /// detach unless --keep). The data plane is pinned: if this process dies
     /// it keeps enforcing, and the next `run` takes it over.
-    Run {
-        /// Interface to protect; repeat for several (one policy, one shared connection table).
-        #[arg(long, required = true)]
-        iface: Vec<String>,
-        /// Policy file (TOML).
-        #[arg(long)]
-        policy: PathBuf,
-        /// XDP attach mode for interfaces attached afresh.
-        #[arg(long, value_enum, default_value = "native")]
-        mode: Mode,
-        /// On SIGINT/SIGTERM leave the data plane pinned and enforcing (for
-        /// a service manager: the next `run` adopts it without a gap).
-        #[arg(long)]
-        keep: bool,
-        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<std::net::SocketAddr>,
-    },
+    Run(run::RunArgs),
     /// Detach a firewall and remove its pins (stopping its controller first).
     Stop {
         /// An interface of the firewall to stop (default: every firewall in this network namespace).
@@ -97,7 +80,7 @@ enum Command {
 
 pub fn main() -> Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { iface, policy, mode, keep, metrics } => run::run(&iface, &policy, mode, keep, metrics),
+        Command::Run(args) => run::run(args),
         Command::Stop { iface } => stop::stop(iface.as_deref()),
         Command::Status { json } => status::status(json),
         Command::Stats { iface, watch, json, all } => stats::stats(iface.as_deref(), watch, json, all),

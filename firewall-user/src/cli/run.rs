@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
 use firewall_common::MODE_GENERIC;
-use firewall_user::{compile, instance, loader, maps, metrics, policy};
+use firewall_user::{alerts, compile, instance, loader, maps, metrics, policy};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Mode;
@@ -26,7 +26,37 @@ struct Signals {
 /// This controller's own counts, for `/metrics`.
 static COUNTS: metrics::ControllerCounts = metrics::ControllerCounts::new();
 
-pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metrics_addr: Option<std::net::SocketAddr>) -> Result<ExitCode> {
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Interface to protect; repeat for several (one policy, one shared connection table).
+    #[arg(long = "iface", required = true)]
+    ifaces: Vec<String>,
+    /// Policy file (TOML).
+    #[arg(long = "policy")]
+    policy_path: PathBuf,
+    /// XDP attach mode for interfaces attached afresh.
+    #[arg(long, value_enum, default_value = "native")]
+    mode: Mode,
+    /// On SIGINT/SIGTERM leave the data plane pinned and enforcing (for
+    /// a service manager: the next `run` adopts it without a gap).
+    #[arg(long)]
+    keep: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// How alert lines are logged: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    alert_log: AlertLog,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertLog {
+    Text,
+    Json,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let RunArgs { ifaces, policy_path, mode, keep, metrics_addr, alert_log } = args;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Bound first: a wrong address fails before anything is attached.
     let metrics_listener = metrics_addr
@@ -44,10 +74,10 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metric
     for iface in &ifaces {
         loader::ifindex(iface)?;
     }
-    let policy_path = fs::canonicalize(policy_path).with_context(|| format!("cannot read {}", policy_path.display()))?;
+    let policy_path = fs::canonicalize(&policy_path).with_context(|| format!("cannot read {}", policy_path.display()))?;
     // Taken before the file is read: an edit during start-up is reloaded.
     let stamp = file_stamp(&policy_path);
-    let compiled = load_policy(&policy_path)?;
+    let (compiled, alerts) = load_policy(&policy_path)?;
     let bpffs = loader::ensure_bpffs()?;
     if bpffs == loader::Bpffs::Private {
         log::warn!("this process has a mount namespace of its own (`ip netns exec`?): the data plane is pinned where no other process sees it and lasts only as long as this controller; to keep it enforcing across a crash or restart, enter just the network namespace (`nsenter --net=/run/netns/NAME`)");
@@ -85,7 +115,16 @@ pub fn run(ifaces: &[String], policy_path: &Path, mode: Mode, keep: bool, metric
         log::info!("serving Prometheus metrics at http://{addr}/metrics");
     }
     notify_ready();
-    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals));
+    let watch = Alerting {
+        watch: {
+            let mut w = alerts::Watch::default();
+            w.set_alerts(alerts);
+            w
+        },
+        found: maps::open_dir(&inst.dir).context("cannot open the maps for alerts")?,
+        format: alert_log,
+    };
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch));
     if keep {
         log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
     } else {
@@ -254,12 +293,82 @@ fn notify_ready() {
     }
 }
 
-fn load_policy(path: &Path) -> Result<compile::Compiled> {
+/// The compiled policy and its alerts.
+fn load_policy(path: &Path) -> Result<(compile::Compiled, Vec<alerts::Alert>)> {
     let policy = policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &policy.warnings {
         log::warn!("{}", w.render("warning"));
     }
-    compile::compile(&policy).map_err(|e| anyhow::anyhow!("{}", e.render(&policy, &path.display().to_string())))
+    let compiled = compile::compile(&policy).map_err(|e| anyhow::anyhow!("{}", e.render(&policy, &path.display().to_string())))?;
+    Ok((compiled, policy.alerts))
+}
+
+/// The alerts the controller checks once a second, on the counters of its
+/// own interfaces.
+struct Alerting {
+    watch: alerts::Watch,
+    found: Vec<maps::Found>,
+    format: AlertLog,
+}
+
+impl Alerting {
+    fn tick(&mut self, dt: f64) -> Result<()> {
+        if self.watch.alerts().is_empty() {
+            return Ok(());
+        }
+        let mut total: Option<firewall_user::stats::Snapshot> = None;
+        for f in &self.found {
+            let snap = firewall_user::stats::snapshot(&f.maps.sources())?;
+            match total.as_mut() {
+                Some(t) => t.merge(&snap),
+                None => total = Some(snap),
+            }
+        }
+        let Some(snap) = total else { return Ok(()) };
+        let first = &self.found[0].maps;
+        let flows = if self.watch.needs_tables() { (first.flows.keys().count(), first.remote_flows.keys().count()) } else { (0, 0) };
+        for t in self.watch.tick(snap, flows, dt, std::time::Instant::now()) {
+            match self.format {
+                // One JSON object per line, nothing around it (journald and
+                // log shippers parse it as it is).
+                AlertLog::Json => eprintln!("{}", t.json()),
+                AlertLog::Text if t.state == "firing" => log::warn!("{}", t.text()),
+                AlertLog::Text => log::info!("{}", t.text()),
+            }
+            if let Some(cmd) = t.command.clone() {
+                tokio::spawn(run_alert_command(cmd, t.json()));
+            }
+        }
+        metrics::set_alerts(self.watch.firing());
+        Ok(())
+    }
+}
+
+/// Runs an alert's command with the alert as JSON on stdin, for at most
+/// `ALERT_COMMAND_SECS`; never waited for by the controller's loop.
+async fn run_alert_command(cmd: Vec<String>, json: String) {
+    use tokio::io::AsyncWriteExt as _;
+    const ALERT_COMMAND_SECS: u64 = 10;
+    let mut child = match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).stdin(std::process::Stdio::piped()).kill_on_drop(true).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("alert command {cmd:?} did not start: {e}");
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(json.as_bytes()).await;
+        let _ = stdin.write_all(b"\n").await;
+    }
+    match tokio::time::timeout(Duration::from_secs(ALERT_COMMAND_SECS), child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => log::warn!("alert command {cmd:?} exited with {status}"),
+        Ok(Err(e)) => log::warn!("alert command {cmd:?}: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            log::warn!("alert command {cmd:?} ran over {ALERT_COMMAND_SECS} s and was killed");
+        }
+    }
 }
 
 /// What identifies a version of the policy file.
@@ -268,8 +377,10 @@ fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
-async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals) -> Result<()> {
+async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals, mut alerting: Alerting) -> Result<()> {
     let Signals { mut hup, mut int, mut term } = signals;
+    const ALERT_TICK: Duration = Duration::from_secs(1);
+    let mut alert_tick = tokio::time::interval(ALERT_TICK);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     // The XDP program ignores idle flows on lookup; the sweep frees them.
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
@@ -285,12 +396,18 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
     let mut warned_no_meta = false;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(fw, &path, "SIGHUP"),
+            _ = hup.recv() => reload(fw, &path, "SIGHUP", &mut alerting),
+            _ = alert_tick.tick() => {
+                if let Err(e) = alerting.tick(ALERT_TICK.as_secs_f64()) {
+                    COUNTS.error();
+                    log::warn!("checking the alerts failed: {e:#}");
+                }
+            }
             _ = poll.tick() => {
                 let now = file_stamp(&path);
                 if now != stamp && now.is_some() {
                     stamp = now;
-                    reload(fw, &path, "file changed");
+                    reload(fw, &path, "file changed", &mut alerting);
                 }
             }
             _ = cookie_tick.tick() => {
@@ -352,9 +469,10 @@ fn housekeeping(fw: &mut loader::Firewall, warned_no_meta: &mut bool) {
 }
 
 /// A policy that fails to load leaves the running one in force.
-fn reload(fw: &mut loader::Firewall, path: &Path, why: &str) {
-    match load_policy(path).and_then(|c| fw.install(&c).map(|()| c)) {
-        Ok(c) => {
+fn reload(fw: &mut loader::Firewall, path: &Path, why: &str, alerting: &mut Alerting) {
+    match load_policy(path).and_then(|(c, a)| fw.install(&c).map(|()| (c, a))) {
+        Ok((c, a)) => {
+            alerting.watch.set_alerts(a);
             COUNTS.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log::info!("reloaded {} ({why}): generation {}, {}", path.display(), fw.generation(), compile::describe(&c))
         }
