@@ -616,13 +616,10 @@ fn one_line(message: &str) -> String {
 // Raw (serde) layer
 // ---------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The policy's top level, assembled table by table (see `Validator::raw`).
 struct RawPolicy {
     settings: Option<RawSettings>,
-    #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
-    #[serde(default)]
     alert: Vec<Spanned<crate::alerts::RawAlert>>,
 }
 
@@ -846,14 +843,72 @@ impl Validator<'_> {
         self.errors.push(d);
     }
 
-    fn run(mut self) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = match toml::from_str(self.text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let pos = e.span().map_or(0, |s| s.start);
-                return Err(PolicyError::Invalid(vec![self.diag(pos, e.message().trim())]));
+    fn de_error(&mut self, e: &toml::de::Error, fallback: usize) {
+        let pos = e.span().map_or(fallback, |s| s.start);
+        let d = self.diag(pos, e.message().trim());
+        self.errors.push(d);
+    }
+
+    /// The raw policy, read so that every problem is found in one pass:
+    /// the TOML parser recovers from syntax errors, and each `[[rule]]`
+    /// and `[[alert]]` is deserialized on its own (a bad one is reported
+    /// and left out; the others are still checked).
+    fn raw(&mut self) -> RawPolicy {
+        use serde::Deserialize as _;
+        use toml::de::{DeValue, ValueDeserializer};
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.text);
+        let mut raw = RawPolicy { settings: None, rule: Vec::new(), alert: Vec::new() };
+        if !syntax.is_empty() {
+            // The recovered document would only add errors that follow from
+            // these: report the syntax errors alone, the first of each line.
+            let mut lines = std::collections::HashSet::new();
+            for e in &syntax {
+                let line = self.locate(e.span().map_or(0, |s| s.start)).0;
+                if lines.insert(line) {
+                    self.de_error(e, 0);
+                }
             }
-        };
+            return raw;
+        }
+        for (key, value) in doc.into_inner() {
+            let span = value.span();
+            match key.get_ref().as_ref() {
+                "settings" => match RawSettings::deserialize(ValueDeserializer::from(value)) {
+                    Ok(v) => raw.settings = Some(v),
+                    Err(e) => self.de_error(&e, span.start),
+                },
+                table @ ("rule" | "alert") => {
+                    let DeValue::Array(items) = value.into_inner() else {
+                        let d = self.diag(span.start, format!("`{table}` must be an array of tables: `[[{table}]]`"));
+                        self.errors.push(d);
+                        continue;
+                    };
+                    for item in items {
+                        let item_span = item.span();
+                        if table == "rule" {
+                            match RawRule::deserialize(ValueDeserializer::from(item)) {
+                                Ok(r) => raw.rule.push(toml::Spanned::new(item_span, r)),
+                                Err(e) => self.de_error(&e, item_span.start),
+                            }
+                        } else {
+                            match crate::alerts::RawAlert::deserialize(ValueDeserializer::from(item)) {
+                                Ok(a) => raw.alert.push(toml::Spanned::new(item_span, a)),
+                                Err(e) => self.de_error(&e, item_span.start),
+                            }
+                        }
+                    }
+                }
+                other => {
+                    let d = self.diag(key.span().start, format!("unknown field `{other}`, expected one of `settings`, `rule`, `alert`"));
+                    self.errors.push(d);
+                }
+            }
+        }
+        raw
+    }
+
+    fn run(mut self) -> Result<Policy, PolicyError> {
+        let raw = self.raw();
 
         let settings = match raw.settings {
             None => Settings::default(),
@@ -918,6 +973,7 @@ impl Validator<'_> {
         }
 
         if !self.errors.is_empty() {
+            self.errors.sort_by_key(|d| (d.line, d.col));
             return Err(PolicyError::Invalid(self.errors));
         }
 
@@ -1946,6 +2002,20 @@ action = "drop"
         any.state = ct_state::ANY;
         assert!(any.shadows(&p.rules[1]) && any.shadows(&p.rules[0]));
         assert!(!p.rules[1].shadows(&any));
+    }
+
+    #[test]
+    fn type_errors_do_not_hide_the_other_rules_errors() {
+        // A bad enum value in one rule, bad values in two others: all
+        // three, in file order.
+        let text = "[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 99999\naction = \"accept\"\n\n[[rule]]\nname = \"b\"\nsrc = \"10.0.0.0/33\"\naction = \"accept\"\n\n[[rule]]\nname = \"c\"\naction = \"maybe\"\n\n[settings]\ndefault = \"sometimes\"\n";
+        let lines = errs(text);
+        let e = lines.join("\n");
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(lines[0].starts_with("t.toml:4:9: error: port 99999"), "{e}");
+        assert!(lines[1].starts_with("t.toml:9:7: error: prefix /33"), "{e}");
+        assert!(lines[2].starts_with("t.toml:14:10: error: unknown variant `maybe`"), "{e}");
+        assert!(lines[3].starts_with("t.toml:17:11: error: unknown variant `sometimes`"), "{e}");
     }
 
     #[test]
