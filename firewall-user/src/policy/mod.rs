@@ -1,0 +1,494 @@
+//! The policy file: the model (`Policy`, `Rule`, `Settings`), read from
+//! TOML (`raw`), checked (`validate`), with rules that can never match
+//! found (`shadow`) and every problem located (`diagnostic`).
+//!
+//! Parsing happens in two steps. Serde turns the text into `Raw*` structs
+//! that keep the byte span of every value (`toml::Spanned`); `Validator`
+//! then checks what serde cannot (CIDRs, port ranges, which keys make sense
+//! together) and builds the `Policy`. Every problem is reported as a
+//! `Diagnostic` at `file:line:col`, so a user can jump straight to it.
+//!
+//! ```toml
+//! [settings]
+//! default = "drop"        # verdict when no rule matches
+//! fragments = "drop"      # non-first IP fragments
+//! established = "accept"  # packets of a known flow: accept | drop | rules
+//! related = "accept"      # ICMP errors about a known flow: accept | drop | rules
+//! invalid = "drop"        # TCP packets that fit no flow or break it: accept | drop | rules
+//!
+//! [settings.timeouts]     # idle timeouts in seconds, each optional
+//! tcp_established = 432000
+//! udp = 30
+//!
+//! [[rule]]
+//! name = "ssh-admin"
+//! state = "new"           # new | established | related | invalid, or a list
+//! proto = "tcp"           # tcp | udp | icmp | icmpv6 | any
+//! src = ["10.0.0.0/8", "fd00::/8"]
+//! dport = 22              # a port, "lo-hi", or a list of both
+//! tcp_flags = "syn,!ack"
+//! action = "accept"
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use firewall_common::{
+    MAX_RULES, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
+};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+pub use std::net::IpAddr;
+
+mod diagnostic;
+mod raw;
+mod shadow;
+mod validate;
+
+pub use diagnostic::{Diagnostic, PolicyError};
+use validate::Validator;
+
+// ---------------------------------------------------------------------------
+// Public model
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Drop,
+}
+
+/// What `settings.established` / `.related` / `.invalid` do with packets of
+/// that connection state, before any rule is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateAction {
+    Accept,
+    Drop,
+    /// Not decided by the setting: the packets go through the rules, whose
+    /// `state` key can match them.
+    Rules,
+}
+
+impl StateAction {
+    /// The `firewall_common::STATE_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            StateAction::Accept => STATE_ACCEPT,
+            StateAction::Drop => STATE_DROP,
+            StateAction::Rules => STATE_RULES,
+        }
+    }
+
+    /// The spelling used in policy files (for messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            StateAction::Accept => "accept",
+            StateAction::Drop => "drop",
+            StateAction::Rules => "rules",
+        }
+    }
+}
+
+/// A rule's `syncookie` key: whether SYNs it accepts are answered from XDP
+/// with a SYN cookie instead of reaching the host's stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syncookie {
+    #[default]
+    Off,
+    /// Every SYN to the service.
+    Always,
+    /// Only while the service's SYN rate is above `[settings.syncookie]`'s
+    /// `auto_on_rate` (and until it falls below `auto_off_rate`).
+    Auto,
+}
+
+impl Syncookie {
+    /// The `firewall_common::SYNCOOKIE_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Syncookie::Off => firewall_common::SYNCOOKIE_OFF,
+            Syncookie::Always => firewall_common::SYNCOOKIE_ALWAYS,
+            Syncookie::Auto => firewall_common::SYNCOOKIE_AUTO,
+        }
+    }
+}
+
+/// `[settings.syncookie]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncookieSettings {
+    /// SYNs per second (per service) above which `auto` answers with cookies.
+    pub auto_on_rate: u64,
+    /// SYNs per second below which `auto` goes back to the host's stack...
+    pub auto_off_rate: u64,
+    /// ... once the rate has stayed there this many seconds (hysteresis).
+    pub auto_hold_secs: u64,
+    /// The cookie key is replaced this often; the previous one stays valid
+    /// one more period. At least `MIN_KEY_ROTATION` (a cookie lives up to 137 s).
+    pub key_rotation_secs: u64,
+}
+
+impl Default for SyncookieSettings {
+    fn default() -> Self {
+        Self { auto_on_rate: 1000, auto_off_rate: 500, auto_hold_secs: 10, key_rotation_secs: 600 }
+    }
+}
+
+/// Shortest key rotation: longer than a cookie's life (two time periods).
+pub const MIN_KEY_ROTATION: u64 = 140;
+
+/// Names of the `ct_state` bits, as written in a rule's `state` key.
+const STATE_NAMES: [(&str, u8); 4] = [
+    ("new", ct_state::NEW),
+    ("established", ct_state::ESTABLISHED),
+    ("related", ct_state::RELATED),
+    ("invalid", ct_state::INVALID),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Action {
+    /// `ACTION_ACCEPT` / `ACTION_DROP`, as the XDP program reads them.
+    pub fn code(self) -> u8 {
+        match self {
+            Action::Accept => firewall_common::ACTION_ACCEPT,
+            Action::Drop => firewall_common::ACTION_DROP,
+        }
+    }
+}
+
+impl Proto {
+    /// IP protocol number; `None` for `any`.
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Proto::Any => None,
+            Proto::Tcp => Some(6),
+            Proto::Udp => Some(17),
+            Proto::Icmp => Some(1),
+            Proto::Icmpv6 => Some(58),
+        }
+    }
+
+    /// The spelling used in policy files (for messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
+        }
+    }
+
+    fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
+    }
+
+    fn is_icmp(self) -> bool {
+        matches!(self, Proto::Icmp | Proto::Icmpv6)
+    }
+
+    /// Whether a packet of this protocol can be IPv4 / IPv6.
+    fn allows_family(self, v4: bool) -> bool {
+        match self {
+            Proto::Icmp => v4,
+            Proto::Icmpv6 => !v4,
+            _ => true,
+        }
+    }
+}
+
+/// An address block. The constructor in this module guarantees that no host
+/// bits are set, so `addr` is the network address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// 0.0.0.0/0 or ::/0.
+    pub fn any(v4: bool) -> Cidr {
+        if v4 {
+            Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 }
+        } else {
+            Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), prefix: 0 }
+        }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// Address bits of the family (32 or 128).
+    pub fn width(&self) -> u8 {
+        if self.is_v4() { 32 } else { 128 }
+    }
+
+    /// Whether every address of `other` is in `self` (never across families).
+    pub fn contains(&self, other: &Cidr) -> bool {
+        if self.is_v4() != other.is_v4() || self.prefix > other.prefix {
+            return false;
+        }
+        let (net, width) = addr_bits(self.addr);
+        let (addr, _) = addr_bits(other.addr);
+        mask_bits(addr, width, self.prefix) == mask_bits(net, width, self.prefix)
+    }
+
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address (a host route).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr_s, prefix_s) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_s.parse().map_err(|_| {
+            format!("invalid address `{s}` (expected an IPv4 or IPv6 address, optionally with /prefix)")
+        })?;
+        let width = if addr.is_ipv4() { 32u8 } else { 128 };
+        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        let prefix = match prefix_s {
+            None => width,
+            Some(p) => {
+                // `u8::from_str` would accept "+8"; insist on plain digits.
+                let n = if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                    p.parse::<u32>().ok()
+                } else {
+                    None
+                };
+                match n {
+                    None => return Err(format!("invalid prefix length `/{p}` in `{s}`")),
+                    Some(n) if n > u32::from(width) => {
+                        return Err(format!(
+                            "prefix /{n} is too long for an {family} address (at most /{width})"
+                        ));
+                    }
+                    Some(n) => n as u8,
+                }
+            }
+        };
+        let (bits, _) = addr_bits(addr);
+        let net = Cidr { addr: bits_addr(mask_bits(bits, width, prefix), addr.is_ipv4()), prefix };
+        if net.addr != addr {
+            return Err(format!("host bits set in {s}; did you mean {net}?"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn addr_bits(addr: IpAddr) -> (u128, u8) {
+    match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    }
+}
+
+fn bits_addr(bits: u128, v4: bool) -> IpAddr {
+    if v4 { IpAddr::V4((bits as u32).into()) } else { IpAddr::V6(bits.into()) }
+}
+
+/// Keeps the top `prefix` bits of a `width`-bit value.
+fn mask_bits(bits: u128, width: u8, prefix: u8) -> u128 {
+    // A shift by 128 overflows; that case (prefix 0 of IPv6) keeps nothing.
+    bits & (!0u128).checked_shl(u32::from(width - prefix)).unwrap_or(0)
+}
+
+/// Inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange { lo: 0, hi: u16::MAX };
+
+    pub fn contains(&self, other: &PortRange) -> bool {
+        self.lo <= other.lo && other.hi <= self.hi
+    }
+}
+
+/// Matches when `packet_flags & mask == value`; mask 0 matches every packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpFlags {
+    pub mask: u8,
+    pub value: u8,
+}
+
+const FLAG_NAMES: [(&str, u8); 8] = [
+    ("fin", tcp_flags::FIN),
+    ("syn", tcp_flags::SYN),
+    ("rst", tcp_flags::RST),
+    ("psh", tcp_flags::PSH),
+    ("ack", tcp_flags::ACK),
+    ("urg", tcp_flags::URG),
+    ("ece", tcp_flags::ECE),
+    ("cwr", tcp_flags::CWR),
+];
+
+impl TcpFlags {
+    /// Parses `"syn,!ack"`: listed flags must be set, `!`-flags clear.
+    pub fn parse(s: &str) -> Result<TcpFlags, String> {
+        let mut flags = TcpFlags::default();
+        for item in s.split(',') {
+            let item = item.trim();
+            let (clear, name) = match item.strip_prefix('!') {
+                Some(n) => (true, n.trim()),
+                None => (false, item),
+            };
+            if name.is_empty() {
+                return Err(format!("empty flag name in tcp_flags \"{s}\""));
+            }
+            let Some(&(_, bit)) = FLAG_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+                return Err(format!(
+                    "unknown TCP flag `{name}` (known: fin, syn, rst, psh, ack, urg, ece, cwr)"
+                ));
+            };
+            let want = if clear { 0 } else { bit };
+            if flags.mask & bit != 0 && flags.value & bit != want {
+                return Err(format!(
+                    "TCP flag `{}` is both required set and required clear",
+                    name.to_ascii_lowercase()
+                ));
+            }
+            flags.mask |= bit;
+            flags.value |= want;
+        }
+        Ok(flags)
+    }
+
+    /// Whether every flag combination `later` accepts is accepted by `self`.
+    fn covers(&self, later: &TcpFlags) -> bool {
+        self.mask & later.mask == self.mask && (self.value ^ later.value) & self.mask == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    /// 1-based line of the rule's `name` value.
+    pub line: usize,
+    /// 1-based column (in characters) of the rule's `name` value.
+    pub col: usize,
+    pub proto: Proto,
+    /// Empty: any address of either family.
+    pub src: Vec<Cidr>,
+    pub dst: Vec<Cidr>,
+    /// Empty: any port.
+    pub sport: Vec<PortRange>,
+    pub dport: Vec<PortRange>,
+    pub tcp_flags: TcpFlags,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// Connection states matched (`ct_state` bits); `ct_state::ANY` when
+    /// the key is absent.
+    pub state: u8,
+    pub action: Action,
+    pub syncookie: Syncookie,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub default: Action,
+    pub fragments: Action,
+    /// Packets of a known flow.
+    pub established: StateAction,
+    /// ICMP errors about a known flow.
+    pub related: StateAction,
+    /// TCP packets that fit no flow or break it.
+    pub invalid: StateAction,
+    /// Idle timeouts (`_pad` is always 0).
+    pub timeouts: Timeouts,
+    pub syncookie: SyncookieSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default: Action::Drop,
+            fragments: Action::Drop,
+            established: StateAction::Accept,
+            related: StateAction::Accept,
+            invalid: StateAction::Drop,
+            timeouts: Timeouts::DEFAULT,
+            syncookie: SyncookieSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The `ct_state` bits whose packets reach the rules: `NEW` always,
+    /// plus every state whose setting is `"rules"`.
+    pub fn states_to_rules(&self) -> u8 {
+        self.state_settings()
+            .iter()
+            .filter(|(_, _, a)| *a == StateAction::Rules)
+            .fold(ct_state::NEW, |m, (_, bit, _)| m | bit)
+    }
+
+    /// (key, ct_state bit, value) of the per-state settings.
+    fn state_settings(&self) -> [(&'static str, u8, StateAction); 3] {
+        [
+            ("established", ct_state::ESTABLISHED, self.established),
+            ("related", ct_state::RELATED, self.related),
+            ("invalid", ct_state::INVALID, self.invalid),
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub settings: Settings,
+    pub rules: Vec<Rule>,
+    /// Problems that do not stop the policy from loading (rules that can
+    /// never match: shadowed, or matching only states decided before them).
+    pub warnings: Vec<Diagnostic>,
+    /// `[[alert]]` thresholds the controller watches.
+    pub alerts: Vec<crate::alerts::Alert>,
+}
+
+/// Reads and parses the policy at `path`.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read { path: file.clone(), source })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(&text, &file),
+        Err(e) => {
+            // Located like every other problem: at the first bad byte.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let before = std::str::from_utf8(valid).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let message = "invalid UTF-8 (a policy file is UTF-8 text)".to_owned();
+            Err(PolicyError::Invalid(vec![Diagnostic { file, line, col, message }]))
+        }
+    }
+}
+
+/// Parses and validates policy text; `file` only labels diagnostics.
+pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    Validator::new(text, file).run()
+}
+
+
+#[cfg(test)]
+mod tests;
