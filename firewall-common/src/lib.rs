@@ -6,6 +6,7 @@
 pub mod control;
 pub mod conntrack;
 pub mod cookie;
+pub mod events;
 pub mod limits;
 pub mod maps;
 pub mod reason;
@@ -14,6 +15,7 @@ pub mod rule;
 pub use conntrack::*;
 pub use control::*;
 pub use cookie::*;
+pub use events::*;
 pub use limits::*;
 pub use reason::Reason;
 pub use rule::*;

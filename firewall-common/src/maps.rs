@@ -31,6 +31,15 @@ pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
+/// Drop events (`Event`), read by the controller.
+pub const EVENTS: &str = "FW_EVENTS";
+/// `EventConfig`, from the policy.
+pub const EVENT_CONFIG: &str = "FW_EVENT_CFG";
+/// Per-CPU `EventState` of one object (not pinned).
+pub const EVENT_STATE: &str = "FW_EVENT_ST";
+/// Per-CPU: the reason the event program is called for (not pinned).
+pub const EVENT_ARG: &str = "FW_EVENT_ARG";
+
 /// `Control` of the firewall (shared by its interfaces).
 pub const CONTROL: &str = "FW_CONTROL";
 /// `IfaceInfo` of one interface's programs.
@@ -54,6 +63,8 @@ pub const SHARED: &[&str] = &[
     COOKIE_ON,
     COOKIE_PORT,
     CONTROL,
+    EVENTS,
+    EVENT_CONFIG,
 ];
 
 /// Maps of one interface's programs: its counters, its cookie settings
@@ -84,6 +95,9 @@ pub const ALL: &[&str] = &[
 /// Indexes in `PROGRAMS`.
 pub const PROG_COOKIE_SYN: u32 = 0;
 pub const PROG_COOKIE_ACK: u32 = 1;
+pub const PROG_EVENT: u32 = 2;
+/// Records a drop event (tail-called from the XDP programs).
+pub const EVENT_PROGRAM: &str = "fw_event";
 /// Programs tail-called from the XDP program, by index.
 pub const COOKIE_SYN_PROGRAM: &str = "fw_cookie_syn";
 pub const COOKIE_ACK_PROGRAM: &str = "fw_cookie_ack";

@@ -187,4 +187,6 @@ mod pod {
     unsafe impl aya::Pod for crate::control::Control {}
     unsafe impl aya::Pod for crate::control::IfaceInfo {}
     unsafe impl aya::Pod for crate::control::RuleBase {}
+    unsafe impl aya::Pod for crate::events::Event {}
+    unsafe impl aya::Pod for crate::events::EventConfig {}
 }

@@ -6,6 +6,7 @@
 mod conntrack;
 mod cookie;
 mod counters;
+mod events;
 mod handoff;
 mod parse;
 mod rules;
@@ -16,13 +17,13 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use conntrack::{Ct, Dir, Socket};
 use cookie::Event;
 use firewall_common::{
-    ACTION_ACCEPT, Active, Control, CookieConfig, IfaceInfo, RuleBase, CookieCounters, CookieKey, Counter, Flow, FlowKey,
+    ACTION_ACCEPT, Active, Control, CookieConfig, EVENT_RING_BYTES, EventConfig, EventState, IfaceInfo, RuleBase, CookieCounters, CookieKey, Counter, Flow, FlowKey,
     MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_REMOTE_FLOWS, MAX_RULES,
     COOKIE_PORT_ALWAYS_ONLY, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, U128, WSCALE_NONE, ct_state,
@@ -102,7 +103,15 @@ static FW_IFACE: Array<IfaceInfo> = Array::with_max_entries(1, 0);
 #[map(name = "FW_RULE_BASE")]
 static FW_RULE_BASE: Array<RuleBase> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_PROGS")]
-static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(3, 0);
+#[map(name = "FW_EVENTS")]
+static FW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+#[map(name = "FW_EVENT_CFG")]
+static FW_EVENT_CFG: Array<EventConfig> = Array::with_max_entries(1, 0);
+#[map(name = "FW_EVENT_ST")]
+static FW_EVENT_STATE: PerCpuArray<EventState> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "FW_EVENT_ARG")]
+static FW_EVENT_ARG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// `BPF_F_WRONLY` (include/uapi/linux/bpf.h): userspace may only write.
 const BPF_F_WRONLY: u32 = 1 << 4;
@@ -114,7 +123,11 @@ pub fn firewall(ctx: XdpContext) -> u32 {
     let len = frame.wire_len;
     let reason = decide(&ctx, &frame);
     counters::count_reason(reason, len);
-    if reason.drops() { XDP_DROP } else { XDP_PASS }
+    if reason.drops() {
+        events::hand_over(&ctx, reason);
+        return XDP_DROP;
+    }
+    XDP_PASS
 }
 
 /// The policy slot in force: read once, so one packet sees one policy.
@@ -368,7 +381,11 @@ pub fn fw_cookie_ack(ctx: XdpContext) -> u32 {
     let len = frame.wire_len;
     let reason = cookie_ack(&ctx, &frame);
     counters::count_reason(reason, len);
-    if reason.drops() { XDP_DROP } else { XDP_PASS }
+    if reason.drops() {
+        events::hand_over(&ctx, reason);
+        return XDP_DROP;
+    }
+    XDP_PASS
 }
 
 #[inline(always)]
@@ -445,6 +462,13 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
 /// For the far end of a veth pair: in native mode a veth delivers the
 /// frames its peer sends with XDP_TX (cookie SYN-ACKs) only while it runs
 /// an XDP program itself (TOOLCHAIN.md, veth facts). Passes everything.
+/// Tail-called for a drop while events are on: records it, then drops.
+#[xdp]
+pub fn fw_event(ctx: XdpContext) -> u32 {
+    events::record(&ctx);
+    XDP_DROP
+}
+
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS

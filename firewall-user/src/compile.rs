@@ -95,6 +95,7 @@ pub struct Compiled {
     /// cookie checked.
     pub cookie_ports: Vec<(u16, u32)>,
     pub syncookie: crate::policy::SyncookieSettings,
+    pub events: firewall_common::EventConfig,
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
@@ -136,7 +137,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         _pad: [0; 2],
         timeouts: settings.timeouts,
     };
-    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syncookie: settings.syncookie.clone() })
+    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config() })
 }
 
 /// Every port a cookie rule names, mapped to the first such rule.

@@ -160,9 +160,16 @@ fn load_object(pins: Option<&PinPaths>) -> Result<Ebpf> {
         .try_into()?;
     ack.load().context("the kernel's verifier rejected the XDP cookie ACK program")?;
     let ack_fd = ack.fd()?.try_clone()?;
+    let event: &mut Xdp = ebpf
+        .program_mut(maps::EVENT_PROGRAM)
+        .context("the eBPF object has no event program")?
+        .try_into()?;
+    event.load().context("the kernel's verifier rejected the XDP event program")?;
+    let event_fd = event.fd()?.try_clone()?;
     let mut progs: ProgramArray<_> = ProgramArray::try_from(map(&mut ebpf, maps::PROGRAMS)?)?;
     progs.set(maps::PROG_COOKIE_SYN, &syn_fd, 0).context("failed to register the cookie SYN program")?;
     progs.set(maps::PROG_COOKIE_ACK, &ack_fd, 0).context("failed to register the cookie ACK program")?;
+    progs.set(maps::PROG_EVENT, &event_fd, 0).context("failed to register the event program")?;
     Ok(ebpf)
 }
 
@@ -570,6 +577,10 @@ impl Firewall {
         self.cookie_ports[slot as usize] = policy.cookie_ports.iter().map(|&(p, _)| p).collect();
         let mut headers: Array<_, PolicyHeader> = Array::try_from(map(e, maps::POLICY)?)?;
         headers.set(slot, &policy.header, 0).context("failed to write the policy header")?;
+        // Not per slot: for a moment the old policy's drops follow the new
+        // event settings, which only decide what is recorded.
+        let mut events: Array<_, firewall_common::EventConfig> = Array::try_from(map(e, maps::EVENT_CONFIG)?)?;
+        events.set(0, &policy.events, 0).context("failed to write the event settings")?;
         let mut active: Array<_, Active> = Array::try_from(map(e, maps::ACTIVE)?)?;
         let next = Active { slot, generation: self.active.generation + 1, ..self.active };
         active.set(0, &next, 0).context("failed to switch to the new policy")?;

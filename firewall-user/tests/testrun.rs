@@ -75,7 +75,7 @@ fn every_program_verifies_within_budget() {
     use aya::programs::{SchedClassifier, Xdp};
     let h = Harness::new(WEB);
     let mut counts = Vec::new();
-    for name in [maps::XDP_PROGRAM, maps::COOKIE_SYN_PROGRAM, maps::COOKIE_ACK_PROGRAM] {
+    for name in [maps::XDP_PROGRAM, maps::COOKIE_SYN_PROGRAM, maps::COOKIE_ACK_PROGRAM, maps::EVENT_PROGRAM] {
         let p: &Xdp = h.fw.ebpf.program(name).expect("program").try_into().expect("xdp");
         counts.push((name, p.info().expect("info").verified_instruction_count().expect("count")));
     }
@@ -481,4 +481,58 @@ fn the_cookie_key_map_cannot_be_read_back() {
     h.fw.set_cookie_key(0, firewall_common::CookieKey { k0: 1, k1: 2, valid: 1 }).expect("writable");
     let keys: Array<_, firewall_common::CookieKey> = Array::try_from(h.fw.ebpf.map(maps::COOKIE_KEY).expect("map")).expect("array");
     assert!(keys.get(&0, 0).is_err(), "the key map is not readable through the controller's descriptor");
+}
+
+/// Drop events through the real programs: off by default; on, a dropped
+/// frame becomes one record with its 5-tuple and reason; `sample` and the
+/// per-second cap leave drops out and say how many.
+#[test]
+fn drops_are_recorded_as_events_when_asked() {
+    use firewall_common::{EVENT_DROP, Event};
+    fn drain(h: &Harness) -> Vec<Event> {
+        let map = h.fw.ebpf.map(maps::EVENTS).expect("events map");
+        let aya::maps::Map::RingBuf(data) = map else { panic!("not a ring buffer") };
+        let data = aya::maps::MapData::from_id(data.info().unwrap().id()).unwrap();
+        let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<Event>());
+            // SAFETY: the program writes whole `Event`s.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+        out
+    }
+    let dropped = tcp("192.0.2.7", "198.51.100.1", 40000, 5555, SYN);
+    let mut h = Harness::new(WEB);
+    h.expect(&dropped, XDP_DROP, Reason::DefaultDrop);
+    assert!(drain(&h).is_empty(), "no events unless the policy asks");
+
+    h.install(&format!("{WEB}\n[settings.events]\ndrops = true\n"));
+    h.expect(&dropped, XDP_DROP, Reason::DefaultDrop);
+    let accepted = tcp("192.0.2.7", "198.51.100.1", 40001, 22, SYN);
+    h.expect(&accepted, XDP_PASS, Reason::RuleAccept);
+    let ev = drain(&h);
+    assert_eq!(ev.len(), 1, "one record for the one drop");
+    let e = ev[0];
+    assert_eq!((e.kind, e.reason, e.proto, e.sport, e.dport, e.tcp_flags), (EVENT_DROP, Reason::DefaultDrop as u32, 6, 40000, 5555, SYN));
+    assert_eq!(firewall_user::conntrack::addr(e.src), common::ip("192.0.2.7"));
+    assert_eq!(firewall_user::conntrack::addr(e.dst), common::ip("198.51.100.1"));
+    assert_eq!(e.len as usize, dropped.len());
+
+    // One in 4, at most 3 a second: the sampler and the window are per
+    // CPU, so a fresh firewall and this thread kept on one CPU.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+    let h = Harness::new(&format!("{WEB}\n[settings.events]\ndrops = true\nsample = 4\nper_second = 3\n"));
+    for _ in 0..40 {
+        h.verdict(&dropped);
+    }
+    let ev = drain(&h);
+    assert_eq!(ev.len(), 3, "the cap");
+    assert_eq!(ev.iter().map(|e| 1 + e.skipped as u64).sum::<u64>() <= 40, true);
+    assert_eq!(ev[1].skipped, 3, "between two records, three drops left out by the sampler");
 }

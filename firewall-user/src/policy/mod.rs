@@ -20,6 +20,11 @@
 //! tcp_established = 432000
 //! udp = 30
 //!
+//! [settings.events]       # drop events (`firewall events`, `firewall top`)
+//! drops = true            # default false
+//! sample = 1              # one drop in N is recorded
+//! per_second = 100        # at most this many per second per CPU
+//!
 //! [[rule]]
 //! name = "ssh-admin"
 //! state = "new"           # new | established | related | invalid, or a list
@@ -419,6 +424,30 @@ pub struct Settings {
     /// Idle timeouts (`_pad` is always 0).
     pub timeouts: Timeouts,
     pub syncookie: SyncookieSettings,
+    /// `[settings.events]`: which drops are recorded as events.
+    pub events: EventSettings,
+}
+
+/// Drop events: off by default; on, one drop in `sample` is recorded, at
+/// most `per_second` per CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSettings {
+    pub drops: bool,
+    pub sample: u32,
+    pub per_second: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self { drops: false, sample: 1, per_second: 100 }
+    }
+}
+
+impl EventSettings {
+    /// What the data plane reads (`sample` 0: off).
+    pub fn config(&self) -> firewall_common::EventConfig {
+        firewall_common::EventConfig { sample: if self.drops { self.sample } else { 0 }, per_second: self.per_second }
+    }
 }
 
 impl Default for Settings {
@@ -431,6 +460,7 @@ impl Default for Settings {
             invalid: StateAction::Drop,
             timeouts: Timeouts::DEFAULT,
             syncookie: SyncookieSettings::default(),
+            events: EventSettings::default(),
         }
     }
 }

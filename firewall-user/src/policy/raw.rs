@@ -23,6 +23,15 @@ pub(super) struct RawSettings {
     pub(super) invalid: Option<StateAction>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) syncookie: Option<RawSyncookieSettings>,
+    pub(super) events: Option<RawEvents>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEvents {
+    pub(super) drops: Option<bool>,
+    pub(super) sample: Option<Spanned<i64>>,
+    pub(super) per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

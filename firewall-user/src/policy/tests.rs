@@ -92,6 +92,7 @@ fn defaults_without_settings() {
             invalid: StateAction::Drop,
             timeouts: Timeouts::DEFAULT,
             syncookie: SyncookieSettings::default(),
+            events: EventSettings::default(),
         }
     );
     assert_eq!(p.rules[0].proto, Proto::Any);
@@ -488,6 +489,7 @@ icmp = 31536000
                 _pad: 0,
             },
             syncookie: SyncookieSettings::default(),
+            events: EventSettings::default(),
         }
     );
     assert_eq!(p.settings.states_to_rules(), ct_state::NEW | ct_state::ESTABLISHED);

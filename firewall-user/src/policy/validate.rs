@@ -129,6 +129,10 @@ impl<'a> Validator<'a> {
                         None => d.syncookie,
                         Some(c) => self.syncookie_settings(c),
                     },
+                    events: match s.events {
+                        None => d.events,
+                        Some(e) => self.event_settings(e),
+                    },
                 }
             }
         };
@@ -453,6 +457,18 @@ impl<'a> Validator<'a> {
             self.error(&span, msg);
         }
         t
+    }
+
+    fn event_settings(&mut self, raw: RawEvents) -> EventSettings {
+        let mut e = EventSettings { drops: raw.drops.unwrap_or(false), ..EventSettings::default() };
+        for (key, value, lo, hi, slot) in [("sample", raw.sample, 1, 1_000_000, &mut e.sample), ("per_second", raw.per_second, 1, 100_000, &mut e.per_second)] {
+            let Some(value) = value else { continue };
+            match u32::try_from(*value.get_ref()) {
+                Ok(v) if (lo..=hi).contains(&v) => *slot = v,
+                _ => self.error(&value.span(), format!("`{key}` = {} out of range ({lo}-{hi})", value.get_ref())),
+            }
+        }
+        e
     }
 
     fn syncookie_settings(&mut self, raw: RawSyncookieSettings) -> SyncookieSettings {
