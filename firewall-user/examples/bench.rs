@@ -90,6 +90,19 @@ fn main() {
         rows.push(Row { rules, id: "cookie_syn", class: "SYN answered with a cookie SYN-ACK (XDP_TX, tail call)", method: "single", ns: single_runs(&h, &cookie_syn, 3) });
         // A valid cookie ACK creates its flow, so each is run once: the
         // median of single runs over distinct connections.
+        // The same drops with events on: the check, the tail call to the
+        // event program, its sampler and per-second cap (after the first 100
+        // records a second, what every further drop in a flood pays).
+        let mut with_events = compiled.clone();
+        with_events.events = firewall_common::EventConfig { sample: 1, per_second: 100 };
+        h.fw.install(&with_events).expect("installs");
+        for (id, class, f) in [
+            ("rule_drop_events", "rule drop, events on (capped)", &rule_drop),
+            ("default_drop_events", "no rule matches, events on (capped)", &unmatched),
+        ] {
+            rows.push(Row { rules, id, class, method: "repeat", ns: median_ns(&h, f) });
+        }
+        h.fw.install(&compiled).expect("installs");
         let (valid, forged) = valid_cookie_acks(&h);
         rows.push(Row { rules, id: "cookie_ack_valid", class: "valid cookie ACK (flow created, marked for hand-off)", method: "single", ns: valid });
         rows.push(Row { rules, id: "cookie_ack_forged_single", class: "forged cookie ACK, single runs (calibrates the two rows above)", method: "single", ns: forged });

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod bpf_sys;
 pub mod compile;
 pub mod conntrack;
+pub mod events;
 pub mod instance;
 pub mod loader;
 pub mod maps;

@@ -310,3 +310,78 @@ fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
     assert_eq!((lines[0]["state"].as_str(), lines[1]["state"].as_str()), (Some("firing"), Some("resolved")));
     println!("alert log line: {fired}\nresolved: {resolved}");
 }
+
+/// Drop events end to end: the data plane records drops, the controller
+/// logs them, `firewall events` (also `--follow`) and `firewall top` read
+/// them from other processes.
+#[test]
+fn drop_events_are_logged_and_top_names_the_source() {
+    let pair = Pair::new();
+    let ns = pair.server.clone();
+    let _cleanup = OnDrop(move || {
+        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
+    });
+    let (_dir, policy) = temp_policy(&format!("{POLICY}\n[settings.events]\ndrops = true\nper_second = 1000\n"));
+    let fw_cmd = |args: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(args);
+        c
+    };
+    let mut child = Guarded::spawn(fw_cmd(&["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]));
+    wait_for("the firewall", Duration::from_secs(30), || {
+        assert!(child.child().try_wait().unwrap().is_none(), "the controller exited");
+        fw_cmd(&["stats", "--json"]).output().unwrap().status.success().then_some(())
+    });
+    let send = |n: usize, port: u16| {
+        let (dst, local) = (format!("{}:{port}", pair.server_ip), format!("{}:0", pair.client_ip));
+        Pair::within(&pair.client, move || {
+            let s = UdpSocket::bind(local).unwrap();
+            for _ in 0..n {
+                s.send_to(b"nope", &dst).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    };
+    send(30, 5999);
+    let records = wait_for("30 drop events logged", Duration::from_secs(10), || {
+        let out = fw_cmd(&["events", "--json", "--last", "1000"]).output().unwrap();
+        let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &serde_json::Value| v["dport"] == 5999).collect();
+        (v.len() >= 30).then_some(v)
+    });
+    let r = &records[0];
+    assert_eq!((r["reason"].as_str(), r["proto"].as_str(), r["src"].as_str(), r["iface"].as_str()), (Some("default_drop"), Some("udp"), Some(pair.client_ip.as_str()), Some(pair.server_if.as_str())), "{r}");
+    let text = String::from_utf8_lossy(&fw_cmd(&["events", "--last", "1"]).output().unwrap().stdout).into_owned();
+    assert!(text.contains(&format!("drop default_drop udp {}:", pair.client_ip)) && text.contains(&format!("-> {}:5999", pair.server_ip)), "{text}");
+
+    // --follow prints an event that happens after it started.
+    let mut follower = Guarded::spawn(fw_cmd(&["events", "--follow", "--json", "--last", "0"]));
+    let stdout = follower.child().stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for("the follower to print a new event", Duration::from_secs(10), || {
+        send(1, 5998);
+        std::thread::sleep(Duration::from_millis(100));
+        seen.lock().unwrap().iter().any(|l| l.contains("\"dport\":5998")).then_some(())
+    });
+    drop(follower);
+
+    let prefix = {
+        let o: Vec<&str> = pair.client_ip.split('.').collect();
+        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+    };
+    let top = wait_for("top.json to name the source", Duration::from_secs(10), || {
+        let out = fw_cmd(&["top", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["sources"][0]["prefix"] == prefix.as_str() && v["sources"][0]["recorded"].as_u64()? >= 31).then_some(v)
+    });
+    assert!(top["sources"][0]["reasons"]["default_drop"].as_u64().unwrap() >= 31, "{top}");
+    let text = String::from_utf8_lossy(&fw_cmd(&["top"]).output().unwrap().stdout).into_owned();
+    assert!(text.contains(&prefix) && text.contains("default_drop"), "{text}");
+    println!("{text}");
+}

@@ -1,5 +1,6 @@
 mod check;
 mod conntrack;
+mod events;
 mod run;
 mod stats;
 mod status;
@@ -62,6 +63,30 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Show the drop events a running firewall logged ([settings.events]).
+    Events {
+        /// An interface of the firewall (default: the only firewall here).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Keep printing new events as they come (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest events to show first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// Show the source prefixes with the most recorded drops.
+    Top {
+        /// An interface of the firewall (default: the only firewall here).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the connection table of a running firewall (shared by its interfaces).
     Conntrack {
         /// An interface of the firewall (default: the only firewall in this network namespace).
@@ -86,5 +111,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Stats { iface, watch, json, all } => stats::stats(iface.as_deref(), watch, json, all),
         Command::Conntrack { iface, json } => conntrack::conntrack(iface.as_deref(), json),
         Command::Check { file } => check::check(&file),
+        Command::Events { iface, follow, json, last } => events::events(iface.as_deref(), follow, json, last),
+        Command::Top { iface, json } => events::top(iface.as_deref(), json),
     }
 }

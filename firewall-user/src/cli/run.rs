@@ -83,6 +83,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         log::warn!("this process has a mount namespace of its own (`ip netns exec`?): the data plane is pinned where no other process sees it and lasts only as long as this controller; to keep it enforcing across a crash or restart, enter just the network namespace (`nsenter --net=/run/netns/NAME`)");
     }
     let inst = instance::Instance::take(&ifaces)?;
+    if inst.created {
+        // Event files of an earlier firewall of that name are not ours.
+        if let Ok(d) = firewall_user::events::run_dir(&inst.name) {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
     log::info!("loading the firewall for {} (signals are queued until it runs)", ifaces.join(", "));
     let mut fw = match start(&inst, &ifaces, &policy_path, &compiled, mode) {
         Ok(fw) => fw,
@@ -124,11 +130,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         found: maps::open_dir(&inst.dir).context("cannot open the maps for alerts")?,
         format: alert_log,
     };
-    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch));
+    let events = {
+        let _guard = runtime.enter();
+        EventLog::open(&inst, &ifaces).map_err(|e| log::warn!("drop events will not be logged: {e:#}")).ok()
+    };
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch, events));
     if keep {
         log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
     } else {
         inst.remove();
+        if let Ok(d) = firewall_user::events::run_dir(&inst.name) {
+            let _ = fs::remove_dir_all(d);
+        }
         drop(fw);
         log::info!("detached from {}", ifaces.join(", "));
     }
@@ -344,6 +357,56 @@ impl Alerting {
     }
 }
 
+/// The drop events of the data plane: read from its ring buffer as they
+/// come, logged to the firewall's events file, counted for `top.json`.
+struct EventLog {
+    ring: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    sink: firewall_user::events::Sink,
+    names: std::collections::HashMap<u32, String>,
+}
+
+impl EventLog {
+    fn open(inst: &instance::Instance, ifaces: &[String]) -> Result<Self> {
+        let path = inst.dir.join("shared").join(firewall_common::maps::EVENTS);
+        let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data))?;
+        let names = ifaces.iter().filter_map(|i| Some((loader::ifindex(i).ok()?, i.clone()))).collect();
+        let dir = firewall_user::events::run_dir(&inst.name)?;
+        // SAFETY: the AsyncFd owns the ring buffer, hence its descriptor,
+        // which stays open for as long as it is registered.
+        let ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
+        Ok(Self { ring, sink: firewall_user::events::Sink::open(&dir)?, names })
+    }
+
+    /// Logs everything the ring holds now.
+    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut firewall_user::events::Sink, names: &std::collections::HashMap<u32, String>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<firewall_common::Event>() {
+                continue;
+            }
+            // SAFETY: the data plane writes whole `Event`s, plain integers.
+            let ev: firewall_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let iface = names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
+            sink.record(&firewall_user::events::Record::from_event(&ev, sink.unix_minus_mono_ns, iface))?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the event ring has something (never, without one).
+async fn events_ready(events: &mut Option<EventLog>) -> Result<()> {
+    match events {
+        Some(ev) => {
+            let mut guard = ev.ring.readable_mut().await?;
+            let (ring, sink, names) = (guard.get_inner_mut(), &mut ev.sink, &ev.names);
+            let result = EventLog::drain(ring, sink, names);
+            guard.clear_ready();
+            result
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs an alert's command with the alert as JSON on stdin, for at most
 /// `ALERT_COMMAND_SECS`; never waited for by the controller's loop.
 async fn run_alert_command(cmd: Vec<String>, json: String) {
@@ -377,7 +440,7 @@ fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
-async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals, mut alerting: Alerting) -> Result<()> {
+async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals, mut alerting: Alerting, mut events: Option<EventLog>) -> Result<()> {
     let Signals { mut hup, mut int, mut term } = signals;
     const ALERT_TICK: Duration = Duration::from_secs(1);
     let mut alert_tick = tokio::time::interval(ALERT_TICK);
@@ -401,6 +464,18 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
                 if let Err(e) = alerting.tick(ALERT_TICK.as_secs_f64()) {
                     COUNTS.error();
                     log::warn!("checking the alerts failed: {e:#}");
+                }
+                if let Some(ev) = &events {
+                    if let Err(e) = ev.sink.write_top() {
+                        COUNTS.error();
+                        log::warn!("writing the top sources failed: {e:#}");
+                    }
+                }
+            }
+            r = events_ready(&mut events) => {
+                if let Err(e) = r {
+                    COUNTS.error();
+                    log::warn!("reading drop events failed: {e:#}");
                 }
             }
             _ = poll.tick() => {
