@@ -353,6 +353,7 @@ fn drop_events_are_logged_and_top_names_the_source() {
     assert_eq!((r["reason"].as_str(), r["proto"].as_str(), r["src"].as_str(), r["iface"].as_str()), (Some("default_drop"), Some("udp"), Some(pair.client_ip.as_str()), Some(pair.server_if.as_str())), "{r}");
     let text = String::from_utf8_lossy(&fw_cmd(&["events", "--last", "1"]).output().unwrap().stdout).into_owned();
     assert!(text.contains(&format!("drop default_drop udp {}:", pair.client_ip)) && text.contains(&format!("-> {}:5999", pair.server_ip)), "{text}");
+    println!("$ firewall events --last 1\n{text}");
 
     // --follow prints an event that happens after it started.
     let mut follower = Guarded::spawn(fw_cmd(&["events", "--follow", "--json", "--last", "0"]));
