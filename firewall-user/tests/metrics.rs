@@ -72,22 +72,29 @@ fn get(m: &HashMap<(String, Vec<(String, String)>), f64>, name: &str, labels: &[
         .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape: {:?}", m.keys().filter(|(n, _)| n == name).collect::<Vec<_>>()))
 }
 
-#[test]
-fn metrics_are_served_and_move_with_traffic() {
-    let pair = Pair::new();
+/// `firewall ARGS` in the server's network namespace only.
+fn fw_in(pair: &Pair, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(args);
+    c
+}
+
+/// Stops whatever a test left pinned in the server's namespace.
+fn stop_on_drop(pair: &Pair) -> OnDrop<impl FnMut()> {
     let ns = pair.server.clone();
-    let _cleanup = OnDrop(move || {
+    OnDrop(move || {
         let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
-    });
-    let (dir, policy) = temp_policy(POLICY);
-    let mut child = Guarded::spawn({
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", pair.server))
-            .arg(FIREWALL)
-            .args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap(), "--metrics", ADDR]);
-        c.env("RUST_LOG", "info");
-        c
-    });
+    })
+}
+
+/// `firewall run` on the server's end with `policy` and `extra` flags,
+/// its stderr collected line by line.
+fn start(pair: &Pair, policy: &std::path::Path, extra: &[&str]) -> (Guarded, Arc<Mutex<Vec<String>>>) {
+    let mut args = vec!["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()];
+    args.extend(extra);
+    let mut c = fw_in(pair, &args);
+    c.env("RUST_LOG", "info");
+    let mut child = Guarded::spawn(c);
     let stderr = child.child().stderr.take().unwrap();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = log.clone();
@@ -96,6 +103,15 @@ fn metrics_are_served_and_move_with_traffic() {
             sink.lock().unwrap().push(line);
         }
     });
+    (child, log)
+}
+
+#[test]
+fn metrics_are_served_and_move_with_traffic() {
+    let pair = Pair::new();
+    let _cleanup = stop_on_drop(&pair);
+    let (dir, policy) = temp_policy(POLICY);
+    let (mut child, log) = start(&pair, &policy, &["--metrics", ADDR]);
     let before = wait_for("/metrics to answer", Duration::from_secs(30), || {
         assert!(child.child().try_wait().unwrap().is_none(), "the controller exited: {:?}", log.lock().unwrap());
         scrape(&pair.server).ok()
@@ -175,20 +191,12 @@ fn metrics_are_served_and_move_with_traffic() {
 #[test]
 fn the_live_view_runs_in_a_real_terminal() {
     let pair = Pair::new();
-    let ns = pair.server.clone();
-    let _cleanup = OnDrop(move || {
-        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
-    });
+    let _cleanup = stop_on_drop(&pair);
     let (_dir, policy) = temp_policy(POLICY);
-    let mut child = Guarded::spawn({
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]);
-        c
-    });
+    let (mut child, _log) = start(&pair, &policy, &[]);
     wait_for("the firewall", Duration::from_secs(30), || {
         assert!(child.child().try_wait().unwrap().is_none(), "the controller exited");
-        let out = Command::new("nsenter").arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(["stats", "--json"]).output().unwrap();
-        out.status.success().then_some(())
+        fw_in(&pair, &["stats", "--json"]).output().unwrap().status.success().then_some(())
     });
     // A tmux server of its own (-L), killed on the way out.
     let socket = format!("fwtest{}", std::process::id());
@@ -243,10 +251,7 @@ fn the_live_view_runs_in_a_real_terminal() {
 #[test]
 fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
     let pair = Pair::new();
-    let ns = pair.server.clone();
-    let _cleanup = OnDrop(move || {
-        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
-    });
+    let _cleanup = stop_on_drop(&pair);
     let out_dir = common::TempDir::new();
     let record = out_dir.0.join("alerts.jsonl");
     let policy_text = format!(
@@ -254,22 +259,7 @@ fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
         record.display()
     );
     let (_dir, policy) = temp_policy(&policy_text);
-    let mut child = Guarded::spawn({
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", pair.server))
-            .arg(FIREWALL)
-            .args(["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap(), "--metrics", ADDR, "--alert-log", "json"]);
-        c.env("RUST_LOG", "info");
-        c
-    });
-    let stderr = child.child().stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let (mut child, log) = start(&pair, &policy, &["--metrics", ADDR, "--alert-log", "json"]);
     wait_for("/metrics", Duration::from_secs(30), || {
         assert!(child.child().try_wait().unwrap().is_none(), "the controller exited: {:?}", log.lock().unwrap());
         scrape(&pair.server).ok()
@@ -317,17 +307,10 @@ fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
 #[test]
 fn drop_events_are_logged_and_top_names_the_source() {
     let pair = Pair::new();
-    let ns = pair.server.clone();
-    let _cleanup = OnDrop(move || {
-        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).arg(FIREWALL).arg("stop").output();
-    });
+    let _cleanup = stop_on_drop(&pair);
     let (_dir, policy) = temp_policy(&format!("{POLICY}\n[settings.events]\ndrops = true\nper_second = 1000\n"));
-    let fw_cmd = |args: &[&str]| {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", pair.server)).arg(FIREWALL).args(args);
-        c
-    };
-    let mut child = Guarded::spawn(fw_cmd(&["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]));
+    let fw_cmd = |args: &[&str]| fw_in(&pair, args);
+    let (mut child, _log) = start(&pair, &policy, &[]);
     wait_for("the firewall", Duration::from_secs(30), || {
         assert!(child.child().try_wait().unwrap().is_none(), "the controller exited");
         fw_cmd(&["stats", "--json"]).output().unwrap().status.success().then_some(())
