@@ -30,8 +30,10 @@ pub struct Event {
     /// Drops this CPU left out since the previous record (sampling and the
     /// per-second cap): the record stands for `1 + skipped` drops.
     pub skipped: u32,
-    pub _pad2: u32,
 }
+
+// 64 bytes, no padding: every byte the ring hands userspace is written.
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
 pub const EVENT_DROP: u8 = 1;
 

@@ -34,7 +34,7 @@ pub fn record(ctx: &XdpContext) {
     let st = unsafe { &mut *st };
     st.seen += 1;
     if sample == 0 || st.seen % sample as u64 != 0 {
-        st.skipped += 1;
+        st.skipped = st.skipped.saturating_add(1);
         return;
     }
     // SAFETY: a helper without arguments.
@@ -44,14 +44,14 @@ pub fn record(ctx: &XdpContext) {
         st.in_window = 0;
     }
     if st.in_window >= per_second {
-        st.skipped += 1;
+        st.skipped = st.skipped.saturating_add(1);
         return;
     }
     st.in_window += 1;
     let (start, end) = (ctx.data(), ctx.data_end());
     let frame = parse::Frame { start, end, wire_len: (end - start) as u64 };
     let Some(mut entry) = FW_EVENTS.reserve::<Event>(0) else {
-        st.skipped += 1;
+        st.skipped = st.skipped.saturating_add(1);
         return;
     };
     let mut ev = Event { ts_ns: now, kind: EVENT_DROP, reason, ifindex: ctx.ingress_ifindex() as u32, len: frame.wire_len as u32, skipped: st.skipped, ..Event::default() };

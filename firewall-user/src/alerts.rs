@@ -1,7 +1,7 @@
 //! Alerts: thresholds from the policy's `[[alert]]` tables, checked by the
 //! controller once a second against the counters. An alert fires when its
 //! value stays above `above` for `for_secs`, and recovers when it falls
-//! below `below` (hysteresis: `below` defaults to 80 % of `above`).
+//! to `below` or under (hysteresis: `below` defaults to 80 % of `above`).
 //!
 //! ```toml
 //! [[alert]]
@@ -234,6 +234,9 @@ impl Watch {
     pub fn set_alerts(&mut self, alerts: Vec<Alert>) {
         self.states.retain(|name, _| alerts.iter().any(|a| a.name == *name));
         self.alerts = alerts;
+        // A (re)load restarts cookie counters and may bring alerts back
+        // after a while without: the next tick only takes a snapshot.
+        self.previous = None;
     }
 
     pub fn alerts(&self) -> &[Alert] {
@@ -278,12 +281,13 @@ impl Watch {
                     (Some(n), Some(p)) => rate(n.packets, p.packets),
                     _ => continue,
                 },
+                // A walk of an LRU table under churn can count an entry twice.
                 Metric::TableUse(proven) => {
-                    if *proven { flows.0 as f64 / f64::from(MAX_FLOWS) } else { flows.1 as f64 / f64::from(MAX_REMOTE_FLOWS) }
+                    if *proven { (flows.0 as f64 / f64::from(MAX_FLOWS)).min(1.0) } else { (flows.1 as f64 / f64::from(MAX_REMOTE_FLOWS)).min(1.0) }
                 }
             };
             let st = self.states.entry(a.name.clone()).or_default();
-            let past = if st.firing { value < a.below } else { value > a.above };
+            let past = if st.firing { value <= a.below } else { value > a.above };
             if !past {
                 st.past_since = None;
                 continue;

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub const ROTATE_BYTES: u64 = 8 << 20;
 /// Sources kept in `top.json`.
 pub const TOP_SOURCES: usize = 20;
+/// Prefixes counted at most; beyond, drops from new prefixes count under
+/// `other` (a flood from random sources must not grow the controller).
+pub const MAX_PREFIXES: usize = 16_384;
 
 /// Where the firewall `name` of this network namespace keeps its event files.
 pub fn run_dir(name: &str) -> Result<PathBuf> {
@@ -131,17 +134,21 @@ pub struct Top {
     pub recorded: u64,
     /// Drops the samplers and caps left out (not attributed to a source).
     pub not_recorded: u64,
+    /// Recorded drops from prefixes past `MAX_PREFIXES`.
+    #[serde(default)]
+    pub other: u64,
     pub sources: Vec<Source>,
 }
 
 /// The controller's writer of both files.
 pub struct Sink {
     dir: PathBuf,
-    file: File,
+    file: std::io::BufWriter<File>,
     written: u64,
     sources: HashMap<String, Source>,
     recorded: u64,
     not_recorded: u64,
+    other: u64,
     /// Unix time minus monotonic time, ns (event times are monotonic).
     pub unix_minus_mono_ns: i128,
 }
@@ -154,7 +161,7 @@ impl Sink {
         let file = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        Ok(Self { dir: dir.to_path_buf(), file, written, sources: HashMap::new(), recorded: 0, not_recorded: 0, unix_minus_mono_ns: unix - crate::conntrack::monotonic_ns() as i128 })
+        Ok(Self { dir: dir.to_path_buf(), file: std::io::BufWriter::new(file), written, sources: HashMap::new(), recorded: 0, not_recorded: 0, other: 0, unix_minus_mono_ns: unix - crate::conntrack::monotonic_ns() as i128 })
     }
 
     /// Logs one record and counts it.
@@ -163,9 +170,12 @@ impl Sink {
         line.push('\n');
         if self.written + line.len() as u64 > ROTATE_BYTES {
             let path = self.dir.join("events.jsonl");
+            self.file.flush()?;
             fs::rename(&path, self.dir.join("events.jsonl.1")).context("cannot rotate the events file")?;
-            self.file = fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            // Counted as rotated even if the new file cannot be opened: the
+            // next record tries again instead of failing for ever.
             self.written = 0;
+            self.file = std::io::BufWriter::new(fs::OpenOptions::new().create(true).append(true).open(&path).context("cannot open a new events file")?);
         }
         self.file.write_all(line.as_bytes())?;
         self.written += line.len() as u64;
@@ -173,6 +183,10 @@ impl Sink {
         self.not_recorded += u64::from(r.not_recorded);
         if let Some(src) = r.src {
             let key = prefix(src);
+            if self.sources.len() >= MAX_PREFIXES && !self.sources.contains_key(&key) {
+                self.other += 1;
+                return Ok(());
+            }
             let s = self.sources.entry(key.clone()).or_insert_with(|| Source { prefix: key, ..Source::default() });
             s.recorded += 1;
             *s.reasons.entry(r.reason.clone()).or_default() += 1;
@@ -181,12 +195,22 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes out what `record` buffered.
+    pub fn flush(&mut self) -> Result<()> {
+        Ok(self.file.flush()?)
+    }
+
     /// The busiest sources, most drops first.
     pub fn top(&self) -> Top {
-        let mut sources: Vec<Source> = self.sources.values().cloned().collect();
-        sources.sort_by(|a, b| b.recorded.cmp(&a.recorded).then_with(|| a.prefix.cmp(&b.prefix)));
-        sources.truncate(TOP_SOURCES);
-        Top { time: crate::loader::unix_now() as f64, recorded: self.recorded, not_recorded: self.not_recorded, sources }
+        let mut sources: Vec<&Source> = self.sources.values().collect();
+        let order = |a: &&Source, b: &&Source| b.recorded.cmp(&a.recorded).then_with(|| a.prefix.cmp(&b.prefix));
+        if sources.len() > TOP_SOURCES {
+            sources.select_nth_unstable_by(TOP_SOURCES, order);
+            sources.truncate(TOP_SOURCES);
+        }
+        sources.sort_by(order);
+        let sources: Vec<Source> = sources.into_iter().cloned().collect();
+        Top { time: crate::loader::unix_now() as f64, recorded: self.recorded, not_recorded: self.not_recorded, other: self.other, sources }
     }
 
     /// Rewrites `top.json` (whole, then renamed: a reader never sees half).
@@ -225,6 +249,7 @@ mod tests {
         sink.record(&r).unwrap();
         sink.record(&Record { src: Some("192.0.2.9".parse().unwrap()), ..r.clone() }).unwrap();
         sink.record(&Record { src: Some("2001:db8::1".parse().unwrap()), reason: "invalid_window".into(), ..r.clone() }).unwrap();
+        sink.flush().unwrap();
         sink.write_top().unwrap();
         let top: Top = serde_json::from_str(&fs::read_to_string(dir.join("top.json")).unwrap()).unwrap();
         assert_eq!(top.sources[0].prefix, "192.0.2.0/24");

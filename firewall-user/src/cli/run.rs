@@ -378,30 +378,53 @@ impl EventLog {
         Ok(Self { ring, sink: firewall_user::events::Sink::open(&dir)?, names })
     }
 
-    /// Logs everything the ring holds now.
-    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut firewall_user::events::Sink, names: &std::collections::HashMap<u32, String>) -> Result<()> {
-        while let Some(item) = ring.next() {
+    /// Logs what the ring holds, at most `BATCH` records; returns whether
+    /// more wait (then the loop comes back at once, after its other work:
+    /// an event flood never starves reloads, signals or key rotation).
+    /// A record that cannot be written is counted and dropped, never left
+    /// in the ring (which would stop the wake-ups).
+    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut firewall_user::events::Sink, names: &std::collections::HashMap<u32, String>) -> bool {
+        const BATCH: usize = 1024;
+        for _ in 0..BATCH {
+            let Some(item) = ring.next() else {
+                if let Err(e) = sink.flush() {
+                    COUNTS.error();
+                    log::warn!("writing drop events failed: {e:#}");
+                }
+                return false;
+            };
             if item.len() < std::mem::size_of::<firewall_common::Event>() {
                 continue;
             }
             // SAFETY: the data plane writes whole `Event`s, plain integers.
             let ev: firewall_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
             let iface = names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
-            sink.record(&firewall_user::events::Record::from_event(&ev, sink.unix_minus_mono_ns, iface))?;
+            if let Err(e) = sink.record(&firewall_user::events::Record::from_event(&ev, sink.unix_minus_mono_ns, iface)) {
+                COUNTS.error();
+                log::warn!("writing a drop event failed: {e:#}");
+            }
         }
-        Ok(())
+        let _ = sink.flush();
+        true
     }
 }
 
-/// Waits until the event ring has something (never, without one).
+/// Waits until the event ring has something (never, without one) and
+/// logs a batch of it.
 async fn events_ready(events: &mut Option<EventLog>) -> Result<()> {
     match events {
         Some(ev) => {
             let mut guard = ev.ring.readable_mut().await?;
             let (ring, sink, names) = (guard.get_inner_mut(), &mut ev.sink, &ev.names);
-            let result = EventLog::drain(ring, sink, names);
-            guard.clear_ready();
-            result
+            if EventLog::drain(ring, sink, names) {
+                // More to read: stay ready, but let the loop's other arms run.
+                drop(guard);
+                tokio::task::yield_now().await;
+            } else {
+                guard.clear_ready();
+            }
+            Ok(())
         }
         None => std::future::pending().await,
     }
@@ -444,6 +467,9 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
     let Signals { mut hup, mut int, mut term } = signals;
     const ALERT_TICK: Duration = Duration::from_secs(1);
     let mut alert_tick = tokio::time::interval(ALERT_TICK);
+    // After a stall (a large install) one tick, not a burst of them.
+    alert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_alert_tick = std::time::Instant::now();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     // The XDP program ignores idle flows on lookup; the sweep frees them.
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
@@ -461,7 +487,10 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
         tokio::select! {
             _ = hup.recv() => reload(fw, &path, "SIGHUP", &mut alerting),
             _ = alert_tick.tick() => {
-                if let Err(e) = alerting.tick(ALERT_TICK.as_secs_f64()) {
+                // Rates over the time that really passed.
+                let dt = last_alert_tick.elapsed().as_secs_f64();
+                last_alert_tick = std::time::Instant::now();
+                if let Err(e) = alerting.tick(dt) {
                     COUNTS.error();
                     log::warn!("checking the alerts failed: {e:#}");
                 }

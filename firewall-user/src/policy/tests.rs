@@ -158,7 +158,7 @@ fn cidr_helpers() {
 fn unknown_keys() {
     assert_eq!(
         err("[settings]\ndefault = \"drop\"\nstate = \"x\"\n"),
-        "t.toml:3:1: error: unknown field `state`, expected one of `default`, `fragments`, `established`, `related`, `invalid`, `timeouts`, `syncookie`"
+        "t.toml:3:1: error: unknown field `state`, expected one of `default`, `fragments`, `established`, `related`, `invalid`, `timeouts`, `syncookie`, `events`"
     );
     let e = err("[[rule]]\nname = \"a\"\naction = \"drop\"\n  port = 22\n");
     assert!(e.starts_with("t.toml:4:3: error: unknown field `port`"), "{e}");
