@@ -62,27 +62,36 @@ pub fn events(iface: Option<&str>, follow: bool, json: bool, last: usize) -> Res
     let mut pending = String::new();
     loop {
         std::thread::sleep(Duration::from_millis(200));
+        // What the file we have open holds beyond `pos` (after a rotation
+        // that is the old file's tail), then the new file from its start.
+        read_from(&file, &mut pos, &mut pending, json)?;
         let now = std::fs::metadata(&path).ok();
-        // Rotated: read the new file from its start.
         if now.as_ref().is_some_and(|m| m.ino() != ino || m.len() < pos) {
             file = std::fs::File::open(&path)?;
             ino = file.metadata()?.ino();
             pos = 0;
+            pending.clear();
+            read_from(&file, &mut pos, &mut pending, json)?;
         }
-        file.seek(std::io::SeekFrom::Start(pos))?;
-        let mut reader = std::io::BufReader::new(&file);
-        loop {
-            let mut chunk = String::new();
-            let n = reader.read_line(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            pos += n as u64;
-            pending.push_str(&chunk);
-            if pending.ends_with('\n') {
-                show(pending.trim_end(), json);
-                pending.clear();
-            }
+    }
+}
+
+/// Prints the whole lines of `file` past `pos`, keeping a partial last one.
+fn read_from(file: &std::fs::File, pos: &mut u64, pending: &mut String, json: bool) -> Result<()> {
+    let mut f = file;
+    f.seek(std::io::SeekFrom::Start(*pos))?;
+    let mut reader = std::io::BufReader::new(f);
+    loop {
+        let mut chunk = String::new();
+        let n = reader.read_line(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        *pos += n as u64;
+        pending.push_str(&chunk);
+        if pending.ends_with('\n') {
+            show(pending.trim_end(), json);
+            pending.clear();
         }
     }
 }

@@ -435,7 +435,8 @@ async fn events_ready(events: &mut Option<EventLog>) -> Result<()> {
 async fn run_alert_command(cmd: Vec<String>, json: String) {
     use tokio::io::AsyncWriteExt as _;
     const ALERT_COMMAND_SECS: u64 = 10;
-    let mut child = match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).stdin(std::process::Stdio::piped()).kill_on_drop(true).spawn() {
+    // A process group of its own, so that the timeout kills what it started too.
+    let mut child = match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).stdin(std::process::Stdio::piped()).process_group(0).kill_on_drop(true).spawn() {
         Ok(c) => c,
         Err(e) => {
             log::error!("alert command {cmd:?} did not start: {e}");
@@ -451,8 +452,12 @@ async fn run_alert_command(cmd: Vec<String>, json: String) {
         Ok(Ok(status)) => log::warn!("alert command {cmd:?} exited with {status}"),
         Ok(Err(e)) => log::warn!("alert command {cmd:?}: {e}"),
         Err(_) => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on the process group the child leads.
+                unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+            }
             let _ = child.kill().await;
-            log::warn!("alert command {cmd:?} ran over {ALERT_COMMAND_SECS} s and was killed");
+            log::warn!("alert command {cmd:?} ran over {ALERT_COMMAND_SECS} s and was killed with its process group");
         }
     }
 }
