@@ -140,7 +140,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         inst.remove();
         if let Ok(d) = firewall_user::events::run_dir(&inst.name) {
-            let _ = fs::remove_dir_all(d);
+            let _ = fs::remove_dir_all(&d);
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
         drop(fw);
         log::info!("detached from {}", ifaces.join(", "));
@@ -361,7 +364,9 @@ impl Alerting {
 /// come, logged to the firewall's events file, counted for `top.json`.
 struct EventLog {
     ring: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    sink: firewall_user::events::Sink,
+    /// Opened with the first event: a firewall without events writes nothing.
+    sink: Option<firewall_user::events::Sink>,
+    dir: PathBuf,
     names: std::collections::HashMap<u32, String>,
 }
 
@@ -375,7 +380,7 @@ impl EventLog {
         // SAFETY: the AsyncFd owns the ring buffer, hence its descriptor,
         // which stays open for as long as it is registered.
         let ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
-        Ok(Self { ring, sink: firewall_user::events::Sink::open(&dir)?, names })
+        Ok(Self { ring, sink: None, dir, names })
     }
 
     /// Logs what the ring holds, at most `BATCH` records; returns whether
@@ -383,11 +388,20 @@ impl EventLog {
     /// an event flood never starves reloads, signals or key rotation).
     /// A record that cannot be written is counted and dropped, never left
     /// in the ring (which would stop the wake-ups).
-    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut firewall_user::events::Sink, names: &std::collections::HashMap<u32, String>) -> bool {
+    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut Option<firewall_user::events::Sink>, dir: &Path, names: &std::collections::HashMap<u32, String>) -> bool {
+        if sink.is_none() {
+            match firewall_user::events::Sink::open(dir) {
+                Ok(s) => *sink = Some(s),
+                Err(e) => {
+                    COUNTS.error();
+                    log::warn!("drop events cannot be logged: {e:#}");
+                }
+            }
+        }
         const BATCH: usize = 1024;
         for _ in 0..BATCH {
             let Some(item) = ring.next() else {
-                if let Err(e) = sink.flush() {
+                if let Err(e) = sink.as_mut().map_or(Ok(()), |s| s.flush()) {
                     COUNTS.error();
                     log::warn!("writing drop events failed: {e:#}");
                 }
@@ -400,12 +414,15 @@ impl EventLog {
             let ev: firewall_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
             let iface = names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
+            let Some(sink) = sink.as_mut() else { continue };
             if let Err(e) = sink.record(&firewall_user::events::Record::from_event(&ev, sink.unix_minus_mono_ns, iface)) {
                 COUNTS.error();
                 log::warn!("writing a drop event failed: {e:#}");
             }
         }
-        let _ = sink.flush();
+        if let Some(s) = sink.as_mut() {
+            let _ = s.flush();
+        }
         true
     }
 }
@@ -416,8 +433,8 @@ async fn events_ready(events: &mut Option<EventLog>) -> Result<()> {
     match events {
         Some(ev) => {
             let mut guard = ev.ring.readable_mut().await?;
-            let (ring, sink, names) = (guard.get_inner_mut(), &mut ev.sink, &ev.names);
-            if EventLog::drain(ring, sink, names) {
+            let (ring, sink, dir, names) = (guard.get_inner_mut(), &mut ev.sink, &ev.dir, &ev.names);
+            if EventLog::drain(ring, sink, dir, names) {
                 // More to read: stay ready, but let the loop's other arms run.
                 drop(guard);
                 tokio::task::yield_now().await;
@@ -499,8 +516,8 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
                     COUNTS.error();
                     log::warn!("checking the alerts failed: {e:#}");
                 }
-                if let Some(ev) = &events {
-                    if let Err(e) = ev.sink.write_top() {
+                if let Some(sink) = events.as_ref().and_then(|e| e.sink.as_ref()) {
+                    if let Err(e) = sink.write_top() {
                         COUNTS.error();
                         log::warn!("writing the top sources failed: {e:#}");
                     }
