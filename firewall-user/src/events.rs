@@ -29,6 +29,17 @@ pub fn run_dir(name: &str) -> Result<PathBuf> {
     Ok(Path::new("/run/firewall").join(crate::loader::netns_inode()?.to_string()).join(name))
 }
 
+/// Removes the event files of the firewall `name` (stopped, or a new one
+/// of that name), and the namespace's directory once it is empty.
+pub fn remove_run_dir(name: &str) {
+    if let Ok(d) = run_dir(name) {
+        let _ = fs::remove_dir_all(&d);
+        if let Some(parent) = d.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
 /// One event as logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {

@@ -290,10 +290,8 @@ impl Instance {
             return Ok(None);
         }
         let links: Vec<OwnedFd> = links.into_iter().flatten().collect();
-        let want = loader::ifindex(iface).ok();
         for fd in &links {
-            let info = bpf_sys::link_info(fd.as_fd())?;
-            if info.ifindex == 0 || Some(info.ifindex) != want {
+            if !link_on(fd, iface)? {
                 log::warn!("{iface}: the pinned firewall belonged to an interface that is gone; attaching afresh");
                 detach_links(&d);
                 remove_tree(&d);
@@ -373,7 +371,14 @@ pub fn xdp_link_live(dir: &Path, iface: &str) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    let info = bpf_sys::link_info(fd.as_fd()).with_context(|| format!("cannot read {}", path.display()))?;
+    link_on(&fd, iface).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Whether the link `fd` is live on the interface named `iface` (a link
+/// whose interface was removed reports ifindex 0; a recreated one has
+/// another index).
+fn link_on(fd: &OwnedFd, iface: &str) -> Result<bool> {
+    let info = bpf_sys::link_info(fd.as_fd())?;
     Ok(info.ifindex != 0 && loader::ifindex(iface).ok() == Some(info.ifindex))
 }
 

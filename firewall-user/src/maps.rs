@@ -61,6 +61,25 @@ pub struct Found {
     pub maps: FirewallMaps,
 }
 
+/// The counters of the interfaces `found` (of one firewall), summed: one
+/// policy, so the same rules in the same order, unless a reload came
+/// between two reads (then they are read again).
+pub fn snapshot_sum(found: &[Found]) -> Result<crate::stats::Snapshot> {
+    'again: for _ in 0..10 {
+        let mut total: Option<crate::stats::Snapshot> = None;
+        for f in found {
+            let snap = crate::stats::snapshot(&f.maps.sources())?;
+            match total.as_mut() {
+                Some(t) if t.generation != snap.generation => continue 'again,
+                Some(t) => t.merge(&snap),
+                None => total = Some(snap),
+            }
+        }
+        return total.context("no interface to read");
+    }
+    bail!("the policy kept changing while the interfaces' counters were read")
+}
+
 /// The interfaces of a firewall: `iface`'s alone, or, with `None`, every
 /// interface of the only firewall in this network namespace.
 pub fn open(iface: Option<&str>) -> Result<Vec<Found>> {

@@ -106,6 +106,22 @@ fn start(pair: &Pair, policy: &std::path::Path, extra: &[&str]) -> (Guarded, Arc
     (child, log)
 }
 
+/// `per_10ms` datagrams every 10 ms from the client to the `dns` rule's
+/// port, until `stop` (at most 20 s).
+fn paced_dns_queries(pair: &Pair, per_10ms: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (dst, local) = (format!("{}:5353", pair.server_ip), format!("{}:0", pair.client_ip));
+    Pair::within(&pair.client, move || {
+        let s = UdpSocket::bind(local).unwrap();
+        let start = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
+            for _ in 0..per_10ms {
+                s.send_to(b"query", &dst).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
 #[test]
 fn metrics_are_served_and_move_with_traffic() {
     let pair = Pair::new();
@@ -211,17 +227,7 @@ fn the_live_view_runs_in_a_real_terminal() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Traffic for the rates: 5 datagrams every 10 ms to the `dns` rule.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (dst, local, stop_tx) = (format!("{}:5353", pair.server_ip), format!("{}:0", pair.client_ip), stop.clone());
-    let sender = Pair::within(&pair.client, move || {
-        let s = UdpSocket::bind(local).unwrap();
-        let start = Instant::now();
-        while !stop_tx.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
-            for _ in 0..5 {
-                s.send_to(b"query", &dst).unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
+    let sender = paced_dns_queries(&pair, 5, stop.clone());
     let screen = wait_for("the live view with moving rates", Duration::from_secs(15), || {
         let out = tmux(&["capture-pane", "-p", "-t", session]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -266,17 +272,7 @@ fn an_alert_fires_and_resolves_with_its_command_and_gauge() {
     });
     // About 1,000 datagrams a second to the `dns` rule, bounded in time.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (dst, local, stop_tx) = (format!("{}:5353", pair.server_ip), format!("{}:0", pair.client_ip), stop.clone());
-    let sender = Pair::within(&pair.client, move || {
-        let s = UdpSocket::bind(local).unwrap();
-        let start = Instant::now();
-        while !stop_tx.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
-            for _ in 0..10 {
-                s.send_to(b"query", &dst).unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
+    let sender = paced_dns_queries(&pair, 10, stop.clone());
     let json_line = |state: &str| -> Option<serde_json::Value> {
         log.lock().unwrap().iter().filter_map(|l| l.find('{').map(|i| &l[i..])).filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok()).find(|v| v["alert"] == "dns-hot" && v["state"] == state)
     };

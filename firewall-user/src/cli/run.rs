@@ -85,9 +85,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let inst = instance::Instance::take(&ifaces)?;
     if inst.created {
         // Event files of an earlier firewall of that name are not ours.
-        if let Ok(d) = firewall_user::events::run_dir(&inst.name) {
-            let _ = fs::remove_dir_all(d);
-        }
+        firewall_user::events::remove_run_dir(&inst.name);
     }
     log::info!("loading the firewall for {} (signals are queued until it runs)", ifaces.join(", "));
     let mut fw = match start(&inst, &ifaces, &policy_path, &compiled, mode) {
@@ -139,12 +137,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
     } else {
         inst.remove();
-        if let Ok(d) = firewall_user::events::run_dir(&inst.name) {
-            let _ = fs::remove_dir_all(&d);
-            if let Some(parent) = d.parent() {
-                let _ = fs::remove_dir(parent);
-            }
-        }
+        firewall_user::events::remove_run_dir(&inst.name);
         drop(fw);
         log::info!("detached from {}", ifaces.join(", "));
     }
@@ -332,15 +325,7 @@ impl Alerting {
         if self.watch.alerts().is_empty() {
             return Ok(());
         }
-        let mut total: Option<firewall_user::stats::Snapshot> = None;
-        for f in &self.found {
-            let snap = firewall_user::stats::snapshot(&f.maps.sources())?;
-            match total.as_mut() {
-                Some(t) => t.merge(&snap),
-                None => total = Some(snap),
-            }
-        }
-        let Some(snap) = total else { return Ok(()) };
+        let snap = maps::snapshot_sum(&self.found)?;
         let first = &self.found[0].maps;
         let flows = if self.watch.needs_tables() { (first.flows.keys().count(), first.remote_flows.keys().count()) } else { (0, 0) };
         for t in self.watch.tick(snap, flows, dt, std::time::Instant::now()) {

@@ -7,23 +7,7 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
     let found = maps::open(iface)?;
     let names: Vec<&str> = found.iter().map(|f| f.iface.as_str()).collect();
     let name = names.join(", ");
-    // Every interface's counters, summed: one policy, so the same rules
-    // in the same order, unless a reload came between two reads (then again).
-    let read = || -> Result<stats::Snapshot> {
-        'again: for _ in 0..10 {
-            let mut total: Option<stats::Snapshot> = None;
-            for f in &found {
-                let snap = stats::snapshot(&f.maps.sources())?;
-                match total.as_mut() {
-                    Some(t) if t.generation != snap.generation => continue 'again,
-                    Some(t) => t.merge(&snap),
-                    None => total = Some(snap),
-                }
-            }
-            return Ok(total.expect("one interface at least"));
-        }
-        anyhow::bail!("the policy kept changing while the interfaces' counters were read")
-    };
+    let read = || maps::snapshot_sum(&found);
     if watch && !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return live(name, read);
     }

@@ -48,9 +48,7 @@ pub fn stop(iface: Option<&str>) -> Result<ExitCode> {
                 bail!("could not remove every pin under {}", dir.display());
             }
         }
-        if let Ok(d) = firewall_user::events::run_dir(&name) {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        firewall_user::events::remove_run_dir(&name);
         println!("stopped `{name}`: detached from {}", if ifaces.is_empty() { "nothing".to_owned() } else { ifaces.join(", ") });
     }
     Ok(ExitCode::SUCCESS)
