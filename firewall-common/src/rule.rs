@@ -136,7 +136,8 @@ pub struct MatchBox {
     pub state_mask: u8,
     /// `SYNCOOKIE_*` mode of the rule (accepting TCP rules only).
     pub syncookie: u8,
-    pub _pad: [u8; 1],
+    /// 1: the rule has `log = true` (its matches become events).
+    pub log: u8,
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
 }
@@ -149,12 +150,14 @@ pub struct RuleMeta {
     pub action: u8,
     /// `SYNCOOKIE_*` mode of the rule.
     pub syncookie: u8,
-    pub _pad: [u8; 6],
+    /// 1: `log = true` (read by the cookie SYN program, which has only the index).
+    pub log: u8,
+    pub _pad: [u8; 5],
 }
 
 impl Default for RuleMeta {
     fn default() -> Self {
-        Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, _pad: [0; 6] }
+        Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, log: 0, _pad: [0; 5] }
     }
 }
 

@@ -23,7 +23,7 @@ use aya_ebpf::{
 use conntrack::{Ct, Dir, Socket};
 use cookie::Event;
 use firewall_common::{
-    ACTION_ACCEPT, Active, Control, CookieConfig, EVENT_RING_BYTES, EventConfig, EventState, IfaceInfo, RuleBase, CookieCounters, CookieKey, Counter, Flow, FlowKey,
+    ACTION_ACCEPT, Active, Control, CookieConfig, EVENT_CLASSES, EVENT_RING_BYTES, EventArg, EventConfig, EventState, IfaceInfo, RuleBase, CookieCounters, CookieKey, Counter, Flow, FlowKey,
     MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_REMOTE_FLOWS, MAX_RULES,
     COOKIE_PORT_ALWAYS_ONLY, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, Reason, RuleMeta, STATE_ACCEPT, STATE_DROP,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, U128, WSCALE_NONE, ct_state,
@@ -109,9 +109,9 @@ static FW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map(name = "FW_EVENT_CFG")]
 static FW_EVENT_CFG: Array<EventConfig> = Array::with_max_entries(1, 0);
 #[map(name = "FW_EVENT_ST")]
-static FW_EVENT_STATE: PerCpuArray<EventState> = PerCpuArray::with_max_entries(1, 0);
+static FW_EVENT_STATE: PerCpuArray<EventState> = PerCpuArray::with_max_entries(EVENT_CLASSES, 0);
 #[map(name = "FW_EVENT_ARG")]
-static FW_EVENT_ARG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static FW_EVENT_ARG: PerCpuArray<EventArg> = PerCpuArray::with_max_entries(1, 0);
 
 /// `BPF_F_WRONLY` (include/uapi/linux/bpf.h): userspace may only write.
 const BPF_F_WRONLY: u32 = 1 << 4;
@@ -123,11 +123,9 @@ pub fn firewall(ctx: XdpContext) -> u32 {
     let len = frame.wire_len;
     let reason = decide(&ctx, &frame);
     counters::count_reason(reason, len);
-    if reason.drops() {
-        events::hand_over(&ctx, reason);
-        return XDP_DROP;
-    }
-    XDP_PASS
+    let action = if reason.drops() { XDP_DROP } else { XDP_PASS };
+    events::hand_over(&ctx, reason, action);
+    action
 }
 
 /// The policy slot in force: read once, so one packet sees one policy.
@@ -256,6 +254,7 @@ fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
         return Reason::Internal;
     };
+    events::note_rule(slot, matched);
     if let Some(m) = matched {
         counters::count_rule(slot, m.rule, packet.wire_len);
         service = (m.rule, m.syncookie);
@@ -355,6 +354,7 @@ fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
         _ => return (Reason::Internal, XDP_PASS),
     };
     let Some(packet) = forget_paths(packet) else { return (Reason::Internal, XDP_PASS) };
+    events::cookie_syn(ctx, slot, rule, packet);
     match cookie::answer_syn(ctx, packet) {
         Ok(()) => {
             cookie::count(slot, rule, Event::Sent);
@@ -381,11 +381,9 @@ pub fn fw_cookie_ack(ctx: XdpContext) -> u32 {
     let len = frame.wire_len;
     let reason = cookie_ack(&ctx, &frame);
     counters::count_reason(reason, len);
-    if reason.drops() {
-        events::hand_over(&ctx, reason);
-        return XDP_DROP;
-    }
-    XDP_PASS
+    let action = if reason.drops() { XDP_DROP } else { XDP_PASS };
+    events::hand_over(&ctx, reason, action);
+    action
 }
 
 #[inline(always)]
@@ -451,6 +449,7 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
             }
             let p = unsafe { &*scratch };
             let Ok(matched) = rules::classify(slot, header.root, &p.key) else { return Reason::Internal };
+            events::note_rule(slot, matched);
             if let Some(m) = matched {
                 counters::count_rule(slot, m.rule, p.wire_len);
             }
@@ -459,16 +458,16 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
     }
 }
 
+/// Tail-called for a verdict to record (see `events::hand_over`): records
+/// it, then gives that verdict.
+#[xdp]
+pub fn fw_event(ctx: XdpContext) -> u32 {
+    events::record(&ctx)
+}
+
 /// For the far end of a veth pair: in native mode a veth delivers the
 /// frames its peer sends with XDP_TX (cookie SYN-ACKs) only while it runs
 /// an XDP program itself (TOOLCHAIN.md, veth facts). Passes everything.
-/// Tail-called for a drop while events are on: records it, then drops.
-#[xdp]
-pub fn fw_event(ctx: XdpContext) -> u32 {
-    events::record(&ctx);
-    XDP_DROP
-}
-
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS

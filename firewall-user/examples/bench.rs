@@ -94,7 +94,7 @@ fn main() {
         // event program, its sampler and per-second cap (after the first 100
         // records a second, what every further drop in a flood pays).
         let mut with_events = compiled.clone();
-        with_events.events = firewall_common::EventConfig { sample: 1, per_second: 100 };
+        with_events.events = firewall_common::EventConfig { sample: 1, per_second: 100, ..Default::default() };
         h.fw.install(&with_events).expect("installs");
         for (id, class, f) in [
             ("rule_drop_events", "rule drop, events on (capped)", &rule_drop),

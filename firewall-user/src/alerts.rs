@@ -185,16 +185,22 @@ pub(crate) fn validate(raw: Vec<Spanned<RawAlert>>, rules: &[Rule], error: &mut 
 }
 
 /// An alert that fired or recovered.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Transition {
     pub alert: String,
     /// `firing` or `resolved`.
-    pub state: &'static str,
+    pub state: String,
     pub what: String,
     pub value: f64,
     /// `above` when firing, `below` when resolved.
     pub threshold: f64,
     pub unix_time: u64,
+    /// The busiest source prefixes of what the alert watches, from the
+    /// recorded events (empty without events, and for the tables).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(skip)]
+    pub metric: Option<Metric>,
     #[serde(skip)]
     pub command: Option<Vec<String>>,
 }
@@ -202,10 +208,14 @@ pub struct Transition {
 impl Transition {
     /// One line of text for the log.
     pub fn text(&self) -> String {
-        match self.state {
+        let mut s = match self.state.as_str() {
             "firing" => format!("ALERT {}: {} is {:.2}, above {}", self.alert, self.what, self.value, self.threshold),
             _ => format!("RESOLVED {}: {} is {:.2}, below {}", self.alert, self.what, self.value, self.threshold),
+        };
+        if !self.sources.is_empty() {
+            s += &format!("; top sources {}", self.sources.join(", "));
         }
+        s
     }
 
     pub fn json(&self) -> String {
@@ -300,11 +310,13 @@ impl Watch {
             st.past_since = None;
             out.push(Transition {
                 alert: a.name.clone(),
-                state: if st.firing { "firing" } else { "resolved" },
+                state: if st.firing { "firing" } else { "resolved" }.into(),
                 what: a.metric.describe(),
                 value,
                 threshold: if st.firing { a.above } else { a.below },
                 unix_time: crate::loader::unix_now(),
+                sources: Vec::new(),
+                metric: Some(a.metric.clone()),
                 command: a.command.clone(),
             });
         }
@@ -346,10 +358,10 @@ mod tests {
         assert!(step(&mut w, 50, 1).is_empty());
         let t = step(&mut w, 150, 2);
         assert_eq!(t.len(), 1);
-        assert_eq!((t[0].state, t[0].value, t[0].threshold), ("firing", 150.0, 100.0));
+        assert_eq!((t[0].state.as_str(), t[0].value, t[0].threshold), ("firing", 150.0, 100.0));
         assert!(step(&mut w, 60, 3).is_empty(), "between below and above: still firing");
         let t = step(&mut w, 10, 4);
-        assert_eq!((t[0].state, t[0].threshold), ("resolved", 20.0));
+        assert_eq!((t[0].state.as_str(), t[0].threshold), ("resolved", 20.0));
         assert!(t[0].text().starts_with("RESOLVED hot: packets/s of rule `web` is 10.00, below 20"));
         assert!(t[0].json().contains("\"state\":\"resolved\""));
         assert_eq!(w.firing(), vec![("hot".to_owned(), false)]);
@@ -406,6 +418,6 @@ mod tests {
         let t0 = Instant::now();
         w.tick(snap(0), (0, 0), 1.0, t0);
         let t = w.tick(snap(0), (0, (MAX_REMOTE_FLOWS as usize) * 3 / 4), 1.0, t0 + Duration::from_secs(1));
-        assert_eq!((t[0].state, t[0].value), ("firing", 0.75));
+        assert_eq!((t[0].state.as_str(), t[0].value), ("firing", 0.75));
     }
 }

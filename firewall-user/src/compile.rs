@@ -185,7 +185,7 @@ fn cookie_ports(policy: &Policy) -> Vec<(u16, u32)> {
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
-    let mut meta = RuleMeta { action: rule.action.code(), syncookie: rule.syncookie.code(), ..Default::default() };
+    let mut meta = RuleMeta { action: rule.action.code(), syncookie: rule.syncookie.code(), log: u8::from(rule.log), ..Default::default() };
     // Validation bounds names to RULE_NAME_LEN - 1 bytes; keep a NUL at the end regardless.
     let n = rule.name.len().min(RULE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);
@@ -296,7 +296,7 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         action: rule.action.code(),
                         state_mask: rule.state,
                         syncookie: rule.syncookie.code(),
-                        _pad: [0; 1],
+                        log: u8::from(rule.log),
                         rule: index,
                     });
                 }

@@ -90,12 +90,15 @@ pub fn list<M: Borrow<MapData>>(tables: &[&HashMap<M, FlowKey, Flow>]) -> Result
 }
 
 /// Deletes flows idle past their timeout (the XDP program also ignores
-/// them on lookup; this frees their slots). Returns how many went.
-pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts) -> Result<usize> {
+/// them on lookup; this frees their slots). Returns how many entries the
+/// walk saw, and how many of them went.
+pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts) -> Result<(usize, usize)> {
     let now = monotonic_ns();
+    let mut seen = 0;
     let expired: Vec<FlowKey> = flows
         .iter()
         .filter_map(|item| item.ok())
+        .inspect(|_| seen += 1)
         .filter(|(key, flow)| {
             let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
             now.saturating_sub(flow.last_seen_ns) > limit
@@ -111,7 +114,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
             removed += 1;
         }
     }
-    Ok(removed)
+    Ok((seen, removed))
 }
 
 /// Plain-text table.

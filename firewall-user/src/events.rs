@@ -1,8 +1,11 @@
-//! Drop events on the controller's side: each `Event` from the ring buffer
-//! becomes a JSON line in `/run/firewall/NETNS/NAME/events.jsonl` (rotated
-//! at `ROTATE_BYTES`), and counts towards the top sources by prefix, which
-//! `top.json` beside it holds (rewritten once a second). `firewall events`
-//! and `firewall top` read those files from any process.
+//! Events on the controller's side. Each drop or `log` record from the ring
+//! buffer becomes a JSON line in `/run/firewall/NETNS/NAME/events.jsonl`
+//! (rotated at `ROTATE_BYTES`), and so does each change the controller
+//! makes or sees (a service entering or leaving cookie mode, a connection
+//! table nearly full) and each alert. Drops and sampled cookie SYNs count
+//! towards the top sources by prefix (overall, and per cookie service),
+//! which `top.json` beside it holds (rewritten once a second). `firewall
+//! events` and `firewall top` read those files from any process.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -40,7 +43,48 @@ pub fn remove_run_dir(name: &str) {
     }
 }
 
-/// One event as logged.
+/// One line of the events file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A dropped packet.
+    Drop(Record),
+    /// A packet a `log = true` rule matched.
+    Log(Record),
+    /// A change of what the data plane does, or of how full it is.
+    State(StateChange),
+    /// An alert that fired or resolved.
+    Alert(crate::alerts::Transition),
+}
+
+impl Entry {
+    /// One line of text (`firewall events`).
+    pub fn text(&self) -> String {
+        match self {
+            Entry::Drop(r) => r.text(""),
+            Entry::Log(r) => r.text("log "),
+            Entry::State(c) => format!("{} {} {} {}: {}", hms(c.time), c.what, c.subject, c.state, c.message),
+            Entry::Alert(t) => format!("{} {}", hms(t.unix_time as f64), t.text()),
+        }
+    }
+}
+
+/// A change the controller made or saw.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateChange {
+    pub time: f64,
+    /// `cookie_mode` (of a service) or `table` (a connection table).
+    pub what: String,
+    /// The service, or `proven` / `unproven`.
+    pub subject: String,
+    /// `on` / `off`; `nearly_full` / `ok`.
+    pub state: String,
+    /// SYNs per second, or the fraction of the table in use.
+    pub value: f64,
+    pub message: String,
+}
+
+/// A packet event as logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// Unix seconds, with milliseconds.
@@ -56,13 +100,18 @@ pub struct Record {
     /// TCP flags as letters (`S`, `A`, `F`, `R`, `P`, `U`), empty otherwise.
     pub flags: String,
     pub len: u32,
-    /// Drops on that CPU left out since its previous record.
+    /// Records of this kind that CPU left out since its previous one.
     pub not_recorded: u32,
+    /// The rule that matched, if the verdict is the rules'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl Record {
-    pub fn from_event(ev: &Event, unix_minus_mono_ns: i128, iface: String) -> Self {
-        let reason = Reason::ALL.get(ev.reason as usize).map_or("unknown", |r| r.name()).to_owned();
+    /// `rule` is the name of the rule the event names, if any.
+    pub fn from_event(ev: &Event, unix_minus_mono_ns: i128, iface: String, rule: Option<String>) -> Self {
+        let known = Reason::ALL.get(ev.reason as usize);
+        let reason = known.map_or("unknown", |r| r.name()).to_owned();
         let parsed = ev.src.to_u128() != 0 || ev.dst.to_u128() != 0;
         let proto = match ev.proto {
             6 => "tcp",
@@ -76,7 +125,7 @@ impl Record {
         Record {
             time: (ev.ts_ns as i128 + unix_minus_mono_ns) as f64 / 1e9,
             iface,
-            verdict: "drop".into(),
+            verdict: known.map_or("drop", |r| crate::stats::verdict(*r)).into(),
             reason,
             proto: proto.into(),
             src: parsed.then(|| crate::conntrack::addr(ev.src)),
@@ -86,20 +135,20 @@ impl Record {
             flags: letters.iter().filter(|(b, _)| ev.tcp_flags & b != 0).map(|(_, c)| *c).collect(),
             len: ev.len,
             not_recorded: ev.skipped,
+            rule,
         }
     }
 
-    /// `12:00:01.250 eth0 drop default_drop tcp 10.0.0.1:40000 -> 10.0.0.2:80 [S] 60 B`
-    pub fn text(&self) -> String {
-        let secs = self.time as u64;
-        let ms = ((self.time - secs as f64) * 1000.0) as u64;
-        let hms = format!("{:02}:{:02}:{:02}.{ms:03}", secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    /// `12:00:01.250 eth0 drop default_drop tcp 10.0.0.1:40000 -> 10.0.0.2:80 [S] 60 B`,
+    /// after `prefix` (`log `) and the verdict, `rule NAME` when one matched.
+    pub fn text(&self, prefix: &str) -> String {
         let ep = |a: Option<IpAddr>, p: u16| match a {
             Some(IpAddr::V6(v6)) => format!("[{v6}]:{p}"),
             Some(a) => format!("{a}:{p}"),
             None => "?".into(),
         };
-        let mut s = format!("{hms} {} {} {} {} {} -> {}", self.iface, self.verdict, self.reason, self.proto, ep(self.src, self.sport), ep(self.dst, self.dport));
+        let rule = self.rule.as_ref().map_or(String::new(), |r| format!(" rule {r}"));
+        let mut s = format!("{} {} {prefix}{} {}{rule} {} {} -> {}", hms(self.time), self.iface, self.verdict, self.reason, self.proto, ep(self.src, self.sport), ep(self.dst, self.dport));
         if !self.flags.is_empty() {
             s += &format!(" [{}]", self.flags);
         }
@@ -109,6 +158,13 @@ impl Record {
         }
         s
     }
+}
+
+/// `HH:MM:SS.mmm` (UTC) of Unix seconds.
+fn hms(time: f64) -> String {
+    let secs = time as u64;
+    let ms = ((time - secs as f64) * 1000.0) as u64;
+    format!("{:02}:{:02}:{:02}.{ms:03}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
 /// The prefix a source is counted under: /24 for IPv4, /64 for IPv6.
@@ -133,7 +189,29 @@ pub struct Source {
     pub recorded: u64,
     /// Drops by reason (recorded).
     pub reasons: BTreeMap<String, u64>,
+    /// Drops by the rule that dropped them (recorded).
+    #[serde(default)]
+    pub rules: BTreeMap<String, u64>,
     /// Unix seconds of the last one.
+    pub last: f64,
+}
+
+/// The sources of the SYNs one cookie service answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceTop {
+    pub service: String,
+    /// SYNs recorded (sampled) for this service.
+    pub recorded: u64,
+    /// SYNs left out by sampling and caps.
+    pub not_recorded: u64,
+    pub sources: Vec<SynSource>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SynSource {
+    pub prefix: String,
+    /// SYNs recorded from it.
+    pub syns: u64,
     pub last: f64,
 }
 
@@ -145,10 +223,41 @@ pub struct Top {
     pub recorded: u64,
     /// Drops the samplers and caps left out (not attributed to a source).
     pub not_recorded: u64,
-    /// Recorded drops from prefixes past `MAX_PREFIXES`.
+    /// Recorded drops (and SYNs) from prefixes past `MAX_PREFIXES`.
     #[serde(default)]
     pub other: u64,
     pub sources: Vec<Source>,
+    /// Per cookie service, the sources of the SYNs it answered.
+    #[serde(default)]
+    pub services: Vec<ServiceTop>,
+}
+
+impl Top {
+    /// The first `n` prefixes of the sources an alert on `metric` is about
+    /// (none for the tables).
+    pub fn sources_for(&self, metric: &crate::alerts::Metric, n: usize) -> Vec<String> {
+        use crate::alerts::Metric;
+        let ranked = |count: &dyn Fn(&Source) -> u64| {
+            let mut v: Vec<(u64, &str)> = self.sources.iter().map(|s| (count(s), s.prefix.as_str())).filter(|(c, _)| *c > 0).collect();
+            v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            v.into_iter().take(n).map(|(_, p)| p.to_owned()).collect()
+        };
+        match metric {
+            Metric::SynRate(s) => self.services.iter().find(|t| t.service == *s).map_or_else(Vec::new, |t| t.sources.iter().take(n).map(|x| x.prefix.clone()).collect()),
+            Metric::CookieAckFailures(_) => ranked(&|s| s.reasons.get(Reason::CookieInvalid.name()).copied().unwrap_or(0)),
+            Metric::ReasonRate(r) => ranked(&|s| s.reasons.get(*r).copied().unwrap_or(0)),
+            Metric::RuleRate(r) => ranked(&|s| s.rules.get(r).copied().unwrap_or(0)),
+            Metric::TableUse(_) => Vec::new(),
+        }
+    }
+}
+
+/// SYN sources of one service, as the sink counts them.
+#[derive(Default)]
+struct ServiceCount {
+    recorded: u64,
+    not_recorded: u64,
+    sources: HashMap<String, SynSource>,
 }
 
 /// The controller's writer of both files.
@@ -157,11 +266,18 @@ pub struct Sink {
     file: std::io::BufWriter<File>,
     written: u64,
     sources: HashMap<String, Source>,
+    services: BTreeMap<String, ServiceCount>,
+    /// Prefixes counted over `sources` and every service's.
+    prefixes: usize,
     recorded: u64,
     not_recorded: u64,
     other: u64,
-    /// Unix time minus monotonic time, ns (event times are monotonic).
-    pub unix_minus_mono_ns: i128,
+}
+
+/// Unix time minus monotonic time, ns (event times are monotonic).
+pub fn unix_minus_mono_ns() -> i128 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    unix - crate::conntrack::monotonic_ns() as i128
 }
 
 impl Sink {
@@ -171,13 +287,78 @@ impl Sink {
         let path = dir.join("events.jsonl");
         let file = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        Ok(Self { dir: dir.to_path_buf(), file: std::io::BufWriter::new(file), written, sources: HashMap::new(), recorded: 0, not_recorded: 0, other: 0, unix_minus_mono_ns: unix - crate::conntrack::monotonic_ns() as i128 })
+        Ok(Self { dir: dir.to_path_buf(), file: std::io::BufWriter::new(file), written, sources: HashMap::new(), services: BTreeMap::new(), prefixes: 0, recorded: 0, not_recorded: 0, other: 0 })
     }
 
-    /// Logs one record and counts it.
-    pub fn record(&mut self, r: &Record) -> Result<()> {
-        let mut line = serde_json::to_string(r)?;
+    /// Logs a drop and counts its source.
+    pub fn drop(&mut self, r: Record) -> Result<()> {
+        self.count_drop(&r);
+        self.write(&Entry::Drop(r))
+    }
+
+    /// Logs a match of a `log = true` rule (counted as a drop if it is one).
+    pub fn log(&mut self, r: Record) -> Result<()> {
+        if r.verdict == "drop" {
+            self.count_drop(&r);
+        }
+        self.write(&Entry::Log(r))
+    }
+
+    /// Logs a change of state.
+    pub fn state(&mut self, c: StateChange) -> Result<()> {
+        self.write(&Entry::State(c))
+    }
+
+    /// Logs an alert.
+    pub fn alert(&mut self, t: crate::alerts::Transition) -> Result<()> {
+        self.write(&Entry::Alert(t))
+    }
+
+    /// Counts a sampled SYN to the cookie service `service` (not logged:
+    /// under a flood these would bury everything else).
+    pub fn syn(&mut self, service: &str, r: &Record) {
+        let Some(src) = r.src else { return };
+        let key = prefix(src);
+        let room = self.prefixes < MAX_PREFIXES;
+        let svc = self.services.entry(service.to_owned()).or_default();
+        svc.recorded += 1;
+        svc.not_recorded += u64::from(r.not_recorded);
+        if !room && !svc.sources.contains_key(&key) {
+            self.other += 1;
+            return;
+        }
+        let s = svc.sources.entry(key).or_insert_with_key(|k| {
+            self.prefixes += 1;
+            SynSource { prefix: k.clone(), ..SynSource::default() }
+        });
+        s.syns += 1;
+        s.last = r.time;
+    }
+
+    fn count_drop(&mut self, r: &Record) {
+        self.recorded += 1;
+        self.not_recorded += u64::from(r.not_recorded);
+        let Some(src) = r.src else { return };
+        let key = prefix(src);
+        if self.prefixes >= MAX_PREFIXES && !self.sources.contains_key(&key) {
+            self.other += 1;
+            return;
+        }
+        let s = self.sources.entry(key).or_insert_with_key(|k| {
+            self.prefixes += 1;
+            Source { prefix: k.clone(), ..Source::default() }
+        });
+        s.recorded += 1;
+        *s.reasons.entry(r.reason.clone()).or_default() += 1;
+        if let Some(rule) = &r.rule {
+            *s.rules.entry(rule.clone()).or_default() += 1;
+        }
+        s.last = r.time;
+    }
+
+    /// Appends one line to the events file, rotating it when full.
+    fn write(&mut self, entry: &Entry) -> Result<()> {
+        let mut line = serde_json::to_string(entry)?;
         line.push('\n');
         if self.written + line.len() as u64 > ROTATE_BYTES {
             let path = self.dir.join("events.jsonl");
@@ -190,19 +371,6 @@ impl Sink {
         }
         self.file.write_all(line.as_bytes())?;
         self.written += line.len() as u64;
-        self.recorded += 1;
-        self.not_recorded += u64::from(r.not_recorded);
-        if let Some(src) = r.src {
-            let key = prefix(src);
-            if self.sources.len() >= MAX_PREFIXES && !self.sources.contains_key(&key) {
-                self.other += 1;
-                return Ok(());
-            }
-            let s = self.sources.entry(key.clone()).or_insert_with(|| Source { prefix: key, ..Source::default() });
-            s.recorded += 1;
-            *s.reasons.entry(r.reason.clone()).or_default() += 1;
-            s.last = r.time;
-        }
         Ok(())
     }
 
@@ -221,7 +389,21 @@ impl Sink {
         }
         sources.sort_by(order);
         let sources: Vec<Source> = sources.into_iter().cloned().collect();
-        Top { time: crate::loader::unix_now() as f64, recorded: self.recorded, not_recorded: self.not_recorded, other: self.other, sources }
+        let services = self
+            .services
+            .iter()
+            .map(|(name, c)| {
+                let mut v: Vec<&SynSource> = c.sources.values().collect();
+                let order = |a: &&SynSource, b: &&SynSource| b.syns.cmp(&a.syns).then_with(|| a.prefix.cmp(&b.prefix));
+                if v.len() > TOP_SOURCES {
+                    v.select_nth_unstable_by(TOP_SOURCES, order);
+                    v.truncate(TOP_SOURCES);
+                }
+                v.sort_by(order);
+                ServiceTop { service: name.clone(), recorded: c.recorded, not_recorded: c.not_recorded, sources: v.into_iter().cloned().collect() }
+            })
+            .collect();
+        Top { time: crate::loader::unix_now_f64(), recorded: self.recorded, not_recorded: self.not_recorded, other: self.other, sources, services }
     }
 
     /// Rewrites `top.json` (whole, then renamed: a reader never sees half).
@@ -248,29 +430,48 @@ mod tests {
             proto: 6,
             tcp_flags: 0x02,
             kind: firewall_common::EVENT_DROP,
-            reason: Reason::DefaultDrop as u32,
+            reason: Reason::DefaultDrop as u16,
             len: 60,
             skipped: 2,
             ..Event::default()
         };
-        let r = Record::from_event(&ev, 3_600_000_000_000, "eth0".into());
-        assert_eq!(r.text(), "01:00:01.000 eth0 drop default_drop tcp 192.0.2.77:40000 -> 198.51.100.1:80 [S] 60 B (+2 not recorded)");
+        let r = Record::from_event(&ev, 3_600_000_000_000, "eth0".into(), None);
+        assert_eq!(r.text(""), "01:00:01.000 eth0 drop default_drop tcp 192.0.2.77:40000 -> 198.51.100.1:80 [S] 60 B (+2 not recorded)");
         let dir = std::env::temp_dir().join(format!("fw-events-{}", std::process::id()));
         let mut sink = Sink::open(&dir).unwrap();
-        sink.record(&r).unwrap();
-        sink.record(&Record { src: Some("192.0.2.9".parse().unwrap()), ..r.clone() }).unwrap();
-        sink.record(&Record { src: Some("2001:db8::1".parse().unwrap()), reason: "invalid_window".into(), ..r.clone() }).unwrap();
+        sink.drop(r.clone()).unwrap();
+        sink.drop(Record { src: Some("192.0.2.9".parse().unwrap()), rule: Some("telnet".into()), reason: "rule_drop".into(), ..r.clone() }).unwrap();
+        sink.drop(Record { src: Some("2001:db8::1".parse().unwrap()), reason: "invalid_window".into(), ..r.clone() }).unwrap();
+        // A logged accept is logged, not counted as a drop; sampled SYNs
+        // are counted per service, not logged.
+        let logged = Record { verdict: "pass".into(), reason: "rule_accept".into(), rule: Some("web".into()), not_recorded: 0, ..r.clone() };
+        assert_eq!(Entry::Log(logged.clone()).text(), "01:00:01.000 eth0 log pass rule_accept rule web tcp 192.0.2.77:40000 -> 198.51.100.1:80 [S] 60 B");
+        sink.log(logged).unwrap();
+        for src in ["203.0.113.1", "203.0.113.2", "198.18.0.1"] {
+            sink.syn("web", &Record { src: Some(src.parse().unwrap()), reason: "cookie_sent".into(), ..r.clone() });
+        }
+        sink.state(StateChange { time: 3600.0, what: "cookie_mode".into(), subject: "web".into(), state: "on".into(), value: 12000.0, message: "12000 SYN/s".into() }).unwrap();
         sink.flush().unwrap();
         sink.write_top().unwrap();
         let top: Top = serde_json::from_str(&fs::read_to_string(dir.join("top.json")).unwrap()).unwrap();
         assert_eq!(top.sources[0].prefix, "192.0.2.0/24");
         assert_eq!(top.sources[0].recorded, 2);
+        assert_eq!(top.sources[0].rules, BTreeMap::from([("telnet".to_owned(), 1)]));
         assert_eq!(top.sources[1].prefix, "2001:db8::/64");
         assert_eq!(top.recorded, 3);
         assert_eq!(top.not_recorded, 6);
-        let lines: Vec<Record> = fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0], r);
+        assert_eq!(top.services.len(), 1);
+        assert_eq!((top.services[0].service.as_str(), top.services[0].recorded, top.services[0].not_recorded), ("web", 3, 6));
+        assert_eq!((top.services[0].sources[0].prefix.as_str(), top.services[0].sources[0].syns), ("203.0.113.0/24", 2));
+        use crate::alerts::Metric;
+        assert_eq!(top.sources_for(&Metric::SynRate("web".into()), 5), ["203.0.113.0/24", "198.18.0.0/24"]);
+        assert_eq!(top.sources_for(&Metric::ReasonRate("invalid_window"), 5), ["2001:db8::/64"]);
+        assert_eq!(top.sources_for(&Metric::RuleRate("telnet".into()), 5), ["192.0.2.0/24"]);
+        let lines: Vec<Entry> = fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 5, "three drops, one log, one state change");
+        assert_eq!(lines[0], Entry::Drop(r));
+        assert!(matches!(&lines[3], Entry::Log(l) if l.rule.as_deref() == Some("web")));
+        assert_eq!(lines[4].text(), "01:00:00.000 cookie_mode web on: 12000 SYN/s");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -87,6 +87,25 @@ pub struct Firewall {
     held_links: Vec<FdLink>,
 }
 
+/// An `auto` service switched cookies on or off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CookieChange {
+    pub service: String,
+    pub on: bool,
+    /// SYNs per second when it switched.
+    pub rate: f64,
+    pub message: String,
+}
+
+/// What a sweep of the connection tables did and found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub removed: usize,
+    /// Entries left in each table (a walk under churn is approximate).
+    pub proven: usize,
+    pub unproven: usize,
+}
+
 /// The state of one `syncookie = "auto"` service.
 #[derive(Debug, Clone)]
 struct AutoService {
@@ -171,6 +190,11 @@ fn load_object(pins: Option<&PinPaths>) -> Result<Ebpf> {
     progs.set(maps::PROG_COOKIE_ACK, &ack_fd, 0).context("failed to register the cookie ACK program")?;
     progs.set(maps::PROG_EVENT, &event_fd, 0).context("failed to register the event program")?;
     Ok(ebpf)
+}
+
+/// Unix seconds, with the fraction.
+pub fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Unix time in seconds.
@@ -456,14 +480,14 @@ impl Firewall {
     /// one: measures each auto service's SYN rate (over all interfaces) and
     /// switches cookies on above `auto_on_rate`, off after `auto_hold_secs`
     /// below `auto_off_rate`.
-    pub fn cookie_tick(&mut self, dt: std::time::Duration) -> Result<()> {
+    pub fn cookie_tick(&mut self, dt: std::time::Duration) -> Result<Vec<CookieChange>> {
         self.cookie_tick_at(dt, std::time::Instant::now())
     }
 
     /// `cookie_tick` at a given instant (tests drive time through it).
-    pub fn cookie_tick_at(&mut self, dt: std::time::Duration, now: std::time::Instant) -> Result<()> {
+    pub fn cookie_tick_at(&mut self, dt: std::time::Duration, now: std::time::Instant) -> Result<Vec<CookieChange>> {
         if self.auto.is_empty() || dt.is_zero() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let slot = self.active.slot;
         let settings = self.cookie_settings.clone();
@@ -475,21 +499,26 @@ impl Firewall {
             }
         }
         let mut changes = Vec::new();
+        let mut out = Vec::new();
         for (svc, syns) in self.auto.iter_mut().zip(syns_of) {
             let rate = syns.saturating_sub(svc.syns) as f64 / dt.as_secs_f64();
             svc.syns = syns;
             if !svc.on && rate >= settings.auto_on_rate as f64 {
                 svc.on = true;
                 svc.below_since = None;
-                log::warn!("service `{}`: {rate:.0} SYN/s >= {}: answering with SYN cookies", svc.name, settings.auto_on_rate);
+                let message = format!("{rate:.0} SYN/s >= {}: answering with SYN cookies", settings.auto_on_rate);
+                log::warn!("service `{}`: {message}", svc.name);
                 changes.push((svc.rule, 1u32));
+                out.push(CookieChange { service: svc.name.clone(), on: true, rate, message });
             } else if svc.on && rate < settings.auto_off_rate as f64 {
                 let since = *svc.below_since.get_or_insert(now);
                 if now.duration_since(since).as_secs() >= settings.auto_hold_secs {
                     svc.on = false;
                     svc.below_since = None;
-                    log::warn!("service `{}`: {rate:.0} SYN/s < {} for {} s: SYNs go to the host again", svc.name, settings.auto_off_rate, settings.auto_hold_secs);
+                    let message = format!("{rate:.0} SYN/s < {} for {} s: SYNs go to the host again", settings.auto_off_rate, settings.auto_hold_secs);
+                    log::warn!("service `{}`: {message}", svc.name);
                     changes.push((svc.rule, 0u32));
+                    out.push(CookieChange { service: svc.name.clone(), on: false, rate, message });
                 }
             } else if svc.on {
                 svc.below_since = None;
@@ -499,7 +528,7 @@ impl Firewall {
         for (rule, v) in changes {
             on.set(slot * MAX_RULES + rule, &v, 0).context("failed to switch a cookie service")?;
         }
-        Ok(())
+        Ok(out)
     }
 
     pub fn generation(&self) -> u64 {
@@ -507,14 +536,16 @@ impl Firewall {
     }
 
     /// Deletes idle flows from the connection table; returns how many.
-    pub fn sweep(&mut self) -> Result<usize> {
-        let mut removed = 0;
-        for table in [maps::FLOWS, maps::REMOTE_FLOWS] {
+    pub fn sweep(&mut self) -> Result<Swept> {
+        let mut out = Swept::default();
+        for (table, left) in [(maps::FLOWS, &mut out.proven), (maps::REMOTE_FLOWS, &mut out.unproven)] {
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
-            removed += crate::conntrack::sweep(&mut flows, &self.timeouts)?;
+            let (seen, removed) = crate::conntrack::sweep(&mut flows, &self.timeouts)?;
+            out.removed += removed;
+            *left = seen.saturating_sub(removed);
         }
-        Ok(removed)
+        Ok(out)
     }
 
     /// Writes `policy` into the slot the XDP program is not reading, then

@@ -246,10 +246,12 @@ fn the_controller_sweeps_idle_flows() {
     h.egress(&udp(host, remote, 33333, 53));
     h.egress(&seg(host, remote, 51000, 443, SYN, 1, 0, b""));
     assert_eq!(h.flows().len(), 2);
-    assert_eq!(h.fw.sweep().unwrap(), 0, "nothing idle yet");
+    let s = h.fw.sweep().unwrap();
+    assert_eq!((s.removed, s.proven + s.unproven), (0, 2), "nothing idle yet; both flows counted");
     h.age_flows(60);
     // UDP (30 s) expired, SYN_SENT (120 s) not.
-    assert_eq!(h.fw.sweep().unwrap(), 1);
+    let s = h.fw.sweep().unwrap();
+    assert_eq!((s.removed, s.proven + s.unproven), (1, 1));
     assert_eq!(h.flows().len(), 1);
 }
 

@@ -474,7 +474,8 @@ syncookie = "auto"
     for p in 0..50 {
         h.expect(&seg(client, server, 46100 + p, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
     }
-    h.fw.cookie_tick_at(Duration::from_millis(100), start + Duration::from_millis(100)).unwrap();
+    let changed = h.fw.cookie_tick_at(Duration::from_millis(100), start + Duration::from_millis(100)).unwrap();
+    assert_eq!(changed.iter().map(|c| (c.service.as_str(), c.on, c.rate.round())).collect::<Vec<_>>(), [("web", true, 500.0)], "the change is reported (an event)");
     let svc = service(&h, "web");
     assert!(svc.cookies_on, "switched on: {svc:?}");
     answer(&h, &seg(client, server, 46200, 80, SYN, 1, 0, b""), client, server, 46200, 80, false);
@@ -482,7 +483,8 @@ syncookie = "auto"
     h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(1)).unwrap();
     h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(4)).unwrap();
     assert!(service(&h, "web").cookies_on, "hysteresis holds");
-    h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(7)).unwrap();
+    let changed = h.fw.cookie_tick_at(Duration::from_secs(1), start + Duration::from_secs(7)).unwrap();
+    assert_eq!(changed.iter().map(|c| (c.service.as_str(), c.on)).collect::<Vec<_>>(), [("web", false)]);
     assert!(!service(&h, "web").cookies_on, "off after the hold");
     h.expect(&seg(client, server, 46300, 80, SYN, 1, 0, b""), XDP_PASS, Reason::RuleAccept);
     // A reload keeps an engaged service engaged.
@@ -715,4 +717,34 @@ fn synacks_offer_only_what_the_sysctls_allow() {
         assert_eq!((s.wscale.is_some(), s.sack, s.ts.is_some()), (want_ws, want_sack, want_ts), "offer {offer:#x}");
         h.expect(&ack(client, server, cport, 80, 3, s.seq, s.ts.map(|t| t.0)), XDP_PASS, Reason::CookieValid);
     }
+}
+
+/// SYNs a cookie service answers are sampled into the event ring for the
+/// top sources per service (`syns`, on with drop events), naming the
+/// service; with `log = true` each one is also logged; without events,
+/// nothing is recorded.
+#[test]
+fn answered_syns_are_recorded_for_the_top_sources() {
+    use firewall_common::{EVENT_LOG, EVENT_SYN};
+    pin_to_cpu0();
+    let (client, server) = FAMILIES[0];
+    let mut h = harness(POLICY);
+    answer(&h, &seg(client, server, 47000, 80, SYN, 1, 0, b""), client, server, 47000, 80, false);
+    assert!(drain_events(&h).is_empty(), "no events unless the policy asks");
+
+    h.install(&format!("{POLICY}\n[settings.events]\ndrops = true\nsample = 2\n"));
+    for p in 0..6 {
+        answer(&h, &seg(client, server, 47100 + p, 80, SYN, 1, 0, b""), client, server, 47100 + p, 80, false);
+    }
+    let ev = drain_events(&h);
+    assert_eq!(ev.len(), 3, "one SYN in 2");
+    let e = ev[0];
+    assert_eq!((e.kind, e.reason, e.rule, e.dport), (EVENT_SYN, Reason::CookieSent as u16, 0, 80), "the service is rule 0");
+    assert_eq!(firewall_user::conntrack::addr(e.src), common::ip(client), "the SYN's source, not the SYN-ACK's");
+    assert!(ev.iter().skip(1).all(|e| e.skipped == 1));
+
+    h.install(&POLICY.replace("syncookie = \"always\"", "syncookie = \"always\"\nlog = true"));
+    answer(&h, &seg(client, server, 47200, 80, SYN, 1, 0, b""), client, server, 47200, 80, false);
+    let kinds: Vec<(u8, u16)> = drain_events(&h).iter().map(|e| (e.kind, e.reason)).collect();
+    assert_eq!(kinds, [(EVENT_LOG, Reason::CookieSent as u16)], "logged; SYN samples are off without events");
 }

@@ -488,51 +488,101 @@ fn the_cookie_key_map_cannot_be_read_back() {
 /// per-second cap leave drops out and say how many.
 #[test]
 fn drops_are_recorded_as_events_when_asked() {
-    use firewall_common::{EVENT_DROP, Event};
-    fn drain(h: &Harness) -> Vec<Event> {
-        let map = h.fw.ebpf.map(maps::EVENTS).expect("events map");
-        let aya::maps::Map::RingBuf(data) = map else { panic!("not a ring buffer") };
-        let data = aya::maps::MapData::from_id(data.info().unwrap().id()).unwrap();
-        let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).unwrap();
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            assert_eq!(item.len(), std::mem::size_of::<Event>());
-            // SAFETY: the program writes whole `Event`s.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
-        }
-        out
-    }
+    use firewall_common::EVENT_DROP;
     let dropped = tcp("192.0.2.7", "198.51.100.1", 40000, 5555, SYN);
     let mut h = Harness::new(WEB);
     h.expect(&dropped, XDP_DROP, Reason::DefaultDrop);
-    assert!(drain(&h).is_empty(), "no events unless the policy asks");
+    assert!(drain_events(&h).is_empty(), "no events unless the policy asks");
 
     h.install(&format!("{WEB}\n[settings.events]\ndrops = true\n"));
     h.expect(&dropped, XDP_DROP, Reason::DefaultDrop);
     let accepted = tcp("192.0.2.7", "198.51.100.1", 40001, 22, SYN);
     h.expect(&accepted, XDP_PASS, Reason::RuleAccept);
-    let ev = drain(&h);
+    let ev = drain_events(&h);
     assert_eq!(ev.len(), 1, "one record for the one drop");
     let e = ev[0];
-    assert_eq!((e.kind, e.reason, e.proto, e.sport, e.dport, e.tcp_flags), (EVENT_DROP, Reason::DefaultDrop as u32, 6, 40000, 5555, SYN));
+    assert_eq!((e.kind, e.reason, e.proto, e.sport, e.dport, e.tcp_flags), (EVENT_DROP, Reason::DefaultDrop as u16, 6, 40000, 5555, SYN));
+    assert_eq!(e.rule, firewall_common::NO_RULE, "no rule matched a default drop");
     assert_eq!(firewall_user::conntrack::addr(e.src), common::ip("192.0.2.7"));
     assert_eq!(firewall_user::conntrack::addr(e.dst), common::ip("198.51.100.1"));
     assert_eq!(e.len as usize, dropped.len());
 
     // One in 4, at most 3 a second: the sampler and the window are per
     // CPU, so a fresh firewall and this thread kept on one CPU.
-    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+    pin_to_cpu0();
     let h = Harness::new(&format!("{WEB}\n[settings.events]\ndrops = true\nsample = 4\nper_second = 3\n"));
     for _ in 0..40 {
         h.verdict(&dropped);
     }
-    let ev = drain(&h);
+    let ev = drain_events(&h);
     assert_eq!(ev.len(), 3, "the cap");
     assert_eq!(ev.iter().map(|e| 1 + e.skipped as u64).sum::<u64>() <= 40, true);
     assert_eq!(ev[1].skipped, 3, "between two records, three drops left out by the sampler");
+}
+
+/// `log = true` through the real programs, like nftables' `log`: every
+/// match of the rule is a record naming it, whatever the verdict (which
+/// the event program still gives); other rules' matches are not; a logged
+/// drop is one record, not two; at most `log_per_second` a second, never
+/// sampled.
+#[test]
+fn rules_with_log_record_each_match() {
+    use firewall_common::{EVENT_DROP, EVENT_LOG};
+    const LOGGED: &str = r#"
+[settings]
+default = "drop"
+
+[settings.events]
+log_per_second = 5
+
+[[rule]]
+name = "ssh"
+proto = "tcp"
+dport = 22
+action = "accept"
+log = true
+
+[[rule]]
+name = "telnet"
+proto = "tcp"
+dport = 23
+action = "drop"
+log = true
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+action = "accept"
+"#;
+    pin_to_cpu0();
+    let mut h = Harness::new(LOGGED);
+    h.expect(&tcp("192.0.2.7", "198.51.100.1", 40000, 22, SYN), XDP_PASS, Reason::RuleAccept);
+    h.expect(&tcp("192.0.2.8", "198.51.100.1", 40001, 23, SYN), XDP_DROP, Reason::RuleDrop);
+    h.expect(&tcp("192.0.2.9", "198.51.100.1", 40002, 80, SYN), XDP_PASS, Reason::RuleAccept);
+    h.expect(&tcp("192.0.2.9", "198.51.100.1", 40003, 9999, SYN), XDP_DROP, Reason::DefaultDrop);
+    let ev = drain_events(&h);
+    let seen: Vec<(u8, u16, u16, u16)> = ev.iter().map(|e| (e.kind, e.reason, e.rule, e.dport)).collect();
+    assert_eq!(seen, [(EVENT_LOG, Reason::RuleAccept as u16, 0, 22), (EVENT_LOG, Reason::RuleDrop as u16, 1, 23)], "the two logged rules, by index; drop events are off");
+    assert_eq!(firewall_user::conntrack::addr(ev[0].src), common::ip("192.0.2.7"));
+    let slot = u32::from(ev[0].slot);
+    let meta: aya::maps::Array<_, firewall_common::RuleMeta> = aya::maps::Array::try_from(h.fw.ebpf.map(maps::RULE_META).unwrap()).unwrap();
+    let name = |i: u16| firewall_user::stats::rule_name(&meta.get(&(slot * firewall_common::MAX_RULES + u32::from(i)), 0).unwrap());
+    assert_eq!((name(ev[0].rule), name(ev[1].rule)), ("ssh".to_owned(), "telnet".to_owned()), "slot and index name the rule");
+
+    // The cap: 5 a second on this CPU, the rest said to be left out.
+    for p in 0..20 {
+        h.expect(&tcp("192.0.2.7", "198.51.100.1", 41000 + p, 22, SYN), XDP_PASS, Reason::RuleAccept);
+    }
+    let ev = drain_events(&h);
+    assert_eq!(ev.len(), 3, "5 a second, 2 used above");
+    assert!(ev.iter().all(|e| e.kind == EVENT_LOG && e.skipped == 0));
+
+    // With drop events on too, a logged drop is one record (a log).
+    // (A higher cap: this second's 5 are used.)
+    h.install(&LOGGED.replace("log_per_second = 5", "log_per_second = 1000\ndrops = true"));
+    h.expect(&tcp("192.0.2.8", "198.51.100.1", 42000, 23, SYN), XDP_DROP, Reason::RuleDrop);
+    h.expect(&tcp("192.0.2.9", "198.51.100.1", 42001, 9999, SYN), XDP_DROP, Reason::DefaultDrop);
+    let kinds: Vec<(u8, u16)> = drain_events(&h).iter().map(|e| (e.kind, e.reason)).collect();
+    assert_eq!(kinds, [(EVENT_LOG, Reason::RuleDrop as u16), (EVENT_DROP, Reason::DefaultDrop as u16)]);
 }

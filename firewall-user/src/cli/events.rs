@@ -38,12 +38,12 @@ fn dir(iface: Option<&str>) -> Result<PathBuf> {
 fn show(line: &str, json: bool) {
     if json {
         println!("{line}");
-    } else if let Ok(r) = serde_json::from_str::<events::Record>(line) {
-        println!("{}", r.text());
+    } else if let Ok(e) = serde_json::from_str::<events::Entry>(line) {
+        println!("{}", e.text());
     }
 }
 
-/// The last `last` drop events, then (with `follow`) new ones as they come.
+/// The last `last` events, then (with `follow`) new ones as they come.
 pub fn events(iface: Option<&str>, follow: bool, json: bool, last: usize) -> Result<ExitCode> {
     let path = dir(iface)?.join("events.jsonl");
     let mut file = std::fs::File::open(&path).with_context(|| format!("no events at {} (are events on: [settings.events] drops = true?)", path.display()))?;

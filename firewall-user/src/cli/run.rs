@@ -128,11 +128,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         found: maps::open_dir(&inst.dir).context("cannot open the maps for alerts")?,
         format: alert_log,
     };
-    let events = {
+    let monitor = {
         let _guard = runtime.enter();
-        EventLog::open(&inst, &ifaces).map_err(|e| log::warn!("drop events will not be logged: {e:#}")).ok()
+        Monitor::open(&inst, &ifaces)?
     };
-    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch, events));
+    let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch, monitor));
     if keep {
         log::info!("exiting; the data plane stays pinned at {} and enforcing (`firewall stop` removes it)", inst.dir.display());
     } else {
@@ -321,14 +321,19 @@ struct Alerting {
 }
 
 impl Alerting {
-    fn tick(&mut self, dt: f64) -> Result<()> {
+    /// `tables`: the connection tables' sizes at the last sweep.
+    fn tick(&mut self, dt: f64, tables: (usize, usize), log: &mut EventFiles) -> Result<()> {
         if self.watch.alerts().is_empty() {
             return Ok(());
         }
         let snap = maps::snapshot_sum(&self.found)?;
-        let first = &self.found[0].maps;
-        let flows = if self.watch.needs_tables() { (first.flows.keys().count(), first.remote_flows.keys().count()) } else { (0, 0) };
-        for t in self.watch.tick(snap, flows, dt, std::time::Instant::now()) {
+        let transitions = self.watch.tick(snap, tables, dt, std::time::Instant::now());
+        // The busiest sources of what fires, from the recorded events.
+        let top = if transitions.is_empty() { None } else { log.sink.as_ref().map(|s| s.top()) };
+        for mut t in transitions {
+            if let (Some(top), Some(m)) = (&top, &t.metric) {
+                t.sources = top.sources_for(m, ALERT_SOURCES);
+            }
             match self.format {
                 // One JSON object per line, nothing around it (journald and
                 // log shippers parse it as it is).
@@ -339,33 +344,132 @@ impl Alerting {
             if let Some(cmd) = t.command.clone() {
                 tokio::spawn(run_alert_command(cmd, t.json()));
             }
+            log.write(|sink| sink.alert(t));
         }
         metrics::set_alerts(self.watch.firing());
         Ok(())
     }
 }
 
-/// The drop events of the data plane: read from its ring buffer as they
-/// come, logged to the firewall's events file, counted for `top.json`.
-struct EventLog {
-    ring: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+/// Source prefixes an alert names.
+const ALERT_SOURCES: usize = 5;
+/// A connection table this full (at a sweep) is reported as nearly full;
+/// back under `TABLE_OK` it is reported as recovered.
+const TABLE_FULL: f64 = 0.9;
+const TABLE_OK: f64 = 0.75;
+
+/// The data plane's event ring buffer, read as records come.
+struct Monitor {
+    ring: Option<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>>,
+    files: EventFiles,
+}
+
+/// What the controller writes to the firewall's event files.
+struct EventFiles {
     /// Opened with the first event: a firewall without events writes nothing.
     sink: Option<firewall_user::events::Sink>,
     dir: PathBuf,
+    /// Interface names by index.
     names: std::collections::HashMap<u32, String>,
+    /// Rule names by slot and index, read from `FW_RULE_META` when first
+    /// needed; cleared at each reload (the slot written then changed).
+    rule_meta: Option<aya::maps::Array<aya::maps::MapData, firewall_common::RuleMeta>>,
+    rule_names: std::collections::HashMap<(u8, u16), Option<String>>,
+    /// Unix time minus monotonic time, ns (the data plane's times are monotonic).
+    clock: i128,
+    /// Which tables were last reported nearly full (proven, unproven).
+    full: [bool; 2],
 }
 
-impl EventLog {
+impl Monitor {
     fn open(inst: &instance::Instance, ifaces: &[String]) -> Result<Self> {
-        let path = inst.dir.join("shared").join(firewall_common::maps::EVENTS);
-        let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data))?;
+        let shared = inst.dir.join("shared");
         let names = ifaces.iter().filter_map(|i| Some((loader::ifindex(i).ok()?, i.clone()))).collect();
         let dir = firewall_user::events::run_dir(&inst.name)?;
-        // SAFETY: the AsyncFd owns the ring buffer, hence its descriptor,
-        // which stays open for as long as it is registered.
-        let ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
-        Ok(Self { ring, sink: None, dir, names })
+        let rule_meta = aya::maps::MapData::from_pin(shared.join(firewall_common::maps::RULE_META))
+            .ok()
+            .and_then(|d| aya::maps::Array::try_from(aya::maps::Map::Array(d)).ok());
+        let files = EventFiles { sink: None, dir, names, rule_meta, rule_names: Default::default(), clock: firewall_user::events::unix_minus_mono_ns(), full: [false; 2] };
+        let ring = (|| -> Result<_> {
+            let path = shared.join(firewall_common::maps::EVENTS);
+            let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data))?;
+            // SAFETY: the AsyncFd owns the ring buffer, hence its descriptor,
+            // which stays open for as long as it is registered.
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))
+        })();
+        let ring = ring.map_err(|e| log::warn!("events of the data plane will not be logged: {e:#}")).ok();
+        Ok(Self { ring, files })
+    }
+}
+
+impl EventFiles {
+    /// Runs `f` on the sink, opening it first if need be; a failure is
+    /// counted and logged, never fatal.
+    fn write(&mut self, f: impl FnOnce(&mut firewall_user::events::Sink) -> Result<()>) {
+        if self.sink.is_none() {
+            match firewall_user::events::Sink::open(&self.dir) {
+                Ok(s) => self.sink = Some(s),
+                Err(e) => {
+                    COUNTS.error();
+                    log::warn!("events cannot be logged: {e:#}");
+                    return;
+                }
+            }
+        }
+        let Some(sink) = self.sink.as_mut() else { return };
+        if let Err(e) = f(sink).and_then(|()| sink.flush()) {
+            COUNTS.error();
+            log::warn!("writing an event failed: {e:#}");
+        }
+    }
+
+    fn rule_name(&mut self, slot: u8, rule: u16) -> Option<String> {
+        if rule == firewall_common::NO_RULE || u32::from(slot) >= firewall_common::POLICY_SLOTS {
+            return None;
+        }
+        let meta = self.rule_meta.as_ref()?;
+        self.rule_names
+            .entry((slot, rule))
+            .or_insert_with(|| meta.get(&(u32::from(slot) * firewall_common::MAX_RULES + u32::from(rule)), 0).ok().map(|m| firewall_user::stats::rule_name(&m)))
+            .clone()
+    }
+
+    /// An `auto` service switched.
+    fn cookie_change(&mut self, c: loader::CookieChange) {
+        let change = firewall_user::events::StateChange {
+            time: loader::unix_now_f64(),
+            what: "cookie_mode".into(),
+            subject: c.service,
+            state: if c.on { "on" } else { "off" }.into(),
+            value: c.rate,
+            message: c.message,
+        };
+        self.write(|sink| sink.state(change));
+    }
+
+    /// Reports a connection table entering or leaving `TABLE_FULL` use.
+    fn tables(&mut self, swept: loader::Swept) {
+        let tables = [("proven", swept.proven, firewall_common::MAX_FLOWS), ("unproven", swept.unproven, firewall_common::MAX_REMOTE_FLOWS)];
+        for (i, (name, used, max)) in tables.into_iter().enumerate() {
+            let use_ = (used as f64 / f64::from(max)).min(1.0);
+            let state = if !self.full[i] && use_ >= TABLE_FULL {
+                "nearly_full"
+            } else if self.full[i] && use_ < TABLE_OK {
+                "ok"
+            } else {
+                continue;
+            };
+            self.full[i] = state == "nearly_full";
+            let message = format!("{used} of {max} entries in use ({:.0} %)", use_ * 100.0);
+            if self.full[i] {
+                log::warn!("the {name} connection table is nearly full: {message}");
+            } else {
+                log::info!("the {name} connection table is below {:.0} % again: {message}", TABLE_OK * 100.0);
+            }
+            let change = firewall_user::events::StateChange { time: loader::unix_now_f64(), what: "table".into(), subject: name.into(), state: state.into(), value: use_, message };
+            self.write(|sink| sink.state(change));
+        }
     }
 
     /// Logs what the ring holds, at most `BATCH` records; returns whether
@@ -373,53 +477,60 @@ impl EventLog {
     /// an event flood never starves reloads, signals or key rotation).
     /// A record that cannot be written is counted and dropped, never left
     /// in the ring (which would stop the wake-ups).
-    fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut Option<firewall_user::events::Sink>, dir: &Path, names: &std::collections::HashMap<u32, String>) -> bool {
-        if sink.is_none() {
-            match firewall_user::events::Sink::open(dir) {
-                Ok(s) => *sink = Some(s),
-                Err(e) => {
-                    COUNTS.error();
-                    log::warn!("drop events cannot be logged: {e:#}");
-                }
-            }
-        }
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> bool {
+        use firewall_common::{EVENT_DROP, EVENT_LOG, EVENT_SYN, Event};
+        use firewall_user::events::Record;
         const BATCH: usize = 1024;
+        let mut more = true;
+        let mut batch = Vec::new();
         for _ in 0..BATCH {
             let Some(item) = ring.next() else {
-                if let Err(e) = sink.as_mut().map_or(Ok(()), |s| s.flush()) {
-                    COUNTS.error();
-                    log::warn!("writing drop events failed: {e:#}");
-                }
-                return false;
+                more = false;
+                break;
             };
-            if item.len() < std::mem::size_of::<firewall_common::Event>() {
-                continue;
-            }
-            // SAFETY: the data plane writes whole `Event`s, plain integers.
-            let ev: firewall_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            drop(item);
-            let iface = names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
-            let Some(sink) = sink.as_mut() else { continue };
-            if let Err(e) = sink.record(&firewall_user::events::Record::from_event(&ev, sink.unix_minus_mono_ns, iface)) {
-                COUNTS.error();
-                log::warn!("writing a drop event failed: {e:#}");
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the data plane writes whole `Event`s, plain integers.
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
         }
-        if let Some(s) = sink.as_mut() {
-            let _ = s.flush();
+        if batch.is_empty() {
+            return more;
         }
-        true
+        let records: Vec<(u8, Record)> = batch
+            .iter()
+            .map(|ev| {
+                let iface = self.names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
+                let rule = self.rule_name(ev.slot, ev.rule);
+                (ev.kind, Record::from_event(ev, self.clock, iface, rule))
+            })
+            .collect();
+        self.write(|sink| {
+            for (kind, r) in records {
+                match kind {
+                    EVENT_DROP => sink.drop(r)?,
+                    EVENT_LOG => sink.log(r)?,
+                    EVENT_SYN => {
+                        if let Some(service) = r.rule.clone() {
+                            sink.syn(&service, &r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        });
+        more
     }
 }
 
 /// Waits until the event ring has something (never, without one) and
 /// logs a batch of it.
-async fn events_ready(events: &mut Option<EventLog>) -> Result<()> {
-    match events {
-        Some(ev) => {
-            let mut guard = ev.ring.readable_mut().await?;
-            let (ring, sink, dir, names) = (guard.get_inner_mut(), &mut ev.sink, &ev.dir, &ev.names);
-            if EventLog::drain(ring, sink, dir, names) {
+async fn events_ready(monitor: &mut Monitor) -> Result<()> {
+    let Monitor { ring, files } = monitor;
+    match ring {
+        Some(ring) => {
+            let mut guard = ring.readable_mut().await?;
+            if files.drain(guard.get_inner_mut()) {
                 // More to read: stay ready, but let the loop's other arms run.
                 drop(guard);
                 tokio::task::yield_now().await;
@@ -470,7 +581,7 @@ fn file_stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// Reloads on SIGHUP or when the file changes; returns on SIGINT/SIGTERM.
-async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals, mut alerting: Alerting, mut events: Option<EventLog>) -> Result<()> {
+async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64, i64, u64, u64)>, signals: Signals, mut alerting: Alerting, mut monitor: Monitor) -> Result<()> {
     let Signals { mut hup, mut int, mut term } = signals;
     const ALERT_TICK: Duration = Duration::from_secs(1);
     let mut alert_tick = tokio::time::interval(ALERT_TICK);
@@ -490,40 +601,43 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
     let first = rotation.saturating_sub(since).max(Duration::from_millis(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + first, rotation);
     let mut warned_no_meta = false;
+    // The connection tables' sizes at the last sweep (a walk of each).
+    let mut tables = (0, 0);
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(fw, &path, "SIGHUP", &mut alerting),
+            _ = hup.recv() => reload(fw, &path, "SIGHUP", &mut alerting, &mut monitor.files),
             _ = alert_tick.tick() => {
                 // Rates over the time that really passed.
                 let dt = last_alert_tick.elapsed().as_secs_f64();
                 last_alert_tick = std::time::Instant::now();
-                if let Err(e) = alerting.tick(dt) {
+                if let Err(e) = alerting.tick(dt, tables, &mut monitor.files) {
                     COUNTS.error();
                     log::warn!("checking the alerts failed: {e:#}");
                 }
-                if let Some(sink) = events.as_ref().and_then(|e| e.sink.as_ref()) {
+                if let Some(sink) = monitor.files.sink.as_ref() {
                     if let Err(e) = sink.write_top() {
                         COUNTS.error();
                         log::warn!("writing the top sources failed: {e:#}");
                     }
                 }
             }
-            r = events_ready(&mut events) => {
+            r = events_ready(&mut monitor) => {
                 if let Err(e) = r {
                     COUNTS.error();
-                    log::warn!("reading drop events failed: {e:#}");
+                    log::warn!("reading events failed: {e:#}");
                 }
             }
             _ = poll.tick() => {
                 let now = file_stamp(&path);
                 if now != stamp && now.is_some() {
                     stamp = now;
-                    reload(fw, &path, "file changed", &mut alerting);
+                    reload(fw, &path, "file changed", &mut alerting, &mut monitor.files);
                 }
             }
             _ = cookie_tick.tick() => {
-                if let Err(e) = fw.cookie_tick(TICK) {
-                    log::warn!("syncookie auto mode: {e:#}");
+                match fw.cookie_tick(TICK) {
+                    Ok(changes) => changes.into_iter().for_each(|c| monitor.files.cookie_change(c)),
+                    Err(e) => log::warn!("syncookie auto mode: {e:#}"),
                 }
             }
             _ = rotate.tick() => {
@@ -542,8 +656,13 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
             }
             _ = sweep.tick() => {
                 match fw.sweep() {
-                    Ok(0) => {}
-                    Ok(n) => log::debug!("swept {n} idle flows"),
+                    Ok(swept) => {
+                        if swept.removed > 0 {
+                            log::debug!("swept {} idle flows", swept.removed);
+                        }
+                        tables = (swept.proven, swept.unproven);
+                        monitor.files.tables(swept);
+                    }
                     Err(e) => {
                         COUNTS.error();
                         log::warn!("sweeping the connection table failed: {e:#}")
@@ -580,10 +699,12 @@ fn housekeeping(fw: &mut loader::Firewall, warned_no_meta: &mut bool) {
 }
 
 /// A policy that fails to load leaves the running one in force.
-fn reload(fw: &mut loader::Firewall, path: &Path, why: &str, alerting: &mut Alerting) {
+fn reload(fw: &mut loader::Firewall, path: &Path, why: &str, alerting: &mut Alerting, files: &mut EventFiles) {
     match load_policy(path).and_then(|(c, a)| fw.install(&c).map(|()| (c, a))) {
         Ok((c, a)) => {
             alerting.watch.set_alerts(a);
+            // The slot written now names other rules.
+            files.rule_names.clear();
             COUNTS.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log::info!("reloaded {} ({why}): generation {}, {}", path.display(), fw.generation(), compile::describe(&c))
         }

@@ -20,10 +20,13 @@
 //! tcp_established = 432000
 //! udp = 30
 //!
-//! [settings.events]       # drop events (`firewall events`, `firewall top`)
-//! drops = true            # default false
-//! sample = 1              # one drop in N is recorded
-//! per_second = 100        # at most this many per second per CPU
+//! [settings.events]       # events (`firewall events`, `firewall top`)
+//! drops = true            # drops are recorded; default false
+//! syns = true             # SYNs answered with cookies, for the top sources
+//!                         # per service (not logged); default: as `drops`
+//! sample = 1              # one drop (and one such SYN) in N is recorded
+//! per_second = 100        # at most this many per second per CPU, each
+//! log_per_second = 100    # matches of `log = true` rules, per second per CPU
 //!
 //! [[rule]]
 //! name = "ssh-admin"
@@ -33,6 +36,7 @@
 //! dport = 22              # a port, "lo-hi", or a list of both
 //! tcp_flags = "syn,!ack"
 //! action = "accept"
+//! log = true              # each match is an event (capped, never sampled)
 //! ```
 
 use std::collections::HashMap;
@@ -409,6 +413,8 @@ pub struct Rule {
     pub state: u8,
     pub action: Action,
     pub syncookie: Syncookie,
+    /// `log = true`: every match is an event (like nftables' `log`).
+    pub log: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -428,25 +434,34 @@ pub struct Settings {
     pub events: EventSettings,
 }
 
-/// Drop events: off by default; on, one drop in `sample` is recorded, at
-/// most `per_second` per CPU.
+/// Events: drops off by default; on, one drop in `sample` is recorded, at
+/// most `per_second` per CPU. SYNs a cookie service answers are sampled
+/// the same way for the top sources when `syns`. Matches of `log = true`
+/// rules are all recorded, at most `log_per_second` per CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventSettings {
     pub drops: bool,
+    pub syns: bool,
     pub sample: u32,
     pub per_second: u32,
+    pub log_per_second: u32,
 }
 
 impl Default for EventSettings {
     fn default() -> Self {
-        Self { drops: false, sample: 1, per_second: 100 }
+        Self { drops: false, syns: false, sample: 1, per_second: 100, log_per_second: 100 }
     }
 }
 
 impl EventSettings {
-    /// What the data plane reads (`sample` 0: off).
+    /// What the data plane reads (a sample of 0: off).
     pub fn config(&self) -> firewall_common::EventConfig {
-        firewall_common::EventConfig { sample: if self.drops { self.sample } else { 0 }, per_second: self.per_second }
+        firewall_common::EventConfig {
+            sample: if self.drops { self.sample } else { 0 },
+            per_second: self.per_second,
+            log_per_second: self.log_per_second,
+            syn_sample: if self.syns { self.sample } else { 0 },
+        }
     }
 }
 

@@ -30,8 +30,10 @@ pub(super) struct RawSettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEvents {
     pub(super) drops: Option<bool>,
+    pub(super) syns: Option<bool>,
     pub(super) sample: Option<Spanned<i64>>,
     pub(super) per_second: Option<Spanned<i64>>,
+    pub(super) log_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,7 @@ pub(super) struct RawRule {
     pub(super) state: Option<Spanned<OneOrMany<StateText>>>,
     pub(super) action: Action,
     pub(super) syncookie: Option<Spanned<Syncookie>>,
+    pub(super) log: Option<bool>,
 }
 
 /// A list item kind that also says what it expects, so that type errors

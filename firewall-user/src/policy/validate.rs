@@ -319,6 +319,7 @@ impl<'a> Validator<'a> {
             state,
             action: raw.action,
             syncookie,
+            log: raw.log.unwrap_or(false),
         })
     }
 
@@ -460,8 +461,13 @@ impl<'a> Validator<'a> {
     }
 
     fn event_settings(&mut self, raw: RawEvents) -> EventSettings {
-        let mut e = EventSettings { drops: raw.drops.unwrap_or(false), ..EventSettings::default() };
-        for (key, value, lo, hi, slot) in [("sample", raw.sample, 1, 1_000_000, &mut e.sample), ("per_second", raw.per_second, 1, 100_000, &mut e.per_second)] {
+        let drops = raw.drops.unwrap_or(false);
+        let mut e = EventSettings { drops, syns: raw.syns.unwrap_or(drops), ..EventSettings::default() };
+        for (key, value, lo, hi, slot) in [
+            ("sample", raw.sample, 1, 1_000_000, &mut e.sample),
+            ("per_second", raw.per_second, 1, 100_000, &mut e.per_second),
+            ("log_per_second", raw.log_per_second, 1, 100_000, &mut e.log_per_second),
+        ] {
             let Some(value) = value else { continue };
             match u32::try_from(*value.get_ref()) {
                 Ok(v) if (lo..=hi).contains(&v) => *slot = v,

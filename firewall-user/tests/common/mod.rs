@@ -272,3 +272,29 @@ pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
 pub fn reason_packets(stats: &serde_json::Value, reason: &str) -> u64 {
     stats["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == reason).unwrap_or_else(|| panic!("reason {reason} in {stats}"))["packets"].as_u64().unwrap()
 }
+
+/// What the event ring holds, emptied.
+pub fn drain_events(h: &Harness) -> Vec<firewall_common::Event> {
+    use firewall_common::Event;
+    let map = h.fw.ebpf.map(firewall_common::maps::EVENTS).expect("events map");
+    let aya::maps::Map::RingBuf(data) = map else { panic!("not a ring buffer") };
+    let data = aya::maps::MapData::from_id(data.info().unwrap().id()).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<Event>());
+        // SAFETY: the program writes whole `Event`s.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    out
+}
+
+/// Keeps this test thread on CPU 0: the event samplers and windows are per CPU.
+pub fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
