@@ -1,6 +1,6 @@
 //! The live view of `firewall stats --watch`: rules by rate, drops by
-//! reason, cookie services, and sparklines of the last minute, laid out to
-//! fit 80x24. Drawing is a pure function of `View`, so tests render it to
+//! reason, cookie services, the top sources (when events are on), and
+//! sparklines of the last minute, laid out to fit 80x24. Drawing is a pure function of `View`, so tests render it to
 //! ratatui's `TestBackend`.
 
 use std::collections::VecDeque;
@@ -13,7 +13,7 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table},
 };
 
-use crate::stats::Snapshot;
+use crate::{events::Top, stats::Snapshot};
 
 /// Samples kept for the sparklines (one a second).
 pub const HISTORY: usize = 60;
@@ -28,11 +28,13 @@ pub struct View {
     /// Packets per second, all reasons; and those dropped.
     pub total_pps: VecDeque<u64>,
     pub drop_pps: VecDeque<u64>,
+    /// The controller's top sources (`top.json`), when it records events.
+    pub top: Option<Top>,
 }
 
 impl View {
     pub fn new(iface: String, now: Snapshot) -> Self {
-        Self { iface, now, previous: None, total_pps: VecDeque::new(), drop_pps: VecDeque::new() }
+        Self { iface, now, previous: None, total_pps: VecDeque::new(), drop_pps: VecDeque::new(), top: None }
     }
 
     /// Takes a new snapshot, `secs` after the last.
@@ -96,11 +98,13 @@ fn bold() -> Style {
 pub fn draw(frame: &mut Frame, view: &View) {
     let area = frame.area();
     let services = view.now.services.len() as u16;
-    let [head, sparks, tables, svc, foot] = Layout::vertical([
+    let sources = view.top.as_ref().map_or(0, |t| t.sources.len().max(t.services.iter().map(|s| s.sources.len()).sum()) as u16);
+    let [head, sparks, tables, svc, top, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(4),
         Constraint::Min(6),
-        Constraint::Length(if services == 0 { 0 } else { (services + 3).min(8) }),
+        Constraint::Length(if services == 0 { 0 } else { (services + 3).min(7) }),
+        Constraint::Length(if view.top.is_none() { 0 } else { (sources.max(1) + 3).min(6) }),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -174,7 +178,40 @@ pub fn draw(frame: &mut Frame, view: &View) {
             svc,
         );
     }
+    if let Some(t) = &view.top {
+        draw_top(frame, t, top);
+    }
     frame.render_widget(Paragraph::new(" q: quit   (firewall stats --json for machine-readable counters)"), foot);
+}
+
+/// The busiest sources of recorded drops, and of the SYNs cookie services
+/// answered, side by side.
+fn draw_top(frame: &mut Frame, top: &Top, area: Rect) {
+    // Reason names run to 19 characters; prefixes of IPv4 to 18.
+    let [left, right] = Layout::horizontal([Constraint::Percentage(56), Constraint::Percentage(44)]).areas(area);
+    let rows: Vec<Row> = top
+        .sources
+        .iter()
+        .map(|s| {
+            let reason = s.reasons.iter().max_by_key(|(_, n)| **n).map_or("", |(r, _)| r.as_str());
+            Row::new(vec![Cell::from(s.prefix.clone()), Cell::from(s.recorded.to_string()), Cell::from(reason.to_owned())])
+        })
+        .collect();
+    frame.render_widget(
+        Table::new(rows, [Constraint::Length(18), Constraint::Length(6), Constraint::Min(6)])
+            .header(Row::new(vec!["SOURCE", "DROPS", "MOSTLY"]).style(bold()))
+            .block(Block::default().borders(Borders::ALL).title("top drop sources")),
+        left,
+    );
+    let mut syn: Vec<(&str, &str, u64)> = top.services.iter().flat_map(|t| t.sources.iter().map(move |s| (s.prefix.as_str(), t.service.as_str(), s.syns))).collect();
+    syn.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+    let rows: Vec<Row> = syn.into_iter().map(|(p, svc, n)| Row::new(vec![Cell::from(p.to_owned()), Cell::from(svc.to_owned()), Cell::from(n.to_string())])).collect();
+    frame.render_widget(
+        Table::new(rows, [Constraint::Length(18), Constraint::Min(6), Constraint::Length(6)])
+            .header(Row::new(vec!["SOURCE", "SERVICE", "SYNS"]).style(bold()))
+            .block(Block::default().borders(Borders::ALL).title("top SYN sources")),
+        right,
+    );
 }
 
 #[cfg(test)]
@@ -219,5 +256,28 @@ mod tests {
         assert!(s.contains("auto (on)") && s.contains("SYN/S"), "{s}");
         assert!(s.contains("drops/s (max 40)"), "{s}");
         assert_eq!(v.total_pps.back(), Some(&150));
+        assert!(!s.contains("top drop sources"), "no sources panel without events:\n{s}");
+    }
+
+    #[test]
+    fn top_sources_fit_below_with_events_on() {
+        use crate::events::{ServiceTop, Source, SynSource};
+        let mut v = View::new("eth0".into(), snap(0, 0, 0, 0));
+        v.push(snap(100, 5000, 40, 10), 1.0);
+        let src = |p: &str, n| Source { prefix: p.into(), recorded: n, reasons: [("default_drop".to_owned(), n)].into(), ..Source::default() };
+        let syn = |p: &str, n| SynSource { prefix: p.into(), syns: n, last: 0.0 };
+        v.top = Some(Top {
+            sources: vec![src("192.0.2.0/24", 900), src("2001:db8:77::/64", 12)],
+            services: vec![ServiceTop { service: "web".into(), recorded: 60, not_recorded: 0, sources: vec![syn("203.0.113.0/24", 50), syn("198.18.0.0/24", 10)] }],
+            ..Top::default()
+        });
+        let s = screen(&v);
+        assert!(s.contains("top drop sources") && s.contains("top SYN sources"), "{s}");
+        let line = |needle: &str| s.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}:\n{s}")).to_owned();
+        assert!(line("192.0.2.0/24").contains("900") && line("192.0.2.0/24").contains("default_drop"), "{s}");
+        assert!(line("203.0.113.0/24").contains("web") && line("203.0.113.0/24").contains("50"), "{s}");
+        assert!(s.contains("2001:db8:77::/64") && s.contains("198.18.0.0/24"), "both rows of each:\n{s}");
+        // Everything else still there.
+        assert!(s.contains("rules by rate") && s.contains("SYN-cookie services") && s.contains("q: quit"), "{s}");
     }
 }

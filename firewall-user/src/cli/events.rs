@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use firewall_user::{events, instance, loader, stats::age};
 
 /// The event directory of the firewall that has `iface` (or the only one).
-fn dir(iface: Option<&str>) -> Result<PathBuf> {
+pub(super) fn dir(iface: Option<&str>) -> Result<PathBuf> {
     loader::check_privileges()?;
     let name = match iface {
         Some(i) => instance::find(i)?.map(|(n, _)| n),
@@ -96,7 +96,8 @@ fn read_from(file: &std::fs::File, pos: &mut u64, pending: &mut String, json: bo
     }
 }
 
-/// The sources with the most recorded drops.
+/// The sources with the most recorded drops, and per cookie service of
+/// the most SYNs.
 pub fn top(iface: Option<&str>, json: bool) -> Result<ExitCode> {
     let path = dir(iface)?.join("top.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("no top sources at {} (is the controller running with events on?)", path.display()))?;
@@ -113,6 +114,13 @@ pub fn top(iface: Option<&str>, json: bool) -> Result<ExitCode> {
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         let r: Vec<String> = reasons.iter().take(2).map(|(k, v)| format!("{k} {v}")).collect();
         println!("{:<28} {:>10}  {:<36} {:>10}", s.prefix, s.recorded, r.join(", "), format!("{} ago", age((now - s.last).max(0.0) as u64)));
+    }
+    for svc in &top.services {
+        println!("\ntop sources of SYNs to `{}` answered with cookies ({} recorded, {} left out by sampling and caps)", svc.service, svc.recorded, svc.not_recorded);
+        println!("\n{:<28} {:>10}  {:>10}", "SOURCE", "SYNS", "LAST");
+        for s in &svc.sources {
+            println!("{:<28} {:>10}  {:>10}", s.prefix, s.syns, format!("{} ago", age((now - s.last).max(0.0) as u64)));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

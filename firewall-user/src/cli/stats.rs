@@ -9,7 +9,9 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
     let name = names.join(", ");
     let read = || maps::snapshot_sum(&found);
     if watch && !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return live(name, read);
+        // The controller's top sources, if it records events (read each second).
+        let top_path = super::events::dir(iface).ok().map(|d| d.join("top.json"));
+        return live(name, read, top_path);
     }
     let mut previous: Option<(stats::Snapshot, Instant)> = None;
     loop {
@@ -42,9 +44,11 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
 }
 
 /// The live view: redrawn every second until `q`, Esc or Ctrl-C.
-fn live(name: String, read: impl Fn() -> Result<stats::Snapshot>) -> Result<ExitCode> {
+fn live(name: String, read: impl Fn() -> Result<stats::Snapshot>, top_path: Option<std::path::PathBuf>) -> Result<ExitCode> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let top = || top_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| serde_json::from_str(&t).ok());
     let mut view = firewall_user::view::View::new(name, read().context("failed to read the firewall's counters")?);
+    view.top = top();
     let mut terminal = ratatui::init();
     let result = (|| -> Result<()> {
         let mut last = Instant::now();
@@ -63,6 +67,7 @@ fn live(name: String, read: impl Fn() -> Result<stats::Snapshot>) -> Result<Exit
             let secs = last.elapsed().as_secs_f64();
             last = Instant::now();
             view.push(read().context("failed to read the firewall's counters")?, secs);
+            view.top = top();
         }
     })();
     ratatui::restore();
