@@ -93,15 +93,20 @@ fn main() {
         // The same drops with events on: the check, the tail call to the
         // event program, its sampler and per-second cap (after the first 100
         // records a second, what every further drop in a flood pays).
-        let mut with_events = compiled.clone();
-        with_events.events = firewall_common::EventConfig { sample: 1, per_second: 100, ..Default::default() };
+        // Also `last` with `log = true`, and SYN samples of the cookie service.
+        let logged = text.replacen("dst = \"192.0.2.1\"\ndport = 443\naction = \"accept\"\n", "dst = \"192.0.2.1\"\ndport = 443\naction = \"accept\"\nlog = true\n", 1);
+        assert!(logged.contains("log = true"), "the logged rule is there");
+        let mut with_events = compile::compile(&policy::parse(&logged, "bench.toml").expect("valid policy")).expect("compiles");
+        with_events.events = firewall_common::EventConfig { sample: 1, per_second: 100, log_per_second: 100, syn_sample: 1 };
         h.fw.install(&with_events).expect("installs");
         for (id, class, f) in [
             ("rule_drop_events", "rule drop, events on (capped)", &rule_drop),
             ("default_drop_events", "no rule matches, events on (capped)", &unmatched),
+            ("rule_accept_logged", "rule accept, the rule has log = true (capped)", &with_syn),
         ] {
             rows.push(Row { rules, id, class, method: "repeat", ns: median_ns(&h, f) });
         }
+        rows.push(Row { rules, id: "cookie_syn_events", class: "SYN answered with a cookie, SYN samples on (capped)", method: "single", ns: single_runs(&h, &cookie_syn, 3) });
         h.fw.install(&compiled).expect("installs");
         let (valid, forged) = valid_cookie_acks(&h);
         rows.push(Row { rules, id: "cookie_ack_valid", class: "valid cookie ACK (flow created, marked for hand-off)", method: "single", ns: valid });
