@@ -46,7 +46,7 @@ fn show(line: &str, json: bool) {
 /// The last `last` events, then (with `follow`) new ones as they come.
 pub fn events(iface: Option<&str>, follow: bool, json: bool, last: usize) -> Result<ExitCode> {
     let path = dir(iface)?.join("events.jsonl");
-    let mut file = std::fs::File::open(&path).with_context(|| format!("no events at {} (are events on: [settings.events] drops = true?)", path.display()))?;
+    let mut file = std::fs::File::open(&path).with_context(|| format!("no events at {} yet (drops are recorded with [settings.events] drops = true; rules with log = true, cookie-mode changes and alerts are recorded as they happen)", path.display()))?;
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     let lines: Vec<&str> = text.lines().collect();

@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show the drop events a running firewall logged ([settings.events]).
+    /// Show the events a running firewall logged: drops ([settings.events]), matches of `log = true` rules, cookie-mode and table changes, alerts.
     Events {
         /// An interface of the firewall (default: the only firewall here).
         #[arg(long)]
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
-    /// Show the source prefixes with the most recorded drops.
+    /// Show the source prefixes with the most recorded drops, and per cookie service the most SYNs.
     Top {
         /// An interface of the firewall (default: the only firewall here).
         #[arg(long)]
