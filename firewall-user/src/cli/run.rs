@@ -130,7 +130,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let monitor = {
         let _guard = runtime.enter();
-        Monitor::open(&inst, &ifaces)?
+        Monitor::open(&inst, &ifaces)
     };
     let result = runtime.block_on(serve(&mut fw, policy_path.to_path_buf(), stamp, signals, watch, monitor));
     if keep {
@@ -382,10 +382,12 @@ struct EventFiles {
 }
 
 impl Monitor {
-    fn open(inst: &instance::Instance, ifaces: &[String]) -> Result<Self> {
+    /// Never fails: without the ring, only the controller's own events are logged.
+    fn open(inst: &instance::Instance, ifaces: &[String]) -> Self {
         let shared = inst.dir.join("shared");
         let names = ifaces.iter().filter_map(|i| Some((loader::ifindex(i).ok()?, i.clone()))).collect();
-        let dir = firewall_user::events::run_dir(&inst.name)?;
+        // run_dir reads this process's namespace inode, which `Instance::take` already did.
+        let dir = firewall_user::events::run_dir(&inst.name).unwrap_or_else(|_| Path::new("/run/firewall/unknown").join(&inst.name));
         let rule_meta = aya::maps::MapData::from_pin(shared.join(firewall_common::maps::RULE_META))
             .ok()
             .and_then(|d| aya::maps::Array::try_from(aya::maps::Map::Array(d)).ok());
@@ -399,7 +401,7 @@ impl Monitor {
             unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))
         })();
         let ring = ring.map_err(|e| log::warn!("events of the data plane will not be logged: {e:#}")).ok();
-        Ok(Self { ring, files })
+        Self { ring, files }
     }
 }
 
