@@ -39,8 +39,9 @@ pub fn note_rule(slot: u32, matched: Option<&MatchBox>) {
 #[inline(always)]
 pub fn hand_over(ctx: &XdpContext, reason: Reason, action: u32) {
     let Some(arg) = FW_EVENT_ARG.get_ptr_mut(0) else { return };
-    // The rule fields are current only after a rule walk (`note_rule`).
-    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop);
+    // The rule fields are current only after a rule walk (`note_rule`):
+    // these verdicts come only after one.
+    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop | Reason::CookieMartian);
     // SAFETY: a per-CPU slot; only this CPU touches it while we run.
     let logged = of_rules && unsafe { (*arg).log } != 0;
     if !logged && !(action == XDP_DROP && FW_EVENT_CFG.get(0).is_some_and(|c| c.sample != 0)) {
@@ -88,16 +89,17 @@ pub fn record(ctx: &XdpContext) -> u32 {
     action
 }
 
-/// For the cookie SYN program, before it answers `packet` (a SYN to the
-/// service `rule`): one SYN in `syn_sample` is recorded for the top
-/// sources; every one is logged when the rule has `log = true`.
+/// For the cookie SYN program, once it answered `packet` (a SYN to the
+/// service `rule`) or could not (`reason`): one SYN in `syn_sample` is
+/// recorded for the top sources; every one is logged when the rule has
+/// `log = true`. (`packet` is the scratch copy: still the SYN's fields.)
 #[inline(always)]
-pub fn cookie_syn(ctx: &XdpContext, slot: u32, rule: u32, packet: &parse::Packet) {
+pub fn cookie_syn(ctx: &XdpContext, slot: u32, rule: u32, packet: &parse::Packet, reason: Reason) {
     let Some(cfg) = FW_EVENT_CFG.get(0) else { return };
     let (syn_sample, per_second, log_per_second) = (cfg.syn_sample, cfg.per_second, cfg.log_per_second);
     let base = Event {
         slot: slot as u8,
-        reason: Reason::CookieSent as u16,
+        reason: reason as u16,
         rule: if rule < MAX_RULES { rule as u16 } else { NO_RULE },
         ifindex: ctx.ingress_ifindex() as u32,
         len: packet.wire_len as u32,

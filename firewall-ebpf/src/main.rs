@@ -354,13 +354,14 @@ fn cookie_syn(ctx: &XdpContext, frame: &Frame) -> (Reason, u32) {
         _ => return (Reason::Internal, XDP_PASS),
     };
     let Some(packet) = forget_paths(packet) else { return (Reason::Internal, XDP_PASS) };
-    events::cookie_syn(ctx, slot, rule, packet);
     match cookie::answer_syn(ctx, packet) {
         Ok(()) => {
             cookie::count(slot, rule, Event::Sent);
+            events::cookie_syn(ctx, slot, rule, packet, Reason::CookieSent);
             (Reason::CookieSent, XDP_TX)
         }
         Err(reason) => {
+            events::cookie_syn(ctx, slot, rule, packet, reason);
             // The frame is still the SYN: let the host answer, tracked as usual.
             let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: packet.wire_len };
             conntrack::open(packet, syn_wscale(&frame, packet), Dir::Ingress, false);

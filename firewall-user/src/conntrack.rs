@@ -91,12 +91,15 @@ pub fn list<M: Borrow<MapData>>(tables: &[&HashMap<M, FlowKey, Flow>]) -> Result
 
 /// Deletes flows idle past their timeout (the XDP program also ignores
 /// them on lookup; this frees their slots). Returns how many entries the
-/// walk saw, and how many of them went.
-pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts) -> Result<(usize, usize)> {
+/// walk saw (at most `max`, the table's size), and how many of them went.
+pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize) -> Result<(usize, usize)> {
     let now = monotonic_ns();
     let mut seen = 0;
+    // Bounded: when the walk's current key is evicted under churn, the
+    // kernel's next-key restarts from the first entry.
     let expired: Vec<FlowKey> = flows
         .iter()
+        .take(2 * max)
         .filter_map(|item| item.ok())
         .inspect(|_| seen += 1)
         .filter(|(key, flow)| {
@@ -114,7 +117,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
             removed += 1;
         }
     }
-    Ok((seen, removed))
+    Ok((seen.min(max), removed))
 }
 
 /// Plain-text table.

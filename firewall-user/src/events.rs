@@ -23,9 +23,32 @@ use serde::{Deserialize, Serialize};
 pub const ROTATE_BYTES: u64 = 8 << 20;
 /// Sources kept in `top.json`.
 pub const TOP_SOURCES: usize = 20;
-/// Prefixes counted at most; beyond, drops from new prefixes count under
-/// `other` (a flood from random sources must not grow the controller).
+/// Prefixes counted at most, for drops and (apart) for SYNs: a flood from
+/// random sources must not grow the controller. When a new prefix finds
+/// the table full, the less busy half goes (their records count under
+/// `other`), so that a flood of one-off spoofed prefixes cannot freeze
+/// the table with the first ones it saw.
 pub const MAX_PREFIXES: usize = 16_384;
+
+/// Keeps the entries of `counts` (a prefix's records) busier than the
+/// median; returns how many records the dropped ones held.
+fn prune<T>(entries: &mut HashMap<String, T>, count: impl Fn(&T) -> u64) -> u64 {
+    let mut counts: Vec<u64> = entries.values().map(&count).collect();
+    if counts.is_empty() {
+        return 0;
+    }
+    let mid = counts.len() / 2;
+    let (_, &mut threshold, _) = counts.select_nth_unstable_by(mid, |a, b| b.cmp(a));
+    let mut gone = 0;
+    entries.retain(|_, v| {
+        let keep = count(v) > threshold;
+        if !keep {
+            gone += count(v);
+        }
+        keep
+    });
+    gone
+}
 
 /// Where the firewall `name` of this network namespace keeps its event files.
 pub fn run_dir(name: &str) -> Result<PathBuf> {
@@ -223,7 +246,7 @@ pub struct Top {
     pub recorded: u64,
     /// Drops the samplers and caps left out (not attributed to a source).
     pub not_recorded: u64,
-    /// Recorded drops (and SYNs) from prefixes past `MAX_PREFIXES`.
+    /// Recorded drops (and SYNs) of prefixes pruned to keep `MAX_PREFIXES`.
     #[serde(default)]
     pub other: u64,
     pub sources: Vec<Source>,
@@ -267,8 +290,8 @@ pub struct Sink {
     written: u64,
     sources: HashMap<String, Source>,
     services: BTreeMap<String, ServiceCount>,
-    /// Prefixes counted over `sources` and every service's.
-    prefixes: usize,
+    /// Prefixes counted over every service's SYN sources.
+    syn_prefixes: usize,
     recorded: u64,
     not_recorded: u64,
     other: u64,
@@ -287,7 +310,7 @@ impl Sink {
         let path = dir.join("events.jsonl");
         let file = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Self { dir: dir.to_path_buf(), file: std::io::BufWriter::new(file), written, sources: HashMap::new(), services: BTreeMap::new(), prefixes: 0, recorded: 0, not_recorded: 0, other: 0 })
+        Ok(Self { dir: dir.to_path_buf(), file: std::io::BufWriter::new(file), written, sources: HashMap::new(), services: BTreeMap::new(), syn_prefixes: 0, recorded: 0, not_recorded: 0, other: 0 })
     }
 
     /// Logs a drop and counts its source.
@@ -296,10 +319,11 @@ impl Sink {
         self.write(&Entry::Drop(r))
     }
 
-    /// Logs a match of a `log = true` rule (counted as a drop if it is one).
+    /// Logs a match of a `log = true` rule (its source counted if it is a
+    /// drop; its `not_recorded` are log records, not drops).
     pub fn log(&mut self, r: Record) -> Result<()> {
         if r.verdict == "drop" {
-            self.count_drop(&r);
+            self.count_drop(&Record { not_recorded: 0, ..r.clone() });
         }
         self.write(&Entry::Log(r))
     }
@@ -319,16 +343,24 @@ impl Sink {
     pub fn syn(&mut self, service: &str, r: &Record) {
         let Some(src) = r.src else { return };
         let key = prefix(src);
-        let room = self.prefixes < MAX_PREFIXES;
+        let known = self.services.get(service).is_some_and(|s| s.sources.contains_key(&key));
+        if !known && self.syn_prefixes >= MAX_PREFIXES {
+            // The quieter half of every service's sources makes room.
+            let mut all: Vec<u64> = self.services.values().flat_map(|s| s.sources.values().map(|x| x.syns)).collect();
+            let mid = all.len() / 2;
+            let threshold = if all.is_empty() { 0 } else { *all.select_nth_unstable_by(mid, |a, b| b.cmp(a)).1 };
+            for svc in self.services.values_mut() {
+                let before: u64 = svc.sources.values().map(|x| x.syns).sum();
+                svc.sources.retain(|_, x| x.syns > threshold);
+                self.other += before - svc.sources.values().map(|x| x.syns).sum::<u64>();
+            }
+            self.syn_prefixes = self.services.values().map(|s| s.sources.len()).sum();
+        }
         let svc = self.services.entry(service.to_owned()).or_default();
         svc.recorded += 1;
         svc.not_recorded += u64::from(r.not_recorded);
-        if !room && !svc.sources.contains_key(&key) {
-            self.other += 1;
-            return;
-        }
         let s = svc.sources.entry(key).or_insert_with_key(|k| {
-            self.prefixes += 1;
+            self.syn_prefixes += 1;
             SynSource { prefix: k.clone(), ..SynSource::default() }
         });
         s.syns += 1;
@@ -340,14 +372,10 @@ impl Sink {
         self.not_recorded += u64::from(r.not_recorded);
         let Some(src) = r.src else { return };
         let key = prefix(src);
-        if self.prefixes >= MAX_PREFIXES && !self.sources.contains_key(&key) {
-            self.other += 1;
-            return;
+        if self.sources.len() >= MAX_PREFIXES && !self.sources.contains_key(&key) {
+            self.other += prune(&mut self.sources, |s| s.recorded);
         }
-        let s = self.sources.entry(key).or_insert_with_key(|k| {
-            self.prefixes += 1;
-            Source { prefix: k.clone(), ..Source::default() }
-        });
+        let s = self.sources.entry(key).or_insert_with_key(|k| Source { prefix: k.clone(), ..Source::default() });
         s.recorded += 1;
         *s.reasons.entry(r.reason.clone()).or_default() += 1;
         if let Some(rule) = &r.rule {
@@ -469,8 +497,26 @@ mod tests {
         assert_eq!(top.sources_for(&Metric::RuleRate("telnet".into()), 5), ["192.0.2.0/24"]);
         let lines: Vec<Entry> = fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 5, "three drops, one log, one state change");
-        assert_eq!(lines[0], Entry::Drop(r));
+        assert_eq!(lines[0], Entry::Drop(r.clone()));
         assert!(matches!(&lines[3], Entry::Log(l) if l.rule.as_deref() == Some("web")));
+
+        // A flood of one-off prefixes cannot freeze the table: a busy
+        // source seen after it is still counted, the busy ones stay.
+        for i in 0..(MAX_PREFIXES as u32 + 10) {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8));
+            sink.count_drop(&Record { src: Some(a.into()), not_recorded: 0, ..r.clone() });
+            sink.syn("web", &Record { src: Some(a.into()), not_recorded: 0, ..r.clone() });
+        }
+        for _ in 0..5 {
+            sink.count_drop(&Record { src: Some("198.51.100.9".parse().unwrap()), not_recorded: 0, ..r.clone() });
+            sink.syn("web", &Record { src: Some("198.51.100.9".parse().unwrap()), not_recorded: 0, ..r.clone() });
+        }
+        let top = sink.top();
+        assert!(sink.sources.len() <= MAX_PREFIXES && sink.syn_prefixes <= MAX_PREFIXES);
+        assert_eq!((top.sources[0].prefix.as_str(), top.sources[0].recorded), ("198.51.100.0/24", 5), "a late busy source is counted");
+        assert_eq!(top.sources[1].prefix, "192.0.2.0/24", "busy sources survive pruning");
+        assert_eq!(top.services[0].sources[0].prefix, "198.51.100.0/24");
+        assert!(top.other > 0);
         assert_eq!(lines[4].text(), "01:00:00.000 cookie_mode web on: 12000 SYN/s");
         let _ = fs::remove_dir_all(&dir);
     }

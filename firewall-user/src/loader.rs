@@ -498,35 +498,31 @@ impl Firewall {
                 syns_of[i] += counters.get(&(slot * MAX_RULES + svc.rule), 0)?.iter().map(|c| c.syns).sum::<u64>();
             }
         }
-        let mut changes = Vec::new();
+        let mut on: Array<_, u32> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_ON)?)?;
         let mut out = Vec::new();
         for (svc, syns) in self.auto.iter_mut().zip(syns_of) {
             let rate = syns.saturating_sub(svc.syns) as f64 / dt.as_secs_f64();
             svc.syns = syns;
-            if !svc.on && rate >= settings.auto_on_rate as f64 {
-                svc.on = true;
-                svc.below_since = None;
-                let message = format!("{rate:.0} SYN/s >= {}: answering with SYN cookies", settings.auto_on_rate);
-                log::warn!("service `{}`: {message}", svc.name);
-                changes.push((svc.rule, 1u32));
-                out.push(CookieChange { service: svc.name.clone(), on: true, rate, message });
+            let switch = if !svc.on && rate >= settings.auto_on_rate as f64 {
+                Some(format!("{rate:.0} SYN/s >= {}: answering with SYN cookies", settings.auto_on_rate))
             } else if svc.on && rate < settings.auto_off_rate as f64 {
                 let since = *svc.below_since.get_or_insert(now);
-                if now.duration_since(since).as_secs() >= settings.auto_hold_secs {
-                    svc.on = false;
+                (now.duration_since(since).as_secs() >= settings.auto_hold_secs)
+                    .then(|| format!("{rate:.0} SYN/s < {} for {} s: SYNs go to the host again", settings.auto_off_rate, settings.auto_hold_secs))
+            } else {
+                if svc.on {
                     svc.below_since = None;
-                    let message = format!("{rate:.0} SYN/s < {} for {} s: SYNs go to the host again", settings.auto_off_rate, settings.auto_hold_secs);
-                    log::warn!("service `{}`: {message}", svc.name);
-                    changes.push((svc.rule, 0u32));
-                    out.push(CookieChange { service: svc.name.clone(), on: false, rate, message });
                 }
-            } else if svc.on {
-                svc.below_since = None;
-            }
-        }
-        let mut on: Array<_, u32> = Array::try_from(map(&mut self.ebpf, maps::COOKIE_ON)?)?;
-        for (rule, v) in changes {
-            on.set(slot * MAX_RULES + rule, &v, 0).context("failed to switch a cookie service")?;
+                None
+            };
+            let Some(message) = switch else { continue };
+            // The map first: a failed write leaves the service as it was
+            // (tried again next tick), never half switched.
+            on.set(slot * MAX_RULES + svc.rule, &u32::from(!svc.on), 0).context("failed to switch a cookie service")?;
+            svc.on = !svc.on;
+            svc.below_since = None;
+            log::warn!("service `{}`: {message}", svc.name);
+            out.push(CookieChange { service: svc.name.clone(), on: svc.on, rate, message });
         }
         Ok(out)
     }
@@ -538,10 +534,10 @@ impl Firewall {
     /// Deletes idle flows from the connection table; returns how many.
     pub fn sweep(&mut self) -> Result<Swept> {
         let mut out = Swept::default();
-        for (table, left) in [(maps::FLOWS, &mut out.proven), (maps::REMOTE_FLOWS, &mut out.unproven)] {
+        for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
-            let (seen, removed) = crate::conntrack::sweep(&mut flows, &self.timeouts)?;
+            let (seen, removed) = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize)?;
             out.removed += removed;
             *left = seen.saturating_sub(removed);
         }

@@ -97,14 +97,14 @@ fn bold() -> Style {
 /// Draws the whole view into `area`.
 pub fn draw(frame: &mut Frame, view: &View) {
     let area = frame.area();
-    let services = view.now.services.len() as u16;
-    let sources = view.top.as_ref().map_or(0, |t| t.sources.len().max(t.services.iter().map(|s| s.sources.len()).sum()) as u16);
+    let services = view.now.services.len().min(4) as u16;
+    let sources = view.top.as_ref().map_or(0, |t| t.sources.len().max(t.services.iter().map(|s| s.sources.len()).sum()).min(3) as u16);
     let [head, sparks, tables, svc, top, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(4),
         Constraint::Min(6),
-        Constraint::Length(if services == 0 { 0 } else { (services + 3).min(7) }),
-        Constraint::Length(if view.top.is_none() { 0 } else { (sources.max(1) + 3).min(6) }),
+        Constraint::Length(if services == 0 { 0 } else { services + 3 }),
+        Constraint::Length(if view.top.is_none() { 0 } else { sources.max(1) + 3 }),
         Constraint::Length(1),
     ])
     .areas(area);

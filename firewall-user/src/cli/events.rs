@@ -40,6 +40,9 @@ fn show(line: &str, json: bool) {
         println!("{line}");
     } else if let Ok(e) = serde_json::from_str::<events::Entry>(line) {
         println!("{}", e.text());
+    } else {
+        // A line of another version: shown as it is.
+        println!("{line}");
     }
 }
 

@@ -498,6 +498,8 @@ impl EventFiles {
         if batch.is_empty() {
             return more;
         }
+        // Per batch: the wall clock may have been stepped.
+        self.clock = firewall_user::events::unix_minus_mono_ns();
         let records: Vec<(u8, Record)> = batch
             .iter()
             .map(|ev| {
