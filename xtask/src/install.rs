@@ -214,7 +214,6 @@ fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 mod tests {
     use std::{
         env, fs,
-        os::unix::fs::PermissionsExt as _,
         path::{Path, PathBuf},
         process::Command,
         time::{SystemTime, UNIX_EPOCH},
