@@ -121,6 +121,9 @@ pub mod bench {
     pub const DROP_PROGRAM: &str = "bench_drop";
     /// Counts and drops frames to the spoofed range; passes the rest.
     pub const SINK_PROGRAM: &str = "bench_sink";
+    /// Turns each SYN into a SYN-ACK in place and sends it back (XDP_TX):
+    /// the physical limit of a SYN-ACK responder.
+    pub const REFLECT_PROGRAM: &str = "bench_reflect";
     /// Per-CPU frame counter of `bench_drop` / `bench_sink` (index 0).
     pub const COUNT: &str = "BENCH_COUNT";
     /// The frame `bench_gen` sends (its first bytes; one entry).

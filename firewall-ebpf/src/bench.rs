@@ -9,7 +9,12 @@
 //! - `bench_drop` counts and drops every frame (the generator's ceiling:
 //!   the earliest drop a receiver can do);
 //! - `bench_sink` counts and drops the replies to the spoofed range, and
-//!   passes everything else (so real connections still work).
+//!   passes everything else (so real connections still work);
+//! - `bench_reflect` is the physical limit of a SYN-cookie responder: it
+//!   turns each IPv4 TCP SYN into a SYN-ACK in place (addresses and ports
+//!   swapped, flags, a fixed sequence number, the SYN's options left as
+//!   they are, checksums updated) and sends it back with XDP_TX: no
+//!   parse beyond fixed offsets, no state, no hash.
 #![no_std]
 #![no_main]
 
@@ -121,6 +126,43 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     }
     XDP_PASS
+}
+
+/// Offsets in the TCP header (after a 20-byte IPv4 header).
+const TCP: usize = ETH + 20;
+
+#[xdp]
+pub fn bench_reflect(ctx: XdpContext) -> u32 {
+    // Ethernet + IPv4 without options + the TCP header's first 20 bytes.
+    let (Some(eth), Some(ip), Some(tcp)) = (at::<[u8; 12]>(&ctx, 0), at::<[u8; 20]>(&ctx, ETH), at::<[u8; 20]>(&ctx, TCP)) else { return XDP_PASS };
+    // SAFETY: each pointer was bounds-checked against data_end by `at`.
+    unsafe {
+        let (eth, ip, tcp) = (&mut *eth, &mut *ip, &mut *tcp);
+        if ip[0] != 0x45 || ip[9] != 6 || tcp[13] & 0x12 != 0x02 {
+            return XDP_PASS;
+        }
+        // Swaps keep both checksums (one's-complement sums commute).
+        for i in 0..6 {
+            eth.swap(i, i + 6);
+        }
+        for i in 12..16 {
+            ip.swap(i, i + 4);
+        }
+        tcp.swap(0, 2);
+        tcp.swap(1, 3);
+        let word = |b: &[u8; 20], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        let old: [u16; 5] = [word(tcp, 4), word(tcp, 6), word(tcp, 8), word(tcp, 10), word(tcp, 12)];
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        tcp[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        tcp[13] = 0x12;
+        let mut check = word(tcp, 16);
+        for (k, i) in [4usize, 6, 8, 10, 12].into_iter().enumerate() {
+            check = csum_replace(check, old[k], word(tcp, i));
+        }
+        tcp[16..18].copy_from_slice(&check.to_ne_bytes());
+    }
+    XDP_TX
 }
 
 #[cfg(not(test))]

@@ -748,3 +748,39 @@ fn answered_syns_are_recorded_for_the_top_sources() {
     let kinds: Vec<(u8, u16)> = drain_events(&h).iter().map(|e| (e.kind, e.reason)).collect();
     assert_eq!(kinds, [(EVENT_LOG, Reason::CookieSent as u16)], "logged; SYN samples are off without events");
 }
+
+/// The bench's bare reflector (`bench_reflect`, the physical limit the
+/// rates bench compares the cookie path with) emits a valid SYN-ACK: both
+/// checksums right, addresses and ports swapped, ACK = SYN's seq + 1; it
+/// passes anything else.
+#[test]
+fn the_bench_reflector_answers_a_syn_with_a_valid_synack() {
+    use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+    let mut ebpf = aya::Ebpf::load(netns::BENCH_OBJECT).expect("bench object loads");
+    let prog: &mut Xdp = ebpf.program_mut(firewall_common::maps::bench::REFLECT_PROGRAM).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let (client, server) = FAMILIES[0];
+    let run = |frame: &[u8]| {
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() }).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    let (verdict, out) = run(&seg(client, server, 40000, 80, SYN, 0x1234_5678, 0, b""));
+    assert_eq!(verdict, XDP_TX);
+    let p = SlicedPacket::from_ethernet(&out).expect("parses");
+    let Some(NetSlice::Ipv4(v4)) = &p.net else { panic!("IPv4") };
+    let h = v4.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!((IpAddr::V4(h.source.into()), IpAddr::V4(h.destination.into())), (ip(server), ip(client)));
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else { panic!("TCP") };
+    assert_eq!(tcp.checksum(), tcp.calc_checksum_ipv4(h.source, h.destination).unwrap(), "TCP checksum");
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (80, 40000));
+    assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin());
+    assert_eq!(tcp.acknowledgment_number(), 0x1234_5679);
+    // Not a SYN, or not IPv4: passed untouched.
+    let ack = seg(client, server, 40000, 80, ACK, 1, 1, b"");
+    assert_eq!(run(&ack), (XDP_PASS, ack));
+    let v6 = seg(FAMILIES[1].0, FAMILIES[1].1, 40000, 80, SYN, 1, 0, b"");
+    assert_eq!(run(&v6).0, XDP_PASS);
+}

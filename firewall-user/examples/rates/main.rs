@@ -304,13 +304,17 @@ fn main() {
 
     // 1. SYN flood.
     let syn = syn_frame(&pair, [bench::SPOOF_NET[0], bench::SPOOF_NET[1], 0, 1], PORT);
-    let (mut ceiling, mut fw, mut kernel, mut proxy) = (Series::default(), Series::default(), Series::default(), Series::default());
+    let (mut ceiling, mut fw, mut kernel, mut proxy, mut reflector) = (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
     let answered = || bench_count(&sink);
     for round in 0..rounds {
         eprintln!("rates: SYN flood, round {}/{rounds}", round + 1);
         {
             let drop = ceiling_mode();
             measure(&pair, &syn, &|| bench_count(&drop), &mut ceiling);
+        }
+        {
+            let _reflect = attach_bench(&pair.server, &pair.server_if, bench::REFLECT_PROGRAM);
+            measure(&pair, &syn, &answered, &mut reflector);
         }
         {
             let h = firewall(&pair, COOKIE_POLICY);
@@ -335,8 +339,9 @@ fn main() {
             ("firewall", "firewall, cookie mode (XDP_TX)", &fw),
             ("kernel", "kernel, tcp_syncookies=2, no firewall", &kernel),
             ("synproxy", "nftables synproxy (SYNs notrack)", &proxy),
+            ("reflector", "bare XDP_TX reflector (SYN to SYN-ACK in place: no state, no hash; the physical limit)", &reflector),
         ],
-        &[("firewall", "kernel"), ("firewall", "synproxy")],
+        &[("firewall", "kernel"), ("firewall", "synproxy"), ("firewall", "reflector")],
     );
 
     // 2. Unwanted packets dropped, at 10 and 1,000 rules: SYNs from
