@@ -407,7 +407,12 @@ fn cookie_ack(ctx: &XdpContext, frame: &Frame) -> Reason {
     unsafe { *scratch = syn };
     let p = unsafe { &*scratch };
     let admitted = match rules::classify(slot, header.root, &p.key) {
-        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.syncookie != SYNCOOKIE_OFF => m.rule,
+        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.syncookie != SYNCOOKIE_OFF => {
+            // The service the ACK claims: its events name it, and log it
+            // when it has `log = true`.
+            events::note_rule(slot, Some(m));
+            m.rule
+        }
         Ok(_) => MAX_RULES,
         Err(()) => return Reason::Internal,
     };

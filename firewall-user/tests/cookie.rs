@@ -744,9 +744,15 @@ fn answered_syns_are_recorded_for_the_top_sources() {
     assert!(ev.iter().skip(1).all(|e| e.skipped == 1));
 
     h.install(&POLICY.replace("syncookie = \"always\"", "syncookie = \"always\"\nlog = true"));
-    answer(&h, &seg(client, server, 47200, 80, SYN, 1, 0, b""), client, server, 47200, 80, false);
+    let s = answer(&h, &seg(client, server, 47200, 80, SYN, 1, 0, b""), client, server, 47200, 80, false);
     let kinds: Vec<(u8, u16)> = drain_events(&h).iter().map(|e| (e.kind, e.reason)).collect();
     assert_eq!(kinds, [(EVENT_LOG, Reason::CookieSent as u16)], "logged; SYN samples are off without events");
+    // The handshake's valid cookie ACK is a match of the logged service
+    // too; a forged one is not logged (drop events would record it).
+    h.expect(&ack(client, server, 47200, 80, 1, s.seq, s.ts.map(|t| t.0)), XDP_PASS, Reason::CookieValid);
+    h.expect(&ack(client, server, 47201, 80, 1, s.seq, s.ts.map(|t| t.0)), XDP_DROP, Reason::CookieInvalid);
+    let ev: Vec<(u8, u16, u16, u16)> = drain_events(&h).iter().map(|e| (e.kind, e.reason, e.rule, e.sport)).collect();
+    assert_eq!(ev, [(EVENT_LOG, Reason::CookieValid as u16, 0, 47200)]);
 }
 
 /// The bench's bare reflector (`bench_reflect`, the physical limit the
