@@ -99,7 +99,7 @@ pub fn record(ctx: &XdpContext) -> u32 {
 pub fn cookie_syn(ctx: &XdpContext, slot: u32, rule: u32, packet: &parse::Packet, reason: Reason) {
     let Some(cfg) = FW_EVENT_CFG.get(0) else { return };
     let (syn_sample, per_second, log_per_second) = (cfg.syn_sample, cfg.per_second, cfg.log_per_second);
-    let base = Event {
+    let mut base = Event {
         slot: slot as u8,
         reason: reason as u16,
         rule: if rule < MAX_RULES { rule as u16 } else { NO_RULE },
@@ -107,21 +107,18 @@ pub fn cookie_syn(ctx: &XdpContext, slot: u32, rule: u32, packet: &parse::Packet
         len: packet.wire_len as u32,
         ..Event::default()
     };
+    fill(&mut base, &packet.key);
     let logs = rule < MAX_RULES && FW_RULE_META.get(slot * MAX_RULES + rule).is_some_and(|m| m.log != 0);
     if logs {
         if let Some((st, now)) = admit(CLASS_LOG, 1, log_per_second) {
-            let mut ev = Event { ts_ns: now, kind: EVENT_LOG, ..base };
-            fill(&mut ev, &packet.key);
-            submit(st, ev);
+            submit(st, Event { ts_ns: now, kind: EVENT_LOG, ..base });
         }
     }
     if syn_sample == 0 {
         return;
     }
     if let Some((st, now)) = admit(CLASS_SYN, syn_sample, per_second) {
-        let mut ev = Event { ts_ns: now, kind: EVENT_SYN, ..base };
-        fill(&mut ev, &packet.key);
-        submit(st, ev);
+        submit(st, Event { ts_ns: now, kind: EVENT_SYN, ..base });
     }
 }
 

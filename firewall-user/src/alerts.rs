@@ -184,6 +184,14 @@ pub(crate) fn validate(raw: Vec<Spanned<RawAlert>>, rules: &[Rule], error: &mut 
     out
 }
 
+/// The fraction of a connection table (`true`: the proven one) that `used`
+/// entries fill; capped at 1 (a walk of an LRU table under churn can count
+/// an entry twice).
+pub fn table_use(proven: bool, used: usize) -> f64 {
+    let max = if proven { MAX_FLOWS } else { MAX_REMOTE_FLOWS };
+    (used as f64 / f64::from(max)).min(1.0)
+}
+
 /// An alert that fired or recovered.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Transition {
@@ -253,11 +261,6 @@ impl Watch {
         &self.alerts
     }
 
-    /// Whether an alert watches a connection table (counting one walks it).
-    pub fn needs_tables(&self) -> bool {
-        self.alerts.iter().any(|a| matches!(a.metric, Metric::TableUse(_)))
-    }
-
     /// Which alerts fire now, by name.
     pub fn firing(&self) -> Vec<(String, bool)> {
         self.alerts.iter().map(|a| (a.name.clone(), self.states.get(&a.name).is_some_and(|s| s.firing))).collect()
@@ -292,9 +295,7 @@ impl Watch {
                     _ => continue,
                 },
                 // A walk of an LRU table under churn can count an entry twice.
-                Metric::TableUse(proven) => {
-                    if *proven { (flows.0 as f64 / f64::from(MAX_FLOWS)).min(1.0) } else { (flows.1 as f64 / f64::from(MAX_REMOTE_FLOWS)).min(1.0) }
-                }
+                Metric::TableUse(proven) => table_use(*proven, if *proven { flows.0 } else { flows.1 }),
             };
             let st = self.states.entry(a.name.clone()).or_default();
             let past = if st.firing { value <= a.below } else { value > a.above };

@@ -30,15 +30,19 @@ pub const TOP_SOURCES: usize = 20;
 /// the table with the first ones it saw.
 pub const MAX_PREFIXES: usize = 16_384;
 
-/// Keeps the entries of `counts` (a prefix's records) busier than the
-/// median; returns how many records the dropped ones held.
-fn prune<T>(entries: &mut HashMap<String, T>, count: impl Fn(&T) -> u64) -> u64 {
-    let mut counts: Vec<u64> = entries.values().map(&count).collect();
+/// The median of `counts` (the upper one of an even number); 0 for none.
+/// Prefixes counted at or under it are the quieter half.
+fn median(mut counts: Vec<u64>) -> u64 {
     if counts.is_empty() {
         return 0;
     }
     let mid = counts.len() / 2;
-    let (_, &mut threshold, _) = counts.select_nth_unstable_by(mid, |a, b| b.cmp(a));
+    *counts.select_nth_unstable_by(mid, |a, b| b.cmp(a)).1
+}
+
+/// Keeps the entries of `entries` counted (`count`) above `threshold`;
+/// returns how many records the dropped ones held.
+fn prune<T>(entries: &mut HashMap<String, T>, threshold: u64, count: impl Fn(&T) -> u64) -> u64 {
     let mut gone = 0;
     entries.retain(|_, v| {
         let keep = count(v) > threshold;
@@ -48,6 +52,19 @@ fn prune<T>(entries: &mut HashMap<String, T>, count: impl Fn(&T) -> u64) -> u64 
         keep
     });
     gone
+}
+
+/// The `TOP_SOURCES` busiest of `entries` by `count`, busiest first (ties
+/// by prefix).
+fn busiest<'a, T: Clone + 'a>(entries: impl Iterator<Item = &'a T>, count: impl Fn(&T) -> u64, prefix: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut v: Vec<&T> = entries.collect();
+    let order = |a: &&T, b: &&T| count(b).cmp(&count(a)).then_with(|| prefix(a).cmp(prefix(b)));
+    if v.len() > TOP_SOURCES {
+        v.select_nth_unstable_by(TOP_SOURCES, order);
+        v.truncate(TOP_SOURCES);
+    }
+    v.sort_by(order);
+    v.into_iter().cloned().collect()
 }
 
 /// Where the firewall `name` of this network namespace keeps its event files.
@@ -346,13 +363,9 @@ impl Sink {
         let known = self.services.get(service).is_some_and(|s| s.sources.contains_key(&key));
         if !known && self.syn_prefixes >= MAX_PREFIXES {
             // The quieter half of every service's sources makes room.
-            let mut all: Vec<u64> = self.services.values().flat_map(|s| s.sources.values().map(|x| x.syns)).collect();
-            let mid = all.len() / 2;
-            let threshold = if all.is_empty() { 0 } else { *all.select_nth_unstable_by(mid, |a, b| b.cmp(a)).1 };
+            let threshold = median(self.services.values().flat_map(|s| s.sources.values().map(|x| x.syns)).collect());
             for svc in self.services.values_mut() {
-                let before: u64 = svc.sources.values().map(|x| x.syns).sum();
-                svc.sources.retain(|_, x| x.syns > threshold);
-                self.other += before - svc.sources.values().map(|x| x.syns).sum::<u64>();
+                self.other += prune(&mut svc.sources, threshold, |x| x.syns);
             }
             self.syn_prefixes = self.services.values().map(|s| s.sources.len()).sum();
         }
@@ -373,7 +386,8 @@ impl Sink {
         let Some(src) = r.src else { return };
         let key = prefix(src);
         if self.sources.len() >= MAX_PREFIXES && !self.sources.contains_key(&key) {
-            self.other += prune(&mut self.sources, |s| s.recorded);
+            let threshold = median(self.sources.values().map(|s| s.recorded).collect());
+            self.other += prune(&mut self.sources, threshold, |s| s.recorded);
         }
         let s = self.sources.entry(key).or_insert_with_key(|k| Source { prefix: k.clone(), ..Source::default() });
         s.recorded += 1;
@@ -409,26 +423,15 @@ impl Sink {
 
     /// The busiest sources, most drops first.
     pub fn top(&self) -> Top {
-        let mut sources: Vec<&Source> = self.sources.values().collect();
-        let order = |a: &&Source, b: &&Source| b.recorded.cmp(&a.recorded).then_with(|| a.prefix.cmp(&b.prefix));
-        if sources.len() > TOP_SOURCES {
-            sources.select_nth_unstable_by(TOP_SOURCES, order);
-            sources.truncate(TOP_SOURCES);
-        }
-        sources.sort_by(order);
-        let sources: Vec<Source> = sources.into_iter().cloned().collect();
+        let sources = busiest(self.sources.values(), |s| s.recorded, |s| &s.prefix);
         let services = self
             .services
             .iter()
-            .map(|(name, c)| {
-                let mut v: Vec<&SynSource> = c.sources.values().collect();
-                let order = |a: &&SynSource, b: &&SynSource| b.syns.cmp(&a.syns).then_with(|| a.prefix.cmp(&b.prefix));
-                if v.len() > TOP_SOURCES {
-                    v.select_nth_unstable_by(TOP_SOURCES, order);
-                    v.truncate(TOP_SOURCES);
-                }
-                v.sort_by(order);
-                ServiceTop { service: name.clone(), recorded: c.recorded, not_recorded: c.not_recorded, sources: v.into_iter().cloned().collect() }
+            .map(|(name, c)| ServiceTop {
+                service: name.clone(),
+                recorded: c.recorded,
+                not_recorded: c.not_recorded,
+                sources: busiest(c.sources.values(), |s| s.syns, |s| &s.prefix),
             })
             .collect();
         Top { time: crate::loader::unix_now_f64(), recorded: self.recorded, not_recorded: self.not_recorded, other: self.other, sources, services }

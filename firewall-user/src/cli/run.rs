@@ -375,8 +375,6 @@ struct EventFiles {
     /// needed; cleared at each reload (the slot written then changed).
     rule_meta: Option<aya::maps::Array<aya::maps::MapData, firewall_common::RuleMeta>>,
     rule_names: std::collections::HashMap<(u8, u16), Option<String>>,
-    /// Unix time minus monotonic time, ns (the data plane's times are monotonic).
-    clock: i128,
     /// Which tables were last reported nearly full (proven, unproven).
     full: [bool; 2],
 }
@@ -391,7 +389,7 @@ impl Monitor {
         let rule_meta = aya::maps::MapData::from_pin(shared.join(firewall_common::maps::RULE_META))
             .ok()
             .and_then(|d| aya::maps::Array::try_from(aya::maps::Map::Array(d)).ok());
-        let files = EventFiles { sink: None, dir, names, rule_meta, rule_names: Default::default(), clock: firewall_user::events::unix_minus_mono_ns(), full: [false; 2] };
+        let files = EventFiles { sink: None, dir, names, rule_meta, rule_names: Default::default(), full: [false; 2] };
         let ring = (|| -> Result<_> {
             let path = shared.join(firewall_common::maps::EVENTS);
             let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -452,9 +450,9 @@ impl EventFiles {
 
     /// Reports a connection table entering or leaving `TABLE_FULL` use.
     fn tables(&mut self, swept: loader::Swept) {
-        let tables = [("proven", swept.proven, firewall_common::MAX_FLOWS), ("unproven", swept.unproven, firewall_common::MAX_REMOTE_FLOWS)];
-        for (i, (name, used, max)) in tables.into_iter().enumerate() {
-            let use_ = (used as f64 / f64::from(max)).min(1.0);
+        let tables = [("proven", swept.proven, true, firewall_common::MAX_FLOWS), ("unproven", swept.unproven, false, firewall_common::MAX_REMOTE_FLOWS)];
+        for (i, (name, used, proven, max)) in tables.into_iter().enumerate() {
+            let use_ = alerts::table_use(proven, used);
             let state = if !self.full[i] && use_ >= TABLE_FULL {
                 "nearly_full"
             } else if self.full[i] && use_ < TABLE_OK {
@@ -498,14 +496,14 @@ impl EventFiles {
         if batch.is_empty() {
             return more;
         }
-        // Per batch: the wall clock may have been stepped.
-        self.clock = firewall_user::events::unix_minus_mono_ns();
+        // Unix minus monotonic time, per batch: the wall clock may have been stepped.
+        let clock = firewall_user::events::unix_minus_mono_ns();
         let records: Vec<(u8, Record)> = batch
             .iter()
             .map(|ev| {
                 let iface = self.names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
                 let rule = self.rule_name(ev.slot, ev.rule);
-                (ev.kind, Record::from_event(ev, self.clock, iface, rule))
+                (ev.kind, Record::from_event(ev, clock, iface, rule))
             })
             .collect();
         self.write(|sink| {
