@@ -16,7 +16,7 @@ use firewall_common::{
 
 use crate::{
     FW_FLOWS, FW_REMOTE_FLOWS,
-    parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted, tcp_wscale},
+    parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted},
 };
 
 /// What a packet is to the connection table.
@@ -438,7 +438,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 f.state = TCP_SYN_RECV;
                 f.flags |= FLOW_BOTH_SYNS;
                 note_syn(f, s, packet);
-                set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
+                set(&mut f.wscale, s, packet.opts.wscale);
             }
             // A closed flow's tuple reused by a new connection: beyond the
             // old one's sequence, as the kernel's TIME-WAIT reuse wants.
@@ -469,7 +469,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         match f.state {
             TCP_SYN_SENT | TCP_SYN_RECV if responder && acks_syn => {
                 f.state = TCP_SYN_RECV;
-                set(&mut f.wscale, s, tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE));
+                set(&mut f.wscale, s, packet.opts.wscale);
             }
             // A retransmitted SYN-ACK after the handshake (the final ACK was
             // lost): the peer must see it to ACK again. No state change.
@@ -558,7 +558,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
 /// host opens go to the main table (`proven`); flows opened from outside,
 /// and host datagrams that may answer one, to the remote table.
 #[inline(always)]
-pub fn open(packet: &Packet, wscale: u8, dir: Dir, proven: bool) -> bool {
+pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -586,7 +586,7 @@ pub fn open(packet: &Packet, wscale: u8, dir: Dir, proven: bool) -> bool {
     };
     if k == Kind::Tcp {
         flow.wscale = [WSCALE_NONE; 2];
-        set(&mut flow.wscale, (side & 1) as usize, wscale);
+        set(&mut flow.wscale, (side & 1) as usize, packet.opts.wscale);
         note_segment(&mut flow, side, packet);
         note_syn(&mut flow, (side & 1) as usize, packet);
     }
@@ -650,7 +650,7 @@ pub fn open_synack(frame: &Frame, packet: &Packet) {
     }
     let mut flow = established(frame, 1 - side, side);
     flow.state = TCP_SYN_RECV;
-    let ours = tcp_wscale(frame, packet).unwrap_or(WSCALE_NONE);
+    let ours = packet.opts.wscale;
     flow.wscale = [ours; 2];
     if ours != WSCALE_NONE {
         set(&mut flow.wscale, 1 - (side & 1) as usize, WSCALE_UNKNOWN);

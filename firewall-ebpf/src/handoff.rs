@@ -44,19 +44,13 @@ pub fn run(ctx: &TcContext) -> Option<Reason> {
 
 #[inline(always)]
 fn handoff(ctx: &TcContext, skb: *mut __sk_buff, mut attrs: TcpReqAttrs) -> Reason {
+    // Only the tuple is read here: XDP put what the cookie and the ACK's
+    // options say in the mark.
     let frame = Frame::of_skb(ctx);
     let packet = match parse::parse(&frame) {
         Ok(Some(p)) if p.key.proto == parse::IPPROTO_TCP => p,
         _ => return Reason::HandoffFailed,
     };
-    let Some(packet) = crate::forget_paths(packet) else { return Reason::Internal };
-    // The cookie carries what the SYN said; the timestamps are the ACK's.
-    let opts = parse::tcp_options(&frame, &packet);
-    if opts.timestamps {
-        attrs.tstamp_ok = 1;
-        attrs.rcv_tsval = opts.tsval;
-        attrs.rcv_tsecr = opts.tsecr;
-    }
     let (mut tuple, size) = sock_tuple(&packet.key);
     // SAFETY: helper calls with a tuple of the size passed; the socket the
     // lookup returns is released on every path.

@@ -5,7 +5,7 @@
 
 use core::mem;
 
-use firewall_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason, U128};
+use firewall_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason, U128, WSCALE_NONE, tcp_flags::SYN};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -71,6 +71,9 @@ pub struct Packet {
     pub l4_len: usize,
     /// TCP only.
     pub tcp: TcpInfo,
+    /// The options of a TCP SYN or SYN-ACK (`TcpOptions::NONE` for every
+    /// other packet): scanned once, by `parse_once`.
+    pub opts: TcpOptions,
     /// ICMP echo identifier (0 for other packets).
     pub icmp_id: u16,
     /// Set by the XDP program: a retransmitted SYN of a handshake the
@@ -128,7 +131,50 @@ impl Frame {
     }
 }
 
-/// `Ok(None)` for frames that are not IP.
+/// `FW_SCRATCH` slots: the packet being judged, and a variant of it the
+/// rules are asked about (the SYN a cookie ACK claims, the reverse of an
+/// outbound datagram).
+pub const SCRATCH_PACKET: u32 = 0;
+pub const SCRATCH_QUERY: u32 = 1;
+
+/// The frame, parsed once: its headers and, for a SYN or SYN-ACK, its TCP
+/// options. The packet is kept in this CPU's scratch slot, where every
+/// later stage reads it, and the programs tail-called for this frame
+/// find it (`stored`). Read back from a map, every field is unknown to the
+/// verifier, so what follows is verified once, not once per header layout
+/// (VLAN tags, IPv4 or IPv6, extension headers).
+#[inline(always)]
+pub fn parse_once(frame: &Frame) -> Result<Option<&'static mut Packet>, Reason> {
+    let Some(packet) = parse(frame)? else { return Ok(None) };
+    let p = store(SCRATCH_PACKET, packet).ok_or(Reason::Internal)?;
+    if p.key.proto == IPPROTO_TCP && p.key.tcp_flags & SYN != 0 {
+        let opts = tcp_options(frame, p);
+        p.opts = opts;
+    }
+    Ok(Some(p))
+}
+
+/// Copies `packet` into this CPU's scratch slot `index`.
+#[inline(always)]
+pub fn store(index: u32, packet: Packet) -> Option<&'static mut Packet> {
+    let scratch = crate::FW_SCRATCH.get_ptr_mut(index)?;
+    // SAFETY: this CPU's slot, used only while one program (and the ones it
+    // tail-calls) runs on it: XDP and TC run in softirq context and never
+    // nest on a CPU.
+    unsafe {
+        *scratch = packet;
+        Some(&mut *scratch)
+    }
+}
+
+/// The packet `parse_once` left for this frame, for a tail-called program
+/// (its caller parsed the same, unchanged, frame).
+#[inline(always)]
+pub fn stored() -> Option<&'static Packet> {
+    crate::FW_SCRATCH.get(SCRATCH_PACKET)
+}
+
+/// `Ok(None)` for frames that are not IP. Most callers want `parse_once`.
 #[inline(always)]
 pub fn parse(ctx: &Frame) -> Result<Option<Packet>, Reason> {
     let eth: *const EthHdr = ctx.ptr_at(0).ok_or(Reason::MalformedL2)?;
@@ -190,6 +236,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_offset: offset + header_len,
         l4_len: total_len - header_len,
         tcp: TcpInfo::default(),
+        opts: TcpOptions::NONE,
         icmp_id: 0,
         syn_again: false,
         replaces: false,
@@ -268,6 +315,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         l4_offset: l4,
         l4_len: payload_len - consumed,
         tcp: TcpInfo::default(),
+        opts: TcpOptions::NONE,
         icmp_id: 0,
         syn_again: false,
         replaces: false,
@@ -372,22 +420,14 @@ fn copy_options(ctx: &Frame, packet: &Packet, buf: &mut [u8; 64]) -> Option<usiz
     Some(len)
 }
 
-/// Window-scale option of a SYN or SYN-ACK, if present (RFC 7323): the
-/// one option scanner, `tcp_options`, whose loop the verifier prunes well.
-#[inline(always)]
-pub fn tcp_wscale(ctx: &Frame, packet: &Packet) -> Option<u8> {
-    let wscale = tcp_options(ctx, packet).wscale;
-    if wscale == 0xff { None } else { Some(wscale) }
-}
-
 /// The TCP options a SYN (or the ACK of a cookie) carries that matter to
 /// a SYN cookie.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct TcpOptions {
     /// 0 when absent.
     pub mss: u16,
-    /// `None` as 0xff.
+    /// `WSCALE_NONE` when absent.
     pub wscale: u8,
     pub sack_permitted: bool,
     pub timestamps: bool,
@@ -406,16 +446,21 @@ pub struct OptionPositions {
     pub cursor: u64,
 }
 
-/// All of a TCP header's options of interest, scanned as `tcp_wscale`
-/// does (zeroed copy, masked index), for the cookie programs, which have a
-/// verifier budget of their own. The scan only records where each kind
+impl TcpOptions {
+    pub const NONE: TcpOptions =
+        TcpOptions { mss: 0, wscale: WSCALE_NONE, sack_permitted: false, timestamps: false, tsval: 0, tsecr: 0 };
+}
+
+/// All of a TCP header's options of interest, from a zeroed copy with a
+/// masked index (`parse_once` for a SYN; the cookie ACK program for the
+/// ACK's timestamps). The scan only records where each kind
 /// starts, by indexing a per-CPU map value with the kind: no branch per
 /// kind, and map contents are not tracked by the verifier, so the paths of
 /// one iteration converge (a scan that set per-option flags on the stack
 /// made every combination a separate state and blew the 1M budget).
 #[inline(always)]
 pub fn tcp_options(ctx: &Frame, packet: &Packet) -> TcpOptions {
-    let mut opts = TcpOptions { wscale: 0xff, ..TcpOptions::default() };
+    let mut opts = TcpOptions::NONE;
     let Some(pos) = crate::FW_OPTS.get_ptr_mut(0) else { return opts };
     // SAFETY: this CPU's slot, used only while this program runs. Only
     // the kinds read below need clearing.

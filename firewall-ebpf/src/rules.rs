@@ -7,10 +7,24 @@
 use firewall_common::{
     ACTION_ACCEPT, PolicyHeader, Reason, DIM_DPORT, DIM_DST, DIM_PROTO, DIM_SPORT, DIM_SRC, LEAF_COUNT_MASK, LEAF_COUNT_SHIFT,
     LEAF_START_MASK, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_TREE_DEPTH,
-    MatchBox, NODE_LEAF, U128,
+    MatchBox, NODE_LEAF, POLICY_SLOTS, U128,
 };
 
-use crate::{FW_BOXES, FW_LEAF_REFS, FW_NODES, parse::Key};
+use crate::{FW_ACTIVE, FW_BOXES, FW_LEAF_REFS, FW_NODES, FW_POLICY, parse::Key};
+
+/// The policy slot in force: read once, so one packet sees one policy.
+#[inline(always)]
+pub fn active_policy() -> Result<(u32, &'static PolicyHeader), Reason> {
+    let slot = FW_ACTIVE.get(0).ok_or(Reason::Internal)?.slot;
+    if slot >= POLICY_SLOTS {
+        return Err(Reason::Internal);
+    }
+    let header = FW_POLICY.get(slot).ok_or(Reason::Internal)?;
+    if header.loaded == 0 {
+        return Err(Reason::NoPolicy);
+    }
+    Ok((slot, header))
+}
 
 /// `Err` only when the maps are inconsistent (a controller bug).
 #[inline(always)]

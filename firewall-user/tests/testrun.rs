@@ -68,8 +68,10 @@ fn object_has_every_map() {
     }
 }
 
-/// Every program passes the verifier with room to spare (the kernel's
-/// budget is 1,000,000 instructions processed per program).
+/// Every program passes the verifier within half of its budget (the
+/// kernel's is 1,000,000 instructions processed per program): room for the
+/// features still to come, and a guard against a change that makes the
+/// verifier walk a stage once per header layout again.
 #[test]
 fn every_program_verifies_within_budget() {
     use aya::programs::{SchedClassifier, Xdp};
@@ -85,7 +87,7 @@ fn every_program_verifies_within_budget() {
     }
     println!("verifier instructions processed: {counts:?}");
     for (name, n) in counts {
-        assert!(n < 900_000, "{name} needs {n} of the verifier's 1,000,000 instructions");
+        assert!(n < 500_000, "{name} needs {n} of the verifier's 1,000,000 instructions");
     }
 }
 

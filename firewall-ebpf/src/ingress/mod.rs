@@ -1,0 +1,201 @@
+//! The XDP ingress pipeline: the frame is parsed once, then the packet
+//! goes through connection tracking, the rules and (for a cookie service)
+//! the cookie programs, each stage reading the parsed packet. The result
+//! is the reason the packet is counted under, which says the verdict.
+
+pub mod cookie_ack;
+pub mod cookie_syn;
+
+use aya_ebpf::programs::XdpContext;
+use firewall_common::{
+    ACTION_ACCEPT, COOKIE_PORT_ALWAYS_ONLY, MAX_RULES, PORTS, Reason, STATE_ACCEPT, STATE_DROP, STATE_RULES,
+    STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, ct_state,
+    maps::{PROG_COOKIE_ACK, PROG_COOKIE_SYN},
+    tcp_flags::{ACK, FIN, RST, SYN},
+};
+
+use crate::{
+    FW_COOKIE_ARG, FW_COOKIE_ON, FW_COOKIE_PORT, FW_LOCAL_ADDRS, FW_PROGS, FW_STATUS,
+    conntrack::{self, Ct, Dir, Socket},
+    cookie::{self, Event},
+    counters, events,
+    parse::{self, Frame, Packet},
+    rules,
+};
+
+/// The verdict for one frame, as the reason it is counted under.
+#[inline(always)]
+pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
+    let packet = match parse::parse_once(frame) {
+        Ok(Some(packet)) => packet,
+        Ok(None) => return Reason::NonIp,
+        Err(reason) => return reason,
+    };
+    let (slot, header) = match rules::active_policy() {
+        Ok(p) => p,
+        Err(reason) => return reason,
+    };
+    if packet.fragment {
+        return if header.fragment_action == ACTION_ACCEPT {
+            Reason::FragmentAccept
+        } else {
+            Reason::FragmentDrop
+        };
+    }
+    // Connection state first, like `ct state established,related accept;
+    // ct state invalid drop` at the top of an nftables chain; each can be
+    // handed to the rules instead.
+    // A SYN to a port only `always` cookie services take can have no
+    // unproven flow: the flood path skips that table.
+    let syn_main_only = packet.key.proto == parse::IPPROTO_TCP
+        && packet.key.tcp_flags & (SYN | ACK) == SYN
+        && FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32).is_some_and(|e| *e & COOKIE_PORT_ALWAYS_ONLY != 0);
+    let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only);
+    let sk = ctx.ctx as *mut _;
+    match ct {
+        // An ACK of no flow for a connection the host has: evicted from
+        // the table, or older than the firewall.
+        Ct::Invalid(Reason::InvalidNoFlow) => match conntrack::socket_state(sk, &packet.key) {
+            Socket::Connected => {
+                conntrack::adopt(frame, packet, Dir::Ingress, true);
+                ct = Ct::Established;
+            }
+            // A half-open handshake of the host's own (the table lost it):
+            // the host's stack judges the ACK; no flow until it has a
+            // connection (an off-path sender can make request sockets).
+            Socket::Request => ct = Ct::Established,
+            Socket::None | Socket::TimeWait | Socket::Opening => {}
+        },
+        // The table holds a handshake for a tuple the host has a live
+        // connection on (it predates the firewall, or was evicted, and a
+        // SYN from outside opened a flow over it): the host is the truth.
+        Ct::Invalid(Reason::InvalidState) if conntrack::socket_state(sk, &packet.key) == Socket::Connected => {
+            conntrack::forget(packet);
+            conntrack::adopt(frame, packet, Dir::Ingress, true);
+            ct = Ct::Established;
+        }
+        // A SYN on a known tuple: a new connection if the host has none
+        // there (the old flow is replaced once the rules accept it); the
+        // host's stack answers it when it still has one; a TIME-WAIT
+        // socket decides itself, so no cookie answers for it.
+        Ct::SynReuse | Ct::SynInFlow => match conntrack::socket_state(sk, &packet.key) {
+            Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
+            Socket::TimeWait => {
+                packet.syn_again = true;
+                packet.replaces = ct == Ct::SynReuse;
+                ct = Ct::New;
+            }
+            Socket::None => {
+                packet.replaces = true;
+                ct = Ct::New;
+            }
+        },
+        _ => {}
+    }
+    // An ACK of no flow to a cookie port may complete a handshake the
+    // firewall answered: the cookie ACK program asks the rules first, then
+    // the SipHash. It counts and judges the packet itself.
+    if let Ct::Invalid(Reason::InvalidNoFlow) = ct {
+        if is_cookie_port(slot, packet) {
+            if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; the tail-called program reads it.
+                unsafe {
+                    *arg = [slot, MAX_RULES];
+                    let _ = FW_PROGS.tail_call(ctx, PROG_COOKIE_ACK);
+                }
+            }
+            // Only reached when the tail call failed: never validated.
+            ct = Ct::Invalid(Reason::CookieInvalid);
+        }
+    }
+    let (state, setting) = match ct {
+        Ct::New | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
+        // Resolved above.
+        Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
+        Ct::Established => (ct_state::ESTABLISHED, header.established),
+        Ct::Related => (ct_state::RELATED, header.related),
+        Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
+    };
+    match (setting, ct) {
+        (STATE_ACCEPT, Ct::Established) => return Reason::Established,
+        (STATE_ACCEPT, Ct::Related) => return Reason::Related,
+        (STATE_ACCEPT, _) => return Reason::InvalidAccept,
+        (STATE_DROP, Ct::Invalid(reason)) => return reason,
+        (STATE_DROP, _) => return Reason::StateDrop,
+        _ => {}
+    }
+    packet.key.ct_state = state;
+    // A retransmitted SYN of a handshake the table follows is not answered
+    // with a cookie (its flow would reject the cookie's ACK).
+    packet.syn_again |= ct == Ct::SynAgain;
+    judge_new(ctx, slot, header, packet)
+}
+
+/// The rules' verdict on a packet that conntrack handed them, and what an
+/// accepted new one starts: a cookie answer, or a flow.
+#[inline(always)]
+fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Reason {
+    let mut service = (MAX_RULES, SYNCOOKIE_OFF);
+    let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
+        return Reason::Internal;
+    };
+    events::note_rule(slot, matched);
+    if let Some(m) = matched {
+        counters::count_rule(slot, m.rule, packet.wire_len);
+        service = (m.rule, m.syncookie);
+    }
+    let reason = rules::reason(header, matched);
+    if !rules::accepts(reason) || packet.key.ct_state != ct_state::NEW {
+        return reason;
+    }
+    if packet.replaces {
+        conntrack::forget(packet);
+    }
+    let (rule, mode) = service;
+    let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+    if mode != SYNCOOKIE_OFF && bare_syn && !packet.syn_again && packet.key.proto == parse::IPPROTO_TCP {
+        cookie::count(slot, rule, Event::Syn);
+        // Never a reflector: no SYN-ACK to or from an address no host
+        // can have, and none for a destination that is not ours.
+        if cookie::martian(&packet.key) {
+            return Reason::CookieMartian;
+        }
+        let ours = FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some();
+        if ours && handoff_works() && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule)) {
+            if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; the tail-called program reads it.
+                unsafe {
+                    *arg = [slot, rule];
+                    FW_PROGS.tail_call(ctx, PROG_COOKIE_SYN);
+                }
+            }
+            // Only reached when the tail call failed (no program in
+            // the array): the host answers the SYN itself.
+        }
+    }
+    conntrack::open(packet, Dir::Ingress, false);
+    reason
+}
+
+/// False once a validated cookie ACK could not carry its hand-off mark:
+/// every cookie connection would end in an RST, so SYNs go to the host.
+#[inline(always)]
+fn handoff_works() -> bool {
+    FW_STATUS.get(0).is_none_or(|s| *s & STATUS_NO_META == 0)
+}
+
+/// Whether some cookie rule covers this ACK's port: a quick filter before
+/// the cookie ACK program, which asks the rules themselves.
+#[inline(always)]
+fn is_cookie_port(slot: u32, packet: &Packet) -> bool {
+    if packet.key.proto != parse::IPPROTO_TCP || packet.key.tcp_flags & (SYN | RST | ACK) != ACK {
+        return false;
+    }
+    FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32).is_some_and(|e| *e != 0)
+}
+
+/// Whether `auto` mode has switched this service to cookies.
+#[inline(always)]
+fn cookie_engaged(slot: u32, rule: u32) -> bool {
+    rule < MAX_RULES && FW_COOKIE_ON.get(slot * MAX_RULES + rule).is_some_and(|on| *on != 0)
+}
