@@ -81,11 +81,6 @@ pub const SYNCOOKIE_AUTO: u8 = 2;
 
 /// Ports per policy slot in `FW_COOKIE_PORT` (indexed by destination port).
 pub const PORTS: u32 = 65_536;
-/// `FW_COOKIE_PORT` flag: every rule that could accept a TCP SYN to this
-/// port is an `always` cookie service (and the default drops), so a SYN
-/// to it never has an unproven flow to find: the XDP program skips that
-/// table's lookup on the flood path.
-pub const COOKIE_PORT_ALWAYS_ONLY: u32 = 1 << 31;
 
 /// How long a cookie lives at most (two time periods): a rotated-out key
 /// is tried for this long after the rotation.

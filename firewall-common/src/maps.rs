@@ -25,9 +25,15 @@ pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
 /// Per service (slot * MAX_RULES + rule): whether `auto` turned cookies on.
 pub const COOKIE_ON: &str = "FW_COOKIE_ON";
 pub const COOKIE_COUNTERS: &str = "FW_COOKIE_CNT";
-/// Per slot and destination port: 1 + the first cookie rule for the port,
-/// plus `COOKIE_PORT_ALWAYS_ONLY`.
+/// Per slot and destination port: 1 + the first cookie rule for the port.
 pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
+/// Per slot, a `PortBits`: the ports where a TCP SYN may be accepted by
+/// anything but an `always` cookie service (a rule, or the default). A SYN
+/// to any other port can have no unproven flow (only an accepted SYN, or
+/// the host's answer to one, opens one), so the XDP program looks only in
+/// the main table for it: a SYN flood to a dropped or `always` port costs
+/// one flow lookup, not two.
+pub const SYN_PORTS: &str = "FW_SYN_PORTS";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
@@ -62,6 +68,7 @@ pub const SHARED: &[&str] = &[
     COOKIE_KEY,
     COOKIE_ON,
     COOKIE_PORT,
+    SYN_PORTS,
     CONTROL,
     EVENTS,
     EVENT_CONFIG,

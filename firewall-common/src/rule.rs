@@ -169,6 +169,30 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Words of a `PortBits`: one bit per port.
+pub const PORT_WORDS: usize = 1024;
+
+/// A set of TCP ports, one bit each (port `p`: bit `p % 64` of word
+/// `p / 64`), read with one map lookup and a masked index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PortBits {
+    pub words: [u64; PORT_WORDS],
+}
+
+impl PortBits {
+    pub const EMPTY: PortBits = PortBits { words: [0; PORT_WORDS] };
+
+    #[inline(always)]
+    pub fn has(&self, port: u16) -> bool {
+        self.words[(port >> 6) as usize & (PORT_WORDS - 1)] & (1 << (port & 63)) != 0
+    }
+
+    pub fn add(&mut self, port: u16) {
+        self.words[(port >> 6) as usize] |= 1 << (port & 63);
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -178,6 +202,7 @@ mod pod {
     unsafe impl aya::Pod for PolicyHeader {}
     unsafe impl aya::Pod for Node {}
     unsafe impl aya::Pod for MatchBox {}
+    unsafe impl aya::Pod for PortBits {}
     unsafe impl aya::Pod for RuleMeta {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}

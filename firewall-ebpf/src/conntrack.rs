@@ -24,6 +24,9 @@ use crate::{
 pub enum Ct {
     /// Opens a flow (or is not tracked): the rules decide.
     New,
+    /// As `New`, and no flow of its tuple was found (in the tables
+    /// searched): `open` need not look again.
+    NoFlow,
     /// A retransmitted SYN of a handshake the table already follows: new
     /// to the rules, but never answered with a cookie (the flow exists).
     SynAgain,
@@ -144,9 +147,10 @@ enum Table {
 }
 
 /// Looks up the flow in the main table, then (unless `main_only`) in the
-/// remote one, dropping it when it has been idle past its timeout.
+/// remote one, dropping it when it has been idle past its timeout. The
+/// clock is read only when a flow is found (most of a flood finds none).
 #[inline(always)]
-fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64, main_only: bool) -> Option<(*mut Flow, Table)> {
+fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Flow, Table, u64)> {
     let (flow, table) = match FW_FLOWS.get_ptr_mut(fk) {
         Some(f) => (f, Table::Main),
         None if main_only => return None,
@@ -155,11 +159,12 @@ fn lookup(fk: &FlowKey, timeouts: &Timeouts, now: u64, main_only: bool) -> Optio
     // SAFETY: a valid map value pointer for the duration of this program.
     let f = unsafe { &*flow };
     let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
+    let now = now_ns();
     if now.saturating_sub(f.last_seen_ns) > timeout {
         remove(fk, table);
         return None;
     }
-    Some((flow, table))
+    Some((flow, table, now))
 }
 
 #[inline(always)]
@@ -284,7 +289,7 @@ fn touch(f: &mut Flow, frame: &Frame, now: u64) {
 /// Classifies `packet` and advances its flow. A `New` packet creates no
 /// state here: ingress calls `open` once the rules accepted it, egress at
 /// once. `syn_main_only`: a SYN that can have no unproven flow (its port
-/// is `COOKIE_PORT_ALWAYS_ONLY`), so the remote table is not searched.
+/// is not in `maps::SYN_PORTS`), so the remote table is not searched.
 #[inline(always)]
 pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool) -> Ct {
     let key = &packet.key;
@@ -293,8 +298,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         Kind::IcmpError => related(frame, packet, timeouts),
         Kind::Datagram => {
             let (fk, side) = flow_key(key, packet.icmp_id);
-            let now = now_ns();
-            let Some((flow, _)) = lookup(&fk, timeouts, now, false) else { return Ct::New };
+            let Some((flow, _, now)) = lookup(&fk, timeouts, false) else { return Ct::NoFlow };
             // SAFETY: as in `lookup`.
             let f = unsafe { &mut *flow };
             if (dir == Dir::Ingress) == (side == f.local_side) {
@@ -322,7 +326,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     let (fk, side) = flow_key(&quoted.key, quoted.id);
-    let Some((flow, _)) = lookup(&fk, timeouts, now_ns(), false) else {
+    let Some((flow, _, _)) = lookup(&fk, timeouts, false) else {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     // SAFETY: as in `lookup`.
@@ -354,10 +358,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     }
     let (syn, ack, rst, fin) = (flags & SYN != 0, flags & ACK != 0, flags & RST != 0, flags & FIN != 0);
     let (fk, side) = flow_key(&packet.key, 0);
-    let now = now_ns();
-    let Some((flow, table)) = lookup(&fk, timeouts, now, syn_main_only && syn && !ack) else {
+    let Some((flow, table, now)) = lookup(&fk, timeouts, syn_main_only && syn && !ack) else {
         return if syn && !ack {
-            Ct::New
+            Ct::NoFlow
         } else if syn {
             Ct::Invalid(Reason::InvalidSynAck)
         } else {
@@ -551,7 +554,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     Ct::Established
 }
 
-/// Records the flow a `New` packet opens (after the rules accepted it on
+/// Records the flow a `New` or `NoFlow` packet opens (after the rules accepted it on
 /// ingress; at once on egress). Returns whether a flow was created:
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
 /// or a datagram before any reply finds its flow there already. Flows the
@@ -559,6 +562,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
 /// and host datagrams that may answer one, to the remote table.
 #[inline(always)]
 pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
+    let wscale = packet.opts.wscale;
     let key = &packet.key;
     let k = kind(key);
     if k != Kind::Tcp && k != Kind::Datagram {
@@ -567,8 +571,10 @@ pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
     let (fk, side) = flow_key(key, packet.icmp_id);
     // A retransmitted SYN or a second datagram before any reply: the flow
     // is there already. Checked first because a failed LRU insert still
-    // takes and returns a free element, which costs several lookups.
-    if FW_FLOWS.get_ptr(&fk).is_some() || FW_REMOTE_FLOWS.get_ptr(&fk).is_some() {
+    // takes and returns a free element, which costs several lookups; not
+    // when `track` just found none (`packet.no_flow`: a flood's SYNs).
+    // The insert itself never replaces a flow (BPF_NOEXIST).
+    if !packet.no_flow && (FW_FLOWS.get_ptr(&fk).is_some() || FW_REMOTE_FLOWS.get_ptr(&fk).is_some()) {
         return false;
     }
     let egress = dir == Dir::Egress;
@@ -586,7 +592,7 @@ pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
     };
     if k == Kind::Tcp {
         flow.wscale = [WSCALE_NONE; 2];
-        set(&mut flow.wscale, (side & 1) as usize, packet.opts.wscale);
+        set(&mut flow.wscale, (side & 1) as usize, wscale);
         note_segment(&mut flow, side, packet);
         note_syn(&mut flow, (side & 1) as usize, packet);
     }

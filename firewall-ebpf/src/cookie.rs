@@ -135,7 +135,7 @@ fn write<const N: usize>(ctx: &XdpContext, offset: usize, bytes: &[u8; N]) -> Re
 /// from the resize; the caller passes it.
 #[inline(always)]
 pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
-    let opts = &packet.opts;
+    let opts = packet.opts;
     let key_ = &packet.key;
     let v4 = parse::is_v4_mapped(&key_.src);
     let cfg = FW_COOKIE_CFG.get(0).ok_or(Reason::Internal)?;

@@ -34,7 +34,8 @@ pub fn track(frame: &Frame) -> Reason {
             conntrack::open(packet, Dir::Egress, true);
             Reason::EgressNew
         }
-        Ct::New => {
+        ct @ (Ct::New | Ct::NoFlow) => {
+            packet.no_flow = ct == Ct::NoFlow;
             // A datagram of no flow may answer one from outside whose flow
             // the remote table lost: a spoofed flood must not reach the main
             // table through the host's replies. An echo reply opens nothing;

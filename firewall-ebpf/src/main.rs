@@ -25,7 +25,7 @@ use aya_ebpf::{
 use firewall_common::{
     Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
     EventConfig, EventState, Flow, FlowKey, IfaceInfo, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES,
-    MAX_REMOTE_FLOWS, MAX_RULES, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, RuleBase, RuleMeta, U128,
+    MAX_REMOTE_FLOWS, MAX_RULES, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleMeta, U128,
     reason::REASON_COUNT,
 };
 use parse::Frame;
@@ -86,6 +86,8 @@ static FW_COOKIE_CNT: PerCpuArray<CookieCounters> =
     PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_COOKIE_PORT")]
 static FW_COOKIE_PORT: Array<u32> = Array::with_max_entries(POLICY_SLOTS * PORTS, 0);
+#[map(name = "FW_SYN_PORTS")]
+static FW_SYN_PORTS: Array<PortBits> = Array::with_max_entries(POLICY_SLOTS, 0);
 /// The policy slot and rule a tail-called cookie program works for.
 #[map(name = "FW_COOKIE_ARG")]
 static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);

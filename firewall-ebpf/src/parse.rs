@@ -84,6 +84,9 @@ pub struct Packet {
     /// Set by the XDP program: a SYN that replaces the dead flow on its
     /// tuple once the rules accept it (kept here for the same reason).
     pub replaces: bool,
+    /// Set by the pipelines: conntrack found no flow of this tuple (see
+    /// `Ct::NoFlow`), so opening one need not look again.
+    pub no_flow: bool,
     /// Bytes on the wire (`Frame::wire_len`).
     pub wire_len: u64,
 }
@@ -142,7 +145,10 @@ pub const SCRATCH_QUERY: u32 = 1;
 /// later stage reads it, and the programs tail-called for this frame
 /// find it (`stored`). Read back from a map, every field is unknown to the
 /// verifier, so what follows is verified once, not once per header layout
-/// (VLAN tags, IPv4 or IPv6, extension headers).
+/// (VLAN tags, IPv4 or IPv6, extension headers). The options are scanned
+/// here, at one place, for every SYN, dropped ones too: each stage that
+/// needs them scanning them itself made the TC egress program too big for
+/// the verifier (one copy of the scan loop per caller, and per path).
 #[inline(always)]
 pub fn parse_once(frame: &Frame) -> Result<Option<&'static mut Packet>, Reason> {
     let Some(packet) = parse(frame)? else { return Ok(None) };
@@ -170,8 +176,10 @@ pub fn store(index: u32, packet: Packet) -> Option<&'static mut Packet> {
 /// The packet `parse_once` left for this frame, for a tail-called program
 /// (its caller parsed the same, unchanged, frame).
 #[inline(always)]
-pub fn stored() -> Option<&'static Packet> {
-    crate::FW_SCRATCH.get(SCRATCH_PACKET)
+pub fn stored() -> Option<&'static mut Packet> {
+    let p = crate::FW_SCRATCH.get_ptr_mut(SCRATCH_PACKET)?;
+    // SAFETY: as in `store`.
+    Some(unsafe { &mut *p })
 }
 
 /// `Ok(None)` for frames that are not IP. Most callers want `parse_once`.
@@ -240,6 +248,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         icmp_id: 0,
         syn_again: false,
         replaces: false,
+        no_flow: false,
         wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -319,6 +328,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         icmp_id: 0,
         syn_again: false,
         replaces: false,
+        no_flow: false,
         wire_len: ctx.wire_len,
     };
     if fragment {

@@ -20,7 +20,7 @@
 
 use firewall_common::{
     DIMS, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES,
-    MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, RULE_NAME_LEN, RuleMeta, U128, ct_state, leaf_ref,
+    MAX_TREE_DEPTH, MatchBox, Node, PolicyHeader, PortBits, RULE_NAME_LEN, RuleMeta, U128, ct_state, leaf_ref,
 };
 
 use crate::policy::{Cidr, Policy, PortRange, Proto, Rule};
@@ -90,10 +90,11 @@ pub struct Compiled {
     pub meta: Vec<RuleMeta>,
     pub depth: u32,
     /// Destination ports of cookie services and the first cookie rule
-    /// (index) for each, with `COOKIE_PORT_ALWAYS_ONLY` set where only
-    /// `always` services can accept a SYN: where an ACK of no flow has its
-    /// cookie checked.
+    /// (index) for each: where an ACK of no flow has its cookie checked.
     pub cookie_ports: Vec<(u16, u32)>,
+    /// `maps::SYN_PORTS`: where something but an `always` cookie service
+    /// may accept a TCP SYN.
+    pub syn_ports: Box<PortBits>,
     pub syncookie: crate::policy::SyncookieSettings,
     pub events: firewall_common::EventConfig,
 }
@@ -137,7 +138,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         _pad: [0; 2],
         timeouts: settings.timeouts,
     };
-    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config() })
+    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syn_ports: syn_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config() })
 }
 
 /// Every port a cookie rule names, mapped to the first such rule.
@@ -153,35 +154,33 @@ fn cookie_ports(policy: &Policy) -> Vec<(u16, u32)> {
             }
         }
     }
-    // A port is `always`-only when no rule but an `always` cookie service
-    // could accept a TCP SYN to it, and the default drops (see
-    // `COOKIE_PORT_ALWAYS_ONLY`). Conservative: states and flags are not
-    // looked at.
-    let mut mixed = vec![policy.settings.default == crate::policy::Action::Accept; 65_536];
+    owner.iter().enumerate().filter_map(|(p, o)| o.map(|rule| (p as u16, rule))).collect()
+}
+
+/// The ports where a TCP SYN may be accepted by a rule that is not an
+/// `always` cookie service, or by the default (see `maps::SYN_PORTS`).
+/// Conservative: states, flags and addresses are not looked at.
+fn syn_ports(policy: &Policy) -> Box<PortBits> {
+    let mut open = Box::new(PortBits::EMPTY);
+    let all = PortBits { words: [u64::MAX; firewall_common::PORT_WORDS] };
+    if policy.settings.default == crate::policy::Action::Accept {
+        return Box::new(all);
+    }
     for rule in &policy.rules {
         let may_accept_syn = rule.action == crate::policy::Action::Accept && matches!(rule.proto, Proto::Any | Proto::Tcp);
         if !may_accept_syn || rule.syncookie == crate::policy::Syncookie::Always {
             continue;
         }
         if rule.dport.is_empty() {
-            mixed.iter_mut().for_each(|m| *m = true);
+            return Box::new(all);
         }
         for r in &rule.dport {
             for port in r.lo..=r.hi {
-                mixed[port as usize] = true;
+                open.add(port);
             }
         }
     }
-    owner
-        .iter()
-        .enumerate()
-        .filter_map(|(p, o)| {
-            o.map(|rule| {
-                let always_only = !mixed[p] && policy.rules[rule as usize].syncookie == crate::policy::Syncookie::Always;
-                (p as u16, rule | if always_only { firewall_common::COOKIE_PORT_ALWAYS_ONLY } else { 0 })
-            })
-        })
-        .collect()
+    open
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
@@ -470,24 +469,27 @@ mod tests {
         compile(&policy::parse(text, "t.toml").expect("valid")).expect("compiles")
     }
 
-    /// A port is marked `always`-only (its SYNs skip the unproven-flow
-    /// table) only when nothing but an `always` service can accept a SYN
-    /// to it and the default drops.
+    /// A port's SYNs skip the unproven-flow table only when nothing but
+    /// an `always` service can accept a SYN to it and the default drops.
     #[test]
-    fn only_ports_that_only_always_services_accept_are_marked() {
+    fn only_ports_that_only_always_services_accept_skip_the_remote_table() {
         let web = "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = [80, 443]\naction = \"accept\"\nsyncookie = \"always\"\n";
-        let flag = |c: &Compiled, port: u16| c.cookie_ports.iter().find(|(p, _)| *p == port).map(|&(_, r)| r & firewall_common::COOKIE_PORT_ALWAYS_ONLY != 0);
-        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n"));
-        assert_eq!((flag(&c, 80), flag(&c, 443), flag(&c, 22)), (Some(true), Some(true), None));
-        // A plain accept rule on 443 (before or after), an any-port accept, auto mode, or default accept: not marked.
+        let skips = |c: &Compiled, port: u16| !c.syn_ports.has(port);
+        let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\n[[rule]]\nname = \"nope\"\nproto = \"tcp\"\ndport = 23\naction = \"drop\"\n"));
+        assert_eq!((skips(&c, 80), skips(&c, 443), skips(&c, 22), skips(&c, 23), skips(&c, 8080)), (true, true, false, true, true));
+        assert_eq!(c.cookie_ports, vec![(80, 0), (443, 0)]);
+        // A plain accept rule on 443 (before or after), an any-port accept, auto mode, or default accept: looked up.
         let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"admin\"\nproto = \"tcp\"\nsrc = \"10.0.0.0/8\"\ndport = 443\naction = \"accept\"\n"));
-        assert_eq!((flag(&c, 80), flag(&c, 443)), (Some(true), Some(false)));
+        assert_eq!((skips(&c, 80), skips(&c, 443)), (true, false));
         let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{web}\n[[rule]]\nname = \"lan\"\nsrc = \"10.0.0.0/8\"\naction = \"accept\"\n"));
-        assert_eq!(flag(&c, 80), Some(false));
+        assert!(!skips(&c, 80) && !skips(&c, 1));
         let c = compiled(&format!("[settings]\ndefault = \"drop\"\n\n{}", web.replace("always", "auto")));
-        assert_eq!(flag(&c, 80), Some(false));
+        assert!(!skips(&c, 80));
         let c = compiled(&format!("[settings]\ndefault = \"accept\"\n\n{web}"));
-        assert_eq!(flag(&c, 80), Some(false));
+        assert!(!skips(&c, 80) && !skips(&c, 65535));
+        // A UDP accept opens no TCP port.
+        let c = compiled("[settings]\ndefault = \"drop\"\n\n[[rule]]\nname = \"dns\"\nproto = \"udp\"\ndport = 53\naction = \"accept\"\n");
+        assert!(skips(&c, 53));
     }
 
     #[test]

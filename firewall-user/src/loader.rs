@@ -602,6 +602,8 @@ impl Firewall {
             ports.set(base + port as u32, &(rule + 1), 0).context("failed to write a cookie port")?;
         }
         self.cookie_ports[slot as usize] = policy.cookie_ports.iter().map(|&(p, _)| p).collect();
+        let mut syn_ports: Array<_, firewall_common::PortBits> = Array::try_from(map(e, maps::SYN_PORTS)?)?;
+        syn_ports.set(slot, &*policy.syn_ports, 0).context("failed to write the policy's SYN ports")?;
         let mut headers: Array<_, PolicyHeader> = Array::try_from(map(e, maps::POLICY)?)?;
         headers.set(slot, &policy.header, 0).context("failed to write the policy header")?;
         // Not per slot: for a moment the old policy's drops follow the new

@@ -8,14 +8,14 @@ pub mod cookie_syn;
 
 use aya_ebpf::programs::XdpContext;
 use firewall_common::{
-    ACTION_ACCEPT, COOKIE_PORT_ALWAYS_ONLY, MAX_RULES, PORTS, Reason, STATE_ACCEPT, STATE_DROP, STATE_RULES,
+    ACTION_ACCEPT, MAX_RULES, PORTS, Reason, STATE_ACCEPT, STATE_DROP, STATE_RULES,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, ct_state,
     maps::{PROG_COOKIE_ACK, PROG_COOKIE_SYN},
     tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
-    FW_COOKIE_ARG, FW_COOKIE_ON, FW_COOKIE_PORT, FW_LOCAL_ADDRS, FW_PROGS, FW_STATUS,
+    FW_COOKIE_ARG, FW_COOKIE_ON, FW_COOKIE_PORT, FW_LOCAL_ADDRS, FW_PROGS, FW_STATUS, FW_SYN_PORTS,
     conntrack::{self, Ct, Dir, Socket},
     cookie::{self, Event},
     counters, events,
@@ -45,11 +45,12 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // Connection state first, like `ct state established,related accept;
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
-    // A SYN to a port only `always` cookie services take can have no
-    // unproven flow: the flood path skips that table.
+    // A SYN to a port where only `always` cookie services (or nothing)
+    // accept one can have no unproven flow: the flood path skips that
+    // table (see `maps::SYN_PORTS`).
     let syn_main_only = packet.key.proto == parse::IPPROTO_TCP
         && packet.key.tcp_flags & (SYN | ACK) == SYN
-        && FW_COOKIE_PORT.get(slot * PORTS + packet.key.dport as u32).is_some_and(|e| *e & COOKIE_PORT_ALWAYS_ONLY != 0);
+        && FW_SYN_PORTS.get(slot).is_some_and(|open| !open.has(packet.key.dport));
     let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only);
     let sk = ctx.ctx as *mut _;
     match ct {
@@ -109,7 +110,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         }
     }
     let (state, setting) = match ct {
-        Ct::New | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
+        Ct::New | Ct::NoFlow | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
         // Resolved above.
         Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
@@ -128,6 +129,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // A retransmitted SYN of a handshake the table follows is not answered
     // with a cookie (its flow would reject the cookie's ACK).
     packet.syn_again |= ct == Ct::SynAgain;
+    packet.no_flow = ct == Ct::NoFlow;
     judge_new(ctx, slot, header, packet)
 }
 
