@@ -311,7 +311,8 @@ fn main() {
 
     // 1. SYN flood.
     let syn = syn_frame(&pair, [bench::SPOOF_NET[0], bench::SPOOF_NET[1], 0, 1], PORT);
-    let (mut ceiling, mut fw, mut kernel, mut proxy, mut reflector) = (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
+    let (mut ceiling, mut fw, mut kernel, mut proxy, mut reflector, mut plain) =
+        (Series::default(), Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
     let answered = || bench_count(&sink);
     for round in 0..rounds {
         eprintln!("rates: SYN flood, round {}/{rounds}", round + 1);
@@ -330,6 +331,13 @@ fn main() {
             let s = h.snapshot().service("web").map(|s| (s.syns, s.cookies_sent));
             assert!(s.is_some_and(|(syns, sent)| syns == sent && sent > 0), "the firewall answered every SYN: {s:?}");
         }
+        {
+            // The same flood to a plain accepting rule: every SYN opens an
+            // unproven flow, and the host answers (its own cookies once its
+            // backlog is full).
+            let h = firewall(&pair, &COOKIE_POLICY.replace("\"always\"", "\"off\""));
+            measure_live(&pair, &syn, &answered, &h, &mut plain);
+        }
         sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
         measure(&pair, &syn, &answered, &mut kernel);
         sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=1"]);
@@ -347,6 +355,7 @@ fn main() {
             ("kernel", "kernel, tcp_syncookies=2, no firewall", &kernel),
             ("synproxy", "nftables synproxy (SYNs notrack)", &proxy),
             ("reflector", "bare XDP_TX reflector (SYN to SYN-ACK in place: no state, no hash; the physical limit)", &reflector),
+            ("plain", "firewall, plain accept rule (a flow per SYN; the host answers)", &plain),
         ],
         &[("firewall", "kernel"), ("firewall", "synproxy"), ("firewall", "reflector")],
     );
