@@ -29,10 +29,12 @@ pub const COOKIE_COUNTERS: &str = "FW_COOKIE_CNT";
 pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// Per slot, a `PortBits`: the ports where a TCP SYN may be accepted by
 /// anything but an `always` cookie service (a rule, or the default). A SYN
-/// to any other port can have no unproven flow (only an accepted SYN, or
-/// the host's answer to one, opens one), so the XDP program looks only in
-/// the main table for it: a SYN flood to a dropped or `always` port costs
-/// one flow lookup, not two.
+/// to any other port is looked up in the main table only: a SYN flood to a
+/// dropped or `always` port costs one flow lookup, not two. An unproven
+/// flow it misses (an `always` service's fallback to the host, a flow of
+/// an earlier policy) only makes the SYN new to the rules, which drop it
+/// or answer it with a cookie; the flow is never duplicated (the insert is
+/// BPF_NOEXIST into the same table).
 pub const SYN_PORTS: &str = "FW_SYN_PORTS";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";

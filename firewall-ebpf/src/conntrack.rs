@@ -555,7 +555,8 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
 }
 
 /// Records the flow a `New` or `NoFlow` packet opens (after the rules accepted it on
-/// ingress; at once on egress). Returns whether a flow was created:
+/// ingress; at once on egress). Returns whether a flow was created (with
+/// `packet.no_flow`, whether one was inserted, which a race may have lost):
 /// untracked protocols and ICMP errors open none, and a retransmitted SYN
 /// or a datagram before any reply finds its flow there already. Flows the
 /// host opens go to the main table (`proven`); flows opened from outside,

@@ -152,7 +152,7 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
     };
     let client_mss = if opts.mss == 0 { default_mss } else { opts.mss };
     let timestamps = opts.timestamps && cfg.offer & OFFER_TIMESTAMPS != 0;
-    let has_wscale = timestamps && opts.wscale != 0xff && cfg.offer & OFFER_WSCALE != 0;
+    let has_wscale = timestamps && opts.wscale != firewall_common::WSCALE_NONE && cfg.offer & OFFER_WSCALE != 0;
     let sack = timestamps && opts.sack_permitted && cfg.offer & OFFER_SACK != 0;
     // An ECN-setup SYN has both ECE and CWR (RFC 3168 6.1.1).
     let ecn = timestamps && key_.tcp_flags & (ECE | CWR) == (ECE | CWR) && cfg.offer & OFFER_ECN != 0;

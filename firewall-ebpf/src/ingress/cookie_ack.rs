@@ -50,7 +50,6 @@ pub fn judge(ctx: &XdpContext) -> Reason {
     if admitted < MAX_RULES {
         // The cookie is checked on the ACK as it came; its options are
         // read here only (an ACK's options matter to no other stage).
-        let Some(ack) = parse::stored() else { return Reason::Internal };
         let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: ack.wire_len };
         let opts = parse::tcp_options(&frame, ack);
         let tsecr = if opts.timestamps { Some(opts.tsecr) } else { None };

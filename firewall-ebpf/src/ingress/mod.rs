@@ -46,8 +46,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // ct state invalid drop` at the top of an nftables chain; each can be
     // handed to the rules instead.
     // A SYN to a port where only `always` cookie services (or nothing)
-    // accept one can have no unproven flow: the flood path skips that
-    // table (see `maps::SYN_PORTS`).
+    // accept one skips the table of unproven flows (see `maps::SYN_PORTS`).
     let syn_main_only = packet.key.proto == parse::IPPROTO_TCP
         && packet.key.tcp_flags & (SYN | ACK) == SYN
         && FW_SYN_PORTS.get(slot).is_some_and(|open| !open.has(packet.key.dport));
