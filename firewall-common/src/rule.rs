@@ -182,6 +182,7 @@ pub struct PortBits {
 
 impl PortBits {
     pub const EMPTY: PortBits = PortBits { words: [0; PORT_WORDS] };
+    pub const ALL: PortBits = PortBits { words: [u64::MAX; PORT_WORDS] };
 
     #[inline(always)]
     pub fn has(&self, port: u16) -> bool {

@@ -176,10 +176,8 @@ pub fn store(index: u32, packet: Packet) -> Option<&'static mut Packet> {
 /// The packet `parse_once` left for this frame, for a tail-called program
 /// (its caller parsed the same, unchanged, frame).
 #[inline(always)]
-pub fn stored() -> Option<&'static mut Packet> {
-    let p = crate::FW_SCRATCH.get_ptr_mut(SCRATCH_PACKET)?;
-    // SAFETY: as in `store`.
-    Some(unsafe { &mut *p })
+pub fn stored() -> Option<&'static Packet> {
+    crate::FW_SCRATCH.get(SCRATCH_PACKET)
 }
 
 /// `Ok(None)` for frames that are not IP. Most callers want `parse_once`.

@@ -161,18 +161,17 @@ fn cookie_ports(policy: &Policy) -> Vec<(u16, u32)> {
 /// `always` cookie service, or by the default (see `maps::SYN_PORTS`).
 /// Conservative: states, flags and addresses are not looked at.
 fn syn_ports(policy: &Policy) -> Box<PortBits> {
-    let mut open = Box::new(PortBits::EMPTY);
-    let all = PortBits { words: [u64::MAX; firewall_common::PORT_WORDS] };
     if policy.settings.default == crate::policy::Action::Accept {
-        return Box::new(all);
+        return Box::new(PortBits::ALL);
     }
+    let mut open = Box::new(PortBits::EMPTY);
     for rule in &policy.rules {
         let may_accept_syn = rule.action == crate::policy::Action::Accept && matches!(rule.proto, Proto::Any | Proto::Tcp);
         if !may_accept_syn || rule.syncookie == crate::policy::Syncookie::Always {
             continue;
         }
         if rule.dport.is_empty() {
-            return Box::new(all);
+            return Box::new(PortBits::ALL);
         }
         for r in &rule.dport {
             for port in r.lo..=r.hi {
