@@ -11,6 +11,7 @@ pub mod limits;
 pub mod maps;
 pub mod reason;
 pub mod rule;
+pub mod sets;
 
 pub use conntrack::*;
 pub use control::*;
@@ -19,3 +20,4 @@ pub use events::*;
 pub use limits::*;
 pub use reason::Reason;
 pub use rule::*;
+pub use sets::*;

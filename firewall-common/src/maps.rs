@@ -36,6 +36,15 @@ pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// or answer it with a cookie; the flow is never duplicated (the insert is
 /// BPF_NOEXIST into the same table).
 pub const SYN_PORTS: &str = "FW_SYN_PORTS";
+/// Elements of every named set (`sets::SetAddr` -> `SetElem`, an LPM trie).
+pub const SET_ELEMS: &str = "FW_SET_ELEMS";
+/// Single-address elements of every set (`SetAddr` -> `SetElem`, a hash
+/// map: one lookup instead of a trie walk). Prefixes are in `SET_ELEMS`.
+pub const SET_HOSTS: &str = "FW_SET_HOSTS";
+/// Per set id, how many prefixes `SET_ELEMS` holds (0: the trie is skipped).
+pub const SET_PREFIXES: &str = "FW_SET_PREFIX";
+/// The set registry (`SetDef` per id; read by no program).
+pub const SETS: &str = "FW_SETS";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
@@ -71,6 +80,10 @@ pub const SHARED: &[&str] = &[
     COOKIE_ON,
     COOKIE_PORT,
     SYN_PORTS,
+    SET_ELEMS,
+    SET_HOSTS,
+    SET_PREFIXES,
+    SETS,
     CONTROL,
     EVENTS,
     EVENT_CONFIG,
@@ -83,7 +96,7 @@ pub const PER_IFACE: &[&str] = &[RULE_COUNTERS, REASON_COUNTERS, COOKIE_COUNTERS
 
 /// Maps the programs never reference: bound to the XDP program so that
 /// another process finds them from its map ids.
-pub const BOUND: &[&str] = &[RULE_META, CONTROL, IFACE, RULE_BASE];
+pub const BOUND: &[&str] = &[RULE_META, CONTROL, IFACE, RULE_BASE, SETS];
 
 /// Every map `stats` opens.
 pub const ALL: &[&str] = &[
@@ -99,6 +112,10 @@ pub const ALL: &[&str] = &[
     CONTROL,
     IFACE,
     RULE_BASE,
+    SET_ELEMS,
+    SET_HOSTS,
+    SET_PREFIXES,
+    SETS,
 ];
 
 /// Indexes in `PROGRAMS`.

@@ -138,6 +138,11 @@ pub struct MatchBox {
     pub syncookie: u8,
     /// 1: the rule has `log = true` (its matches become events).
     pub log: u8,
+    /// 0, or 1 + the id of the set the source (`src_set`) or destination
+    /// must also be in (`rules::matches` looks it up in `FW_SET_ELEMS`).
+    pub src_set: u8,
+    pub dst_set: u8,
+    pub _pad: [u8; 2],
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
 }
@@ -206,6 +211,9 @@ mod pod {
     unsafe impl aya::Pod for PortBits {}
     unsafe impl aya::Pod for RuleMeta {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for crate::sets::SetAddr {}
+    unsafe impl aya::Pod for crate::sets::SetElem {}
+    unsafe impl aya::Pod for crate::sets::SetDef {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}
     unsafe impl aya::Pod for crate::conntrack::Flow {}
     unsafe impl aya::Pod for crate::conntrack::Timeouts {}

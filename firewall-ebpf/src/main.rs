@@ -19,13 +19,13 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use firewall_common::{
     Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
     EventConfig, EventState, Flow, FlowKey, IfaceInfo, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES,
-    MAX_REMOTE_FLOWS, MAX_RULES, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleMeta, U128,
+    MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleMeta, SetAddr, SetDef, SetElem, U128,
     reason::REASON_COUNT,
 };
 use parse::Frame;
@@ -88,6 +88,16 @@ static FW_COOKIE_CNT: PerCpuArray<CookieCounters> =
 static FW_COOKIE_PORT: Array<u32> = Array::with_max_entries(POLICY_SLOTS * PORTS, 0);
 #[map(name = "FW_SYN_PORTS")]
 static FW_SYN_PORTS: Array<PortBits> = Array::with_max_entries(POLICY_SLOTS, 0);
+/// Elements of every named set (see `firewall_common::sets`).
+#[map(name = "FW_SET_ELEMS")]
+static FW_SET_ELEMS: LpmTrie<SetAddr, SetElem> = LpmTrie::with_max_entries(MAX_SET_ELEMENTS, 0);
+#[map(name = "FW_SET_HOSTS")]
+static FW_SET_HOSTS: HashMap<SetAddr, SetElem> = HashMap::with_max_entries(MAX_SET_ELEMENTS, BPF_F_NO_PREALLOC);
+#[map(name = "FW_SET_PREFIX")]
+static FW_SET_PREFIX: Array<u32> = Array::with_max_entries(MAX_SETS, 0);
+/// Per-CPU key of a set lookup (`rules::in_set`).
+#[map(name = "FW_SET_KEY")]
+static FW_SET_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<SetAddr>> = PerCpuArray::with_max_entries(1, 0);
 /// The policy slot and rule a tail-called cookie program works for.
 #[map(name = "FW_COOKIE_ARG")]
 static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
@@ -97,6 +107,8 @@ static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0
 static FW_CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 #[map(name = "FW_IFACE")]
 static FW_IFACE: Array<IfaceInfo> = Array::with_max_entries(1, 0);
+#[map(name = "FW_SETS")]
+static FW_SETS: Array<SetDef> = Array::with_max_entries(MAX_SETS, 0);
 #[map(name = "FW_RULE_BASE")]
 static FW_RULE_BASE: Array<RuleBase> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 /// Programs the XDP program tail-calls (`maps::PROG_*`): each has a
@@ -112,6 +124,9 @@ static FW_EVENT_STATE: PerCpuArray<EventState> = PerCpuArray::with_max_entries(E
 #[map(name = "FW_EVENT_ARG")]
 static FW_EVENT_ARG: PerCpuArray<EventArg> = PerCpuArray::with_max_entries(1, 0);
 
+/// `BPF_F_NO_PREALLOC`: a set's hash map takes memory per element, not
+/// for `MAX_SET_ELEMENTS` up front.
+const BPF_F_NO_PREALLOC: u32 = 1;
 /// `BPF_F_WRONLY` (include/uapi/linux/bpf.h): userspace may only write.
 const BPF_F_WRONLY: u32 = 1 << 4;
 

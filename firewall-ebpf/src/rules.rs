@@ -7,10 +7,11 @@
 use firewall_common::{
     ACTION_ACCEPT, PolicyHeader, Reason, DIM_DPORT, DIM_DST, DIM_PROTO, DIM_SPORT, DIM_SRC, LEAF_COUNT_MASK, LEAF_COUNT_SHIFT,
     LEAF_START_MASK, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_TREE_DEPTH,
-    MatchBox, NODE_LEAF, POLICY_SLOTS, U128,
+    MatchBox, NODE_LEAF, POLICY_SLOTS, SET_KEY_BITS, SetAddr, U128,
 };
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key as LpmKey};
 
-use crate::{FW_ACTIVE, FW_BOXES, FW_LEAF_REFS, FW_NODES, FW_POLICY, parse::Key};
+use crate::{FW_ACTIVE, FW_BOXES, FW_SET_ELEMS, FW_SET_HOSTS, FW_SET_KEY, FW_SET_PREFIX, FW_LEAF_REFS, FW_NODES, FW_POLICY, parse::Key};
 
 /// The policy slot in force: read once, so one packet sees one policy.
 #[inline(always)]
@@ -110,4 +111,38 @@ fn matches(b: &MatchBox, key: &Key) -> bool {
         && key.proto <= b.proto_hi
         && key.tcp_flags & b.tcp_flags_mask == b.tcp_flags_value
         && key.ct_state & b.state_mask != 0
+        && in_set(b.src_set, &key.src)
+        && in_set(b.dst_set, &key.dst)
+}
+
+/// Whether `addr` is in set `set - 1` (0: the box names no set), and the
+/// element has not expired. Looked up last, only for a box whose ranges
+/// matched: rules without sets cost nothing more. Single addresses are one
+/// hash lookup; the prefix trie is walked only for a set that has prefixes.
+#[inline(always)]
+fn in_set(set: u8, addr: &U128) -> bool {
+    if set == 0 {
+        return true;
+    }
+    // The key is built in a per-CPU slot: the cookie ACK program has no
+    // stack left for it.
+    let Some(key) = FW_SET_KEY.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot, used by nothing else while this runs.
+    let key: &mut LpmKey<SetAddr> = unsafe { &mut *key };
+    let id = set as u32 - 1;
+    key.prefix_len = SET_KEY_BITS;
+    key.data.set = id.to_be_bytes();
+    key.data.hi = addr.hi.to_be_bytes();
+    key.data.lo = addr.lo.to_be_bytes();
+    // SAFETY: a reference into the map value (SetAddr has alignment 1).
+    let elem = match unsafe { FW_SET_HOSTS.get(&key.data) } {
+        Some(e) => Some(e),
+        None if FW_SET_PREFIX.get(id).is_some_and(|&n| n != 0) => FW_SET_ELEMS.get(key),
+        None => None,
+    };
+    match elem {
+        // SAFETY: a helper without arguments.
+        Some(e) => e.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < e.expires_ns,
+        None => false,
+    }
 }

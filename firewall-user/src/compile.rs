@@ -97,6 +97,9 @@ pub struct Compiled {
     pub syn_ports: Box<PortBits>,
     pub syncookie: crate::policy::SyncookieSettings,
     pub events: firewall_common::EventConfig,
+    /// `[[set]]`s; the boxes' `src_set`/`dst_set` hold 1 + an index here
+    /// until the loader maps them to the sets' ids.
+    pub sets: Vec<crate::policy::SetSpec>,
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
@@ -138,7 +141,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         _pad: [0; 2],
         timeouts: settings.timeouts,
     };
-    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syn_ports: syn_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config() })
+    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syn_ports: syn_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config(), sets: policy.sets.clone() })
 }
 
 /// Every port a cookie rule names, mapped to the first such rule.
@@ -188,6 +191,20 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
     let n = rule.name.len().min(RULE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);
     meta
+}
+
+/// The alternatives of a rule's `src` or `dst`: address ranges (set 0), and
+/// for each set it names, any address in that set (1 + the set's index in
+/// the policy; the loader turns it into 1 + the set's id). Both lists
+/// empty: any address.
+fn address_alternatives(cidrs: &[Cidr], sets: &[usize]) -> Vec<((u128, u128), u8)> {
+    let mut out: Vec<_> = if cidrs.is_empty() && !sets.is_empty() {
+        Vec::new()
+    } else {
+        address_ranges(cidrs).into_iter().map(|r| (r, 0)).collect()
+    };
+    out.extend(sets.iter().map(|&i| ((0, u128::MAX), i as u8 + 1)));
+    out
 }
 
 /// Address ranges of a rule's CIDR list; empty means any address.
@@ -243,13 +260,13 @@ fn port_ranges(ports: &[PortRange]) -> Vec<(u16, u16)> {
 
 /// How many boxes `rule_boxes` makes for `rule` (saturating).
 fn box_count(rule: &Rule) -> usize {
-    let addrs = |list: &[Cidr]| address_ranges(list).len();
+    let addrs = |list: &[Cidr], sets: &[usize]| address_alternatives(list, sets).len();
     let ports = |list: &[PortRange]| list.len().max(1);
     let (sports, dports) = match rule.proto {
         Proto::Icmp | Proto::Icmpv6 => (1, 1),
         _ => (ports(&rule.sport), ports(&rule.dport)),
     };
-    addrs(&rule.src).saturating_mul(addrs(&rule.dst)).saturating_mul(sports).saturating_mul(dports)
+    addrs(&rule.src, &rule.src_sets).saturating_mul(addrs(&rule.dst, &rule.dst_sets)).saturating_mul(sports).saturating_mul(dports)
 }
 
 /// One box per combination of the rule's list items.
@@ -266,13 +283,13 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
         ),
         _ => (port_ranges(&rule.sport), port_ranges(&rule.dport)),
     };
-    let srcs = address_ranges(&rule.src);
-    let dsts = address_ranges(&rule.dst);
-    for &src in &srcs {
-        for &dst in &dsts {
+    let srcs = address_alternatives(&rule.src, &rule.src_sets);
+    let dsts = address_alternatives(&rule.dst, &rule.dst_sets);
+    for &(src, src_set) in &srcs {
+        for &(dst, dst_set) in &dsts {
             // A v4 source and a v6 destination can never be in one packet.
-            let src_any = rule.src.is_empty();
-            let dst_any = rule.dst.is_empty();
+            let src_any = rule.src.is_empty() || src_set != 0;
+            let dst_any = rule.dst.is_empty() || dst_set != 0;
             if !src_any && !dst_any && is_v4_range(src) != is_v4_range(dst) {
                 continue;
             }
@@ -295,6 +312,9 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         state_mask: rule.state,
                         syncookie: rule.syncookie.code(),
                         log: u8::from(rule.log),
+                        src_set,
+                        dst_set,
+                        _pad: [0; 2],
                         rule: index,
                     });
                 }
@@ -337,14 +357,14 @@ impl Builder<'_> {
     /// Returns the child reference (node index or leaf) for `ids` within `region`.
     fn build(&mut self, ids: Vec<u32>, region: Ranges, depth: u32) -> Result<u32, CompileError> {
         self.depth = self.depth.max(depth);
-        // A box that covers the whole region and tests neither flags nor
-        // state matches every packet here: the boxes after it are
-        // unreachable in this region.
+        // A box that covers the whole region and tests neither flags,
+        // state nor a set matches every packet here: the boxes after it
+        // are unreachable in this region.
         let mut kept = Vec::with_capacity(ids.len());
         for id in ids {
             kept.push(id);
             let b = &self.boxes[id as usize];
-            if b.tcp_flags_mask == 0 && b.state_mask == ct_state::ANY && covers(&self.ranges[id as usize], &region) {
+            if b.tcp_flags_mask == 0 && b.state_mask == ct_state::ANY && b.src_set == 0 && b.dst_set == 0 && covers(&self.ranges[id as usize], &region) {
                 break;
             }
         }

@@ -16,5 +16,6 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
+pub mod sets;
 pub mod stats;
 pub mod view;

@@ -544,6 +544,19 @@ impl Firewall {
         Ok(out)
     }
 
+    /// The named sets' maps (`firewall set` writes them from outside).
+    pub fn sets(&self) -> Result<crate::sets::Sets> {
+        let id = |e: &Ebpf, name: &str| -> Result<u32> {
+            Ok(match e.map(name).with_context(|| format!("the eBPF object has no map {name}"))? {
+                aya::maps::Map::Array(d) | aya::maps::Map::LpmTrie(d) | aya::maps::Map::HashMap(d) => d.info()?.id(),
+                _ => bail!("map {name} has an unexpected type"),
+            })
+        };
+        let ids = [maps::SETS, maps::SET_ELEMS, maps::SET_HOSTS, maps::SET_PREFIXES].map(|m| id(&self.ebpf, m));
+        let [a, b, c, d] = ids;
+        crate::sets::open_by_id([a?, b?, c?, d?])
+    }
+
     /// Writes `policy` into the slot the XDP program is not reading, then
     /// flips `FW_ACTIVE`: every packet sees either the old or the new policy.
     /// A rule whose name the policy in force also has keeps its counters
@@ -571,10 +584,17 @@ impl Firewall {
                 old_names.iter().position(|n| *n == name).map(|i| i as u32)
             })
             .collect();
+        // Sets first: the new boxes name their ids. Unchanged sets keep
+        // their elements (and ids); replaced ones retire after the grace.
+        let mut sets = self.sets()?;
+        let _lock = crate::sets::lock()?;
+        let (set_ids, retire) = sets.reconcile(&policy.sets).context("failed to write the policy's sets")?;
+        let to_id = |s: u8| if s == 0 { 0 } else { set_ids[s as usize - 1] as u8 + 1 };
+        let boxes: Vec<MatchBox> = policy.boxes.iter().map(|b| MatchBox { src_set: to_id(b.src_set), dst_set: to_id(b.dst_set), ..*b }).collect();
         let e = &mut self.ebpf;
         write_all::<Node>(e, maps::NODES, slot * MAX_NODES, &policy.nodes)?;
         write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;
-        write_all::<MatchBox>(e, maps::BOXES, slot * MAX_BOXES, &policy.boxes)?;
+        write_all::<MatchBox>(e, maps::BOXES, slot * MAX_BOXES, &boxes)?;
         write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
         let cpus = nr_cpus()?;
         let now = unix_now();
@@ -621,6 +641,7 @@ impl Firewall {
         // After the grace no packet is judged by the old slot any more (and
         // the next install may rewrite it at once).
         std::thread::sleep(GRACE);
+        sets.retire(&retire).context("failed to free the sets the policy no longer has")?;
         if old.is_some() {
             for e in self.objects_mut() {
                 settle_counters(e, slot, policy.meta.len() as u32)?;

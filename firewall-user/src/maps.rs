@@ -30,6 +30,8 @@ pub struct FirewallMaps {
     pub cookie_counters: PerCpuArray<MapData, CookieCounters>,
     pub control: Array<MapData, Control>,
     pub iface: Array<MapData, IfaceInfo>,
+    /// The named sets (shared by the firewall's interfaces).
+    pub sets: crate::sets::Sets,
 }
 
 impl FirewallMaps {
@@ -226,6 +228,12 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: O
             cookie_on: Array::try_from(take(maps::COOKIE_ON)?)?,
             cookie_counters: PerCpuArray::try_from(take(maps::COOKIE_COUNTERS)?)?,
             control: Array::try_from(take(maps::CONTROL)?)?,
+            sets: crate::sets::Sets {
+                defs: Array::try_from(take(maps::SETS)?)?,
+                elems: aya::maps::lpm_trie::LpmTrie::try_from(take(maps::SET_ELEMS)?)?,
+                hosts: BpfHashMap::try_from(take(maps::SET_HOSTS)?)?,
+                prefixes: Array::try_from(take(maps::SET_PREFIXES)?)?,
+            },
             iface,
         },
     })

@@ -2,6 +2,7 @@ mod check;
 mod conntrack;
 mod events;
 mod run;
+mod set;
 mod stats;
 mod status;
 mod stop;
@@ -96,6 +97,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change or show the named sets of a running firewall ([[set]] in the policy), without a reload.
+    Set {
+        #[command(subcommand)]
+        command: set::SetCommand,
+    },
     /// Validate a policy file without attaching anything.
     Check {
         /// Policy file (TOML).
@@ -111,6 +117,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Stats { iface, watch, json, all } => stats::stats(iface.as_deref(), watch, json, all),
         Command::Conntrack { iface, json } => conntrack::conntrack(iface.as_deref(), json),
         Command::Check { file } => check::check(&file),
+        Command::Set { command } => set::set(command),
         Command::Events { iface, follow, json, last } => events::events(iface.as_deref(), follow, json, last),
         Command::Top { iface, json } => events::top(iface.as_deref(), json),
     }

@@ -670,6 +670,16 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
                         log::warn!("sweeping the connection table failed: {e:#}")
                     }
                 }
+                // Expired set elements no longer match; deleting them frees
+                // their room in the set.
+                match fw.sets().and_then(|mut s| {
+                    let _lock = firewall_user::sets::lock()?;
+                    Ok(s.sweep(firewall_user::conntrack::monotonic_ns())?)
+                }) {
+                    Ok(n) if n > 0 => log::debug!("removed {n} expired set elements"),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("sweeping the sets failed: {e:#}"),
+                }
                 housekeeping(fw, &mut warned_no_meta);
             }
             _ = int.recv() => return Ok(()),

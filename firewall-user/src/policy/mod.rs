@@ -45,7 +45,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use firewall_common::{
-    MAX_RULES, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
+    MAX_RULES, MAX_SET_SIZE, MAX_SETS, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
 };
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -402,6 +402,11 @@ pub struct Rule {
     /// Empty: any address of either family.
     pub src: Vec<Cidr>,
     pub dst: Vec<Cidr>,
+    /// Sets (indices in `Policy::sets`) the source may also be in: the
+    /// address matches when it is in `src` or in one of these. Both empty:
+    /// any address.
+    pub src_sets: Vec<usize>,
+    pub dst_sets: Vec<usize>,
     /// Empty: any port.
     pub sport: Vec<PortRange>,
     pub dport: Vec<PortRange>,
@@ -509,6 +514,74 @@ pub struct Policy {
     pub warnings: Vec<Diagnostic>,
     /// `[[alert]]` thresholds the controller watches.
     pub alerts: Vec<crate::alerts::Alert>,
+    /// `[[set]]`: named address sets, in policy order.
+    pub sets: Vec<SetSpec>,
+}
+
+/// Size of a set that does not say.
+pub const DEFAULT_SET_SIZE: u32 = 65_536;
+
+/// One `[[set]]` (type `addr`, the only one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: String,
+    /// 1-based line of its `name`.
+    pub line: usize,
+    pub elements: Vec<Cidr>,
+    /// Default timeout of elements added at run time (0: none).
+    pub timeout_secs: u32,
+    pub size: u32,
+}
+
+impl SetSpec {
+    /// What a reload compares: the same hash keeps the set's elements.
+    pub fn def_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (firewall_common::SET_KIND_ADDR, self.timeout_secs, self.size).hash(&mut h);
+        for c in &self.elements {
+            (c.addr, c.prefix).hash(&mut h);
+        }
+        // 0 marks a free registry entry's hash; never produce it.
+        h.finish() | 1
+    }
+}
+
+/// A set name: letters, digits, `_`, `-`, `.`, at most SET_NAME_LEN - 1 bytes.
+pub fn check_set_name(name: &str) -> Result<(), String> {
+    let max = firewall_common::SET_NAME_LEN - 1;
+    if name.is_empty() {
+        Err("set name is empty".into())
+    } else if name.len() > max {
+        Err(format!("set name is {} bytes long (at most {max})", name.len()))
+    } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        Err(format!("set name `{name}` contains {c:?}; use only letters, digits, '_', '.' and '-'"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `"90"`, `"90s"`, `"10m"`, `"2h"`, `"7d"`: seconds, at least 1 and at
+/// most a year.
+pub fn parse_duration(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let mult: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad duration `{text}`: use a number with s, m, h or d, such as \"10m\"")),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad duration `{text}`: use a number with s, m, h or d, such as \"10m\""))?;
+    let secs = n.saturating_mul(mult);
+    if secs == 0 || secs > raw::MAX_TIMEOUT as u64 {
+        return Err(format!("duration `{text}` is out of range (1 second to 365 days)"));
+    }
+    Ok(secs as u32)
 }
 
 /// Reads and parses the policy at `path`.

@@ -11,6 +11,43 @@ pub(super) struct RawPolicy {
     pub(super) settings: Option<RawSettings>,
     pub(super) rule: Vec<Spanned<RawRule>>,
     pub(super) alert: Vec<Spanned<crate::alerts::RawAlert>>,
+    pub(super) set: Vec<Spanned<RawSet>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSet {
+    pub(super) name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub(super) kind: Spanned<String>,
+    pub(super) elements: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) timeout: Option<Spanned<DurationText>>,
+    pub(super) size: Option<Spanned<i64>>,
+}
+
+/// `"10m"` or a number of seconds; checked later (see `parse_duration`).
+pub(super) struct DurationText(pub(super) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"10m\" or a number of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

@@ -6,8 +6,9 @@ impl Rule {
     /// Whether this rule can match IPv4 (`true`) / IPv6 (`false`) packets,
     /// given its protocol and address lists.
     pub fn matches_family(&self, v4: bool) -> bool {
-        let list_ok = |l: &[Cidr]| l.is_empty() || l.iter().any(|c| c.is_v4() == v4);
-        self.proto.allows_family(v4) && list_ok(&self.src) && list_ok(&self.dst)
+        // A set may hold either family.
+        let list_ok = |l: &[Cidr], sets: &[usize]| l.is_empty() || !sets.is_empty() || l.iter().any(|c| c.is_v4() == v4);
+        self.proto.allows_family(v4) && list_ok(&self.src, &self.src_sets) && list_ok(&self.dst, &self.dst_sets)
     }
 
     /// Whether `self` (an earlier rule) matches every packet `later` could
@@ -21,6 +22,13 @@ impl Rule {
     /// `shadows`, counting only packets whose state is in `live` (the
     /// states that reach the rules at all; see `Settings::states_to_rules`).
     pub(super) fn shadows_in(&self, later: &Rule, live: u8) -> bool {
+        // A set's elements change at run time: a rule naming one covers
+        // nothing for sure, and one naming a set may match any address.
+        if !self.src_sets.is_empty() || !self.dst_sets.is_empty() {
+            return false;
+        }
+        let later_src: &[Cidr] = if later.src_sets.is_empty() { &later.src } else { &[] };
+        let later_dst: &[Cidr] = if later.dst_sets.is_empty() { &later.dst } else { &[] };
         let later_state = later.state & live;
         if self.state & later_state != later_state {
             return false;
@@ -43,7 +51,7 @@ impl Rule {
         // Only the families `later` can actually see matter: an IPv4-only
         // rule is not "escaping" through the IPv6 half of an empty list.
         [true, false].into_iter().filter(|&v4| later.matches_family(v4)).all(|v4| {
-            cidrs_cover(&self.src, &later.src, v4) && cidrs_cover(&self.dst, &later.dst, v4)
+            cidrs_cover(&self.src, later_src, v4) && cidrs_cover(&self.dst, later_dst, v4)
         })
     }
 }

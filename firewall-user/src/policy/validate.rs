@@ -14,12 +14,14 @@ pub(super) struct Validator<'a> {
     /// Byte offset of the start of every line (the first is 0).
     line_starts: Vec<usize>,
     errors: Vec<Diagnostic>,
+    /// Index in `Policy::sets` of each set name (filled before the rules).
+    set_index: HashMap<String, usize>,
 }
 
 impl<'a> Validator<'a> {
     pub(super) fn new(text: &'a str, file: &'a str) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Validator { text, file, line_starts, errors: Vec::new() }
+        Validator { text, file, line_starts, errors: Vec::new(), set_index: HashMap::new() }
     }
 
     /// 1-based line and column (in characters) of byte offset `pos`.
@@ -58,7 +60,7 @@ impl<'a> Validator<'a> {
         use serde::Deserialize as _;
         use toml::de::{DeValue, ValueDeserializer};
         let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.text);
-        let mut raw = RawPolicy { settings: None, rule: Vec::new(), alert: Vec::new() };
+        let mut raw = RawPolicy { settings: None, rule: Vec::new(), alert: Vec::new(), set: Vec::new() };
         if !syntax.is_empty() {
             // The recovered document would only add errors that follow from
             // these: report the syntax errors alone, the first of each line.
@@ -78,7 +80,7 @@ impl<'a> Validator<'a> {
                     Ok(v) => raw.settings = Some(v),
                     Err(e) => self.de_error(&e, span.start),
                 },
-                table @ ("rule" | "alert") => {
+                table @ ("rule" | "alert" | "set") => {
                     let DeValue::Array(items) = value.into_inner() else {
                         let d = self.diag(span.start, format!("`{table}` must be an array of tables: `[[{table}]]`"));
                         self.errors.push(d);
@@ -86,7 +88,12 @@ impl<'a> Validator<'a> {
                     };
                     for item in items {
                         let item_span = item.span();
-                        if table == "rule" {
+                        if table == "set" {
+                            match RawSet::deserialize(ValueDeserializer::from(item)) {
+                                Ok(r) => raw.set.push(toml::Spanned::new(item_span, r)),
+                                Err(e) => self.de_error(&e, item_span.start),
+                            }
+                        } else if table == "rule" {
                             match RawRule::deserialize(ValueDeserializer::from(item)) {
                                 Ok(r) => raw.rule.push(toml::Spanned::new(item_span, r)),
                                 Err(e) => self.de_error(&e, item_span.start),
@@ -100,7 +107,7 @@ impl<'a> Validator<'a> {
                     }
                 }
                 other => {
-                    let d = self.diag(key.span().start, format!("unknown field `{other}`, expected one of `settings`, `rule`, `alert`"));
+                    let d = self.diag(key.span().start, format!("unknown field `{other}`, expected one of `settings`, `set`, `rule`, `alert`"));
                     self.errors.push(d);
                 }
             }
@@ -136,6 +143,8 @@ impl<'a> Validator<'a> {
                 }
             }
         };
+
+        let sets = self.sets(raw.set);
 
         if raw.rule.len() > MAX_RULES as usize {
             let span = raw.rule[MAX_RULES as usize].get_ref().name.span();
@@ -226,7 +235,7 @@ impl<'a> Validator<'a> {
                 ));
             }
         }
-        Ok(Policy { settings, rules, warnings, alerts })
+        Ok(Policy { settings, rules, warnings, alerts, sets })
     }
 
     /// Checks one rule; `None` if it had errors (already recorded).
@@ -239,10 +248,15 @@ impl<'a> Validator<'a> {
         let proto = raw.proto.as_ref().map_or(Proto::Any, |p| *p.get_ref());
         let src = self.cidrs("src", raw.src, proto);
         let dst = self.cidrs("dst", raw.dst, proto);
+        let src_sets = src.as_ref().map(|s| s.2.clone()).unwrap_or_default();
+        let dst_sets = dst.as_ref().map(|s| s.2.clone()).unwrap_or_default();
+        let src = src.map(|(l, span, _)| (l, span));
+        let dst = dst.map(|(l, span, _)| (l, span));
 
         // A packet is one family; v4-only on one side and v6-only on the
         // other cannot both hold.
-        if let (Some((src, _)), Some((dst, dst_span))) = (&src, &dst) {
+        let no_sets = src_sets.is_empty() && dst_sets.is_empty();
+        if let (true, Some((src, _)), Some((dst, dst_span))) = (no_sets, &src, &dst) {
             let only = |l: &[Cidr], v4: bool| !l.is_empty() && l.iter().all(|c| c.is_v4() == v4);
             for v4 in [true, false] {
                 if only(src, v4) && only(dst, !v4) {
@@ -311,6 +325,8 @@ impl<'a> Validator<'a> {
             proto,
             src: src.map(|(l, _)| l).unwrap_or_default(),
             dst: dst.map(|(l, _)| l).unwrap_or_default(),
+            src_sets,
+            dst_sets,
             sport,
             dport,
             tcp_flags: flags,
@@ -340,13 +356,13 @@ impl<'a> Validator<'a> {
     }
 
     /// Parses a `src`/`dst` value; `None` when absent. The span returned is
-    /// the whole value's.
+    /// the whole value's; the last item, the sets (`"@name"`) it names.
     fn cidrs(
         &mut self,
         key: &str,
         raw: Option<Spanned<OneOrMany<AddrText>>>,
         proto: Proto,
-    ) -> Option<(Vec<Cidr>, Range<usize>)> {
+    ) -> Option<(Vec<Cidr>, Range<usize>, Vec<usize>)> {
         let raw = raw?;
         let whole = raw.span();
         let items = raw.into_inner().items(whole.clone());
@@ -354,7 +370,16 @@ impl<'a> Validator<'a> {
             self.error(&whole, format!("`{key}` is an empty list; leave the key out to match any address"));
         }
         let mut out = Vec::with_capacity(items.len());
+        let mut sets = Vec::new();
         for (AddrText(text), span) in items {
+            if let Some(name) = text.strip_prefix('@') {
+                match self.set_index.get(name) {
+                    Some(&i) if !sets.contains(&i) => sets.push(i),
+                    Some(_) => {}
+                    None => self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
+                }
+                continue;
+            }
             match Cidr::parse(&text) {
                 Ok(c) => {
                     if !proto.allows_family(c.is_v4()) {
@@ -372,7 +397,72 @@ impl<'a> Validator<'a> {
                 Err(msg) => self.error(&span, msg),
             }
         }
-        Some((out, whole))
+        Some((out, whole, sets))
+    }
+
+    /// Checks the `[[set]]` tables and records their names for the rules.
+    fn sets(&mut self, raw: Vec<Spanned<RawSet>>) -> Vec<SetSpec> {
+        if raw.len() > MAX_SETS as usize {
+            let span = raw[MAX_SETS as usize].get_ref().name.span();
+            self.error(&span, format!("too many sets: {} (at most {MAX_SETS})", raw.len()));
+        }
+        let mut out = Vec::new();
+        for item in raw {
+            let r = item.into_inner();
+            let before = self.errors.len();
+            let name_span = r.name.span();
+            let name = r.name.into_inner();
+            if let Err(msg) = check_set_name(&name) {
+                self.error(&name_span, msg);
+            } else if self.set_index.contains_key(&name) {
+                self.error(&name_span, format!("duplicate set name `{name}`"));
+            }
+            if r.kind.get_ref() != "addr" {
+                self.error(&r.kind.span(), format!("unknown set type `{}`; the only type is \"addr\" (IPv4 and IPv6 addresses and prefixes)", r.kind.get_ref()));
+            }
+            let timeout_secs = match r.timeout {
+                None => 0,
+                Some(t) => {
+                    let span = t.span();
+                    match parse_duration(&t.into_inner().0) {
+                        Ok(d) => d,
+                        Err(msg) => {
+                            self.error(&span, msg);
+                            0
+                        }
+                    }
+                }
+            };
+            let size = match r.size {
+                None => DEFAULT_SET_SIZE,
+                Some(s) => {
+                    let v = *s.get_ref();
+                    if v < 1 || v > MAX_SET_SIZE as i64 {
+                        self.error(&s.span(), format!("set size {v} is out of range 1..={MAX_SET_SIZE}"));
+                    }
+                    v.clamp(1, MAX_SET_SIZE as i64) as u32
+                }
+            };
+            let mut elements = Vec::new();
+            if let Some(list) = r.elements {
+                for e in list.into_inner() {
+                    let span = e.span();
+                    match Cidr::parse(e.get_ref()) {
+                        Ok(c) => elements.push(c),
+                        Err(msg) => self.error(&span, msg),
+                    }
+                }
+            }
+            if elements.len() > size as usize {
+                self.error(&name_span, format!("set `{name}` lists {} elements but its size is {size}", elements.len()));
+            }
+            if self.errors.len() == before {
+                let (line, _) = self.locate(name_span.start);
+                self.set_index.insert(name.clone(), out.len());
+                out.push(SetSpec { name, line, elements, timeout_secs, size });
+            }
+        }
+        out
     }
 
     fn ports(

@@ -1,0 +1,96 @@
+//! Named address sets (`[[set]]` in the policy, `firewall set ...` at run
+//! time). All sets share one LPM trie, `FW_SET_ELEMS`, keyed by the set's
+//! id followed by the address: a lookup costs O(prefix length) whatever
+//! the set's size, and sets are created and dropped without new maps.
+//! `FW_SETS` is the registry: which id holds which set, read and written
+//! by the controller and the `set` commands, never by the programs.
+
+use crate::U128;
+
+/// Most sets a firewall holds (ids 0..MAX_SETS; `MatchBox` keeps id + 1).
+pub const MAX_SETS: u32 = 32;
+/// Most elements of all sets together (the trie's `max_entries`).
+pub const MAX_SET_ELEMENTS: u32 = 4_194_304;
+/// Most elements one set may be declared with (`size`).
+pub const MAX_SET_SIZE: u32 = 2_097_152;
+/// Bytes of a set name, NUL-terminated in `SetDef`.
+pub const SET_NAME_LEN: usize = 32;
+/// Prefix bits of a key that name the set.
+pub const SET_ID_BITS: u32 = 32;
+/// Prefix length of an exact lookup: the id and all 128 address bits.
+pub const SET_KEY_BITS: u32 = SET_ID_BITS + 128;
+
+/// `SetDef::kind`: IPv4 and IPv6 addresses and prefixes (v4 mapped into
+/// `::ffff:0:0/96`, as in the rules).
+pub const SET_KIND_ADDR: u8 = 1;
+
+/// The data of an `FW_SET_ELEMS` key, big-endian so that the trie's
+/// bit order is the set id's, then the address's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetAddr {
+    pub set: [u8; 4],
+    /// The address's high and low 64 bits.
+    pub hi: [u8; 8],
+    pub lo: [u8; 8],
+}
+
+impl SetAddr {
+    #[inline(always)]
+    pub fn new(set: u32, addr: &U128) -> Self {
+        Self { set: set.to_be_bytes(), hi: addr.hi.to_be_bytes(), lo: addr.lo.to_be_bytes() }
+    }
+
+    pub fn set_id(&self) -> u32 {
+        u32::from_be_bytes(self.set)
+    }
+
+    pub fn addr(&self) -> U128 {
+        U128 { hi: u64::from_be_bytes(self.hi), lo: u64::from_be_bytes(self.lo) }
+    }
+}
+
+/// An `FW_SET_ELEMS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetElem {
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`) after which the element no
+    /// longer matches; 0: never expires. Expired elements are deleted by
+    /// the controller's sweep and by `set add` when the set is full.
+    pub expires_ns: u64,
+}
+
+/// `FW_SETS[id]`: one set of the registry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: [u8; SET_NAME_LEN],
+    /// 0: the id is free.
+    pub in_use: u8,
+    pub kind: u8,
+    /// 1: an element with a timeout was ever added (the sweep visits it).
+    pub expiring: u8,
+    pub _pad: u8,
+    /// Default timeout of a run-time element, seconds (0: none).
+    pub timeout_secs: u32,
+    /// Most elements (`size`).
+    pub max: u32,
+    /// Elements stored, expired ones included until swept.
+    pub count: u32,
+    /// Hash of the policy's definition (kind, size, timeout, elements):
+    /// a reload keeps the set's elements only when it is unchanged.
+    pub def_hash: u64,
+}
+
+impl Default for SetDef {
+    fn default() -> Self {
+        Self { name: [0; SET_NAME_LEN], in_use: 0, kind: 0, expiring: 0, _pad: 0, timeout_secs: 0, max: 0, count: 0, def_hash: 0 }
+    }
+}
+
+impl SetDef {
+    pub fn name_str(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(SET_NAME_LEN);
+        core::str::from_utf8(&self.name[..n]).unwrap_or("")
+    }
+}
