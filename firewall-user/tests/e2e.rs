@@ -1244,3 +1244,97 @@ fn a_spoofed_flood_larger_than_the_table_leaves_real_connections_working() {
     assert!(sent >= count, "the flood sent {sent} of {count} frames in time");
     assert!(new_outbound >= 1);
 }
+
+const BANNABLE: &str = r#"
+[settings]
+default = "drop"
+established = "rules"
+
+[[set]]
+name = "f2b"
+type = "addr"
+size = 1000
+
+[[rule]]
+name = "banned"
+src = "@f2b"
+action = "drop"
+
+[[rule]]
+name = "known"
+state = "established"
+action = "accept"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 8080
+action = "accept"
+"#;
+
+/// A line of the fail2ban action file, with fail2ban's tags filled in.
+fn fail2ban_action(key: &str, ip: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/fail2ban/action.d/firewall.conf")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_else(|| panic!("{key} in the action file"));
+    line.split_once('=').unwrap().1.trim().replace("<setname>", "f2b").replace("<ip>", ip).replace("<bantime>", "600")
+}
+
+/// Runs a fail2ban action command in `ns` as fail2ban would (a shell, with
+/// `firewall` on the PATH).
+fn run_action(ns: &str, command: &str) -> std::process::Output {
+    let dir = Path::new(FIREWALL).parent().unwrap().display().to_string();
+    let path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
+    Pair::output(ns, "env", &[&format!("PATH={path}"), "sh", "-c", command])
+}
+
+#[test]
+fn a_ban_through_the_fail2ban_action_cuts_a_live_connection_at_once_and_the_unban_restores_it() {
+    let pair = Pair::new();
+    start_bulk_server(&pair, 8080);
+    let (_dir, policy) = temp_policy(BANNABLE);
+    let _fw = start_firewall(&pair, &policy);
+    let mut conn = connect_bulk(&pair);
+    conn.write_all(b"hello\n").unwrap();
+    let mut echo = [0u8; 6];
+    conn.read_exact(&mut echo).unwrap();
+
+    let ban = run_action(&pair.server, &fail2ban_action("actionban", &pair.client_ip));
+    assert!(ban.status.success(), "ban: {}", String::from_utf8_lossy(&ban.stderr));
+    let check = run_action(&pair.server, &fail2ban_action("actioncheck", &pair.client_ip));
+    assert!(check.status.success(), "check: {}", String::from_utf8_lossy(&check.stderr));
+    let listed = json_output(Pair::output(&pair.server, FIREWALL, &["set", "list", "f2b", "--json"])).unwrap();
+    let elements = listed["elements"].as_array().unwrap();
+    assert_eq!(elements.len(), 1, "{listed}");
+    assert_eq!(elements[0]["element"], pair.client_ip.as_str());
+    let left = elements[0]["expires_in"].as_u64().unwrap();
+    assert!((590..=600).contains(&left), "{listed}");
+
+    // The next segment of the live connection is dropped by the set rule.
+    conn.write_all(b"blocked?\n").unwrap();
+    wait_for("the banned source's segment to be dropped", Duration::from_secs(5), || {
+        (rule_packets(&stats_json(&pair).ok()?, "banned") >= 1).then_some(())
+    });
+    conn.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut buf = [0u8; 9];
+    assert!(conn.read(&mut buf).is_err(), "no echo while banned");
+
+    let unban = run_action(&pair.server, &fail2ban_action("actionunban", &pair.client_ip));
+    assert!(unban.status.success(), "unban: {}", String::from_utf8_lossy(&unban.stderr));
+    // TCP retransmits the segment; now it goes through.
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.read_exact(&mut buf).expect("the echo after the unban");
+    assert_eq!(&buf, b"blocked?\n");
+
+    // Clear errors, and nothing changes.
+    let unknown = Pair::output(&pair.server, FIREWALL, &["set", "add", "nope", "192.0.2.1"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no set named `nope`"), "{}", String::from_utf8_lossy(&unknown.stderr));
+    let bad = Pair::output(&pair.server, FIREWALL, &["set", "add", "f2b", "300.1.2.3"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an address"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let sets = json_output(Pair::output(&pair.server, FIREWALL, &["set", "list", "--json"])).unwrap();
+    assert_eq!(sets[0]["name"], "f2b");
+    assert_eq!(sets[0]["elements"], 0, "{sets}");
+    let stop = run_action(&pair.server, &fail2ban_action("actionstop", &pair.client_ip));
+    assert!(stop.status.success());
+}
