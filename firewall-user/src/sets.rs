@@ -19,8 +19,8 @@ pub enum SetError {
     Unknown(String),
     #[error("set `{name}` is full ({max} elements; its policy `size`)")]
     Full { name: String, max: u32 },
-    #[error("`{0}` is not an address or prefix (set type addr)")]
-    BadElement(String),
+    #[error("`{0}` is not an address or prefix: {1}")]
+    BadElement(String, String),
     #[error("{0} is not in set `{1}`")]
     Missing(String, String),
     #[error("more than {MAX_SETS} sets, counting those a reload is retiring")]
@@ -51,7 +51,7 @@ pub fn cidr_of(key: &Key<SetAddr>) -> Cidr {
 
 /// Parses an element given on the command line or in a policy.
 pub fn parse_element(text: &str) -> Result<Cidr, SetError> {
-    Cidr::parse(text).map_err(|_| SetError::BadElement(text.to_owned()))
+    Cidr::parse(text).map_err(|e| SetError::BadElement(text.to_owned(), e))
 }
 
 /// Opens the maps again by id (owned, so all can be borrowed at once).

@@ -221,6 +221,10 @@ fn a_million_element_set_loads_and_matches() {
     h.expect(&other, XDP_PASS, Reason::DefaultAccept);
     let ns = |f: &[u8]| h.fw.test_run(f, 100_000).unwrap().duration.as_nanos() as f64;
     let plain = Harness::new("[settings]\ndefault = \"accept\"\n\n[[rule]]\nname = \"blocked\"\nsrc = \"10.0.0.3\"\naction = \"drop\"\n");
-    let plain_ns = plain.fw.test_run(&member, 100_000).unwrap().duration.as_nanos() as f64;
-    eprintln!("per packet: member {:.0} ns, non-member {:.0} ns; the same rule on a plain address {plain_ns:.0} ns", ns(&member), ns(&other));
+    let plain_ns = |f: &[u8]| plain.fw.test_run(f, 100_000).unwrap().duration.as_nanos() as f64;
+    // Printed, not asserted (speed is measured, not tested): quoted in the README.
+    eprintln!(
+        "per packet: 1,000,000-element set: member {:.0} ns, other {:.0} ns; the same rule on one address: matched {:.0} ns, other {:.0} ns",
+        ns(&member), ns(&other), plain_ns(&member), plain_ns(&other)
+    );
 }

@@ -791,3 +791,39 @@ fn syncookie_rules_and_settings() {
     let e = err("[settings]\nsyncookie = { key = 1 }\n");
     assert!(e.contains("unknown field `key`"), "{e}");
 }
+
+#[test]
+fn sets_and_references() {
+    let base = "[[set]]\nname = \"bad\"\ntype = \"addr\"\nelements = [\"192.0.2.0/24\", \"2001:db8::1\"]\ntimeout = \"10m\"\nsize = 10\n";
+    let p = ok(&format!("{base}[[rule]]\nname = \"a\"\nsrc = [\"@bad\", \"10.0.0.0/8\"]\ndst = \"@bad\"\naction = \"drop\"\n"));
+    assert_eq!(p.sets.len(), 1);
+    assert_eq!(p.sets[0].timeout_secs, 600);
+    assert_eq!(p.sets[0].elements, vec![cidr("192.0.2.0/24"), cidr("2001:db8::1")]);
+    assert_eq!(p.rules[0].src_sets, vec![0]);
+    assert_eq!(p.rules[0].src, vec![cidr("10.0.0.0/8")]);
+    assert_eq!(p.rules[0].dst_sets, vec![0]);
+    assert_eq!(
+        err("[[rule]]\nname = \"a\"\nsrc = [\"10.0.0.0/8\", \"@nope\"]\naction = \"drop\"\n"),
+        "t.toml:3:22: error: unknown set `nope` (declare it with [[set]] name = \"nope\")"
+    );
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"port\"\n"), "t.toml:3:8: error: unknown set type `port`; the only type is \"addr\" (IPv4 and IPv6 addresses and prefixes)");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\nelements = [\"10.0.0.1/8\"]\n"), "t.toml:4:13: error: host bits set in 10.0.0.1/8; did you mean 10.0.0.0/8?");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\ntimeout = \"10y\"\n"), "t.toml:4:11: error: bad duration `10y`: use a number with s, m, h or d, such as \"10m\"");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\nsize = 0\n"), "t.toml:4:8: error: set size 0 is out of range 1..=2097152");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\n[[set]]\nname = \"s\"\ntype = \"addr\"\n"), "t.toml:5:8: error: duplicate set name `s`");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\ncolour = 1\n"), "t.toml:4:1: error: unknown field `colour`, expected one of `name`, `type`, `elements`, `timeout`, `size`");
+    assert_eq!(parse_duration("90"), Ok(90));
+    assert_eq!(parse_duration("2h"), Ok(7200));
+    assert!(parse_duration("0s").is_err());
+}
+
+#[test]
+fn a_rule_with_a_set_shadows_nothing_and_may_be_shadowed() {
+    let set = "[[set]]\nname = \"s\"\ntype = \"addr\"\n";
+    // The set may be empty: the later rule still decides.
+    let p = ok(&format!("{set}[[rule]]\nname = \"a\"\nsrc = \"@s\"\naction = \"drop\"\n[[rule]]\nname = \"b\"\nsrc = \"10.0.0.0/8\"\naction = \"accept\"\n"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // A rule for every address covers any set.
+    let p = ok(&format!("{set}[[rule]]\nname = \"a\"\naction = \"drop\"\n[[rule]]\nname = \"b\"\nsrc = \"@s\"\naction = \"accept\"\n"));
+    assert_eq!(p.warnings.len(), 1);
+}
