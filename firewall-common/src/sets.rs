@@ -15,10 +15,14 @@ pub const MAX_SET_ELEMENTS: u32 = 4_194_304;
 pub const MAX_SET_SIZE: u32 = 2_097_152;
 /// Bytes of a set name, NUL-terminated in `SetDef`.
 pub const SET_NAME_LEN: usize = 32;
-/// Prefix bits of a key that name the set.
-pub const SET_ID_BITS: u32 = 32;
-/// Prefix length of an exact lookup: the id and all 128 address bits.
+/// Prefix bits of a key before the address: the set id, then the family
+/// (so that no IPv6 prefix, not even `::/0`, covers an IPv4 address).
+pub const SET_ID_BITS: u32 = 32 + 8;
+/// Prefix length of an exact lookup: the id, family and all 128 address bits.
 pub const SET_KEY_BITS: u32 = SET_ID_BITS + 128;
+/// `SetAddr::family`.
+pub const SET_FAMILY_V4: u8 = 4;
+pub const SET_FAMILY_V6: u8 = 6;
 
 /// `SetDef::kind`: IPv4 and IPv6 addresses and prefixes (v4 mapped into
 /// `::ffff:0:0/96`, as in the rules).
@@ -30,6 +34,7 @@ pub const SET_KIND_ADDR: u8 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SetAddr {
     pub set: [u8; 4],
+    pub family: u8,
     /// The address's high and low 64 bits.
     pub hi: [u8; 8],
     pub lo: [u8; 8],
@@ -38,7 +43,7 @@ pub struct SetAddr {
 impl SetAddr {
     #[inline(always)]
     pub fn new(set: u32, addr: &U128) -> Self {
-        Self { set: set.to_be_bytes(), hi: addr.hi.to_be_bytes(), lo: addr.lo.to_be_bytes() }
+        Self { set: set.to_be_bytes(), family: family_of(addr), hi: addr.hi.to_be_bytes(), lo: addr.lo.to_be_bytes() }
     }
 
     pub fn set_id(&self) -> u32 {
@@ -50,6 +55,13 @@ impl SetAddr {
     }
 }
 
+/// `SET_FAMILY_V4` for an address in `::ffff:0:0/96` (how the rules' keys
+/// hold IPv4), else `SET_FAMILY_V6`.
+#[inline(always)]
+pub fn family_of(addr: &U128) -> u8 {
+    if addr.hi == 0 && addr.lo >> 32 == 0xffff { SET_FAMILY_V4 } else { SET_FAMILY_V6 }
+}
+
 /// An `FW_SET_ELEMS` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +70,11 @@ pub struct SetElem {
     /// longer matches; 0: never expires. Expired elements are deleted by
     /// the controller's sweep and by `set add` when the set is full.
     pub expires_ns: u64,
+    /// The element's own key length: a trie lookup returns the longest
+    /// prefix that covers the key, so userspace compares this to tell an
+    /// exact hit from a covering element.
+    pub prefix_len: u32,
+    pub _pad: u32,
 }
 
 /// `FW_SETS[id]`: one set of the registry.

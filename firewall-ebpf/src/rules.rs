@@ -132,17 +132,20 @@ fn in_set(set: u8, addr: &U128) -> bool {
     let id = set as u32 - 1;
     key.prefix_len = SET_KEY_BITS;
     key.data.set = id.to_be_bytes();
+    key.data.family = firewall_common::family_of(addr);
     key.data.hi = addr.hi.to_be_bytes();
     key.data.lo = addr.lo.to_be_bytes();
     // SAFETY: a reference into the map value (SetAddr has alignment 1).
-    let elem = match unsafe { FW_SET_HOSTS.get(&key.data) } {
-        Some(e) => Some(e),
-        None if FW_SET_PREFIX.get(id).is_some_and(|&n| n != 0) => FW_SET_ELEMS.get(key),
-        None => None,
-    };
-    match elem {
-        // SAFETY: a helper without arguments.
-        Some(e) => e.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < e.expires_ns,
-        None => false,
+    if unsafe { FW_SET_HOSTS.get(&key.data) }.is_some_and(live) {
+        return true;
     }
+    // An expired address falls through to the set's prefixes. (An expired
+    // prefix still hides a shorter live one until the sweep deletes it.)
+    FW_SET_PREFIX.get(id).is_some_and(|&n| n != 0) && FW_SET_ELEMS.get(key).is_some_and(live)
+}
+
+#[inline(always)]
+fn live(e: &firewall_common::SetElem) -> bool {
+    // SAFETY: a helper without arguments.
+    e.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < e.expires_ns
 }

@@ -571,6 +571,39 @@ impl Firewall {
         }
         let old = (self.active.generation > 0).then_some(self.active.slot);
         let slot = old.map_or(0, |s| 1 - s);
+        // Sets first: the new boxes name their ids. Unchanged sets keep
+        // their elements (and ids); new and changed ones are written under
+        // free ids, named only once the switch is made (a failed reload
+        // leaves the running policy's sets as they were); replaced ones
+        // are cleared after the grace.
+        let mut sets = self.sets()?;
+        let _lock = crate::sets::lock()?;
+        let reload = sets.prepare(&policy.sets).context("failed to write the policy's sets")?;
+        let result = self.write_and_switch(policy, &reload.ids, old, slot);
+        if let Err(e) = result {
+            sets.abort(&reload);
+            return Err(e);
+        }
+        sets.commit(&reload).context("failed to name the new sets")?;
+        drop(_lock);
+        let now = unix_now();
+        self.update_control(|c| c.loaded_unix = now)?;
+        // After the grace no packet is judged by the old slot any more (and
+        // the next install may rewrite it at once).
+        std::thread::sleep(GRACE);
+        let _lock = crate::sets::lock()?;
+        sets.retire(&reload).context("failed to free the sets the policy no longer has")?;
+        if old.is_some() {
+            for e in self.objects_mut() {
+                settle_counters(e, slot, policy.meta.len() as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `install` up to the switch: the new slot's maps, then `FW_ACTIVE`.
+    /// `set_ids`: the id of each of the policy's sets.
+    fn write_and_switch(&mut self, policy: &Compiled, set_ids: &[u32], old: Option<u32>, slot: u32) -> Result<()> {
         // The old slot's rule of the same name, for each new rule.
         let old_names: Vec<String> = match old {
             Some(s) => self.rule_metas(s)?.iter().map(crate::stats::rule_name).collect(),
@@ -584,11 +617,6 @@ impl Firewall {
                 old_names.iter().position(|n| *n == name).map(|i| i as u32)
             })
             .collect();
-        // Sets first: the new boxes name their ids. Unchanged sets keep
-        // their elements (and ids); replaced ones retire after the grace.
-        let mut sets = self.sets()?;
-        let _lock = crate::sets::lock()?;
-        let (set_ids, retire) = sets.reconcile(&policy.sets).context("failed to write the policy's sets")?;
         let to_id = |s: u8| if s == 0 { 0 } else { set_ids[s as usize - 1] as u8 + 1 };
         let boxes: Vec<MatchBox> = policy.boxes.iter().map(|b| MatchBox { src_set: to_id(b.src_set), dst_set: to_id(b.dst_set), ..*b }).collect();
         let e = &mut self.ebpf;
@@ -637,16 +665,6 @@ impl Firewall {
         self.timeouts = policy.header.timeouts;
         self.auto = auto;
         self.cookie_settings = policy.syncookie.clone();
-        self.update_control(|c| c.loaded_unix = now)?;
-        // After the grace no packet is judged by the old slot any more (and
-        // the next install may rewrite it at once).
-        std::thread::sleep(GRACE);
-        sets.retire(&retire).context("failed to free the sets the policy no longer has")?;
-        if old.is_some() {
-            for e in self.objects_mut() {
-                settle_counters(e, slot, policy.meta.len() as u32)?;
-            }
-        }
         Ok(())
     }
 

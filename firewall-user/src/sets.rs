@@ -6,9 +6,17 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData, lpm_trie::{Key, LpmTrie}};
-use firewall_common::{MAX_SETS, SET_ID_BITS, SET_KEY_BITS, SET_KIND_ADDR, SET_NAME_LEN, SetAddr, SetDef, SetElem, U128};
+use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_KEY_BITS, SET_KIND_ADDR, SET_NAME_LEN, SetAddr, SetDef, SetElem, U128};
 
 use crate::policy::{Cidr, SetSpec};
+
+/// `SetDef::in_use`: free; live (found by name); retiring (a replaced
+/// set, cleared after the grace); pending (written by a reload that has
+/// not switched yet, found by no name).
+pub const FREE: u8 = 0;
+pub const LIVE: u8 = 1;
+pub const RETIRING: u8 = 2;
+pub const PENDING: u8 = 3;
 
 /// Serialises writers of the sets across processes.
 pub const LOCK: &str = "/run/firewall-sets.lock";
@@ -23,18 +31,21 @@ pub enum SetError {
     BadElement(String, String),
     #[error("{0} is not in set `{1}`")]
     Missing(String, String),
-    #[error("more than {MAX_SETS} sets, counting those a reload is retiring")]
-    NoFreeId,
+    #[error("the new policy needs {need} new set ids but only {free} of {MAX_SETS} are free (the running policy's sets keep theirs until the switch); change fewer sets at once")]
+    NoFreeId { need: usize, free: usize },
     #[error("map access failed: {0}")]
     Map(#[from] aya::maps::MapError),
 }
 
-/// An element as a trie key: the set id, then the address bits, host
-/// bits cleared (IPv4 mapped into `::ffff:0:0/96`).
+/// An element as a trie key: the set id, the family, then the address
+/// bits, host bits cleared (IPv4 mapped into `::ffff:0:0/96`, as the
+/// kernel's keys hold it).
 pub fn key_of(id: u32, c: &Cidr) -> Key<SetAddr> {
     let (lo, _) = crate::compile::cidr_range(c);
     let bits = if c.is_v4() { 96 + c.prefix as u32 } else { c.prefix as u32 };
-    Key::new(SET_ID_BITS + bits, SetAddr::new(id, &U128::from_u128(lo)))
+    let mut data = SetAddr::new(id, &U128::from_u128(lo));
+    data.family = if c.is_v4() { SET_FAMILY_V4 } else { SET_FAMILY_V6 };
+    Key::new(SET_ID_BITS + bits, data)
 }
 
 /// The element a trie key stands for.
@@ -42,8 +53,8 @@ pub fn cidr_of(key: &Key<SetAddr>) -> Cidr {
     let bits = key.prefix_len().saturating_sub(SET_ID_BITS);
     let data = key.data();
     let a = data.addr().to_u128();
-    if bits >= 96 && a >> 32 == 0xffff {
-        Cidr { addr: IpAddr::V4((a as u32).into()), prefix: (bits - 96) as u8 }
+    if data.family == SET_FAMILY_V4 {
+        Cidr { addr: IpAddr::V4((a as u32).into()), prefix: bits.saturating_sub(96) as u8 }
     } else {
         Cidr { addr: IpAddr::V6(a.into()), prefix: bits as u8 }
     }
@@ -75,6 +86,16 @@ pub struct Sets {
     pub prefixes: Array<MapData, u32>,
 }
 
+/// What `prepare` did, for `commit`, `abort` and `retire`.
+pub struct Reload {
+    /// The id of each of the policy's sets, in policy order.
+    pub ids: Vec<u32>,
+    /// Ids written for this reload.
+    pub pending: Vec<u32>,
+    /// Live ids the new policy no longer uses.
+    pub retire: Vec<u32>,
+}
+
 /// A set found by name.
 pub struct Found {
     pub id: u32,
@@ -103,23 +124,30 @@ impl Sets {
     pub fn find(&self, name: &str) -> Result<Found, SetError> {
         self.all()?
             .into_iter()
-            .find(|(_, d)| d.in_use == 1 && d.name_str() == name)
+            .find(|(_, d)| d.in_use == LIVE && d.name_str() == name)
             .map(|(id, def)| Found { id, def })
             .ok_or_else(|| SetError::Unknown(name.to_owned()))
     }
 
     pub fn get(&self, id: u32, c: &Cidr) -> Option<SetElem> {
         let key = key_of(id, c);
-        if is_host(c) { self.hosts.get(&key.data(), 0).ok() } else { self.elems.get(&key, 0).ok() }
+        if is_host(c) {
+            self.hosts.get(&key.data(), 0).ok()
+        } else {
+            // The trie answers with the longest covering prefix: only an
+            // element of exactly this length is this element.
+            self.elems.get(&key, 0).ok().filter(|e| e.prefix_len == key.prefix_len())
+        }
     }
 
-    /// Inserts or overwrites one element.
-    pub fn put(&mut self, id: u32, c: &Cidr, elem: SetElem) -> Result<(), SetError> {
+    /// Inserts or overwrites one element (`expires_ns` 0: never expires).
+    pub fn put(&mut self, id: u32, c: &Cidr, expires_ns: u64) -> Result<(), SetError> {
         let key = key_of(id, c);
+        let elem = SetElem { expires_ns, prefix_len: key.prefix_len(), _pad: 0 };
         if is_host(c) {
             self.hosts.insert(&key.data(), &elem, 0)?;
         } else {
-            let new = self.elems.get(&key, 0).is_err();
+            let new = self.get(id, c).is_none();
             self.elems.insert(&key, &elem, 0)?;
             if new {
                 let n = self.prefixes.get(&id, 0)?;
@@ -135,7 +163,7 @@ impl Sets {
         if is_host(c) {
             return Ok(self.hosts.remove(&key.data()).is_ok());
         }
-        if self.elems.remove(&key).is_err() {
+        if self.get(id, c).is_none() || self.elems.remove(&key).is_err() {
             return Ok(false);
         }
         let n = self.prefixes.get(&id, 0)?;
@@ -166,46 +194,56 @@ impl Sets {
         out
     }
 
-    /// Adds (or refreshes) elements; `timeout_secs` `None`: the set's default.
+    /// Adds (or refreshes) elements; `timeout_secs` `None`: the set's
+    /// default. All or nothing: a set without room for every new element
+    /// (after deleting its expired ones) is left as it was.
     pub fn add(&mut self, name: &str, elements: &[Cidr], timeout_secs: Option<u32>, now_ns: u64) -> Result<usize, SetError> {
         let Found { id, mut def } = self.find(name)?;
         let secs = timeout_secs.unwrap_or(def.timeout_secs);
         let expires_ns = if secs == 0 { 0 } else { now_ns + secs as u64 * 1_000_000_000 };
+        let mut fresh: Vec<&Cidr> = elements.iter().filter(|c| self.get(id, c).is_none()).collect();
+        fresh.dedup_by_key(|c| (c.addr, c.prefix));
+        if def.count as usize + fresh.len() > def.max as usize {
+            def.count = self.sweep_set(id, now_ns)?;
+            self.defs.set(id, &def, 0)?;
+            if def.count as usize + fresh.len() > def.max as usize {
+                return Err(SetError::Full { name: name.to_owned(), max: def.max });
+            }
+        }
         let mut added = 0;
         for c in elements {
             let present = self.get(id, c).is_some();
-            if !present && def.count >= def.max {
-                def.count = self.sweep_set(id, now_ns)?;
-                if def.count >= def.max {
-                    self.defs.set(id, &def, 0)?;
-                    return Err(SetError::Full { name: name.to_owned(), max: def.max });
-                }
-            }
-            self.put(id, c, SetElem { expires_ns })?;
+            self.put(id, c, expires_ns)?;
             if !present {
                 def.count += 1;
                 added += 1;
             }
-            if expires_ns != 0 {
-                def.expiring = 1;
-            }
+        }
+        if expires_ns != 0 {
+            def.expiring = 1;
         }
         self.defs.set(id, &def, 0)?;
         Ok(added)
     }
 
-    pub fn del(&mut self, name: &str, elements: &[Cidr]) -> Result<(), SetError> {
+    /// Deletes elements. All or nothing: when one is missing, none is
+    /// deleted (`if_present`: the missing ones are skipped).
+    pub fn del(&mut self, name: &str, elements: &[Cidr], if_present: bool) -> Result<usize, SetError> {
         let Found { id, mut def } = self.find(name)?;
-        let mut result = Ok(());
+        if !if_present {
+            if let Some(c) = elements.iter().find(|c| self.get(id, c).is_none()) {
+                return Err(SetError::Missing(element_text(c), name.to_owned()));
+            }
+        }
+        let mut n = 0;
         for c in elements {
             if self.remove(id, c)? {
                 def.count = def.count.saturating_sub(1);
-            } else {
-                result = Err(SetError::Missing(element_text(c), name.to_owned()));
+                n += 1;
             }
         }
         self.defs.set(id, &def, 0)?;
-        result
+        Ok(n)
     }
 
     pub fn flush(&mut self, name: &str) -> Result<usize, SetError> {
@@ -243,7 +281,7 @@ impl Sets {
     pub fn sweep(&mut self, now_ns: u64) -> Result<u32, SetError> {
         let mut removed = 0;
         for (id, mut def) in self.all()? {
-            if def.in_use != 1 || def.expiring == 0 {
+            if def.in_use != LIVE || def.expiring == 0 {
                 continue;
             }
             let left = self.sweep_set(id, now_ns)?;
@@ -254,62 +292,98 @@ impl Sets {
         Ok(removed)
     }
 
-    /// Makes the registry hold `specs`: an unchanged set (same name and
-    /// definition) keeps its id and elements; a new or changed one gets a
-    /// free id and its policy elements. Returns the id of each spec and
-    /// the ids to `retire` once no packet reads the old policy.
-    pub fn reconcile(&mut self, specs: &[SetSpec]) -> Result<(Vec<u32>, Vec<u32>), SetError> {
+    /// First step of a reload: an unchanged set (same name and
+    /// definition) keeps its id and elements; a new or changed one is
+    /// written under a free id as `PENDING` (found by no name yet) with its
+    /// policy elements. Nothing the running policy uses is touched: on a
+    /// failed reload, `abort` frees the pending ids. Returns the id of
+    /// each spec.
+    pub fn prepare(&mut self, specs: &[SetSpec]) -> Result<Reload, SetError> {
+        // Left by a controller that died mid-reload: no live policy uses them.
+        for (id, d) in self.all()? {
+            if d.in_use == RETIRING || d.in_use == PENDING {
+                self.free(id)?;
+            }
+        }
         let all = self.all()?;
-        let mut ids = Vec::with_capacity(specs.len());
-        let mut kept = vec![false; MAX_SETS as usize];
-        for spec in specs {
-            let same = all.iter().find(|(_, d)| d.in_use == 1 && d.name_str() == spec.name && d.def_hash == spec.def_hash());
-            match same {
-                Some((id, _)) => {
-                    kept[*id as usize] = true;
-                    ids.push(*id);
+        let same = |spec: &SetSpec| all.iter().find(|(_, d)| d.in_use == LIVE && d.name_str() == spec.name && d.def_hash == spec.def_hash()).map(|(id, _)| *id);
+        let ids: Vec<Option<u32>> = specs.iter().map(same).collect();
+        let free: Vec<u32> = all.iter().filter(|(_, d)| d.in_use == FREE).map(|(id, _)| *id).collect();
+        let need = ids.iter().filter(|i| i.is_none()).count();
+        if need > free.len() {
+            return Err(SetError::NoFreeId { need, free: free.len() });
+        }
+        let mut reload = Reload { ids: Vec::new(), pending: Vec::new(), retire: Vec::new() };
+        let mut free = free.into_iter();
+        for (spec, id) in specs.iter().zip(ids) {
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let id = free.next().expect("counted above");
+                    reload.pending.push(id);
+                    if let Err(e) = self.write_pending(id, spec) {
+                        self.abort(&reload);
+                        return Err(e);
+                    }
+                    id
                 }
-                None => ids.push(u32::MAX),
-            }
+            };
+            reload.ids.push(id);
         }
-        // Everything else in use retires: listed first so that a name is
-        // never found twice.
-        let mut retire = Vec::new();
-        for (id, mut d) in all.iter().copied() {
-            if d.in_use != 0 && !kept[id as usize] {
-                d.in_use = 2;
-                d.name = [0; SET_NAME_LEN];
-                self.defs.set(id, &d, 0)?;
-                retire.push(id);
-            }
-        }
-        let mut free = all.iter().filter(|(_, d)| d.in_use == 0).map(|(id, _)| *id);
-        for (spec, slot) in specs.iter().zip(ids.iter_mut()) {
-            if *slot != u32::MAX {
-                continue;
-            }
-            let id = free.next().ok_or(SetError::NoFreeId)?;
-            // A crashed controller may have left elements under a free id.
-            self.clear(id)?;
-            let mut def = SetDef { in_use: 1, kind: SET_KIND_ADDR, timeout_secs: spec.timeout_secs, max: spec.size, def_hash: spec.def_hash(), ..Default::default() };
-            def.name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
-            for c in &spec.elements {
-                if self.get(id, c).is_none() {
-                    def.count += 1;
-                }
-                self.put(id, c, SetElem { expires_ns: 0 })?;
-            }
-            self.defs.set(id, &def, 0)?;
-            *slot = id;
-        }
-        Ok((ids, retire))
+        reload.retire = all.iter().filter(|(id, d)| d.in_use == LIVE && !reload.ids.contains(id)).map(|(id, _)| *id).collect();
+        Ok(reload)
     }
 
-    /// Frees ids `reconcile` retired: their elements, then the entry.
-    pub fn retire(&mut self, ids: &[u32]) -> Result<(), SetError> {
-        for &id in ids {
-            self.clear(id)?;
-            self.defs.set(id, &SetDef::default(), 0)?;
+    fn write_pending(&mut self, id: u32, spec: &SetSpec) -> Result<(), SetError> {
+        // A crashed controller may have left elements under a free id.
+        self.clear(id)?;
+        let mut def = SetDef { in_use: PENDING, kind: SET_KIND_ADDR, timeout_secs: spec.timeout_secs, max: spec.size, def_hash: spec.def_hash(), ..Default::default() };
+        def.name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
+        for c in &spec.elements {
+            if self.get(id, c).is_none() {
+                def.count += 1;
+            }
+            self.put(id, c, 0)?;
+        }
+        self.defs.set(id, &def, 0)?;
+        Ok(())
+    }
+
+    /// A failed reload: frees the pending ids (the running policy never used them).
+    pub fn abort(&mut self, reload: &Reload) {
+        for &id in &reload.pending {
+            let _ = self.free(id);
+        }
+    }
+
+    /// Right after the switch: the names find the new sets; the replaced
+    /// ones retire (still matched by packets of the old slot until the
+    /// grace ends, then `retire` clears them).
+    pub fn commit(&mut self, reload: &Reload) -> Result<(), SetError> {
+        for &id in &reload.retire {
+            let mut d = self.defs.get(&id, 0)?;
+            d.in_use = RETIRING;
+            d.name = [0; SET_NAME_LEN];
+            self.defs.set(id, &d, 0)?;
+        }
+        for &id in &reload.pending {
+            let mut d = self.defs.get(&id, 0)?;
+            d.in_use = LIVE;
+            self.defs.set(id, &d, 0)?;
+        }
+        Ok(())
+    }
+
+    fn free(&mut self, id: u32) -> Result<(), SetError> {
+        self.clear(id)?;
+        self.defs.set(id, &SetDef::default(), 0)?;
+        Ok(())
+    }
+
+    /// After the grace: frees the ids `commit` retired, elements first.
+    pub fn retire(&mut self, reload: &Reload) -> Result<(), SetError> {
+        for &id in &reload.retire {
+            self.free(id)?;
         }
         Ok(())
     }

@@ -1316,7 +1316,8 @@ fn a_ban_through_the_fail2ban_action_cuts_a_live_connection_at_once_and_the_unba
     });
     conn.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut buf = [0u8; 9];
-    assert!(conn.read(&mut buf).is_err(), "no echo while banned");
+    let blocked = conn.read(&mut buf).expect_err("no echo while banned");
+    assert!(matches!(blocked.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "timed out, not reset: {blocked}");
 
     let unban = run_action(&pair.server, &fail2ban_action("actionunban", &pair.client_ip));
     assert!(unban.status.success(), "unban: {}", String::from_utf8_lossy(&unban.stderr));

@@ -72,9 +72,10 @@ fn set_members_match_and_run_time_changes_take_effect_on_the_next_packet() {
     assert_eq!(sets.add("servers", &el(&["192.0.2.1"]), None, now).unwrap(), 1);
     h.expect(&tcp("192.0.2.8", "192.0.2.1", 40000, 22, SYN), XDP_PASS, Reason::RuleAccept);
 
-    sets.del("blocklist", &el(&["192.0.2.7"])).unwrap();
+    assert_eq!(sets.del("blocklist", &el(&["192.0.2.7"]), false).unwrap(), 1);
     h.expect(&from("192.0.2.7"), XDP_PASS, Reason::DefaultAccept);
-    assert!(matches!(sets.del("blocklist", &el(&["192.0.2.7"])), Err(SetError::Missing(..))));
+    assert!(matches!(sets.del("blocklist", &el(&["192.0.2.7"]), false), Err(SetError::Missing(..))));
+    assert_eq!(sets.del("blocklist", &el(&["192.0.2.7"]), true).unwrap(), 0);
 
     // Errors: unknown set, full set (size 4: two policy elements + two).
     assert!(matches!(sets.add("nope", &el(&["192.0.2.1"]), None, now), Err(SetError::Unknown(_))));
@@ -135,6 +136,66 @@ fn reloads_keep_unchanged_sets_and_replace_changed_ones() {
     assert_eq!(sets.elems.keys().count() + sets.hosts.keys().count(), 0, "no element left behind");
 }
 
+#[test]
+fn nested_prefixes_families_and_expired_addresses_are_each_their_own_element() {
+    let h = Harness::new(&blocklist_policy());
+    let mut sets = h.fw.sets().unwrap();
+    let now = monotonic_ns();
+    let from = |src: &str| tcp(src, "198.51.100.1", 40000, 80, SYN);
+    // A prefix inside a policy prefix is a new element, counted as one...
+    assert_eq!(sets.add("blocklist", &el(&["203.0.113.128/25"]), None, now).unwrap(), 1);
+    assert_eq!(sets.find("blocklist").unwrap().def.count, 3);
+    // ...and outlives the deletion of the prefix around it.
+    assert_eq!(sets.del("blocklist", &el(&["203.0.113.0/24"]), false).unwrap(), 1);
+    h.expect(&from("203.0.113.200"), XDP_DROP, Reason::RuleDrop);
+    h.expect(&from("203.0.113.5"), XDP_PASS, Reason::DefaultAccept);
+    // An IPv6 prefix never covers IPv4 addresses, not even ::/0.
+    sets.flush("blocklist").unwrap();
+    sets.add("blocklist", &el(&["::/0"]), None, now).unwrap();
+    h.expect(&tcp("2001:db8:1234::1", "2001:db8:1::1", 40000, 80, SYN), XDP_DROP, Reason::RuleDrop);
+    h.expect(&from("192.0.2.50"), XDP_PASS, Reason::DefaultAccept);
+    let listed: Vec<String> = sets.elements(sets.find("blocklist").unwrap().id, now).iter().map(|(c, _)| firewall_user::sets::element_text(c)).collect();
+    assert_eq!(listed, ["::/0"]);
+    // An expired address does not hide the live prefix it is in.
+    sets.add("blocklist", &el(&["192.0.2.0/24"]), None, now).unwrap();
+    sets.add("blocklist", &el(&["192.0.2.9"]), Some(10), now - 20_000_000_000).unwrap();
+    h.expect(&from("192.0.2.9"), XDP_DROP, Reason::RuleDrop);
+    // All or nothing: size 4, two live and one expired there (swept to
+    // make room), three more do not fit: none is added.
+    assert!(matches!(sets.add("blocklist", &el(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), None, now), Err(SetError::Full { .. })));
+    assert_eq!(sets.find("blocklist").unwrap().def.count, 2);
+    h.expect(&from("10.0.0.1"), XDP_PASS, Reason::DefaultAccept);
+    // And a missing element stops a delete before it deletes anything.
+    assert!(matches!(sets.del("blocklist", &el(&["192.0.2.0/24", "10.9.9.9"]), false), Err(SetError::Missing(..))));
+    h.expect(&from("192.0.2.10"), XDP_DROP, Reason::RuleDrop);
+}
+
+#[test]
+fn a_failed_reload_leaves_the_running_sets_in_use_and_writable() {
+    let sets_text = |n: usize, elem: &str| -> String {
+        let mut t = String::from("[settings]\ndefault = \"accept\"\n");
+        for i in 0..n {
+            t += &format!("\n[[set]]\nname = \"s{i}\"\ntype = \"addr\"\nelements = [\"{elem}\"]\n");
+        }
+        t += "\n[[rule]]\nname = \"blocked\"\nsrc = \"@s0\"\naction = \"drop\"\n";
+        t
+    };
+    let mut h = Harness::new(&sets_text(20, "10.0.0.1"));
+    // Changing all 20 needs 20 new ids while the running 20 keep theirs: refused.
+    let e = h.fw.install(&compile_text(&sets_text(20, "10.0.0.2"))).unwrap_err();
+    assert!(format!("{e:#}").contains("change fewer sets at once"), "{e:#}");
+    let mut sets = h.fw.sets().unwrap();
+    assert_eq!(sets.all().unwrap().iter().filter(|(_, d)| d.in_use == firewall_user::sets::LIVE).count(), 20);
+    assert_eq!(sets.all().unwrap().iter().filter(|(_, d)| d.in_use != firewall_user::sets::LIVE && d.in_use != 0).count(), 0, "nothing pending left");
+    h.expect(&tcp("10.0.0.1", "198.51.100.1", 40000, 80, SYN), XDP_DROP, Reason::RuleDrop);
+    sets.add("s0", &el(&["10.0.0.3"]), None, monotonic_ns()).unwrap();
+    h.expect(&tcp("10.0.0.3", "198.51.100.1", 40000, 80, SYN), XDP_DROP, Reason::RuleDrop);
+    // Changing fewer works, and the changed set has its new elements.
+    h.install(&sets_text(20, "10.0.0.1").replacen("\"10.0.0.1\"", "\"10.0.0.2\"", 1));
+    h.expect(&tcp("10.0.0.2", "198.51.100.1", 40000, 80, SYN), XDP_DROP, Reason::RuleDrop);
+    h.expect(&tcp("10.0.0.1", "198.51.100.1", 40000, 80, SYN), XDP_PASS, Reason::DefaultAccept);
+}
+
 /// The kernel's verdicts equal an in-order scan of rules whose sources are
 /// CIDRs, sets, or both, with random set contents changed at run time.
 #[test]
@@ -165,12 +226,23 @@ fn rules_with_sets_match_like_the_reference() {
     }
     let h = Harness::new(&text);
     let mut sets = h.fw.sets().unwrap();
+    let element = |c: u32, host: u32| match host {
+        257 => "10.0.0.0/16".to_string(),
+        256 => format!("10.0.{c}.0/24"),
+        _ => format!("10.0.{c}.{host}"),
+    };
     let mut members: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 3]; // (third byte, host or 256 for the /24)
     for round in 0..4 {
         for s in 0..3 {
             for _ in 0..4 {
-                let (c, host) = (next(8), if next(3) == 0 { 256 } else { next(4) });
-                let e = if host == 256 { format!("10.0.{c}.0/24") } else { format!("10.0.{c}.{host}") };
+                // A /24, a /16 over every /24, or one address.
+                let (c, host) = match next(8) {
+                    0 => (0, 257),
+                    1 | 2 => (next(8), 256),
+                    _ => (next(8), next(4)),
+                };
+                let e = element(c, host);
+                let (c, host) = if host == 257 { (0, 257) } else { (c, host) };
                 if !members[s].contains(&(c, host)) {
                     sets.add(&format!("s{s}"), &el(&[&e]), None, monotonic_ns()).unwrap();
                     members[s].push((c, host));
@@ -179,13 +251,13 @@ fn rules_with_sets_match_like_the_reference() {
             if round > 0 && !members[s].is_empty() {
                 let pick = next(members[s].len() as u32) as usize;
                 let (c, host) = members[s].remove(pick);
-                let e = if host == 256 { format!("10.0.{c}.0/24") } else { format!("10.0.{c}.{host}") };
-                sets.del(&format!("s{s}"), &el(&[&e])).unwrap();
+                let e = element(c, host);
+                sets.del(&format!("s{s}"), &el(&[&e]), false).unwrap();
             }
         }
         for _ in 0..200 {
             let (c, host, dport) = (next(8), next(4), next(3) as u16 + 1);
-            let in_set = |s: u32| members[s as usize].iter().any(|&(mc, mh)| mc == c && (mh == 256 || mh == host));
+            let in_set = |s: u32| members[s as usize].iter().any(|&(mc, mh)| mh == 257 || (mc == c && (mh == 256 || mh == host)));
             let want = rules.iter().find(|(cidr, set, _, port)| *port == dport && (cidr.is_some_and(|x| x == c) || set.is_some_and(in_set)));
             let verdict = match want {
                 Some((_, _, true, _)) => XDP_PASS,
@@ -210,7 +282,7 @@ fn a_million_element_set_loads_and_matches() {
     // 10.0.0.0 upwards, one address each: 1,000,000 distinct elements.
     for i in 0..1_000_000u32 {
         let c = policy::Cidr { addr: std::net::Ipv4Addr::from(0x0a00_0000 + i * 3).into(), prefix: 32 };
-        sets.put(id, &c, firewall_common::SetElem { expires_ns: 0 }).expect("insert");
+        sets.put(id, &c, 0).expect("insert");
     }
     eprintln!("1,000,000 elements written in {:.1} s", started.elapsed().as_secs_f64());
     let member = tcp("10.0.0.3", "198.51.100.1", 40000, 80, SYN);

@@ -27,6 +27,9 @@ pub enum SetCommand {
         /// The elements, as they were added.
         #[arg(required = true)]
         elements: Vec<String>,
+        /// Skip elements that are not in the set (already expired, say) instead of failing.
+        #[arg(long)]
+        if_present: bool,
         /// An interface of the firewall (default: the only firewall here).
         #[arg(long)]
         iface: Option<String>,
@@ -68,10 +71,11 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
             let added = s.add(&name, &elements, timeout, monotonic_ns())?;
             eprintln!("{added} added to {name} ({} refreshed)", elements.len() - added);
         }
-        SetCommand::Del { name, elements, .. } => {
+        SetCommand::Del { name, elements, if_present, .. } => {
             let elements = parse(&elements)?;
             let _lock = sets::lock()?;
-            s.del(&name, &elements)?;
+            let n = s.del(&name, &elements, if_present)?;
+            eprintln!("{n} removed from {name}");
         }
         SetCommand::Flush { name, .. } => {
             let _lock = sets::lock()?;
@@ -96,7 +100,7 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
             }
         }
         SetCommand::List { name: None, json, .. } => {
-            let all: Vec<_> = s.all()?.into_iter().filter(|(_, d)| d.in_use == 1).collect();
+            let all: Vec<_> = s.all()?.into_iter().filter(|(_, d)| d.in_use == sets::LIVE).collect();
             if json {
                 let items: Vec<_> = all.iter().map(|(_, d)| serde_json::json!({ "name": d.name_str(), "elements": d.count, "size": d.max, "timeout": d.timeout_secs })).collect();
                 println!("{}", serde_json::Value::Array(items));

@@ -45,7 +45,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use firewall_common::{
-    MAX_RULES, MAX_SET_SIZE, MAX_SETS, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
+    MAX_RULES, MAX_SET_ELEMENTS, MAX_SET_SIZE, MAX_SETS, RULE_NAME_LEN, STATE_ACCEPT, STATE_DROP, STATE_RULES, Timeouts, ct_state, tcp_flags,
 };
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -535,15 +535,24 @@ pub struct SetSpec {
 
 impl SetSpec {
     /// What a reload compares: the same hash keeps the set's elements.
+    /// FNV-1a over a fixed encoding (the elements sorted), so that it is
+    /// the same from build to build: it is kept in the pinned registry.
     pub fn def_hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (firewall_common::SET_KIND_ADDR, self.timeout_secs, self.size).hash(&mut h);
-        for c in &self.elements {
-            (c.addr, c.prefix).hash(&mut h);
+        let mut elements: Vec<(bool, u128, u8)> = self.elements.iter().map(|c| (c.is_v4(), crate::compile::cidr_range(c).0, c.prefix)).collect();
+        elements.sort_unstable();
+        elements.dedup();
+        let mut bytes = Vec::with_capacity(16 + elements.len() * 18);
+        bytes.push(firewall_common::SET_KIND_ADDR);
+        bytes.extend_from_slice(&self.timeout_secs.to_le_bytes());
+        bytes.extend_from_slice(&self.size.to_le_bytes());
+        for (v4, lo, prefix) in elements {
+            bytes.push(u8::from(v4));
+            bytes.extend_from_slice(&lo.to_le_bytes());
+            bytes.push(prefix);
         }
+        let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
         // 0 marks a free registry entry's hash; never produce it.
-        h.finish() | 1
+        h | 1
     }
 }
 

@@ -826,4 +826,5 @@ fn a_rule_with_a_set_shadows_nothing_and_may_be_shadowed() {
     // A rule for every address covers any set.
     let p = ok(&format!("{set}[[rule]]\nname = \"a\"\naction = \"drop\"\n[[rule]]\nname = \"b\"\nsrc = \"@s\"\naction = \"accept\"\n"));
     assert_eq!(p.warnings.len(), 1);
+    assert!(p.warnings[0].message.contains("rule `b` can never match: earlier rule `a`"), "{:?}", p.warnings);
 }

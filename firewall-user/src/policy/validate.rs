@@ -456,6 +456,10 @@ impl<'a> Validator<'a> {
             if elements.len() > size as usize {
                 self.error(&name_span, format!("set `{name}` lists {} elements but its size is {size}", elements.len()));
             }
+            let total: u64 = out.iter().map(|s: &SetSpec| s.size as u64).sum::<u64>() + size as u64;
+            if total > MAX_SET_ELEMENTS as u64 {
+                self.error(&name_span, format!("the sets' sizes add up to {total}; all sets together hold at most {MAX_SET_ELEMENTS}"));
+            }
             if self.errors.len() == before {
                 let (line, _) = self.locate(name_span.start);
                 self.set_index.insert(name.clone(), out.len());
