@@ -26,3 +26,6 @@ pub const POLICY_SLOTS: u32 = 2;
 pub const MAX_VLAN_TAGS: u32 = 2;
 /// Most IPv6 extension headers skipped before the packet is malformed.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+/// Per-source rate-limit buckets of all rules (an LRU: a flood of
+/// sources evicts the oldest, which start again with a full burst).
+pub const MAX_BUCKETS: u32 = 262_144;

@@ -45,6 +45,11 @@ pub const SET_HOSTS: &str = "FW_SET_HOSTS";
 pub const SET_PREFIXES: &str = "FW_SET_PREFIX";
 /// The set registry (`SetDef` per id; read by no program).
 pub const SETS: &str = "FW_SETS";
+/// Per slot and rule, its `RuleLimit`.
+pub const RULE_LIMIT: &str = "FW_RULE_LIMIT";
+/// Rate-limit state per rule and source prefix (`BucketKey` -> next
+/// theoretical arrival, CLOCK_MONOTONIC ns).
+pub const BUCKETS: &str = "FW_BUCKETS";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
@@ -84,6 +89,8 @@ pub const SHARED: &[&str] = &[
     SET_HOSTS,
     SET_PREFIXES,
     SETS,
+    RULE_LIMIT,
+    BUCKETS,
     CONTROL,
     EVENTS,
     EVENT_CONFIG,

@@ -98,10 +98,13 @@ pub enum Reason {
     /// (the driver gives XDP no metadata room): dropped, and cookies stop
     /// until the controller is restarted (SYNs are left to the host).
     HandoffNoMeta = 38,
+    /// A new connection (or flow) refused by its rule's per-source `limit`:
+    /// dropped, no state created.
+    RateLimited = 39,
 }
 
 /// Number of reason counters (the map's size).
-pub const REASON_COUNT: u32 = 39;
+pub const REASON_COUNT: u32 = 40;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -144,6 +147,7 @@ impl Reason {
         Reason::CookieNotAdmitted,
         Reason::CookieMartian,
         Reason::HandoffNoMeta,
+        Reason::RateLimited,
     ];
 
     /// Name shown by `stats` and used in its JSON.
@@ -188,6 +192,7 @@ impl Reason {
             Reason::CookieNotAdmitted => "cookie_not_admitted",
             Reason::CookieMartian => "cookie_martian",
             Reason::HandoffNoMeta => "handoff_no_meta",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -216,6 +221,7 @@ impl Reason {
                 | Reason::CookieNotAdmitted
                 | Reason::CookieMartian
                 | Reason::HandoffNoMeta
+                | Reason::RateLimited
         )
     }
 }

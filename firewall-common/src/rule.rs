@@ -142,7 +142,9 @@ pub struct MatchBox {
     /// must also be in (`rules::matches` looks it up in `FW_SET_ELEMS`).
     pub src_set: u8,
     pub dst_set: u8,
-    pub _pad: [u8; 2],
+    /// 1: the rule has a per-source `limit` (`FW_RULE_LIMIT`).
+    pub limited: u8,
+    pub _pad: u8,
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
 }
@@ -164,6 +166,31 @@ impl Default for RuleMeta {
     fn default() -> Self {
         Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, log: 0, _pad: [0; 5] }
     }
+}
+
+/// `FW_RULE_LIMIT[slot * MAX_RULES + rule]`: a rule's per-source rate
+/// limit as GCRA (the token bucket as a theoretical arrival time): one
+/// new connection per `interval_ns`, up to `burst` at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleLimit {
+    pub interval_ns: u64,
+    /// `interval_ns * (burst - 1)`: how far ahead of now a source's
+    /// theoretical arrival time may run.
+    pub tolerance_ns: u64,
+    /// Source prefix lengths a bucket covers, per family.
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `FW_BUCKETS` key: a rule (slot * MAX_RULES + rule) and a source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketKey {
+    pub rule: u32,
+    pub _pad: u32,
+    pub src: U128,
 }
 
 /// Per-CPU packet and byte counts (`FW_RULE_CNT`, `FW_REASON_CNT`).
@@ -211,6 +238,8 @@ mod pod {
     unsafe impl aya::Pod for PortBits {}
     unsafe impl aya::Pod for RuleMeta {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for RuleLimit {}
+    unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for crate::sets::SetAddr {}
     unsafe impl aya::Pod for crate::sets::SetElem {}
     unsafe impl aya::Pod for crate::sets::SetDef {}

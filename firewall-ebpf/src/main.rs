@@ -10,6 +10,7 @@ mod egress;
 mod events;
 mod handoff;
 mod ingress;
+mod limit;
 mod parse;
 mod rules;
 
@@ -25,7 +26,7 @@ use aya_ebpf::{
 use firewall_common::{
     Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
     EventConfig, EventState, Flow, FlowKey, IfaceInfo, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES,
-    MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleMeta, SetAddr, SetDef, SetElem, U128,
+    MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleLimit, BucketKey, MAX_BUCKETS, RuleMeta, SetAddr, SetDef, SetElem, U128,
     reason::REASON_COUNT,
 };
 use parse::Frame;
@@ -95,6 +96,10 @@ static FW_SET_ELEMS: LpmTrie<SetAddr, SetElem> = LpmTrie::with_max_entries(MAX_S
 static FW_SET_HOSTS: HashMap<SetAddr, SetElem> = HashMap::with_max_entries(MAX_SET_ELEMENTS, BPF_F_NO_PREALLOC);
 #[map(name = "FW_SET_PREFIX")]
 static FW_SET_PREFIX: Array<u32> = Array::with_max_entries(MAX_SETS, 0);
+#[map(name = "FW_RULE_LIMIT")]
+static FW_RULE_LIMIT: Array<RuleLimit> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
+#[map(name = "FW_BUCKETS")]
+static FW_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(MAX_BUCKETS, 0);
 /// Per-CPU key of a set lookup (`rules::in_set`).
 #[map(name = "FW_SET_KEY")]
 static FW_SET_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<SetAddr>> = PerCpuArray::with_max_entries(1, 0);

@@ -100,6 +100,8 @@ pub struct Compiled {
     /// `[[set]]`s; the boxes' `src_set`/`dst_set` hold 1 + an index here
     /// until the loader maps them to the sets' ids.
     pub sets: Vec<crate::policy::SetSpec>,
+    /// `FW_RULE_LIMIT` of each rule (zero: none).
+    pub limits: Vec<firewall_common::RuleLimit>,
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
@@ -141,7 +143,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         _pad: [0; 2],
         timeouts: settings.timeouts,
     };
-    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syn_ports: syn_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config(), sets: policy.sets.clone() })
+    Ok(Compiled { header, nodes, leaf_refs, boxes, meta, depth, cookie_ports: cookie_ports(policy), syn_ports: syn_ports(policy), syncookie: settings.syncookie.clone(), events: settings.events.config(), sets: policy.sets.clone(), limits: policy.rules.iter().map(rule_limit).collect() })
 }
 
 /// Every port a cookie rule names, mapped to the first such rule.
@@ -183,6 +185,19 @@ fn syn_ports(policy: &Policy) -> Box<PortBits> {
         }
     }
     open
+}
+
+fn rule_limit(rule: &Rule) -> firewall_common::RuleLimit {
+    match rule.limit {
+        None => Default::default(),
+        Some(l) => firewall_common::RuleLimit {
+            interval_ns: l.interval_ns,
+            tolerance_ns: l.interval_ns.saturating_mul(l.burst.saturating_sub(1) as u64),
+            v4_prefix: l.v4_prefix,
+            v6_prefix: l.v6_prefix,
+            _pad: [0; 6],
+        },
+    }
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
@@ -314,7 +329,8 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         log: u8::from(rule.log),
                         src_set,
                         dst_set,
-                        _pad: [0; 2],
+                        limited: u8::from(rule.limit.is_some()),
+                        _pad: 0,
                         rule: index,
                     });
                 }

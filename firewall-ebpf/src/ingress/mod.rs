@@ -137,6 +137,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
 #[inline(always)]
 fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Reason {
     let mut service = (MAX_RULES, SYNCOOKIE_OFF);
+    let mut limited = false;
     let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
         return Reason::Internal;
     };
@@ -144,10 +145,15 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     if let Some(m) = matched {
         counters::count_rule(slot, m.rule, packet.wire_len);
         service = (m.rule, m.syncookie);
+        limited = m.limited != 0;
     }
     let reason = rules::reason(header, matched);
     if !rules::accepts(reason) || packet.key.ct_state != ct_state::NEW {
         return reason;
+    }
+    // Before any state: a refused SYN opens no flow and gets no cookie.
+    if limited && !crate::limit::allow(slot, service.0, &packet.key.src) {
+        return Reason::RateLimited;
     }
     if packet.replaces {
         conntrack::forget(packet);

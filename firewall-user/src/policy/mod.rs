@@ -420,6 +420,50 @@ pub struct Rule {
     pub syncookie: Syncookie,
     /// `log = true`: every match is an event (like nftables' `log`).
     pub log: bool,
+    /// `limit = { rate, burst, per }`: new connections per source prefix.
+    pub limit: Option<Limit>,
+}
+
+/// A rule's per-source rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// One new connection per this many ns.
+    pub interval_ns: u64,
+    pub burst: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+/// Burst of a `limit` that does not say (nftables' default).
+pub const DEFAULT_BURST: u32 = 5;
+
+/// `"50/s"`, `"600/m"`, `"1000/h"`: the interval in ns between two events.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bad = || format!("bad rate `{text}`: use a count per s, m or h, such as \"50/s\"");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    let per_ns: u64 = match unit.trim() {
+        "s" | "second" => 1_000_000_000,
+        "m" | "minute" => 60_000_000_000,
+        "h" | "hour" => 3_600_000_000_000,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 1_000_000_000 {
+        return Err(format!("rate `{text}` is out of range (1 to 1,000,000,000 per unit)"));
+    }
+    Ok((per_ns / n).max(1))
+}
+
+/// `"src"` (one address) or `"src/N"` (an IPv4 prefix; IPv6 sources then
+/// count per /64): the source prefix lengths (v4, v6) a bucket covers.
+pub fn parse_per(text: &str) -> Result<(u8, u8), String> {
+    match text.trim() {
+        "src" => Ok((32, 128)),
+        t => {
+            let n = t.strip_prefix("src/").and_then(|n| n.parse::<u8>().ok()).filter(|&n| n <= 32);
+            n.map(|n| (n, 64)).ok_or_else(|| format!("bad `per` `{text}`: use \"src\" or \"src/N\" with N from 0 to 32 (IPv6 sources then count per /64)"))
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -115,6 +115,15 @@ pub(super) struct RawRule {
     pub(super) action: Action,
     pub(super) syncookie: Option<Spanned<Syncookie>>,
     pub(super) log: Option<bool>,
+    pub(super) limit: Option<Spanned<RawLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    pub(super) rate: Spanned<String>,
+    pub(super) burst: Option<Spanned<i64>>,
+    pub(super) per: Option<Spanned<String>>,
 }
 
 /// A list item kind that also says what it expects, so that type errors

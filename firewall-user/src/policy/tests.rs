@@ -828,3 +828,19 @@ fn a_rule_with_a_set_shadows_nothing_and_may_be_shadowed() {
     assert_eq!(p.warnings.len(), 1);
     assert!(p.warnings[0].message.contains("rule `b` can never match: earlier rule `a`"), "{:?}", p.warnings);
 }
+
+#[test]
+fn limits() {
+    let rule = |limit: &str| format!("[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\nlimit = {limit}\n");
+    let p = ok(&rule("{ rate = \"50/s\", burst = 100, per = \"src/24\" }"));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 20_000_000, burst: 100, v4_prefix: 24, v6_prefix: 64 }));
+    let p = ok(&rule("{ rate = \"10/m\" }"));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 6_000_000_000, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 128 }));
+    assert_eq!(err(&rule("{ rate = \"50\" }")), "t.toml:6:18: error: bad rate `50`: use a count per s, m or h, such as \"50/s\"");
+    assert_eq!(err(&rule("{ rate = \"5/s\", per = \"dst\" }")), "t.toml:6:31: error: bad `per` `dst`: use \"src\" or \"src/N\" with N from 0 to 32 (IPv6 sources then count per /64)");
+    assert_eq!(err(&rule("{ rate = \"5/s\", burst = 0 }")), "t.toml:6:33: error: burst 0 is out of range 1..=1000000");
+    assert_eq!(
+        err("[[rule]]\nname = \"a\"\naction = \"drop\"\nlimit = { rate = \"1/s\" }\n"),
+        "t.toml:4:9: error: `limit` needs action = \"accept\": it caps the new connections a rule lets in"
+    );
+}

@@ -298,6 +298,35 @@ impl<'a> Validator<'a> {
             Some(s) => self.states(s),
         };
 
+        let limit = raw.limit.map(|l| {
+            let whole = l.span();
+            let l = l.into_inner();
+            if raw.action != Action::Accept {
+                self.error(&whole, "`limit` needs action = \"accept\": it caps the new connections a rule lets in");
+            }
+            let interval_ns = parse_rate(l.rate.get_ref()).unwrap_or_else(|m| {
+                self.error(&l.rate.span(), m);
+                1
+            });
+            let burst = match l.burst {
+                None => DEFAULT_BURST,
+                Some(b) => {
+                    let v = *b.get_ref();
+                    if !(1..=1_000_000).contains(&v) {
+                        self.error(&b.span(), format!("burst {v} is out of range 1..=1000000"));
+                    }
+                    v.clamp(1, 1_000_000) as u32
+                }
+            };
+            let (v4_prefix, v6_prefix) = match l.per {
+                None => (32, 128),
+                Some(p) => parse_per(p.get_ref()).unwrap_or_else(|m| {
+                    self.error(&p.span(), m);
+                    (32, 128)
+                }),
+            };
+            Limit { interval_ns, burst, v4_prefix, v6_prefix }
+        });
         let syncookie = raw.syncookie.as_ref().map_or(Syncookie::Off, |s| *s.get_ref());
         if let Some(s) = &raw.syncookie {
             let span = s.span();
@@ -336,6 +365,7 @@ impl<'a> Validator<'a> {
             action: raw.action,
             syncookie,
             log: raw.log.unwrap_or(false),
+            limit,
         })
     }
 
