@@ -1339,3 +1339,81 @@ fn a_ban_through_the_fail2ban_action_cuts_a_live_connection_at_once_and_the_unba
     let stop = run_action(&pair.server, &fail2ban_action("actionstop", &pair.client_ip));
     assert!(stop.status.success());
 }
+
+const UDP_LIMITED: &str = r#"
+[settings]
+default = "drop"
+
+[[rule]]
+name = "limited"
+proto = "udp"
+dport = 9999
+action = "accept"
+limit = { rate = "20/s", burst = 1, per = "src" }
+"#;
+
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, sport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(ipv4(src), ipv4(dst), 64).udp(sport, 9999).write(&mut out, b"x").unwrap();
+    out
+}
+
+#[test]
+fn a_source_sending_ten_times_its_limit_gets_its_limit_and_another_source_is_untouched() {
+    let pair = Pair::new();
+    let (_dir, policy) = temp_policy(UDP_LIMITED);
+    let _fw = start_firewall(&pair, &policy);
+    let (cmac, smac) = (mac(&pair.client, &pair.client_if), mac(&pair.server, &pair.server_if));
+    let (ifname, server) = (pair.client_if.clone(), pair.server_ip.clone());
+    // Bounded: 2 s, 200 new flows/s from the loud source (10x its 20/s),
+    // 10/s from the quiet one; each datagram a new flow (a new port).
+    let (loud_sent, quiet_sent, secs, times) = Pair::within(&pair.client, move || {
+        let socket = PacketSocket::open(&ifname);
+        let start = Instant::now();
+        let (mut loud, mut quiet) = (0u16, 0u16);
+        let mut first_last = (None, start);
+        let mut times = Vec::new();
+        while loud < 400 {
+            let due = start + Duration::from_millis(5) * loud as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait); // pacing, not synchronisation
+            }
+            assert!(socket.send(&udp_frame(cmac, smac, "10.98.0.1", &server, 20000 + loud)));
+            let now = Instant::now();
+            times.push(now - start);
+            first_last = (first_last.0.or(Some(now)), now);
+            if loud % 20 == 0 {
+                assert!(socket.send(&udp_frame(cmac, smac, "10.98.0.2", &server, 30000 + quiet)));
+                quiet += 1;
+            }
+            loud += 1;
+        }
+        (loud, quiet, (first_last.1 - first_last.0.unwrap()).as_secs_f64(), times)
+    })
+    .join()
+    .unwrap();
+    let flows_from = |src: &str| -> u64 {
+        let out = Pair::output(&pair.server, FIREWALL, &["conntrack", "--iface", &pair.server_if, "--json"]);
+        let flows: Value = serde_json::from_slice(&out.stdout).unwrap();
+        flows.as_array().unwrap().iter().filter(|f| f["src"] == src && f["proto"] == "udp").count() as u64
+    };
+    // The reference: GCRA (20/s, burst 1) on the send times. Sleep jitter
+    // moves when datagrams go out; this follows it.
+    let mut tat = Duration::ZERO;
+    let mut want = 0.0;
+    for &t in &times {
+        if want == 0.0 || t >= tat {
+            tat = tat.max(t) + Duration::from_millis(50);
+            want += 1.0;
+        }
+    }
+    let stats = wait_for("every datagram to be counted", Duration::from_secs(5), || {
+        let s = stats_json(&pair).ok()?;
+        (rule_packets(&s, "limited") >= (loud_sent + quiet_sent) as u64).then_some(s)
+    });
+    let loud = flows_from("10.98.0.1");
+    eprintln!("loud source: {loud_sent} sent in {secs:.2} s, {loud} admitted (reference: {want}); quiet: {quiet_sent} sent, {} admitted", flows_from("10.98.0.2"));
+    assert!((loud as f64 - want).abs() <= want * 0.1, "{loud} admitted, {want} expected: {stats}");
+    assert_eq!(flows_from("10.98.0.2"), quiet_sent as u64, "the quiet source is untouched");
+    assert_eq!(reason_packets(&stats, "rate_limited"), loud_sent as u64 - loud, "{stats}");
+}
