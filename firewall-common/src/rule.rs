@@ -181,7 +181,11 @@ pub struct RuleLimit {
     /// Source prefix lengths a bucket covers, per family.
     pub v4_prefix: u8,
     pub v6_prefix: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The policy generation that wrote it: part of the bucket key, so a
+    /// reload starts every bucket again (a rule never inherits the state
+    /// of the rule that had its index two reloads ago).
+    pub epoch: u32,
 }
 
 /// `FW_BUCKETS` key: a rule (slot * MAX_RULES + rule) and a source prefix.
@@ -189,7 +193,8 @@ pub struct RuleLimit {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketKey {
     pub rule: u32,
-    pub _pad: u32,
+    /// `RuleLimit::epoch`.
+    pub epoch: u32,
     pub src: U128,
 }
 

@@ -286,6 +286,12 @@ fn touch(f: &mut Flow, frame: &Frame, now: u64) {
     f.bytes += frame.wire_len;
 }
 
+/// Whether conntrack follows no flows of this packet's kind (each is `New`).
+#[inline(always)]
+pub fn untracked(key: &crate::parse::Key) -> bool {
+    matches!(kind(key), Kind::Untracked)
+}
+
 /// Classifies `packet` and advances its flow. A `New` packet creates no
 /// state here: ingress calls `open` once the rules accepted it, egress at
 /// once. `syn_main_only`: a SYN that can have no unproven flow (its port

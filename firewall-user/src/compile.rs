@@ -195,7 +195,8 @@ fn rule_limit(rule: &Rule) -> firewall_common::RuleLimit {
             tolerance_ns: l.interval_ns.saturating_mul(l.burst.saturating_sub(1) as u64),
             v4_prefix: l.v4_prefix,
             v6_prefix: l.v6_prefix,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            epoch: 0,
         },
     }
 }

@@ -624,7 +624,10 @@ impl Firewall {
         write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;
         write_all::<MatchBox>(e, maps::BOXES, slot * MAX_BOXES, &boxes)?;
         write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
-        write_all::<firewall_common::RuleLimit>(e, maps::RULE_LIMIT, slot * MAX_RULES, &policy.limits)?;
+        // The generation this install switches to: fresh buckets.
+        let epoch = (self.active.generation + 1) as u32;
+        let limits: Vec<_> = policy.limits.iter().map(|l| firewall_common::RuleLimit { epoch, ..*l }).collect();
+        write_all::<firewall_common::RuleLimit>(e, maps::RULE_LIMIT, slot * MAX_RULES, &limits)?;
         let cpus = nr_cpus()?;
         let now = unix_now();
         // Per interface: the new slot's counters from zero, carried bases.

@@ -1413,7 +1413,11 @@ fn a_source_sending_ten_times_its_limit_gets_its_limit_and_another_source_is_unt
     });
     let loud = flows_from("10.98.0.1");
     eprintln!("loud source: {loud_sent} sent in {secs:.2} s, {loud} admitted (reference: {want}); quiet: {quiet_sent} sent, {} admitted", flows_from("10.98.0.2"));
-    assert!((loud as f64 - want).abs() <= want * 0.1, "{loud} admitted, {want} expected: {stats}");
+    // Within 10 % of the limit (2 s x 20/s), and within 2 of the reference
+    // on the actual send times (arrival jitter moves one or two).
+    let limit = secs * 20.0;
+    assert!((loud as f64 - limit).abs() <= limit * 0.1, "{loud} admitted, the limit is {limit:.0}: {stats}");
+    assert!((loud as f64 - want).abs() <= 2.0, "{loud} admitted, the reference says {want}: {stats}");
     assert_eq!(flows_from("10.98.0.2"), quiet_sent as u64, "the quiet source is untouched");
     assert_eq!(reason_packets(&stats, "rate_limited"), loud_sent as u64 - loud, "{stats}");
 }

@@ -57,6 +57,7 @@ fn the_bucket_refills_at_the_rate() {
     // (bounded), not by sleeping a guessed time.
     let h = Harness::new(&SSH.replace("rate = \"1/m\", burst = 3", "rate = \"1000/s\", burst = 1"));
     let syn = |sport: u16| tcp("10.0.0.1", "198.51.100.1", sport, 22, SYN);
+    let started = std::time::Instant::now();
     h.expect(&syn(40000), XDP_PASS, Reason::RuleAccept);
     let mut sport = 40001;
     // Within a millisecond of the first, a second is refused (the test run
@@ -66,7 +67,6 @@ fn the_bucket_refills_at_the_rate() {
         h.verdict(&syn(sport)) == XDP_DROP
     });
     assert!(refused, "a second SYN within the interval is refused");
-    let started = std::time::Instant::now();
     let passed = loop {
         sport += 1;
         if h.verdict(&syn(sport)) == XDP_PASS {
@@ -74,5 +74,37 @@ fn the_bucket_refills_at_the_rate() {
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "the bucket refills");
     };
+    // One interval (1 ms) after the first SYN, not much later.
+    assert!(passed >= std::time::Duration::from_micros(900), "refilled after only {passed:?}");
     assert!(passed <= std::time::Duration::from_millis(100), "refilled after {passed:?}");
+}
+
+#[test]
+fn a_retransmitted_syn_is_not_charged_and_a_reload_starts_every_bucket_again() {
+    let mut h = Harness::new(SSH);
+    let syn = |sport: u16| tcp("10.0.0.1", "198.51.100.1", sport, 22, SYN);
+    h.expect(&syn(40000), XDP_PASS, Reason::RuleAccept);
+    // The same SYN again (a retransmission of a tracked handshake) costs nothing.
+    for _ in 0..5 {
+        h.expect(&syn(40000), XDP_PASS, Reason::RuleAccept);
+    }
+    h.expect(&syn(40001), XDP_PASS, Reason::RuleAccept);
+    h.expect(&syn(40002), XDP_PASS, Reason::RuleAccept);
+    h.expect(&syn(40003), XDP_DROP, Reason::RateLimited);
+    // Two reloads bring the first slot back; its rule starts with a full burst.
+    h.install(SSH);
+    h.install(SSH);
+    for i in 0..3 {
+        h.expect(&syn(40010 + i), XDP_PASS, Reason::RuleAccept);
+    }
+    h.expect(&syn(40020), XDP_DROP, Reason::RateLimited);
+}
+
+#[test]
+fn datagrams_of_an_unreplied_flow_are_not_charged_again() {
+    let h = Harness::new("[settings]\ndefault = \"drop\"\n\n[[rule]]\nname = \"syslog\"\nproto = \"udp\"\ndport = 514\naction = \"accept\"\nlimit = { rate = \"1/m\", burst = 1 }\n");
+    for _ in 0..5 {
+        h.expect(&udp("10.0.0.1", "198.51.100.1", 40000, 514), XDP_PASS, Reason::RuleAccept);
+    }
+    h.expect(&udp("10.0.0.1", "198.51.100.1", 40001, 514), XDP_DROP, Reason::RateLimited);
 }

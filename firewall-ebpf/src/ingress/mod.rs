@@ -152,7 +152,10 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
         return reason;
     }
     // Before any state: a refused SYN opens no flow and gets no cookie.
-    if limited && !crate::limit::allow(slot, service.0, &packet.key.src) {
+    // Charged only for what opens a flow: not a retransmitted SYN of a
+    // tracked handshake, nor another datagram of an unreplied UDP flow.
+    let opens = packet.no_flow || packet.replaces || conntrack::untracked(&packet.key);
+    if limited && opens && !crate::limit::allow(slot, service.0, &packet.key.src) {
         return Reason::RateLimited;
     }
     if packet.replaces {

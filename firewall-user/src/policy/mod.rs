@@ -451,20 +451,26 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     if n == 0 || n > 1_000_000_000 {
         return Err(format!("rate `{text}` is out of range (1 to 1,000,000,000 per unit)"));
     }
-    Ok((per_ns / n).max(1))
+    // Rounded up: a limit is never looser than written.
+    Ok(per_ns.div_ceil(n))
 }
 
-/// `"src"` (one address) or `"src/N"` (an IPv4 prefix; IPv6 sources then
-/// count per /64): the source prefix lengths (v4, v6) a bucket covers.
-pub fn parse_per(text: &str) -> Result<(u8, u8), String> {
+/// `per` / `per6`: `"src"` (one address) or `"src/N"`, N up to `max`
+/// (32 for IPv4, 128 for IPv6): the source prefix length a bucket covers.
+pub fn parse_per(text: &str, max: u8) -> Result<u8, String> {
     match text.trim() {
-        "src" => Ok((32, 128)),
-        t => {
-            let n = t.strip_prefix("src/").and_then(|n| n.parse::<u8>().ok()).filter(|&n| n <= 32);
-            n.map(|n| (n, 64)).ok_or_else(|| format!("bad `per` `{text}`: use \"src\" or \"src/N\" with N from 0 to 32 (IPv6 sources then count per /64)"))
-        }
+        "src" => Ok(max),
+        t => t
+            .strip_prefix("src/")
+            .and_then(|n| n.parse::<u8>().ok())
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("bad prefix `{text}`: use \"src\" or \"src/N\" with N from 0 to {max}")),
     }
 }
+
+/// IPv6 sources are counted per /64 unless `per6` says otherwise: one
+/// host commonly has a whole /64.
+pub const DEFAULT_V6_PREFIX: u8 = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {

@@ -124,6 +124,7 @@ pub(super) struct RawLimit {
     pub(super) rate: Spanned<String>,
     pub(super) burst: Option<Spanned<i64>>,
     pub(super) per: Option<Spanned<String>>,
+    pub(super) per6: Option<Spanned<String>>,
 }
 
 /// A list item kind that also says what it expects, so that type errors

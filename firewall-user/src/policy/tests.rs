@@ -835,9 +835,15 @@ fn limits() {
     let p = ok(&rule("{ rate = \"50/s\", burst = 100, per = \"src/24\" }"));
     assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 20_000_000, burst: 100, v4_prefix: 24, v6_prefix: 64 }));
     let p = ok(&rule("{ rate = \"10/m\" }"));
-    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 6_000_000_000, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 128 }));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 6_000_000_000, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 64 }));
+    let p = ok(&rule("{ rate = \"3/s\", per = \"src\", per6 = \"src/56\" }"));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 333_333_334, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 56 }));
+    assert_eq!(
+        err("[[rule]]\nname = \"a\"\nstate = \"established\"\naction = \"accept\"\nlimit = { rate = \"1/s\" }\n"),
+        "t.toml:5:9: error: `limit` needs the rule to match new connections (`state` without \"new\")"
+    );
     assert_eq!(err(&rule("{ rate = \"50\" }")), "t.toml:6:18: error: bad rate `50`: use a count per s, m or h, such as \"50/s\"");
-    assert_eq!(err(&rule("{ rate = \"5/s\", per = \"dst\" }")), "t.toml:6:31: error: bad `per` `dst`: use \"src\" or \"src/N\" with N from 0 to 32 (IPv6 sources then count per /64)");
+    assert_eq!(err(&rule("{ rate = \"5/s\", per = \"dst\" }")), "t.toml:6:31: error: bad prefix `dst`: use \"src\" or \"src/N\" with N from 0 to 32");
     assert_eq!(err(&rule("{ rate = \"5/s\", burst = 0 }")), "t.toml:6:33: error: burst 0 is out of range 1..=1000000");
     assert_eq!(
         err("[[rule]]\nname = \"a\"\naction = \"drop\"\nlimit = { rate = \"1/s\" }\n"),

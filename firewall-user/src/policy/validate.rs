@@ -303,6 +303,8 @@ impl<'a> Validator<'a> {
             let l = l.into_inner();
             if raw.action != Action::Accept {
                 self.error(&whole, "`limit` needs action = \"accept\": it caps the new connections a rule lets in");
+            } else if state & ct_state::NEW == 0 {
+                self.error(&whole, "`limit` needs the rule to match new connections (`state` without \"new\")");
             }
             let interval_ns = parse_rate(l.rate.get_ref()).unwrap_or_else(|m| {
                 self.error(&l.rate.span(), m);
@@ -318,13 +320,15 @@ impl<'a> Validator<'a> {
                     v.clamp(1, 1_000_000) as u32
                 }
             };
-            let (v4_prefix, v6_prefix) = match l.per {
-                None => (32, 128),
-                Some(p) => parse_per(p.get_ref()).unwrap_or_else(|m| {
+            let mut prefix = |p: Option<Spanned<String>>, max: u8, default: u8| match p {
+                None => default,
+                Some(p) => parse_per(p.get_ref(), max).unwrap_or_else(|m| {
                     self.error(&p.span(), m);
-                    (32, 128)
+                    default
                 }),
             };
+            let v4_prefix = prefix(l.per, 32, 32);
+            let v6_prefix = prefix(l.per6, 128, DEFAULT_V6_PREFIX);
             Limit { interval_ns, burst, v4_prefix, v6_prefix }
         });
         let syncookie = raw.syncookie.as_ref().map_or(Syncookie::Off, |s| *s.get_ref());
