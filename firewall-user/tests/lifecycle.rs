@@ -242,8 +242,11 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
     let web: SocketAddr = format!("{}:8080", pair.server_ip).parse().unwrap();
     let closed: SocketAddr = format!("{}:8081", pair.server_ip).parse().unwrap();
     let shop: SocketAddr = format!("{}:8443", pair.server_ip).parse().unwrap();
-    let (_dir, policy) = temp_policy(POLICY);
+    // With a named set, whose run-time element must outlive the controller.
+    let with_set = format!("{POLICY}\n[[set]]\nname = \"banned\"\ntype = \"addr\"\n\n[[rule]]\nname = \"banned\"\nsrc = \"@banned\"\naction = \"drop\"\n");
+    let (_dir, policy) = temp_policy(&with_set);
     let fw = Controller::start(&pair.server, &[&pair.server_if], &policy, &[]);
+    assert!(fw_output(&pair.server, &["set", "add", "banned", "198.18.0.7", "--timeout", "1h"]).status.success());
 
     // A long-lived connection, kept busy by a thread for the whole test.
     let mut conn = Echo::connect(&pair.client, web).expect("web connects");
@@ -354,6 +357,10 @@ fn sigkill_keeps_enforcing_and_a_restart_adopts_everything() {
         (exchanged.load(Ordering::Relaxed) > at + 20).then_some(())
     });
     assert!(Echo::connect(&pair.client, closed).is_err(), "8081 stays dropped after the restart");
+    // The set kept its run-time element (and its timeout) through the kill and the takeover.
+    let banned = json(&pair.server, &["set", "list", "banned", "--json"]).unwrap();
+    assert_eq!(banned["elements"][0]["element"], "198.18.0.7", "{banned}");
+    assert!(banned["elements"][0]["expires_in"].as_u64().unwrap() > 3000, "{banned}");
 
     // The held-back handshake completes: its first data segment carries the
     // ACK of the cookie, validated with the key the killed controller made.
