@@ -18,8 +18,11 @@ pub const LIVE: u8 = 1;
 pub const RETIRING: u8 = 2;
 pub const PENDING: u8 = 3;
 
-/// Serialises writers of the sets across processes.
-pub const LOCK: &str = "/run/firewall-sets.lock";
+/// Serialises writers of the sets across processes. In the service's
+/// runtime directory: the unit's ProtectSystem=strict leaves the rest of
+/// /run read-only.
+pub const LOCK_DIR: &str = "/run/firewall";
+pub const LOCK: &str = "/run/firewall/sets.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetError {
@@ -394,6 +397,8 @@ pub struct Locked(#[allow(dead_code)] std::fs::File);
 
 pub fn lock() -> anyhow::Result<Locked> {
     use anyhow::Context as _;
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK).with_context(|| format!("cannot open {LOCK}"))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
