@@ -41,9 +41,10 @@ pub fn hand_over(ctx: &XdpContext, reason: Reason, action: u32) {
     let Some(arg) = FW_EVENT_ARG.get_ptr_mut(0) else { return };
     // The rule fields are current only after a rule walk (`note_rule`):
     // these verdicts come only after one (a valid cookie ACK: after the
-    // walk that found the service it completes; not `CookieInvalid`, which
+    // walk that found the service it completes; a refusal by a rule's
+    // `limit`: after the walk that found the rule; not `CookieInvalid`, which
     // the XDP program also gives when its tail call fails, with no walk).
-    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop | Reason::CookieMartian | Reason::CookieValid);
+    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop | Reason::CookieMartian | Reason::CookieValid | Reason::RateLimited);
     // SAFETY: a per-CPU slot; only this CPU touches it while we run.
     let logged = of_rules && unsafe { (*arg).log } != 0;
     if !logged && !(action == XDP_DROP && FW_EVENT_CFG.get(0).is_some_and(|c| c.sample != 0)) {

@@ -108,3 +108,16 @@ fn datagrams_of_an_unreplied_flow_are_not_charged_again() {
     }
     h.expect(&udp("10.0.0.1", "198.51.100.1", 40001, 514), XDP_DROP, Reason::RateLimited);
 }
+
+/// A refusal is a drop event naming the rule whose limit refused it.
+#[test]
+fn a_refusal_is_an_event_naming_the_rule() {
+    let h = Harness::new(&format!("{SSH}\n[settings.events]\ndrops = true\n"));
+    for i in 0..3 {
+        h.expect(&tcp("10.0.0.1", "198.51.100.1", 40000 + i, 22, SYN), XDP_PASS, Reason::RuleAccept);
+    }
+    h.expect(&tcp("10.0.0.1", "198.51.100.1", 40010, 22, SYN), XDP_DROP, Reason::RateLimited);
+    let ev = drain_events(&h);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].reason, ev[0].rule), (firewall_common::EVENT_DROP, Reason::RateLimited as u16, 0));
+}
