@@ -143,21 +143,22 @@ impl Sets {
         }
     }
 
-    /// Inserts or overwrites one element (`expires_ns` 0: never expires).
-    pub fn put(&mut self, id: u32, c: &Cidr, expires_ns: u64) -> Result<(), SetError> {
+    /// Inserts or overwrites one element (`expires_ns` 0: never expires);
+    /// whether it is new.
+    pub fn put(&mut self, id: u32, c: &Cidr, expires_ns: u64) -> Result<bool, SetError> {
         let key = key_of(id, c);
         let elem = SetElem { expires_ns, prefix_len: key.prefix_len(), _pad: 0 };
+        let new = self.get(id, c).is_none();
         if is_host(c) {
             self.hosts.insert(&key.data(), &elem, 0)?;
         } else {
-            let new = self.get(id, c).is_none();
             self.elems.insert(&key, &elem, 0)?;
             if new {
                 let n = self.prefixes.get(&id, 0)?;
                 self.prefixes.set(id, &(n + 1), 0)?;
             }
         }
-        Ok(())
+        Ok(new)
     }
 
     /// Whether the element was there.
@@ -215,9 +216,7 @@ impl Sets {
         }
         let mut added = 0;
         for c in elements {
-            let present = self.get(id, c).is_some();
-            self.put(id, c, expires_ns)?;
-            if !present {
+            if self.put(id, c, expires_ns)? {
                 def.count += 1;
                 added += 1;
             }
@@ -343,10 +342,7 @@ impl Sets {
         let mut def = SetDef { in_use: PENDING, kind: SET_KIND_ADDR, timeout_secs: spec.timeout_secs, max: spec.size, def_hash: spec.def_hash(), ..Default::default() };
         def.name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
         for c in &spec.elements {
-            if self.get(id, c).is_none() {
-                def.count += 1;
-            }
-            self.put(id, c, 0)?;
+            def.count += u32::from(self.put(id, c, 0)?);
         }
         self.defs.set(id, &def, 0)?;
         Ok(())
