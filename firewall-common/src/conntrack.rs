@@ -148,6 +148,11 @@ pub const MAX_ACK_WINDOW: u32 = 66_000;
 
 /// `Flow::flags`: both sides sent a SYN (simultaneous open).
 pub const FLOW_BOTH_SYNS: u8 = 1;
+/// `Flow::flags`: opened under a rule with `max_conns` or a `ban`
+/// (`limit_ref` says which); charged when the handshake proves it.
+pub const FLOW_GUARDED: u8 = 2;
+/// `Flow::flags`: counted in `FW_CONNS` (until it closes or goes).
+pub const FLOW_COUNTED: u8 = 4;
 
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;
@@ -167,7 +172,7 @@ pub struct Flow {
     pub seq_known: u8,
     /// Bit per side: `last_ack` of that side is known.
     pub ack_known: u8,
-    /// `FLOW_BOTH_SYNS`: simultaneous open.
+    /// `FLOW_BOTH_SYNS`, `FLOW_GUARDED`, `FLOW_COUNTED`.
     pub flags: u8,
     /// The side (`SIDE_A`/`SIDE_B`) that is this host: on ingress a
     /// packet must come from the other one.
@@ -187,9 +192,14 @@ pub struct Flow {
     /// Per side: the highest sequence number it may send, from the other
     /// side's acknowledgment plus window (nf_conntrack's `td_maxend`).
     pub max_end: [u32; 2],
+    /// With `FLOW_GUARDED`: the limit it is counted under (`conn_ref`).
+    pub limit_ref: u32,
     /// `bpf_ktime_get_ns()` when created and when last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
 }
+
+// `limit_ref` took what was padding: the pinned table's layout is unchanged.
+const _: () = assert!(core::mem::size_of::<Flow>() == 80);

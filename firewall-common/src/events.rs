@@ -47,6 +47,8 @@ pub const EVENT_LOG: u8 = 2;
 /// A SYN a cookie service answered with a cookie (sampled for the top
 /// sources per service).
 pub const EVENT_SYN: u8 = 3;
+/// A proven source a rule's `limit` banned: added to the `ban` set.
+pub const EVENT_BAN: u8 = 4;
 /// `Event::rule` when no rule matched.
 pub const NO_RULE: u16 = u16::MAX;
 
@@ -55,7 +57,8 @@ pub const NO_RULE: u16 = u16::MAX;
 pub const CLASS_DROP: u32 = 0;
 pub const CLASS_LOG: u32 = 1;
 pub const CLASS_SYN: u32 = 2;
-pub const EVENT_CLASSES: u32 = 3;
+pub const CLASS_BAN: u32 = 3;
+pub const EVENT_CLASSES: u32 = 4;
 
 /// `FW_EVENT_CFG[0]`, from the policy's `[settings.events]`.
 #[repr(C)]

@@ -29,3 +29,6 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 /// Per-source rate-limit buckets of all rules (an LRU: a flood of
 /// sources evicts the oldest, which start again with a full burst).
 pub const MAX_BUCKETS: u32 = 262_144;
+/// Connection counts of sources under a `max_conns` (an LRU: only proven
+/// connections make one, so no flood of forged packets churns it).
+pub const MAX_CONN_COUNTS: u32 = 262_144;

@@ -50,6 +50,9 @@ pub const RULE_LIMIT: &str = "FW_RULE_LIMIT";
 /// Rate-limit state per rule and source prefix (`BucketKey` -> next
 /// theoretical arrival, CLOCK_MONOTONIC ns).
 pub const BUCKETS: &str = "FW_BUCKETS";
+/// Proven open TCP connections per rule with `max_conns` and source
+/// prefix (`BucketKey` -> count).
+pub const CONNS: &str = "FW_CONNS";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
@@ -91,6 +94,7 @@ pub const SHARED: &[&str] = &[
     SETS,
     RULE_LIMIT,
     BUCKETS,
+    CONNS,
     CONTROL,
     EVENTS,
     EVENT_CONFIG,
@@ -101,8 +105,8 @@ pub const SHARED: &[&str] = &[
 /// (each program object has its own; see the loader).
 pub const PER_IFACE: &[&str] = &[RULE_COUNTERS, REASON_COUNTERS, COOKIE_COUNTERS, COOKIE_CONFIG, STATUS, RULE_BASE, IFACE];
 
-/// Maps the programs never reference: bound to the XDP program so that
-/// another process finds them from its map ids.
+/// Maps the XDP program need not reference (`SETS` only its bans do):
+/// bound to it so that another process finds them from its map ids.
 pub const BOUND: &[&str] = &[RULE_META, CONTROL, IFACE, RULE_BASE, SETS];
 
 /// Every map `stats` opens.

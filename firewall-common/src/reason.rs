@@ -101,10 +101,13 @@ pub enum Reason {
     /// A new connection (or flow) refused by its rule's per-source `limit`:
     /// dropped, no state created.
     RateLimited = 39,
+    /// A new TCP connection refused because its source prefix has the
+    /// rule's `max_conns` proven connections open: dropped, no state.
+    ConnLimited = 40,
 }
 
 /// Number of reason counters (the map's size).
-pub const REASON_COUNT: u32 = 40;
+pub const REASON_COUNT: u32 = 41;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -148,6 +151,7 @@ impl Reason {
         Reason::CookieMartian,
         Reason::HandoffNoMeta,
         Reason::RateLimited,
+        Reason::ConnLimited,
     ];
 
     /// Name shown by `stats` and used in its JSON.
@@ -193,6 +197,7 @@ impl Reason {
             Reason::CookieMartian => "cookie_martian",
             Reason::HandoffNoMeta => "handoff_no_meta",
             Reason::RateLimited => "rate_limited",
+            Reason::ConnLimited => "conn_limited",
         }
     }
 
@@ -222,6 +227,7 @@ impl Reason {
                 | Reason::CookieMartian
                 | Reason::HandoffNoMeta
                 | Reason::RateLimited
+                | Reason::ConnLimited
         )
     }
 }

@@ -142,7 +142,8 @@ pub struct MatchBox {
     /// must also be in (`rules::matches` looks it up in `FW_SET_ELEMS`).
     pub src_set: u8,
     pub dst_set: u8,
-    /// 1: the rule has a per-source `limit` (`FW_RULE_LIMIT`).
+    /// 1: the rule has a per-source `limit` (`FW_RULE_LIMIT`): a rate,
+    /// a connection cap, or both.
     pub limited: u8,
     pub _pad: u8,
     /// Index of the policy rule (its counters and name).
@@ -168,17 +169,20 @@ impl Default for RuleMeta {
     }
 }
 
-/// `FW_RULE_LIMIT[slot * MAX_RULES + rule]`: a rule's per-source rate
-/// limit as GCRA (the token bucket as a theoretical arrival time): one
-/// new connection per `interval_ns`, up to `burst` at once.
+/// `FW_RULE_LIMIT[slot * MAX_RULES + rule]`: a rule's per-source limits.
+/// The rate is GCRA (the token bucket as a theoretical arrival time): one
+/// new connection per `interval_ns`, up to `burst` at once. The cap counts
+/// the source's proven TCP connections (`FW_CONNS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleLimit {
+    /// 0: no rate limit.
     pub interval_ns: u64,
     /// `interval_ns * (burst - 1)`: how far ahead of now a source's
     /// theoretical arrival time may run.
     pub tolerance_ns: u64,
-    /// Source prefix lengths a bucket covers, per family.
+    /// Source prefix lengths a bucket (and a connection count) covers,
+    /// per family.
     pub v4_prefix: u8,
     pub v6_prefix: u8,
     pub _pad: [u8; 2],
@@ -186,16 +190,63 @@ pub struct RuleLimit {
     /// reload starts every bucket again (a rule never inherits the state
     /// of the rule that had its index two reloads ago).
     pub epoch: u32,
+    /// `max_conns`: most proven, open TCP connections per source prefix
+    /// (0: no cap).
+    pub max_conns: u32,
+    /// `ban`: 1 + the id of the set a proven source that passes a limit
+    /// is added to (0: no ban). With a ban, the rate is charged when a
+    /// connection is proven, not on its SYN.
+    pub ban_set: u32,
+    /// How long a ban lasts.
+    pub ban_ns: u64,
 }
 
-/// `FW_BUCKETS` key: a rule (slot * MAX_RULES + rule) and a source prefix.
+/// `FW_BUCKETS` and `FW_CONNS` key: a rule (slot * MAX_RULES + rule), the
+/// policy generation, and a source prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {
     pub rule: u32,
-    /// `RuleLimit::epoch`.
+    /// `RuleLimit::epoch` (in `FW_CONNS`: its low `CONN_EPOCH_BITS`).
     pub epoch: u32,
     pub src: U128,
+}
+
+/// `Flow::limit_ref` packs the rule index (slot * MAX_RULES + rule, below
+/// 2^15) and the low bits of the epoch of the limit a flow is counted under.
+pub const CONN_INDEX_BITS: u32 = 15;
+pub const CONN_EPOCH_BITS: u32 = 32 - CONN_INDEX_BITS;
+const _: () = assert!(crate::POLICY_SLOTS * crate::MAX_RULES <= 1 << CONN_INDEX_BITS);
+
+/// The `Flow::limit_ref` of rule `index` under limits of generation `epoch`.
+#[inline(always)]
+pub fn conn_ref(index: u32, epoch: u32) -> u32 {
+    (epoch << CONN_INDEX_BITS) | (index & ((1 << CONN_INDEX_BITS) - 1))
+}
+
+/// The rule index and the (truncated) epoch of a `Flow::limit_ref`.
+#[inline(always)]
+pub fn conn_ref_parts(r: u32) -> (u32, u32) {
+    (r & ((1 << CONN_INDEX_BITS) - 1), r >> CONN_INDEX_BITS)
+}
+
+/// The truncated epoch `FW_CONNS` keys and `Flow::limit_ref` carry.
+#[inline(always)]
+pub fn conn_epoch(epoch: u32) -> u32 {
+    epoch & ((1 << CONN_EPOCH_BITS) - 1)
+}
+
+/// `a` with all but its first `bits` bits cleared.
+#[inline(always)]
+pub fn masked(a: &U128, bits: u32) -> U128 {
+    let keep = |v: u64, n: u32| if n == 0 { 0 } else if n >= 64 { v } else { v & (u64::MAX << (64 - n)) };
+    U128 { hi: keep(a.hi, if bits < 64 { bits } else { 64 }), lo: keep(a.lo, bits.saturating_sub(64)) }
+}
+
+/// The prefix length (of 128: IPv4 mapped) a limit counts `src` under.
+#[inline(always)]
+pub fn limit_bits(limit: &RuleLimit, src: &U128) -> u32 {
+    if crate::family_of(src) == crate::SET_FAMILY_V4 { 96 + limit.v4_prefix as u32 } else { limit.v6_prefix as u32 }
 }
 
 /// Per-CPU packet and byte counts (`FW_RULE_CNT`, `FW_REASON_CNT`).

@@ -77,22 +77,32 @@ pub struct SetElem {
     pub _pad: u32,
 }
 
+/// `SetDef::in_use`: free; live (found by name); retiring (a replaced
+/// set, cleared after the grace); pending (written by a reload that has
+/// not switched yet, found by no name).
+pub const SET_FREE: u8 = 0;
+pub const SET_LIVE: u8 = 1;
+pub const SET_RETIRING: u8 = 2;
+pub const SET_PENDING: u8 = 3;
+
 /// `FW_SETS[id]`: one set of the registry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SetDef {
     pub name: [u8; SET_NAME_LEN],
-    /// 0: the id is free.
+    /// `SET_FREE`, `SET_LIVE`, `SET_RETIRING` or `SET_PENDING`.
     pub in_use: u8,
     pub kind: u8,
-    /// 1: an element with a timeout was ever added (the sweep visits it).
+    /// 1: an element with a timeout was ever added (the sweep visits it,
+    /// as it visits every set with a `timeout`).
     pub expiring: u8,
     pub _pad: u8,
     /// Default timeout of a run-time element, seconds (0: none).
     pub timeout_secs: u32,
     /// Most elements (`size`).
     pub max: u32,
-    /// Elements stored, expired ones included until swept.
+    /// Elements stored, expired ones included until swept. A ban adds to
+    /// it from the data plane without a lock; the sweep recounts it.
     pub count: u32,
     /// Hash of the policy's definition (kind, size, timeout, elements):
     /// a reload keeps the set's elements only when it is unchanged.

@@ -11,11 +11,11 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
+    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
-    FW_FLOWS, FW_REMOTE_FLOWS,
+    FW_FLOWS, FW_REMOTE_FLOWS, limit,
     parse::{Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Key, Packet, icmp_quoted},
 };
 
@@ -43,6 +43,11 @@ pub enum Ct {
     /// socket accepted a SYN, which the kernel also allows by timestamps).
     SynReuse,
     Established,
+    /// The last ACK of a handshake that proves its source, refused by the
+    /// rule's limit (`max_conns`, or a rate a `ban` charges here): dropped,
+    /// the flow left half-open (a retransmission is judged again). With the
+    /// rule's index (slot * MAX_RULES + rule).
+    Refused(Reason, u32),
     Related,
     Invalid(Reason),
 }
@@ -157,10 +162,11 @@ fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Fl
         None => (FW_REMOTE_FLOWS.get_ptr_mut(fk)?, Table::Remote),
     };
     // SAFETY: a valid map value pointer for the duration of this program.
-    let f = unsafe { &*flow };
+    let f = unsafe { &mut *flow };
     let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
     let now = now_ns();
     if now.saturating_sub(f.last_seen_ns) > timeout {
+        limit::release(f, fk);
         remove(fk, table);
         return None;
     }
@@ -413,6 +419,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         }
         if exact {
             f.state = TCP_CLOSE;
+            limit::release(f, &fk);
         }
         touch(f, frame, now);
         return Ct::Established;
@@ -514,6 +521,15 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 if f.seq_known & (1 << other) == 0 || packet.tcp.ack != get(&f.next_seq, other) {
                     return Ct::Invalid(Reason::InvalidState);
                 }
+                // Proven now (the ACK echoes the host's ISN): the rule's
+                // limits count it, or refuse it with the flow unchanged.
+                if ingress && table == Table::Remote && f.flags & FLOW_GUARDED != 0 {
+                    match limit::prove(f.limit_ref, &packet.key) {
+                        Ok(true) => f.flags |= FLOW_COUNTED,
+                        Ok(false) => {}
+                        Err(reason) => return Ct::Refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0),
+                    }
+                }
                 f.state = TCP_ESTABLISHED;
                 completed = ingress;
             }
@@ -537,6 +553,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         if fin {
             f.fins |= 1 << s;
             f.state = if f.fins == 3 { TCP_TIME_WAIT } else { TCP_FIN_WAIT };
+            // Closed both ways: no longer one of its source's connections
+            // (as nf_conncount skips TIME_WAIT).
+            if f.fins == 3 {
+                limit::release(f, &fk);
+            }
         }
         // A flow picked up mid-stream learns the remote side's sequence
         // only once the host has said how far it may send: before that, a
@@ -568,7 +589,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
 /// host opens go to the main table (`proven`); flows opened from outside,
 /// and host datagrams that may answer one, to the remote table.
 #[inline(always)]
-pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
+pub fn open(packet: &Packet, dir: Dir, proven: bool, limit_ref: Option<u32>) -> bool {
     let wscale = packet.opts.wscale;
     let key = &packet.key;
     let k = kind(key);
@@ -597,6 +618,10 @@ pub fn open(packet: &Packet, dir: Dir, proven: bool) -> bool {
         bytes: packet.wire_len,
         ..Flow::default()
     };
+    if let Some(r) = limit_ref {
+        flow.flags = FLOW_GUARDED;
+        flow.limit_ref = r;
+    }
     if k == Kind::Tcp {
         flow.wscale = [WSCALE_NONE; 2];
         set(&mut flow.wscale, (side & 1) as usize, wscale);
@@ -677,10 +702,14 @@ pub fn open_synack(frame: &Frame, packet: &Packet) {
 /// (the cookie) known, as if the handshake had gone through the table.
 /// A valid cookie is proof of a real peer: the main table.
 #[inline(always)]
-pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u32) {
+pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u32, counted: Option<u32>) {
     let (fk, side) = flow_key(&packet.key, 0);
     let s = (side & 1) as usize;
     let mut flow = established(frame, side, 1 - side);
+    if let Some(r) = counted {
+        flow.flags = FLOW_GUARDED | FLOW_COUNTED;
+        flow.limit_ref = r;
+    }
     let (ours, theirs) = if client_wscale == WSCALE_NONE {
         (WSCALE_NONE, WSCALE_NONE)
     } else {
@@ -702,6 +731,11 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
 #[inline(always)]
 pub fn forget(packet: &Packet) {
     let (fk, _) = flow_key(&packet.key, 0);
+    // Only proven flows (the main table) are counted.
+    if let Some(f) = FW_FLOWS.get_ptr_mut(&fk) {
+        // SAFETY: a valid map value pointer for the duration of this program.
+        limit::release(unsafe { &mut *f }, &fk);
+    }
     let _ = FW_FLOWS.remove(&fk);
     let _ = FW_REMOTE_FLOWS.remove(&fk);
 }

@@ -31,7 +31,7 @@ pub fn track(frame: &Frame) -> Reason {
                 conntrack::open_synack(frame, packet);
                 return Reason::EgressTracked;
             }
-            conntrack::open(packet, Dir::Egress, true);
+            conntrack::open(packet, Dir::Egress, true, None);
             Reason::EgressNew
         }
         ct @ (Ct::New | Ct::NoFlow) => {
@@ -47,7 +47,7 @@ pub fn track(frame: &Frame) -> Reason {
                 parse::IPPROTO_UDP => !inbound_allowed(slot, header, packet),
                 _ => true,
             };
-            if conntrack::open(packet, Dir::Egress, proven) {
+            if conntrack::open(packet, Dir::Egress, proven, None) {
                 Reason::EgressNew
             } else {
                 Reason::EgressTracked

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    CLASS_DROP, CLASS_LOG, CLASS_SYN, EVENT_DROP, EVENT_LOG, EVENT_SYN, Event, EventState, MAX_RULES, MatchBox, NO_RULE, Reason,
+    CLASS_BAN, CLASS_DROP, CLASS_LOG, CLASS_SYN, EVENT_BAN, EVENT_DROP, EVENT_LOG, EVENT_SYN, Event, EventState, MAX_RULES, MatchBox, NO_RULE, Reason,
     maps::PROG_EVENT,
 };
 
@@ -32,6 +32,22 @@ pub fn note_rule(slot: u32, matched: Option<&MatchBox>) {
     }
 }
 
+/// As `note_rule`, for a verdict of rule `index` (slot * MAX_RULES +
+/// rule) reached without a walk: a limit refusing a connection at the
+/// handshake that proves it.
+#[inline(always)]
+pub fn note_index(index: u32) {
+    if let Some(arg) = FW_EVENT_ARG.get_ptr_mut(0) {
+        let log = FW_RULE_META.get(index).map_or(0, |m| m.log as u32);
+        // SAFETY: a per-CPU slot; only this CPU writes it while we run.
+        unsafe {
+            (*arg).slot = index / MAX_RULES;
+            (*arg).rule = index % MAX_RULES;
+            (*arg).log = log;
+        }
+    }
+}
+
 /// Hands the frame to the event program when its verdict is to be
 /// recorded: a drop while drop events are on, or any verdict of a rule
 /// with `log = true`. Returns only when it is not (or the tail call
@@ -42,9 +58,9 @@ pub fn hand_over(ctx: &XdpContext, reason: Reason, action: u32) {
     // The rule fields are current only after a rule walk (`note_rule`):
     // these verdicts come only after one (a valid cookie ACK: after the
     // walk that found the service it completes; a refusal by a rule's
-    // `limit`: after the walk that found the rule; not `CookieInvalid`, which
+    // `limit`, at a SYN or at the proof: after the walk that found the rule; not `CookieInvalid`, which
     // the XDP program also gives when its tail call fails, with no walk).
-    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop | Reason::CookieMartian | Reason::CookieValid | Reason::RateLimited);
+    let of_rules = matches!(reason, Reason::RuleAccept | Reason::RuleDrop | Reason::CookieMartian | Reason::CookieValid | Reason::RateLimited | Reason::ConnLimited);
     // SAFETY: a per-CPU slot; only this CPU touches it while we run.
     let logged = of_rules && unsafe { (*arg).log } != 0;
     if !logged && !(action == XDP_DROP && FW_EVENT_CFG.get(0).is_some_and(|c| c.sample != 0)) {
@@ -121,6 +137,39 @@ pub fn cookie_syn(ctx: &XdpContext, slot: u32, rule: u32, packet: &parse::Packet
     if let Some((st, now)) = admit(CLASS_SYN, syn_sample, per_second) {
         submit(st, Event { ts_ns: now, kind: EVENT_SYN, ..base });
     }
+}
+
+/// A proven source that rule `rule` banned for passing its limit
+/// (`reason`), as of `packet`: recorded unsampled, capped like drops.
+/// Written in place: the cookie ACK program has no stack for a record.
+#[inline(always)]
+pub fn ban(slot: u32, rule: u32, packet: &parse::Key, reason: Reason) {
+    let Some(cfg) = FW_EVENT_CFG.get(0) else { return };
+    let Some((st, now)) = admit(CLASS_BAN, 1, cfg.per_second) else { return };
+    let Some(mut entry) = FW_EVENTS.reserve::<Event>(0) else {
+        st.skipped = st.skipped.saturating_add(1);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record; every field is written before submit.
+    unsafe {
+        (*ev).ts_ns = now;
+        (*ev).src = packet.src;
+        (*ev).dst = packet.dst;
+        (*ev).sport = packet.sport;
+        (*ev).dport = packet.dport;
+        (*ev).proto = packet.proto;
+        (*ev).tcp_flags = packet.tcp_flags;
+        (*ev).kind = EVENT_BAN;
+        (*ev).slot = slot as u8;
+        (*ev).reason = reason as u16;
+        (*ev).rule = rule as u16;
+        (*ev).ifindex = 0;
+        (*ev).len = 0;
+        (*ev).skipped = st.skipped;
+    }
+    st.skipped = 0;
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -1,30 +1,151 @@
-//! Per-source rate limits of rules (`limit = { rate, burst, per }`): GCRA,
-//! one 8-byte value per rule and source prefix. Checked when a rule
-//! accepts a new connection or flow, before anything is created for it.
+//! Per-source limits of rules (`limit = { rate, burst, per, max_conns,
+//! ban }`). The rate is GCRA, one 8-byte value per rule and source prefix,
+//! checked when a rule accepts a new connection or flow, before anything
+//! is created for it. `max_conns` counts a source's TCP connections once
+//! they are proven (the handshake's last ACK echoed the host's ISN, or a
+//! valid cookie), so forged SYNs neither fill a real source's count nor
+//! get it banned; a SYN is refused while the count is full. A `ban` adds a
+//! proven source that passes a limit to a set, and an event says so.
+//!
+//! Updates are not atomic (the BPF target here has no compare-and-swap):
+//! CPUs racing on one bucket may each pass, so a source whose packets
+//! spread over N CPUs may get up to N times its rate at worst; a count
+//! that drifts so is corrected by the controller's sweep.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use firewall_common::{BucketKey, MAX_RULES, U128};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use firewall_common::{
+    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SIDE_A, SetAddr,
+    SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
+};
 
-use crate::{FW_BUCKETS, FW_RULE_LIMIT};
+use crate::{FW_BAN_ELEM, FW_BUCKETS, FW_CONNS, FW_LIMIT_KEY, FW_RULE_LIMIT, FW_SET_HOSTS, FW_SET_KEY, FW_SETS, events, parse::Key};
 
-/// Whether `src` may open one more connection through `rule` now; takes
-/// the token when it may. The update is not atomic (the BPF target here
-/// has no compare-and-swap): CPUs racing on one bucket may each pass, so
-/// a source whose packets spread over N CPUs may get up to N times its
-/// rate at worst.
 #[inline(always)]
-pub fn allow(slot: u32, rule: u32, src: &U128) -> bool {
-    let index = slot * MAX_RULES + rule;
-    let Some(limit) = FW_RULE_LIMIT.get(index) else { return true };
-    let v4 = firewall_common::family_of(src) == firewall_common::SET_FAMILY_V4;
-    let bits = if v4 { 96 + limit.v4_prefix as u32 } else { limit.v6_prefix as u32 };
-    let key = BucketKey { rule: index, epoch: limit.epoch, src: masked(src, bits) };
+fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match FW_BUCKETS.get_ptr_mut(&key) {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// What a new connection's first packet (a SYN, or a datagram that opens
+/// a flow) may do under rule `rule`: refused over the rate (unless a `ban`
+/// moves the charge to the proof) or while its source has `max_conns`
+/// connections. `Ok(Some(r))`: the flow is to carry `limit_ref` `r`.
+#[inline(always)]
+pub fn admit(slot: u32, rule: u32, src: &U128) -> Result<Option<u32>, Reason> {
+    let index = slot * MAX_RULES + rule;
+    let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(None) };
+    if limit.interval_ns != 0 && limit.ban_set == 0 && !take(limit, index, src) {
+        return Err(Reason::RateLimited);
+    }
+    if limit.max_conns == 0 && limit.ban_set == 0 {
+        return Ok(None);
+    }
+    if limit.max_conns != 0 {
+        let Some(key) = conn_key(limit, index, src) else { return Ok(None) };
+        // SAFETY: read at once.
+        if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| n >= limit.max_conns) {
+            return Err(Reason::ConnLimited);
+        }
+    }
+    Ok(Some(conn_ref(index, conn_epoch(limit.epoch))))
+}
+
+/// The `limit_ref` a flow of rule `rule` carries, if its limits count
+/// connections (for a SYN admitted already, whose cookie was not sent).
+#[inline(always)]
+pub fn guard_ref(slot: u32, rule: u32) -> Option<u32> {
+    let index = slot * MAX_RULES + rule;
+    let limit = FW_RULE_LIMIT.get(index)?;
+    (limit.max_conns != 0 || limit.ban_set != 0).then(|| conn_ref(index, conn_epoch(limit.epoch)))
+}
+
+/// A connection opened under `limit_ref` proved its source `src` (it
+/// completed the handshake): charged to the rate when a ban moved the
+/// charge here, and counted against `max_conns`. Refused over either,
+/// and the source banned when the rule says so. `Ok(true)`: counted (the
+/// flow is to carry `FLOW_COUNTED`).
+#[inline(always)]
+pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
+    let src = &key.src;
+    let (index, epoch) = conn_ref_parts(limit_ref);
+    let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(false) };
+    // Opened under a policy since replaced: its limits are gone.
+    if conn_epoch(limit.epoch) != epoch {
+        return Ok(false);
+    }
+    if limit.ban_set != 0 && limit.interval_ns != 0 && !take(limit, index, src) {
+        ban(limit, index, key, Reason::RateLimited);
+        return Err(Reason::RateLimited);
+    }
+    if limit.max_conns == 0 {
+        return Ok(false);
+    }
+    let Some(ckey) = conn_key(limit, index, src) else { return Ok(false) };
+    match FW_CONNS.get_ptr_mut(ckey) {
+        // SAFETY: a value of this map (see the module's note on races).
+        Some(n) if unsafe { *n } >= limit.max_conns => {
+            ban(limit, index, key, Reason::ConnLimited);
+            Err(Reason::ConnLimited)
+        }
+        Some(n) => {
+            // SAFETY: as above.
+            unsafe { *n += 1 };
+            Ok(true)
+        }
+        None => Ok(FW_CONNS.insert(ckey, &1, 0).is_ok()),
+    }
+}
+
+/// A counted connection closed (or its flow went): its source may open
+/// another. Once only: the flag goes with the count.
+#[inline(always)]
+pub fn release(f: &mut Flow, fk: &FlowKey) {
+    if f.flags & FLOW_COUNTED == 0 {
+        return;
+    }
+    f.flags &= !FLOW_COUNTED;
+    let (index, epoch) = conn_ref_parts(f.limit_ref);
+    let Some(limit) = FW_RULE_LIMIT.get(index) else { return };
+    if conn_epoch(limit.epoch) != epoch {
+        return;
+    }
+    let remote = if f.local_side == SIDE_A { &fk.addr_b } else { &fk.addr_a };
+    let Some(key) = conn_key(limit, index, remote) else { return };
+    if let Some(n) = FW_CONNS.get_ptr_mut(key) {
+        // SAFETY: a value of this map.
+        unsafe { *n = (*n).saturating_sub(1) };
+    }
+}
+
+/// This CPU's key slot, filled in: the cookie ACK program has no stack
+/// left for a key (one slot: no caller holds two keys at once).
+#[inline(always)]
+fn key_slot(index: u32, epoch: u32, limit: &RuleLimit, src: &U128) -> Option<&'static BucketKey> {
+    let k = FW_LIMIT_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by nothing else while this runs.
+    let k = unsafe { &mut *k };
+    k.rule = index;
+    k.epoch = epoch;
+    k.src = masked(src, limit_bits(limit, src));
+    Some(k)
+}
+
+#[inline(always)]
+fn conn_key(limit: &RuleLimit, index: u32, src: &U128) -> Option<&'static BucketKey> {
+    const _: () = assert!(CONN_EPOCH_BITS < 32);
+    key_slot(index, conn_epoch(limit.epoch), limit, src)
+}
+
+/// Whether `src` may open one more connection through rule `index` at
+/// its rate now; takes the token when it may.
+#[inline(always)]
+fn take(limit: &RuleLimit, index: u32, src: &U128) -> bool {
+    let Some(key) = key_slot(index, limit.epoch, limit, src) else { return true };
+    let now = now_ns();
+    match FW_BUCKETS.get_ptr_mut(key) {
         Some(tat) => {
             // SAFETY: a value of this map; a racing CPU only makes the
-            // limit looser (see above).
+            // limit looser (see the module's note).
             let next = unsafe { *tat }.max(now);
             if next - now > limit.tolerance_ns {
                 return false;
@@ -33,15 +154,38 @@ pub fn allow(slot: u32, rule: u32, src: &U128) -> bool {
             true
         }
         None => {
-            let _ = FW_BUCKETS.insert(&key, &(now + limit.interval_ns), 0);
+            let _ = FW_BUCKETS.insert(key, &(now + limit.interval_ns), 0);
             true
         }
     }
 }
 
-/// `a` with all but its first `bits` bits cleared.
+/// Adds the proven source `src` to the rule's ban set for `ban_ns`, within
+/// the set's size, and records the event. A source already there keeps
+/// its ban (its packets no longer reach this rule once a rule drops the
+/// set's members).
 #[inline(always)]
-fn masked(a: &U128, bits: u32) -> U128 {
-    let keep = |v: u64, n: u32| if n == 0 { 0 } else if n >= 64 { v } else { v & (u64::MAX << (64 - n)) };
-    U128 { hi: keep(a.hi, bits.min(64)), lo: keep(a.lo, bits.saturating_sub(64)) }
+fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
+    if limit.ban_set == 0 {
+        return;
+    }
+    let id = limit.ban_set - 1;
+    let Some(def) = FW_SETS.get_ptr_mut(id) else { return };
+    // SAFETY: a map value; the controller recounts `count` at its sweep.
+    let def = unsafe { &mut *def };
+    if def.in_use == SET_FREE || def.count >= def.max {
+        return;
+    }
+    // The set key's per-CPU slot (see `rules::in_set`), and the value's.
+    let (Some(key), Some(elem)) = (FW_SET_KEY.get_ptr_mut(0), FW_BAN_ELEM.get_ptr_mut(0)) else { return };
+    let now = now_ns();
+    // SAFETY: this CPU's slots, used by nothing else while this runs.
+    let (key, elem) = unsafe { (&mut (*key).data, &mut *elem) };
+    *key = SetAddr::new(id, &packet.src);
+    *elem = SetElem { expires_ns: now + limit.ban_ns, prefix_len: firewall_common::SET_KEY_BITS, _pad: 0 };
+    if FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
+        def.count += 1;
+        def.expiring = 1;
+        events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);
+    }
 }

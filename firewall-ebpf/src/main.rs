@@ -100,10 +100,17 @@ static FW_SET_PREFIX: Array<u32> = Array::with_max_entries(MAX_SETS, 0);
 static FW_RULE_LIMIT: Array<RuleLimit> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_BUCKETS")]
 static FW_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(MAX_BUCKETS, 0);
+#[map(name = "FW_CONNS")]
+static FW_CONNS: LruHashMap<BucketKey, u32> = LruHashMap::with_max_entries(firewall_common::MAX_CONN_COUNTS, 0);
 /// Per-CPU key of a set lookup (`rules::in_set`).
 #[map(name = "FW_SET_KEY")]
 static FW_SET_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<SetAddr>> = PerCpuArray::with_max_entries(1, 0);
 /// The policy slot and rule a tail-called cookie program works for.
+/// Per-CPU slots for the limits' map keys and a ban's element.
+#[map(name = "FW_LIMIT_KEY")]
+static FW_LIMIT_KEY: PerCpuArray<BucketKey> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "FW_BAN_ELEM")]
+static FW_BAN_ELEM: PerCpuArray<SetElem> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FW_COOKIE_ARG")]
 static FW_COOKIE_ARG: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 // Read by no program: the controller's records, bound to the XDP program

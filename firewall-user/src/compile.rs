@@ -197,6 +197,10 @@ fn rule_limit(rule: &Rule) -> firewall_common::RuleLimit {
             v6_prefix: l.v6_prefix,
             _pad: [0; 2],
             epoch: 0,
+            max_conns: l.max_conns,
+            // 1 + the index in `Compiled::sets`; the loader puts the id.
+            ban_set: l.ban.map_or(0, |b| b.set as u32 + 1),
+            ban_ns: l.ban.map_or(0, |b| b.timeout_secs as u64 * 1_000_000_000),
         },
     }
 }

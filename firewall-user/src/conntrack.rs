@@ -89,35 +89,62 @@ pub fn list<M: Borrow<MapData>>(tables: &[&HashMap<M, FlowKey, Flow>]) -> Result
     Ok(out)
 }
 
+/// What a sweep of one table found.
+#[derive(Default)]
+pub struct Sweep {
+    /// Entries the walk saw (at most the table's size).
+    pub seen: usize,
+    /// Flows it deleted.
+    pub removed: Vec<(FlowKey, Flow)>,
+    /// Flows it kept that are counted against a `max_conns`.
+    pub counted: Vec<(FlowKey, Flow)>,
+}
+
 /// Deletes flows idle past their timeout (the XDP program also ignores
-/// them on lookup; this frees their slots). Returns how many entries the
-/// walk saw (at most `max`, the table's size), and how many of them went.
-pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize) -> Result<(usize, usize)> {
+/// them on lookup; this frees their slots). `max`: the table's size.
+pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize) -> Result<Sweep> {
     let now = monotonic_ns();
-    let mut seen = 0;
+    let mut out = Sweep::default();
+    let expired_now = |key: &FlowKey, flow: &Flow, now: u64| {
+        let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
+        now.saturating_sub(flow.last_seen_ns) > limit
+    };
+    let mut expired = Vec::new();
     // Bounded: when the walk's current key is evicted under churn, the
     // kernel's next-key restarts from the first entry.
-    let expired: Vec<FlowKey> = flows
-        .iter()
-        .take(2 * max)
-        .filter_map(|item| item.ok())
-        .inspect(|_| seen += 1)
-        .filter(|(key, flow)| {
-            let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
-            now.saturating_sub(flow.last_seen_ns) > limit
-        })
-        .map(|(key, _)| key)
-        .collect();
-    let mut removed = 0;
-    for key in &expired {
-        // A packet may have refreshed it since the scan: look again.
-        let Ok(flow) = flows.get(key, 0) else { continue };
-        let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
-        if monotonic_ns().saturating_sub(flow.last_seen_ns) > limit && flows.remove(key).is_ok() {
-            removed += 1;
+    for (key, flow) in flows.iter().take(2 * max).filter_map(|item| item.ok()) {
+        out.seen += 1;
+        if expired_now(&key, &flow, now) {
+            expired.push(key);
+        } else if flow.flags & firewall_common::FLOW_COUNTED != 0 {
+            out.counted.push((key, flow));
         }
     }
-    Ok((seen.min(max), removed))
+    out.seen = out.seen.min(max);
+    for key in &expired {
+        // A packet may have refreshed it since the scan: look again. A
+        // delete succeeds once, so a flow the XDP program expires at the
+        // same time is released by one side only.
+        let Ok(flow) = flows.get(key, 0) else { continue };
+        if expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
+            out.removed.push((*key, flow));
+        }
+    }
+    Ok(out)
+}
+
+/// The `FW_CONNS` key a counted flow is charged to, under the limits
+/// `limit_of` gives for a rule index; `None` when the flow was opened
+/// under limits since replaced (its count is gone with them).
+pub fn conn_key(key: &FlowKey, flow: &Flow, mut limit_of: impl FnMut(u32) -> Option<firewall_common::RuleLimit>) -> Option<firewall_common::BucketKey> {
+    let (index, epoch) = firewall_common::conn_ref_parts(flow.limit_ref);
+    let limit = limit_of(index)?;
+    if firewall_common::conn_epoch(limit.epoch) != epoch {
+        return None;
+    }
+    let remote = if flow.local_side == firewall_common::SIDE_A { key.addr_b } else { key.addr_a };
+    let src = firewall_common::masked(&remote, firewall_common::limit_bits(&limit, &remote));
+    Some(firewall_common::BucketKey { rule: index, epoch, src })
 }
 
 /// Plain-text table.

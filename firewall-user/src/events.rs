@@ -91,6 +91,9 @@ pub enum Entry {
     Drop(Record),
     /// A packet a `log = true` rule matched.
     Log(Record),
+    /// A proven source a rule's `limit` added to its `ban` set (the
+    /// record is of the packet that passed the limit).
+    Ban(Record),
     /// A change of what the data plane does, or of how full it is.
     State(StateChange),
     /// An alert that fired or resolved.
@@ -103,6 +106,7 @@ impl Entry {
         match self {
             Entry::Drop(r) => r.text(""),
             Entry::Log(r) => r.text("log "),
+            Entry::Ban(r) => r.text("ban "),
             Entry::State(c) => format!("{} {} {} {}: {}", hms(c.time), c.what, c.subject, c.state, c.message),
             Entry::Alert(t) => format!("{} {}", hms(t.unix_time as f64), t.text()),
         }
@@ -343,6 +347,12 @@ impl Sink {
             self.count_drop(&Record { not_recorded: 0, ..r.clone() });
         }
         self.write(&Entry::Log(r))
+    }
+
+    /// Logs a ban (its packet was refused: counted as a drop of its source).
+    pub fn ban(&mut self, r: Record) -> Result<()> {
+        self.count_drop(&Record { not_recorded: 0, ..r.clone() });
+        self.write(&Entry::Ban(r))
     }
 
     /// Logs a change of state.

@@ -533,15 +533,83 @@ impl Firewall {
 
     /// Deletes idle flows from the connection table; returns how many.
     pub fn sweep(&mut self) -> Result<Swept> {
+        use firewall_common::BucketKey;
         let mut out = Swept::default();
+        let conns: aya::maps::HashMap<_, BucketKey, u32> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
+        // The counts before the walk: one that changes meanwhile is left
+        // to the next sweep.
+        let before: std::collections::HashMap<BucketKey, u32> = conns.iter().take(2 * firewall_common::MAX_CONN_COUNTS as usize).filter_map(|i| i.ok()).collect();
+        let mut removed = Vec::new();
+        let mut counted = Vec::new();
         for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
-            let (seen, removed) = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize)?;
-            out.removed += removed;
-            *left = seen.saturating_sub(removed);
+            let swept = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize)?;
+            out.removed += swept.removed.len();
+            *left = swept.seen.saturating_sub(swept.removed.len());
+            removed.extend(swept.removed);
+            counted.extend(swept.counted);
+        }
+        if !before.is_empty() || !counted.is_empty() || removed.iter().any(|(_, f)| f.flags & firewall_common::FLOW_COUNTED != 0) {
+            self.reconcile_conns(&before, &removed, &counted)?;
         }
         Ok(out)
+    }
+
+    /// Keeps `FW_CONNS` true to the table: a counted flow the sweep
+    /// deleted is released; a count the walk found different from its
+    /// flows (a flow evicted from the full table, or a race between CPUs,
+    /// left it so) is set to what the walk counted, unless it changed
+    /// during the walk; counts of replaced limits go.
+    fn reconcile_conns(
+        &mut self,
+        before: &std::collections::HashMap<firewall_common::BucketKey, u32>,
+        removed: &[(firewall_common::FlowKey, firewall_common::Flow)],
+        counted: &[(firewall_common::FlowKey, firewall_common::Flow)],
+    ) -> Result<()> {
+        use firewall_common::{BucketKey, RuleLimit};
+        let limits: Array<_, RuleLimit> = Array::try_from(map(&mut self.ebpf, maps::RULE_LIMIT)?)?;
+        // Every rule index a key or flow names, read once.
+        let flows = counted.iter().chain(removed).map(|(_, f)| firewall_common::conn_ref_parts(f.limit_ref).0);
+        let read: std::collections::HashMap<u32, RuleLimit> =
+            before.keys().map(|k| k.rule).chain(flows).filter_map(|i| limits.get(&i, 0).ok().map(|l| (i, l))).collect();
+        let mut limit_of = |i: u32| read.get(&i).copied();
+        let mut truth: std::collections::HashMap<BucketKey, u32> = std::collections::HashMap::new();
+        for (k, f) in counted {
+            if let Some(key) = crate::conntrack::conn_key(k, f, &mut limit_of) {
+                *truth.entry(key).or_default() += 1;
+            }
+        }
+        let gone: Vec<BucketKey> =
+            removed.iter().filter(|(_, f)| f.flags & firewall_common::FLOW_COUNTED != 0).filter_map(|(k, f)| crate::conntrack::conn_key(k, f, &mut limit_of)).collect();
+        let live = |key: &BucketKey, limit_of: &mut dyn FnMut(u32) -> Option<RuleLimit>| {
+            limit_of(key.rule).is_some_and(|l| l.max_conns != 0 && firewall_common::conn_epoch(l.epoch) == key.epoch)
+        };
+        let mut conns: aya::maps::HashMap<_, BucketKey, u32> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
+        for key in &gone {
+            if let Ok(n) = conns.get(key, 0) {
+                conns.insert(key, &n.saturating_sub(1), 0).context("failed to release a connection count")?;
+            }
+        }
+        for (key, &was) in before {
+            let now = conns.get(key, 0).ok();
+            if !live(key, &mut limit_of) {
+                let _ = conns.remove(key);
+                continue;
+            }
+            // Released just above: compare with what the walk expected.
+            let released = gone.iter().filter(|g| *g == key).count() as u32;
+            let Some(now) = now else { continue };
+            let want = truth.get(key).copied().unwrap_or(0);
+            if now == was.saturating_sub(released) && now != want {
+                if want == 0 {
+                    let _ = conns.remove(key);
+                } else {
+                    conns.insert(key, &want, 0).context("failed to correct a connection count")?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The named sets' maps (`firewall set` writes them from outside).
@@ -626,7 +694,11 @@ impl Firewall {
         write_all::<RuleMeta>(e, maps::RULE_META, slot * MAX_RULES, &policy.meta)?;
         // The generation this install switches to: fresh buckets.
         let epoch = (self.active.generation + 1) as u32;
-        let limits: Vec<_> = policy.limits.iter().map(|l| firewall_common::RuleLimit { epoch, ..*l }).collect();
+        let limits: Vec<_> = policy
+            .limits
+            .iter()
+            .map(|l| firewall_common::RuleLimit { epoch, ban_set: if l.ban_set == 0 { 0 } else { set_ids[l.ban_set as usize - 1] + 1 }, ..*l })
+            .collect();
         write_all::<firewall_common::RuleLimit>(e, maps::RULE_LIMIT, slot * MAX_RULES, &limits)?;
         let cpus = nr_cpus()?;
         let now = unix_now();

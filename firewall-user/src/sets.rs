@@ -10,13 +10,7 @@ use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_K
 
 use crate::policy::{Cidr, SetSpec};
 
-/// `SetDef::in_use`: free; live (found by name); retiring (a replaced
-/// set, cleared after the grace); pending (written by a reload that has
-/// not switched yet, found by no name).
-pub const FREE: u8 = 0;
-pub const LIVE: u8 = 1;
-pub const RETIRING: u8 = 2;
-pub const PENDING: u8 = 3;
+pub use firewall_common::{SET_FREE as FREE, SET_LIVE as LIVE, SET_PENDING as PENDING, SET_RETIRING as RETIRING};
 
 /// Serialises writers of the sets across processes. In the service's
 /// runtime directory: the unit's ProtectSystem=strict leaves the rest of
@@ -283,7 +277,8 @@ impl Sets {
     pub fn sweep(&mut self, now_ns: u64) -> Result<u32, SetError> {
         let mut removed = 0;
         for (id, mut def) in self.all()? {
-            if def.in_use != LIVE || def.expiring == 0 {
+            // A ban set (it has a timeout) gets elements from the data plane.
+            if def.in_use != LIVE || (def.expiring == 0 && def.timeout_secs == 0) {
                 continue;
             }
             let left = self.sweep_set(id, now_ns)?;

@@ -4,7 +4,10 @@
 mod common;
 
 use common::*;
-use firewall_common::{Reason, tcp_flags::SYN};
+use firewall_common::{
+    Reason,
+    tcp_flags::{ACK, FIN, RST, SYN},
+};
 
 const SSH: &str = r#"
 [settings]
@@ -120,4 +123,205 @@ fn a_refusal_is_an_event_naming_the_rule() {
     let ev = drain_events(&h);
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!((ev[0].kind, ev[0].reason, ev[0].rule), (firewall_common::EVENT_DROP, Reason::RateLimited as u16, 0));
+}
+
+// --- max_conns and ban: connections count once the handshake proves them ---
+
+const HOST: &str = "198.51.100.1";
+
+const CAPPED: &str = r#"
+[settings]
+default = "drop"
+
+[[set]]
+name = "offenders"
+type = "addr"
+timeout = "10m"
+
+[[rule]]
+name = "banned"
+src = "@offenders"
+action = "drop"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+action = "accept"
+limit = { max_conns = 2 }
+"#;
+
+/// Runs `frame` and returns its verdict and the one reason counted for it.
+fn judged(h: &Harness, frame: &[u8]) -> (u32, Reason) {
+    let before = h.snapshot();
+    let verdict = h.verdict(frame);
+    let after = h.snapshot();
+    let moved: Vec<Reason> = Reason::ALL.into_iter().filter(|&r| after.reason(r) != before.reason(r)).collect();
+    assert_eq!(moved.len(), 1, "exactly one reason: {moved:?}");
+    (verdict, moved[0])
+}
+
+fn syn_from(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
+    judged(h, &seg(src, HOST, sport, 80, SYN, 1000, 0, b""))
+}
+
+/// The host's SYN-ACK (egress) and the client's last ACK, which echoes
+/// the host's ISN (5000): the handshake's proof.
+fn complete(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
+    assert_eq!(h.egress(&seg(HOST, src, 80, sport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    judged(h, &seg(src, HOST, sport, 80, ACK, 1001, 5001, b""))
+}
+
+fn connect(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
+    assert_eq!(syn_from(h, src, sport), (XDP_PASS, Reason::RuleAccept));
+    complete(h, src, sport)
+}
+
+const ESTABLISHED: (u32, Reason) = (XDP_PASS, Reason::Established);
+
+/// The counts in `FW_CONNS`, summed per source prefix.
+fn conns(h: &Harness) -> std::collections::BTreeMap<String, u32> {
+    let map: aya::maps::HashMap<_, firewall_common::BucketKey, u32> =
+        aya::maps::HashMap::try_from(h.fw.ebpf.map(firewall_common::maps::CONNS).unwrap()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (k, n) in map.iter().map(|r| r.unwrap()) {
+        if n > 0 {
+            *out.entry(firewall_user::conntrack::addr(k.src).to_string()).or_default() += n;
+        }
+    }
+    out
+}
+
+fn count(h: &Harness, src: &str) -> u32 {
+    conns(h).get(src).copied().unwrap_or(0)
+}
+
+#[test]
+fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
+    let h = Harness::new(CAPPED);
+    let src = "10.0.0.1";
+    // Forged SYNs in the source's name (an off-path sender can send these)
+    // open half-open flows that count for nothing.
+    for i in 0..5 {
+        assert_eq!(syn_from(&h, src, 41000 + i), (XDP_PASS, Reason::RuleAccept));
+    }
+    assert_eq!(count(&h, src), 0, "unproven handshakes are not counted");
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(connect(&h, src, 40001), ESTABLISHED);
+    assert_eq!(count(&h, src), 2);
+    // Full: a new SYN is refused without state...
+    assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h.flow_state(40002, 80), None, "a refused SYN creates no state");
+    // ...and a handshake admitted before is refused at its proof, the
+    // flow left half-open for a retransmission.
+    assert_eq!(complete(&h, src, 41000), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h.flow_state(41000, 80), Some("syn_recv"));
+    // A blind RST or FIN cannot free a slot.
+    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, RST, 900_000, 0, b"")), (XDP_DROP, Reason::InvalidRst));
+    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, FIN | ACK, 900_000, 5001, b"")), (XDP_DROP, Reason::InvalidWindow));
+    assert_eq!(count(&h, src), 2);
+    assert_eq!(syn_from(&h, src, 40003), (XDP_DROP, Reason::ConnLimited));
+    // Other sources have their own count; rule and reason counters say it.
+    assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
+    assert_eq!(h.reason(Reason::ConnLimited).packets, 3);
+    // A close both ways frees a slot: the retransmitted last ACK of the
+    // waiting handshake now gets it.
+    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 2, "half-closed still counts");
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, FIN | ACK, 5001, 1002, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(40000, 80), Some("time_wait"));
+    assert_eq!(count(&h, src), 1);
+    assert_eq!(judged(&h, &seg(src, HOST, 41000, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 2);
+    // An RST exactly at the expected sequence closes too.
+    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 1);
+    assert_eq!(connect(&h, src, 40004), ESTABLISHED);
+    assert_eq!(syn_from(&h, src, 40005), (XDP_DROP, Reason::ConnLimited));
+}
+
+#[test]
+fn a_count_whose_flow_went_unseen_is_corrected_by_the_sweep() {
+    let policy = CAPPED.replace("max_conns = 2", "max_conns = 1").replace("[settings]\n", "[settings]\ntimeouts = { tcp_established = 60 }\n");
+    let mut h = Harness::new(&policy);
+    let src = "10.0.0.1";
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    // The flow goes as an LRU eviction would take it: nothing releases it.
+    {
+        let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::FLOWS).unwrap()).unwrap();
+        let keys: Vec<_> = flows.keys().map(|k| k.unwrap()).collect();
+        assert_eq!(keys.len(), 1);
+        flows.remove(&keys[0]).unwrap();
+    }
+    assert_eq!(syn_from(&h, src, 40001), (XDP_DROP, Reason::ConnLimited), "the stale count still holds");
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, src), 0, "the sweep counted the table again");
+    assert_eq!(connect(&h, src, 40001), ESTABLISHED);
+    // An idle connection past its timeout is deleted by the sweep, which
+    // releases its count.
+    h.age_flows(61);
+    let swept = h.fw.sweep().unwrap();
+    assert_eq!(swept.removed, 1);
+    assert_eq!(count(&h, src), 0);
+    assert_eq!(connect(&h, src, 40002), ESTABLISHED);
+    // A reload starts the counts again (as a new nftables ruleset would).
+    h.install(&policy);
+    h.install(&policy);
+    assert_eq!(connect(&h, src, 40003), ESTABLISHED);
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, src), 1, "only the count of the limits in force is kept");
+}
+
+#[test]
+fn a_proven_source_past_its_cap_is_banned_and_a_forged_one_cannot_be() {
+    pin_to_cpu0();
+    let h = Harness::new(&CAPPED.replace("max_conns = 2", "max_conns = 1, ban = \"@offenders\""));
+    let src = "10.0.0.1";
+    let banned = |h: &Harness| {
+        let sets = h.fw.sets().unwrap();
+        let id = sets.find("offenders").unwrap().id;
+        sets.members(id)
+    };
+    for sport in [40000, 40001] {
+        assert_eq!(syn_from(&h, src, sport), (XDP_PASS, Reason::RuleAccept));
+    }
+    assert_eq!(complete(&h, src, 40000), ESTABLISHED);
+    // A forged last ACK (the host's ISN guessed wrong) proves nothing.
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5002, b"")), (XDP_DROP, Reason::InvalidWindow));
+    // A SYN past the cap is refused, but a SYN proves nothing: no ban.
+    assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
+    assert!(banned(&h).is_empty(), "no ban from unproven packets");
+    let _ = drain_events(&h);
+    // The real last ACK proves the source is over its cap: banned.
+    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
+    let members = banned(&h);
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0].0.to_string(), "10.0.0.1/32");
+    let left = members[0].1.saturating_sub(firewall_user::conntrack::monotonic_ns());
+    assert!((599_000_000_000..=600_000_000_000).contains(&left), "banned for the set's timeout: {left} ns left");
+    let ev = drain_events(&h);
+    let bans: Vec<_> = ev.iter().filter(|e| e.kind == firewall_common::EVENT_BAN).collect();
+    assert_eq!(bans.len(), 1, "{ev:?}");
+    assert_eq!((bans[0].reason, bans[0].rule, firewall_user::conntrack::addr(bans[0].src).to_string()), (Reason::ConnLimited as u16, 1, src.to_string()));
+    // Its next SYN meets the ban; other sources do not.
+    assert_eq!(syn_from(&h, src, 40003), (XDP_DROP, Reason::RuleDrop));
+    assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
+    assert_eq!(banned(&h).len(), 1);
+}
+
+#[test]
+fn with_a_ban_the_rate_counts_proven_connections_not_syns() {
+    let h = Harness::new(&CAPPED.replace("max_conns = 2", "rate = \"1/m\", burst = 2, ban = \"@offenders\""));
+    let src = "10.0.0.1";
+    // SYNs are not charged: forged ones cannot spend the source's budget.
+    for i in 0..6 {
+        assert_eq!(syn_from(&h, src, 40000 + i), (XDP_PASS, Reason::RuleAccept));
+    }
+    assert_eq!(complete(&h, src, 40000), ESTABLISHED);
+    assert_eq!(complete(&h, src, 40001), ESTABLISHED);
+    assert_eq!(complete(&h, src, 40002), (XDP_DROP, Reason::RateLimited));
+    assert_eq!(syn_from(&h, src, 40010), (XDP_DROP, Reason::RuleDrop), "banned");
+    assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
 }

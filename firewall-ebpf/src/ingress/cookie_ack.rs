@@ -11,7 +11,7 @@ use firewall_common::{
 };
 
 use crate::{
-    FW_COOKIE_ARG, FW_POLICY, FW_STATUS, conntrack,
+    FW_COOKIE_ARG, FW_POLICY, FW_RULE_LIMIT, FW_STATUS, conntrack,
     cookie::{self, Event},
     counters, events,
     parse::{self, Frame},
@@ -36,14 +36,14 @@ pub fn judge(ctx: &XdpContext) -> Reason {
     claimed.key.tcp_flags = SYN;
     claimed.key.ct_state = ct_state::NEW;
     let Some(syn) = parse::store(parse::SCRATCH_QUERY, claimed) else { return Reason::Internal };
-    let admitted = match rules::classify(slot, header.root, &syn.key) {
+    let (admitted, limited) = match rules::classify(slot, header.root, &syn.key) {
         Ok(Some(m)) if m.action == ACTION_ACCEPT && m.syncookie != SYNCOOKIE_OFF => {
             // The service the ACK claims: its events name it, and log it
             // when it has `log = true`.
             events::note_rule(slot, Some(m));
-            m.rule
+            (m.rule, m.limited != 0)
         }
-        Ok(_) => MAX_RULES,
+        Ok(_) => (MAX_RULES, false),
         Err(()) => return Reason::Internal,
     };
     let mut reason = Reason::CookieNotAdmitted;
@@ -62,6 +62,21 @@ pub fn judge(ctx: &XdpContext) -> Reason {
                 valid.attrs.rcv_tsval = opts.tsval;
                 valid.attrs.rcv_tsecr = opts.tsecr;
             }
+            // A valid cookie proves the source: the rule's limits count the
+            // connection, or refuse it (and may ban the source).
+            let mut counted = None;
+            if limited {
+                let index = slot * MAX_RULES + admitted;
+                let Some(limit) = FW_RULE_LIMIT.get(index) else { return Reason::Internal };
+                let r = firewall_common::conn_ref(index, firewall_common::conn_epoch(limit.epoch));
+                match crate::limit::prove(r, &ack.key) {
+                    Ok(c) => counted = c.then_some(r),
+                    Err(reason) => {
+                        counters::count_rule(slot, admitted, ack.wire_len);
+                        return reason;
+                    }
+                }
+            }
             // Without the mark the host answers the bare ACK with an RST:
             // stop answering SYNs and say so, rather than fail silently.
             if !cookie::mark_for_handoff(ctx, &valid.attrs) {
@@ -71,7 +86,7 @@ pub fn judge(ctx: &XdpContext) -> Reason {
                 }
                 return Reason::HandoffNoMeta;
             }
-            conntrack::open_cookie(&frame, ack, ws, valid.cookie);
+            conntrack::open_cookie(&frame, ack, ws, valid.cookie, counted);
             cookie::count(slot, admitted, Event::Valid);
             return Reason::CookieValid;
         }

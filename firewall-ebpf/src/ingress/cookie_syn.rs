@@ -35,7 +35,7 @@ pub fn answer(ctx: &XdpContext) -> (Reason, u32) {
         Err(reason) => {
             events::cookie_syn(ctx, slot, rule, packet, reason);
             // The frame is still the SYN: let the host answer, tracked as usual.
-            conntrack::open(packet, Dir::Ingress, false);
+            conntrack::open(packet, Dir::Ingress, false, crate::limit::guard_ref(slot, rule));
             (reason, XDP_PASS)
         }
     }

@@ -108,13 +108,19 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             ct = Ct::Invalid(Reason::CookieInvalid);
         }
     }
+    if let Ct::Refused(reason, rule) = ct {
+        // Counted under the rule the flow was opened under.
+        counters::count_rule(rule / MAX_RULES, rule % MAX_RULES, packet.wire_len);
+        events::note_index(rule);
+        return reason;
+    }
     let (state, setting) = match ct {
         Ct::New | Ct::NoFlow | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
         // Resolved above.
         Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
         Ct::Established => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
-        Ct::Invalid(_) => (ct_state::INVALID, header.invalid),
+        Ct::Invalid(_) | Ct::Refused(..) => (ct_state::INVALID, header.invalid),
     };
     match (setting, ct) {
         (STATE_ACCEPT, Ct::Established) => return Reason::Established,
@@ -155,8 +161,12 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     // Charged only for what opens a flow: not a retransmitted SYN of a
     // tracked handshake, nor another datagram of an unreplied UDP flow.
     let opens = packet.no_flow || packet.replaces || conntrack::untracked(&packet.key);
-    if limited && opens && !crate::limit::allow(slot, service.0, &packet.key.src) {
-        return Reason::RateLimited;
+    let mut limit_ref = None;
+    if limited && opens {
+        match crate::limit::admit(slot, service.0, &packet.key.src) {
+            Ok(r) => limit_ref = r,
+            Err(reason) => return reason,
+        }
     }
     if packet.replaces {
         conntrack::forget(packet);
@@ -183,7 +193,7 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
             // the array): the host answers the SYN itself.
         }
     }
-    conntrack::open(packet, Dir::Ingress, false);
+    conntrack::open(packet, Dir::Ingress, false, limit_ref);
     reason
 }
 

@@ -478,8 +478,8 @@ impl EventFiles {
     /// A record that cannot be written is counted and dropped, never left
     /// in the ring (which would stop the wake-ups).
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> bool {
-        use firewall_common::{EVENT_DROP, EVENT_LOG, EVENT_SYN, Event};
-        use firewall_user::events::Record;
+        use firewall_common::{EVENT_BAN, EVENT_DROP, EVENT_LOG, EVENT_SYN, Event};
+        use firewall_user::events::{Entry, Record};
         const BATCH: usize = 1024;
         let mut more = true;
         let mut batch = Vec::new();
@@ -501,7 +501,11 @@ impl EventFiles {
         let records: Vec<(u8, Record)> = batch
             .iter()
             .map(|ev| {
-                let iface = self.names.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
+                // A ban is the firewall's, not one interface's.
+                let iface = match ev.ifindex {
+                    0 => "-".to_owned(),
+                    i => self.names.get(&i).cloned().unwrap_or_else(|| format!("ifindex {i}")),
+                };
                 let rule = self.rule_name(ev.slot, ev.rule);
                 (ev.kind, Record::from_event(ev, clock, iface, rule))
             })
@@ -511,6 +515,10 @@ impl EventFiles {
                 match kind {
                     EVENT_DROP => sink.drop(r)?,
                     EVENT_LOG => sink.log(r)?,
+                    EVENT_BAN => {
+                        log::warn!("{}", Entry::Ban(r.clone()).text());
+                        sink.ban(r)?
+                    }
                     EVENT_SYN => {
                         if let Some(service) = r.rule.clone() {
                             sink.syn(&service, &r);

@@ -420,18 +420,31 @@ pub struct Rule {
     pub syncookie: Syncookie,
     /// `log = true`: every match is an event (like nftables' `log`).
     pub log: bool,
-    /// `limit = { rate, burst, per }`: new connections per source prefix.
+    /// `limit = { rate, burst, per, per6, max_conns, ban }`: new and open
+    /// connections per source prefix.
     pub limit: Option<Limit>,
 }
 
-/// A rule's per-source rate limit.
+/// A rule's per-source limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
-    /// One new connection per this many ns.
+    /// One new connection per this many ns (0: no rate).
     pub interval_ns: u64,
     pub burst: u32,
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+    /// Most proven, open TCP connections (0: no cap).
+    pub max_conns: u32,
+    pub ban: Option<Ban>,
+}
+
+/// `ban = "@set"`: a proven source that passes the limit goes into the
+/// set for the set's timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ban {
+    /// Index in `Policy::sets`.
+    pub set: usize,
+    pub timeout_secs: u32,
 }
 
 /// Burst of a `limit` that does not say (nftables' default).

@@ -121,7 +121,9 @@ pub(super) struct RawRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimit {
-    pub(super) rate: Spanned<String>,
+    pub(super) rate: Option<Spanned<String>>,
+    pub(super) max_conns: Option<Spanned<i64>>,
+    pub(super) ban: Option<Spanned<String>>,
     pub(super) burst: Option<Spanned<i64>>,
     pub(super) per: Option<Spanned<String>>,
     pub(super) per6: Option<Spanned<String>>,

@@ -833,11 +833,11 @@ fn a_rule_with_a_set_shadows_nothing_and_may_be_shadowed() {
 fn limits() {
     let rule = |limit: &str| format!("[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 22\naction = \"accept\"\nlimit = {limit}\n");
     let p = ok(&rule("{ rate = \"50/s\", burst = 100, per = \"src/24\" }"));
-    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 20_000_000, burst: 100, v4_prefix: 24, v6_prefix: 64 }));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 20_000_000, burst: 100, v4_prefix: 24, v6_prefix: 64, max_conns: 0, ban: None }));
     let p = ok(&rule("{ rate = \"10/m\" }"));
-    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 6_000_000_000, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 64 }));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 6_000_000_000, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 64, max_conns: 0, ban: None }));
     let p = ok(&rule("{ rate = \"3/s\", per = \"src\", per6 = \"src/56\" }"));
-    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 333_333_334, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 56 }));
+    assert_eq!(p.rules[0].limit, Some(Limit { interval_ns: 333_333_334, burst: DEFAULT_BURST, v4_prefix: 32, v6_prefix: 56, max_conns: 0, ban: None }));
     assert_eq!(
         err("[[rule]]\nname = \"a\"\nstate = \"established\"\naction = \"accept\"\nlimit = { rate = \"1/s\" }\n"),
         "t.toml:5:9: error: `limit` needs the rule to match new connections (`state` without \"new\")"
@@ -849,4 +849,31 @@ fn limits() {
         err("[[rule]]\nname = \"a\"\naction = \"drop\"\nlimit = { rate = \"1/s\" }\n"),
         "t.toml:4:9: error: `limit` needs action = \"accept\": it caps the new connections a rule lets in"
     );
+}
+
+#[test]
+fn connection_caps_and_bans() {
+    let set = "[[set]]\nname = \"bad\"\ntype = \"addr\"\ntimeout = \"10m\"\n\n[[set]]\nname = \"forever\"\ntype = \"addr\"\n\n";
+    let rule = |proto: &str, limit: &str| format!("{set}[[rule]]\nname = \"a\"\nproto = \"{proto}\"\ndport = 22\naction = \"accept\"\nlimit = {limit}\n");
+    let p = ok(&rule("tcp", "{ max_conns = 20, per = \"src/24\", ban = \"@bad\" }"));
+    assert_eq!(
+        p.rules[0].limit,
+        Some(Limit { interval_ns: 0, burst: DEFAULT_BURST, v4_prefix: 24, v6_prefix: 64, max_conns: 20, ban: Some(Ban { set: 0, timeout_secs: 600 }) })
+    );
+    let p = ok(&rule("tcp", "{ rate = \"10/m\", ban = \"@bad\" }"));
+    assert_eq!(p.rules[0].limit.unwrap().ban, Some(Ban { set: 0, timeout_secs: 600 }));
+    assert_eq!(err(&rule("tcp", "{ per = \"src/24\" }")), "t.toml:15:9: error: `limit` needs `rate`, `max_conns` or both");
+    assert_eq!(err(&rule("tcp", "{ max_conns = 0 }")), "t.toml:15:23: error: max_conns 0 is out of range 1..=1000000");
+    assert_eq!(err(&rule("tcp", "{ max_conns = 5, burst = 3 }")), "t.toml:15:34: error: `burst` needs a `rate`");
+    assert_eq!(
+        err(&rule("udp", "{ max_conns = 5 }")),
+        "t.toml:15:23: error: `max_conns` counts proven TCP connections: the rule needs proto = \"tcp\" (this rule's proto is \"udp\")"
+    );
+    assert_eq!(
+        err(&rule("udp", "{ rate = \"1/s\", ban = \"@bad\" }")),
+        "t.toml:15:31: error: `ban` counts proven TCP connections: the rule needs proto = \"tcp\" (this rule's proto is \"udp\")"
+    );
+    assert_eq!(err(&rule("tcp", "{ max_conns = 5, ban = \"@nope\" }")), "t.toml:15:32: error: unknown set `nope` (declare it with [[set]] name = \"nope\")");
+    assert_eq!(err(&rule("tcp", "{ max_conns = 5, ban = \"bad\" }")), "t.toml:15:32: error: `ban` names a set: \"@name\"");
+    assert_eq!(err(&rule("tcp", "{ max_conns = 5, ban = \"@forever\" }")), "t.toml:15:32: error: a ban lasts the set's timeout: give set `forever` a `timeout`");
 }

@@ -16,12 +16,14 @@ pub(super) struct Validator<'a> {
     errors: Vec<Diagnostic>,
     /// Index in `Policy::sets` of each set name (filled before the rules).
     set_index: HashMap<String, usize>,
+    /// Each set's default timeout, by index (a `ban` adds for that long).
+    set_timeouts: Vec<u32>,
 }
 
 impl<'a> Validator<'a> {
     pub(super) fn new(text: &'a str, file: &'a str) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Validator { text, file, line_starts, errors: Vec::new(), set_index: HashMap::new() }
+        Validator { text, file, line_starts, errors: Vec::new(), set_index: HashMap::new(), set_timeouts: Vec::new() }
     }
 
     /// 1-based line and column (in characters) of byte offset `pos`.
@@ -306,20 +308,61 @@ impl<'a> Validator<'a> {
             } else if state & ct_state::NEW == 0 {
                 self.error(&whole, "`limit` needs the rule to match new connections (`state` without \"new\")");
             }
-            let interval_ns = parse_rate(l.rate.get_ref()).unwrap_or_else(|m| {
-                self.error(&l.rate.span(), m);
-                1
+            if l.rate.is_none() && l.max_conns.is_none() {
+                self.error(&whole, "`limit` needs `rate`, `max_conns` or both");
+            }
+            let interval_ns = l.rate.as_ref().map_or(0, |r| {
+                parse_rate(r.get_ref()).unwrap_or_else(|m| {
+                    self.error(&r.span(), m);
+                    1
+                })
             });
             let burst = match l.burst {
                 None => DEFAULT_BURST,
                 Some(b) => {
                     let v = *b.get_ref();
-                    if !(1..=1_000_000).contains(&v) {
+                    if l.rate.is_none() {
+                        self.error(&b.span(), "`burst` needs a `rate`");
+                    } else if !(1..=1_000_000).contains(&v) {
                         self.error(&b.span(), format!("burst {v} is out of range 1..=1000000"));
                     }
                     v.clamp(1, 1_000_000) as u32
                 }
             };
+            // Connections are counted once proven by the TCP handshake.
+            let tcp_only = |v: &mut Self, span: &std::ops::Range<usize>, what: &str| {
+                if proto != Proto::Tcp {
+                    v.error(span, format!("`{what}` counts proven TCP connections: the rule needs proto = \"tcp\" (this rule's proto is \"{}\")", proto.name()));
+                }
+            };
+            let max_conns = match &l.max_conns {
+                None => 0,
+                Some(m) => {
+                    let v = *m.get_ref();
+                    tcp_only(self, &m.span(), "max_conns");
+                    if !(1..=1_000_000).contains(&v) {
+                        self.error(&m.span(), format!("max_conns {v} is out of range 1..=1000000"));
+                    }
+                    v.clamp(1, 1_000_000) as u32
+                }
+            };
+            let ban = l.ban.as_ref().and_then(|b| {
+                let span = b.span();
+                tcp_only(self, &span, "ban");
+                let Some(name) = b.get_ref().strip_prefix('@') else {
+                    self.error(&span, "`ban` names a set: \"@name\"");
+                    return None;
+                };
+                let Some(&index) = self.set_index.get(name) else {
+                    self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")"));
+                    return None;
+                };
+                let timeout_secs = self.set_timeouts[index];
+                if timeout_secs == 0 {
+                    self.error(&span, format!("a ban lasts the set's timeout: give set `{name}` a `timeout`"));
+                }
+                Some(Ban { set: index, timeout_secs })
+            });
             let mut prefix = |p: Option<Spanned<String>>, max: u8, default: u8| match p {
                 None => default,
                 Some(p) => parse_per(p.get_ref(), max).unwrap_or_else(|m| {
@@ -329,7 +372,7 @@ impl<'a> Validator<'a> {
             };
             let v4_prefix = prefix(l.per, 32, 32);
             let v6_prefix = prefix(l.per6, 128, DEFAULT_V6_PREFIX);
-            Limit { interval_ns, burst, v4_prefix, v6_prefix }
+            Limit { interval_ns, burst, v4_prefix, v6_prefix, max_conns, ban }
         });
         let syncookie = raw.syncookie.as_ref().map_or(Syncookie::Off, |s| *s.get_ref());
         if let Some(s) = &raw.syncookie {
@@ -497,6 +540,7 @@ impl<'a> Validator<'a> {
             if self.errors.len() == before {
                 let (line, _) = self.locate(name_span.start);
                 self.set_index.insert(name.clone(), out.len());
+                self.set_timeouts.push(timeout_secs);
                 out.push(SetSpec { name, line, elements, timeout_secs, size });
             }
         }
