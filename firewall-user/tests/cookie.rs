@@ -795,3 +795,31 @@ fn the_bench_reflector_answers_a_syn_with_a_valid_synack() {
     let v6 = seg(FAMILIES[1].0, FAMILIES[1].1, 40000, 80, SYN, 1, 0, b"");
     assert_eq!(run(&v6).0, XDP_PASS);
 }
+
+/// A valid cookie ACK proves its source: the cap counts the connection
+/// then, refuses one past it (no flow, no hand-off) and bans the source;
+/// a forged cookie proves nothing and bans no one.
+#[test]
+fn a_cookie_service_counts_connections_at_the_valid_ack_and_bans_past_its_cap() {
+    let capped = POLICY.replace("syncookie = \"always\"\n", "syncookie = \"always\"\nlimit = { max_conns = 1, ban = \"@offenders\" }\n");
+    let policy = format!("[[set]]\nname = \"offenders\"\ntype = \"addr\"\ntimeout = \"1h\"\n\n[[rule]]\nname = \"banned\"\nsrc = \"@offenders\"\naction = \"drop\"\n{capped}");
+    let h = harness(&policy);
+    let (client, server) = FAMILIES[0];
+    let isn = 0x2000_0000;
+    // Both SYNs are answered: nothing is counted before a proof.
+    let first = answer(&h, &syn(client, server, 40000, 80, isn, 0, b"", &[]), client, server, 40000, 80, false);
+    let second = answer(&h, &syn(client, server, 40001, 80, isn, 0, b"", &[]), client, server, 40001, 80, false);
+    let forged = ack(client, server, 40002, 80, isn, 0xdead_beef, first.ts.map(|t| t.0));
+    h.expect(&forged, XDP_DROP, Reason::CookieInvalid);
+    h.expect(&ack(client, server, 40000, 80, isn, first.seq, first.ts.map(|t| t.0)), XDP_PASS, Reason::CookieValid);
+    let banned = |h: &Harness| {
+        let sets = h.fw.sets().unwrap();
+        sets.members(sets.find("offenders").unwrap().id)
+    };
+    assert!(banned(&h).is_empty(), "a forged cookie bans no one");
+    let flows = h.flows().len();
+    h.expect(&ack(client, server, 40001, 80, isn, second.seq, second.ts.map(|t| t.0)), XDP_DROP, Reason::ConnLimited);
+    assert_eq!(h.flows().len(), flows, "a refused ACK opens no flow");
+    assert_eq!(banned(&h).iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(), ["192.0.2.10/32"]);
+    h.expect(&syn(client, server, 40003, 80, isn, 0, b"", &[]), XDP_DROP, Reason::RuleDrop);
+}
