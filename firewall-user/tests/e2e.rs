@@ -1421,3 +1421,126 @@ fn a_source_sending_ten_times_its_limit_gets_its_limit_and_another_source_is_unt
     assert_eq!(flows_from("10.98.0.2"), quiet_sent as u64, "the quiet source is untouched");
     assert_eq!(reason_packets(&stats, "rate_limited"), loud_sent as u64 - loud, "{stats}");
 }
+
+const CAPPED: &str = r#"
+[settings]
+default = "drop"
+
+[[set]]
+name = "offenders"
+type = "addr"
+timeout = "10m"
+
+[[rule]]
+name = "banned"
+src = "@offenders"
+action = "drop"
+
+[[rule]]
+name = "capped"
+proto = "tcp"
+dport = 7001
+action = "accept"
+limit = { max_conns = 3 }
+
+[[rule]]
+name = "guarded"
+proto = "tcp"
+dport = 7002
+action = "accept"
+limit = { rate = "2/m", burst = 2, ban = "@offenders" }
+"#;
+
+/// Servers on `ports` that keep every connection open, echoing what comes,
+/// until the client closes it (then they close their side).
+fn start_holding_servers(pair: &Pair, ports: &'static [u16]) {
+    let ip = pair.server_ip.clone();
+    Pair::within(&pair.server, move || {
+        for &port in ports {
+            let l = TcpListener::bind((ip.as_str(), port)).expect("bind tcp");
+            std::thread::spawn(move || {
+                for mut conn in l.incoming().flatten() {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 256];
+                        while let Ok(n @ 1..) = conn.read(&mut buf) {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    })
+    .join()
+    .expect("servers started");
+}
+
+fn connect_to(pair: &Pair, port: u16, limit: Duration) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = format!("{}:{port}", pair.server_ip).parse().unwrap();
+    Pair::within(&pair.client, move || TcpStream::connect_timeout(&addr, limit)).join().unwrap()
+}
+
+/// Whether `s` echoes a message within a second.
+fn echoes(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+fn offenders(pair: &Pair) -> Vec<String> {
+    let out = Pair::output(&pair.server, FIREWALL, &["set", "list", "offenders", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set = v.as_array().and_then(|a| a.first()).cloned().unwrap_or(v);
+    set["elements"].as_array().map(|e| e.iter().filter_map(|x| x["element"].as_str().or(x.as_str()).map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_is_banned() {
+    let pair = Pair::new();
+    start_holding_servers(&pair, &[7001, 7002]);
+    let (_dir, policy) = temp_policy(CAPPED);
+    let _fw = start_firewall(&pair, &policy);
+    let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(&pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
+    for s in &mut open {
+        assert!(echoes(s), "each of the three connections works");
+    }
+    // A fourth: its SYN is refused while three are open (and again on the
+    // client's retransmission).
+    let err = connect_to(&pair, 7001, Duration::from_millis(1500)).expect_err("a fourth connection is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // One closes (both ways): a slot frees.
+    drop(open.remove(0));
+    let mut fourth = wait_for("a slot after a close", Duration::from_secs(10), || connect_to(&pair, 7001, Duration::from_secs(1)).ok());
+    assert!(echoes(&mut fourth));
+    for s in &mut open {
+        assert!(echoes(s), "the others still work");
+    }
+    let stats = stats_json(&pair).unwrap();
+    assert!(reason_packets(&stats, "conn_limited") >= 1, "{stats}");
+
+    // The rate with a ban: two connections, then a third whose handshake
+    // proves the source is over its rate: refused at the proof, banned.
+    let mut guarded: Vec<TcpStream> = (0..2).map(|_| connect_to(&pair, 7002, Duration::from_secs(3)).unwrap()).collect();
+    for s in &mut guarded {
+        assert!(echoes(s));
+    }
+    assert!(offenders(&pair).is_empty());
+    // The client's side completes (the host answered its SYN); its last
+    // ACK is the one refused.
+    let mut third = connect_to(&pair, 7002, Duration::from_secs(3)).expect("the client sees a SYN-ACK");
+    let client = pair.client_ip.clone();
+    wait_for("the ban", Duration::from_secs(5), || offenders(&pair).contains(&client).then_some(()));
+    assert!(!echoes(&mut third), "the refused connection carries nothing");
+    let err = connect_to(&pair, 7001, Duration::from_millis(1500)).expect_err("a banned source opens nothing");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let stats = stats_json(&pair).unwrap();
+    assert!(reason_packets(&stats, "rate_limited") >= 1, "{stats}");
+    assert!(rule_packets(&stats, "banned") >= 1, "{stats}");
+    let events = Pair::output(&pair.server, FIREWALL, &["events", "--iface", &pair.server_if, "--json", "--last", "1000"]);
+    let bans: Vec<Value> =
+        String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|e| e["kind"] == "ban").collect();
+    assert_eq!(bans.len(), 1, "one ban event: {}", String::from_utf8_lossy(&events.stdout));
+    assert_eq!((bans[0]["src"].as_str(), bans[0]["rule"].as_str(), bans[0]["reason"].as_str()), (Some(client.as_str()), Some("guarded"), Some("rate_limited")));
+}
