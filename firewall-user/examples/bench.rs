@@ -47,11 +47,24 @@ fn main() {
         // A SYN-cookie service, also behind all the random rules.
         text.push_str("\n[[rule]]\nname = \"cookie\"\nproto = \"tcp\"\ndst = \"192.0.2.2\"\ndport = 443\naction = \"accept\"\nsyncookie = \"always\"\n");
         text.push_str("\n[[rule]]\nname = \"last_drop\"\nproto = \"tcp\"\ndst = \"192.0.2.3\"\ndport = 443\naction = \"drop\"\n");
+        // The same drop on a set of a million sources (filled below): the
+        // set is looked up only for packets to 192.0.2.4:443.
+        text.push_str("\n[[set]]\nname = \"big\"\ntype = \"addr\"\nsize = 1000000\n\n[[rule]]\nname = \"set_drop\"\nproto = \"tcp\"\nsrc = \"@big\"\ndst = \"192.0.2.4\"\ndport = 443\naction = \"drop\"\n");
         let parsed = policy::parse(&text, "bench.toml").expect("valid policy");
         let compiled = compile::compile(&parsed).expect("compiles");
         sizes.push(json!({ "rules": rules, "tree_nodes": compiled.nodes.len(), "depth": compiled.depth, "leaf_entries": compiled.leaf_refs.len() }));
         let mut h = Harness::new("");
         h.fw.install(&compiled).expect("installs");
+        {
+            let mut sets = h.fw.sets().expect("sets");
+            let id = sets.find("big").expect("the set").id;
+            for i in 0..1_000_000u32 {
+                let c = policy::Cidr { addr: std::net::Ipv4Addr::from(0x0a00_0000 + i * 3).into(), prefix: 32 };
+                sets.put(id, &c, 0).expect("insert");
+            }
+        }
+        let set_member = frame(ip("10.0.0.3"), ip("192.0.2.4"), L4::Tcp { sport: 40000, dport: 443, flags: SYN }, b"");
+        let set_other = frame(ip("172.16.0.1"), ip("192.0.2.4"), L4::Tcp { sport: 40000, dport: 443, flags: SYN }, b"");
         let unmatched = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 444, flags: SYN }, b"");
         let rule_drop = frame(ip("172.16.0.1"), ip("192.0.2.3"), L4::Tcp { sport: 40000, dport: 443, flags: SYN }, b"");
         let bad_flags = frame(ip("172.16.0.1"), ip("192.0.2.1"), L4::Tcp { sport: 40000, dport: 443, flags: SYN | 0x01 }, b"");
@@ -72,10 +85,16 @@ fn main() {
         assert_eq!(h.verdict(&unmatched), 1, "default drop");
         assert_eq!(h.verdict(&rule_drop), 1, "rule drop");
         assert_eq!(h.rule_packets("last_drop"), 1, "the last rule dropped it");
+        assert_eq!(h.verdict(&set_member), 1, "set member dropped");
+        assert_eq!(h.rule_packets("set_drop"), 1, "by the set's rule");
+        assert_eq!(h.verdict(&set_other), 1, "a non-member: default drop");
+        assert_eq!(h.rule_packets("set_drop"), 1, "not by the set's rule");
         for (id, class, f) in [
             ("rule_drop", "rule drop (SYN, last rule)", &rule_drop),
             ("rule_accept", "rule accept (SYN, last rule; the flow is replaced each run)", &with_syn),
             ("default_drop", "no rule matches (default drop)", &unmatched),
+            ("set_drop", "rule drop by a set member (1,000,000-element set, last rule; compare `rule drop`)", &set_member),
+            ("set_miss", "not in that set: no rule matches (the set looked up; compare `default drop`)", &set_other),
             ("established", "established flow (accept)", &established),
             ("invalid_no_flow", "invalid: ACK of no flow (drop; includes a socket lookup)", &invalid),
             ("invalid_flags", "invalid: SYN+FIN (drop)", &bad_flags),
