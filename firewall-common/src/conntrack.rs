@@ -153,6 +153,13 @@ pub const FLOW_BOTH_SYNS: u8 = 1;
 pub const FLOW_GUARDED: u8 = 2;
 /// `Flow::flags`: counted in `FW_CONNS` (until it closes or goes).
 pub const FLOW_COUNTED: u8 = 4;
+/// `Flow::flags`: made without the rules' judgment of its SYN (from the
+/// host's SYN-ACK when the SYN's flow was lost): the XDP program asks the
+/// rules at the proof whether a limit counts it.
+pub const FLOW_UNJUDGED: u8 = 8;
+/// `Flow::flags`: a connection from outside whose handshake was proven
+/// (its last ACK echoed the host's ISN, or its cookie was valid).
+pub const FLOW_PROVEN: u8 = 16;
 
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;
@@ -172,7 +179,8 @@ pub struct Flow {
     pub seq_known: u8,
     /// Bit per side: `last_ack` of that side is known.
     pub ack_known: u8,
-    /// `FLOW_BOTH_SYNS`, `FLOW_GUARDED`, `FLOW_COUNTED`.
+    /// `FLOW_BOTH_SYNS`, `FLOW_GUARDED`, `FLOW_COUNTED`, `FLOW_UNJUDGED`,
+    /// `FLOW_PROVEN`.
     pub flags: u8,
     /// The side (`SIDE_A`/`SIDE_B`) that is this host: on ingress a
     /// packet must come from the other one.

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
+    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_PROVEN, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
@@ -166,19 +166,25 @@ fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Fl
     let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
     let now = now_ns();
     if now.saturating_sub(f.last_seen_ns) > timeout {
-        limit::release(f, fk);
-        remove(fk, table);
+        // Released only by the side whose delete succeeds (the sweep
+        // deletes expired flows too).
+        let mut gone = *f;
+        if remove(fk, table) {
+            limit::release(&mut gone, fk);
+        }
         return None;
     }
     Some((flow, table, now))
 }
 
+/// Whether this call deleted the flow.
 #[inline(always)]
-fn remove(fk: &FlowKey, table: Table) {
-    let _ = match table {
+fn remove(fk: &FlowKey, table: Table) -> bool {
+    match table {
         Table::Main => FW_FLOWS.remove(fk),
         Table::Remote => FW_REMOTE_FLOWS.remove(fk),
-    };
+    }
+    .is_ok()
 }
 
 #[inline(always)]
@@ -303,7 +309,10 @@ pub fn untracked(key: &crate::parse::Key) -> bool {
 /// once. `syn_main_only`: a SYN that can have no unproven flow (its port
 /// is not in `maps::SYN_PORTS`), so the remote table is not searched.
 #[inline(always)]
-pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool) -> Ct {
+/// `judge`: for a handshake from outside proven without the rules having
+/// judged its SYN (`FLOW_UNJUDGED`), the `limit_ref` of the rule that
+/// accepts that SYN, if its limits count connections (ingress only).
+pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Option<u32>) -> Ct {
     let key = &packet.key;
     match kind(key) {
         Kind::Untracked => Ct::New,
@@ -324,7 +333,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             }
             if f.state == UDP_UNREPLIED { Ct::New } else { Ct::Established }
         }
-        Kind::Tcp => track_tcp(frame, packet, timeouts, dir, syn_main_only),
+        Kind::Tcp => track_tcp(frame, packet, timeouts, dir, syn_main_only, judge),
     }
 }
 
@@ -363,7 +372,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 }
 
 #[inline(always)]
-fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool) -> Ct {
+fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Option<u32>) -> Ct {
     let flags = packet.key.tcp_flags;
     if bad_flags(flags) {
         return Ct::Invalid(Reason::InvalidFlags);
@@ -419,7 +428,14 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         }
         if exact {
             f.state = TCP_CLOSE;
-            limit::release(f, &fk);
+            // The host's own RST frees its count at once. One from outside
+            // may be one the host drops (a wrong checksum, which this table
+            // does not check): the connection counts until its flow goes
+            // (the `tcp_close` timeout), or the host's next segment brings
+            // it back to life still counted.
+            if !ingress {
+                limit::release(f, &fk);
+            }
         }
         touch(f, frame, now);
         return Ct::Established;
@@ -523,12 +539,22 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 }
                 // Proven now (the ACK echoes the host's ISN): the rule's
                 // limits count it, or refuse it with the flow unchanged.
-                if ingress && table == Table::Remote && f.flags & FLOW_GUARDED != 0 {
-                    match limit::prove(f.limit_ref, &packet.key) {
-                        Ok(true) => f.flags |= FLOW_COUNTED,
-                        Ok(false) => {}
-                        Err(reason) => return Ct::Refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0),
+                if ingress && table == Table::Remote && f.flags & FLOW_PROVEN == 0 {
+                    if f.flags & FLOW_UNJUDGED != 0 {
+                        if let Some(r) = judge(packet) {
+                            f.limit_ref = r;
+                            f.flags |= FLOW_GUARDED;
+                        }
+                        f.flags &= !FLOW_UNJUDGED;
                     }
+                    if f.flags & FLOW_GUARDED != 0 {
+                        match limit::prove(f.limit_ref, &packet.key) {
+                            Ok(true) => f.flags |= FLOW_COUNTED,
+                            Ok(false) => {}
+                            Err(reason) => return Ct::Refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0),
+                        }
+                    }
+                    f.flags |= FLOW_PROVEN;
                 }
                 f.state = TCP_ESTABLISHED;
                 completed = ingress;
@@ -537,6 +563,12 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             // (nf_conntrack keeps CLOSE for a FIN or an ACK too). A segment
             // the host sends says its connection lives on (the RST this
             // table took for exact was not, to the host): tracking resumes.
+            // Not a handshake a limit would count and that never proved
+            // itself: its last ACK after an RST would reach the host
+            // uncounted.
+            TCP_CLOSE if ingress && f.flags & (FLOW_GUARDED | FLOW_UNJUDGED) != 0 && f.flags & FLOW_PROVEN == 0 => {
+                return Ct::Invalid(Reason::InvalidState);
+            }
             TCP_CLOSE if ingress => {
                 touch(f, frame, now);
                 return Ct::Established;
@@ -659,7 +691,9 @@ fn established(frame: &Frame, initiator: u8, local_side: u8) -> Flow {
 /// flows. `proven`: the host's stack has a full connection (main table);
 /// otherwise (a half-open request of the host's) the remote table.
 #[inline(always)]
-pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool) {
+/// `counted`: on ingress, the `limit_ref` the adopted connection is
+/// counted under (the caller proved it against the rule's limits).
+pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Option<u32>) {
     // An RST ends a connection, a SYN-ACK is not mid-stream: nothing to adopt.
     if packet.key.tcp_flags & (RST | SYN) != 0 {
         return;
@@ -669,6 +703,10 @@ pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool) {
     // The initiator is unknown: the handshake happened before we saw the flow.
     let mut flow = established(frame, 1 - local, local);
     flow.wscale = [WSCALE_UNKNOWN; 2];
+    if let Some(r) = counted {
+        flow.flags = FLOW_GUARDED | FLOW_COUNTED | FLOW_PROVEN;
+        flow.limit_ref = r;
+    }
     // Only the host's own segment is believed; a remote one may be forged
     // (see `track_tcp`).
     if dir == Dir::Egress {
@@ -688,6 +726,7 @@ pub fn open_synack(frame: &Frame, packet: &Packet) {
     }
     let mut flow = established(frame, 1 - side, side);
     flow.state = TCP_SYN_RECV;
+    flow.flags = FLOW_UNJUDGED;
     let ours = packet.opts.wscale;
     flow.wscale = [ours; 2];
     if ours != WSCALE_NONE {
@@ -706,8 +745,9 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
     let (fk, side) = flow_key(&packet.key, 0);
     let s = (side & 1) as usize;
     let mut flow = established(frame, side, 1 - side);
+    flow.flags = FLOW_PROVEN;
     if let Some(r) = counted {
-        flow.flags = FLOW_GUARDED | FLOW_COUNTED;
+        flow.flags |= FLOW_GUARDED | FLOW_COUNTED;
         flow.limit_ref = r;
     }
     let (ours, theirs) = if client_wscale == WSCALE_NONE {
@@ -814,3 +854,4 @@ pub fn socket_state(ctx: *mut c_void, key: &Key) -> Socket {
         }
     }
 }
+

@@ -21,7 +21,7 @@ pub fn track(frame: &Frame) -> Reason {
     if packet.fragment {
         return Reason::EgressUntracked;
     }
-    match conntrack::track(frame, packet, &header.timeouts, Dir::Egress, false) {
+    match conntrack::track(frame, packet, &header.timeouts, Dir::Egress, false, |_| None) {
         // The host's stack is authoritative: its SYN on a dead flow's tuple
         // starts a new connection.
         Ct::SynInFlow | Ct::SynReuse => {
@@ -54,7 +54,7 @@ pub fn track(frame: &Frame) -> Reason {
             }
         }
         Ct::Invalid(Reason::InvalidNoFlow) => {
-            conntrack::adopt(frame, packet, Dir::Egress, true);
+            conntrack::adopt(frame, packet, Dir::Egress, true, None);
             Reason::EgressTracked
         }
         // The host answers a SYN the table lost (or never saw): half-open.

@@ -7,12 +7,16 @@
 //! get it banned; a SYN is refused while the count is full. A `ban` adds a
 //! proven source that passes a limit to a set, and an event says so.
 //!
-//! Updates are not atomic (the BPF target here has no compare-and-swap):
-//! CPUs racing on one bucket may each pass, so a source whose packets
-//! spread over N CPUs may get up to N times its rate at worst; a count
-//! that drifts so is corrected by the controller's sweep.
+//! Counts change by atomic adds. The check before an add is not atomic
+//! with it (the BPF target here has no compare-and-swap), so CPUs racing
+//! at a full count may each get one more; the rate's update is not atomic
+//! either: a source whose packets spread over N CPUs may get up to N times
+//! its rate at worst. The controller's sweep corrects a count that drifts.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use firewall_common::{
     BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SIDE_A, SetAddr,
     SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
@@ -43,7 +47,7 @@ pub fn admit(slot: u32, rule: u32, src: &U128) -> Result<Option<u32>, Reason> {
     if limit.max_conns != 0 {
         let Some(key) = conn_key(limit, index, src) else { return Ok(None) };
         // SAFETY: read at once.
-        if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| n >= limit.max_conns) {
+        if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| full(n, limit.max_conns)) {
             return Err(Reason::ConnLimited);
         }
     }
@@ -69,8 +73,10 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
     let src = &key.src;
     let (index, epoch) = conn_ref_parts(limit_ref);
     let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(false) };
-    // Opened under a policy since replaced: its limits are gone.
-    if conn_epoch(limit.epoch) != epoch {
+    // Opened under a policy since replaced (its slot is not the one in
+    // force, or was written again): its limits, and its ban set's id, are
+    // no longer what they were.
+    if conn_epoch(limit.epoch) != epoch || !in_force(index) {
         return Ok(false);
     }
     if limit.ban_set != 0 && limit.interval_ns != 0 && !take(limit, index, src) {
@@ -81,19 +87,66 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
         return Ok(false);
     }
     let Some(ckey) = conn_key(limit, index, src) else { return Ok(false) };
-    match FW_CONNS.get_ptr_mut(ckey) {
+    if let Some(n) = FW_CONNS.get_ptr_mut(ckey) {
         // SAFETY: a value of this map (see the module's note on races).
-        Some(n) if unsafe { *n } >= limit.max_conns => {
+        if full(unsafe { *n }, limit.max_conns) {
             ban(limit, index, key, Reason::ConnLimited);
-            Err(Reason::ConnLimited)
+            return Err(Reason::ConnLimited);
         }
+        add(n, 1);
+        return Ok(true);
+    }
+    // The first of this prefix; another CPU may have just made it.
+    if FW_CONNS.insert(ckey, &1u64, BPF_NOEXIST as u64).is_ok() {
+        return Ok(true);
+    }
+    match FW_CONNS.get_ptr_mut(ckey) {
         Some(n) => {
-            // SAFETY: as above.
-            unsafe { *n += 1 };
+            add(n, 1);
             Ok(true)
         }
-        None => Ok(FW_CONNS.insert(ckey, &1, 0).is_ok()),
+        None => Ok(false),
     }
+}
+
+/// Undoes a `prove` that counted (its connection was not made after all).
+#[inline(always)]
+pub fn unprove(limit_ref: u32, src: &U128) {
+    let (index, epoch) = conn_ref_parts(limit_ref);
+    let Some(limit) = FW_RULE_LIMIT.get(index) else { return };
+    if conn_epoch(limit.epoch) != epoch {
+        return;
+    }
+    let Some(key) = conn_key(limit, index, src) else { return };
+    if let Some(n) = FW_CONNS.get_ptr_mut(key) {
+        add(n, u64::MAX);
+    }
+}
+
+/// Whether a count of `n` leaves no room under `max`. A count wrapped
+/// below zero (a release raced an evicted count) reads as empty until
+/// the sweep corrects it.
+#[inline(always)]
+fn full(n: u64, max: u32) -> bool {
+    n >= max as u64 && n < 1 << 63
+}
+
+/// Adds `v` (wrapping: `u64::MAX` takes one) atomically. (Counts are
+/// 64-bit: the BPF target here has atomic adds of that width only.)
+#[inline(always)]
+fn add(n: *mut u64, v: u64) {
+    // SAFETY: a map value, 4-byte aligned, alive while the program runs;
+    // the add is one atomic instruction whose result is not read (what
+    // the BPF target has without compare-and-swap).
+    // (Rust has no atomic add for this target: it wants compare-and-swap
+    // for every read-modify-write.)
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) n, in(reg) v, options(nostack)) };
+}
+
+/// Whether rule `index` (slot * MAX_RULES + rule) is of the policy in force.
+#[inline(always)]
+fn in_force(index: u32) -> bool {
+    crate::FW_ACTIVE.get(0).is_some_and(|a| a.slot == index / MAX_RULES)
 }
 
 /// A counted connection closed (or its flow went): its source may open
@@ -112,8 +165,10 @@ pub fn release(f: &mut Flow, fk: &FlowKey) {
     let remote = if f.local_side == SIDE_A { &fk.addr_b } else { &fk.addr_a };
     let Some(key) = conn_key(limit, index, remote) else { return };
     if let Some(n) = FW_CONNS.get_ptr_mut(key) {
-        // SAFETY: a value of this map.
-        unsafe { *n = (*n).saturating_sub(1) };
+        // SAFETY: a value of this map; never below zero knowingly.
+        if unsafe { *n } != 0 {
+            add(n, u64::MAX);
+        }
     }
 }
 
@@ -186,6 +241,14 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
     if FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
         def.count += 1;
         def.expiring = 1;
+        events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);
+        return;
+    }
+    // There already: an expired element the sweep has not deleted yet
+    // is banned again (a live one stays as it is).
+    // SAFETY: read at once.
+    let expired = unsafe { FW_SET_HOSTS.get(key) }.is_some_and(|e| e.expires_ns != 0 && e.expires_ns <= now);
+    if expired && FW_SET_HOSTS.insert(key, elem, BPF_EXIST as u64).is_ok() {
         events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);
     }
 }

@@ -2,6 +2,8 @@
 //! count, give the verdict. Maps live here; the work is in the modules.
 #![no_std]
 #![no_main]
+// `limit::add`: the one atomic add, in BPF assembly.
+#![feature(asm_experimental_arch)]
 
 mod conntrack;
 mod cookie;
@@ -101,7 +103,7 @@ static FW_RULE_LIMIT: Array<RuleLimit> = Array::with_max_entries(POLICY_SLOTS * 
 #[map(name = "FW_BUCKETS")]
 static FW_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(MAX_BUCKETS, 0);
 #[map(name = "FW_CONNS")]
-static FW_CONNS: LruHashMap<BucketKey, u32> = LruHashMap::with_max_entries(firewall_common::MAX_CONN_COUNTS, 0);
+static FW_CONNS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(firewall_common::MAX_CONN_COUNTS, 0);
 /// Per-CPU key of a set lookup (`rules::in_set`).
 #[map(name = "FW_SET_KEY")]
 static FW_SET_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<SetAddr>> = PerCpuArray::with_max_entries(1, 0);

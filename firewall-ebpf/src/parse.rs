@@ -87,6 +87,10 @@ pub struct Packet {
     /// Set by the pipelines: conntrack found no flow of this tuple (see
     /// `Ct::NoFlow`), so opening one need not look again.
     pub no_flow: bool,
+    /// Set by the XDP program: a SYN for the host's TIME-WAIT socket on a
+    /// tuple whose old flow stays (the host decides): a new connection to
+    /// the limits all the same.
+    pub tw_syn: bool,
     /// Bytes on the wire (`Frame::wire_len`).
     pub wire_len: u64,
 }
@@ -247,6 +251,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         syn_again: false,
         replaces: false,
         no_flow: false,
+        tw_syn: false,
         wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -327,6 +332,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         syn_again: false,
         replaces: false,
         no_flow: false,
+        tw_syn: false,
         wire_len: ctx.wire_len,
     };
     if fragment {

@@ -535,10 +535,10 @@ impl Firewall {
     pub fn sweep(&mut self) -> Result<Swept> {
         use firewall_common::BucketKey;
         let mut out = Swept::default();
-        let conns: aya::maps::HashMap<_, BucketKey, u32> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
+        let conns: aya::maps::HashMap<_, BucketKey, u64> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
         // The counts before the walk: one that changes meanwhile is left
         // to the next sweep.
-        let before: std::collections::HashMap<BucketKey, u32> = conns.iter().take(2 * firewall_common::MAX_CONN_COUNTS as usize).filter_map(|i| i.ok()).collect();
+        let before: std::collections::HashMap<BucketKey, u64> = conns.iter().take(2 * firewall_common::MAX_CONN_COUNTS as usize).filter_map(|i| i.ok()).collect();
         let mut removed = Vec::new();
         let mut counted = Vec::new();
         for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
@@ -563,7 +563,7 @@ impl Firewall {
     /// during the walk; counts of replaced limits go.
     fn reconcile_conns(
         &mut self,
-        before: &std::collections::HashMap<firewall_common::BucketKey, u32>,
+        before: &std::collections::HashMap<firewall_common::BucketKey, u64>,
         removed: &[(firewall_common::FlowKey, firewall_common::Flow)],
         counted: &[(firewall_common::FlowKey, firewall_common::Flow)],
     ) -> Result<()> {
@@ -574,8 +574,13 @@ impl Firewall {
         let read: std::collections::HashMap<u32, RuleLimit> =
             before.keys().map(|k| k.rule).chain(flows).filter_map(|i| limits.get(&i, 0).ok().map(|l| (i, l))).collect();
         let mut limit_of = |i: u32| read.get(&i).copied();
-        let mut truth: std::collections::HashMap<BucketKey, u32> = std::collections::HashMap::new();
+        let mut truth: std::collections::HashMap<BucketKey, u64> = std::collections::HashMap::new();
+        // A walk of an LRU table under churn may list a flow twice.
+        let mut seen = std::collections::HashSet::new();
         for (k, f) in counted {
+            if !seen.insert(*k) {
+                continue;
+            }
             if let Some(key) = crate::conntrack::conn_key(k, f, &mut limit_of) {
                 *truth.entry(key).or_default() += 1;
             }
@@ -585,23 +590,27 @@ impl Firewall {
         let live = |key: &BucketKey, limit_of: &mut dyn FnMut(u32) -> Option<RuleLimit>| {
             limit_of(key.rule).is_some_and(|l| l.max_conns != 0 && firewall_common::conn_epoch(l.epoch) == key.epoch)
         };
-        let mut conns: aya::maps::HashMap<_, BucketKey, u32> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
+        // Read and written back: not atomic with the data plane's adds, so
+        // an add in between is lost (the next sweep sets it right).
+        let mut conns: aya::maps::HashMap<_, BucketKey, u64> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
         for key in &gone {
             if let Ok(n) = conns.get(key, 0) {
                 conns.insert(key, &n.saturating_sub(1), 0).context("failed to release a connection count")?;
             }
         }
         for (key, &was) in before {
-            let now = conns.get(key, 0).ok();
             if !live(key, &mut limit_of) {
                 let _ = conns.remove(key);
                 continue;
             }
-            // Released just above: compare with what the walk expected.
-            let released = gone.iter().filter(|g| *g == key).count() as u32;
-            let Some(now) = now else { continue };
-            let want = truth.get(key).copied().unwrap_or(0);
-            if now == was.saturating_sub(released) && now != want {
+            let Ok(now) = conns.get(key, 0) else { continue };
+            let released = gone.iter().filter(|g| *g == key).count() as u64;
+            // What the walk counted, plus what changed while it walked (a
+            // count that moves all the time is corrected all the same, off
+            // by at most the connections that came and went meanwhile).
+            let moved = now as i64 - was.saturating_sub(released) as i64;
+            let want = (truth.get(key).copied().unwrap_or(0) as i64 + moved).max(0) as u64;
+            if now != want {
                 if want == 0 {
                     let _ = conns.remove(key);
                 } else {

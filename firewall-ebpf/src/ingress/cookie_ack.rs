@@ -80,6 +80,9 @@ pub fn judge(ctx: &XdpContext) -> Reason {
             // Without the mark the host answers the bare ACK with an RST:
             // stop answering SYNs and say so, rather than fail silently.
             if !cookie::mark_for_handoff(ctx, &valid.attrs) {
+                if let Some(r) = counted {
+                    crate::limit::unprove(r, &ack.key.src);
+                }
                 if let Some(status) = FW_STATUS.get_ptr_mut(0) {
                     // SAFETY: a map value; a lost race only repeats the store.
                     unsafe { *status |= STATUS_NO_META };

@@ -50,29 +50,35 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     let syn_main_only = packet.key.proto == parse::IPPROTO_TCP
         && packet.key.tcp_flags & (SYN | ACK) == SYN
         && FW_SYN_PORTS.get(slot).is_some_and(|open| !open.has(packet.key.dport));
-    let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only);
+    let judge = |p: &Packet| guard_of_syn(slot, header, p);
+    let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only, judge);
     let sk = ctx.ctx as *mut _;
     match ct {
         // An ACK of no flow for a connection the host has: evicted from
-        // the table, or older than the firewall.
+        // the table, or older than the firewall. The host's connection
+        // proves its source: the rule's limits count it (or refuse it).
         Ct::Invalid(Reason::InvalidNoFlow) => match conntrack::socket_state(sk, &packet.key) {
-            Socket::Connected => {
-                conntrack::adopt(frame, packet, Dir::Ingress, true);
-                ct = Ct::Established;
-            }
+            Socket::Connected => match adopt_judged(slot, header, frame, packet) {
+                Ok(()) => ct = Ct::Established,
+                Err(refused) => ct = refused,
+            },
             // A half-open handshake of the host's own (the table lost it):
             // the host's stack judges the ACK; no flow until it has a
             // connection (an off-path sender can make request sockets).
-            Socket::Request => ct = Ct::Established,
-            Socket::None | Socket::TimeWait | Socket::Opening => {}
+            // Not for a rule whose limits count connections: the host's
+            // next SYN-ACK rebuilds the flow, whose proof they judge.
+            Socket::Request if guard_of_syn(slot, header, packet).is_none() => ct = Ct::Established,
+            Socket::Request | Socket::None | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
         // connection on (it predates the firewall, or was evicted, and a
         // SYN from outside opened a flow over it): the host is the truth.
         Ct::Invalid(Reason::InvalidState) if conntrack::socket_state(sk, &packet.key) == Socket::Connected => {
             conntrack::forget(packet);
-            conntrack::adopt(frame, packet, Dir::Ingress, true);
-            ct = Ct::Established;
+            match adopt_judged(slot, header, frame, packet) {
+                Ok(()) => ct = Ct::Established,
+                Err(refused) => ct = refused,
+            }
         }
         // A SYN on a known tuple: a new connection if the host has none
         // there (the old flow is replaced once the rules accept it); the
@@ -83,6 +89,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             Socket::TimeWait => {
                 packet.syn_again = true;
                 packet.replaces = ct == Ct::SynReuse;
+                packet.tw_syn = true;
                 ct = Ct::New;
             }
             Socket::None => {
@@ -160,16 +167,17 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     // Before any state: a refused SYN opens no flow and gets no cookie.
     // Charged only for what opens a flow: not a retransmitted SYN of a
     // tracked handshake, nor another datagram of an unreplied UDP flow.
-    let opens = packet.no_flow || packet.replaces || conntrack::untracked(&packet.key);
+    let opens = packet.no_flow || packet.replaces || packet.tw_syn || conntrack::untracked(&packet.key);
+    // The dead flow first: its count must not refuse its successor.
+    if packet.replaces {
+        conntrack::forget(packet);
+    }
     let mut limit_ref = None;
     if limited && opens {
         match crate::limit::admit(slot, service.0, &packet.key.src) {
             Ok(r) => limit_ref = r,
             Err(reason) => return reason,
         }
-    }
-    if packet.replaces {
-        conntrack::forget(packet);
     }
     let (rule, mode) = service;
     let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
@@ -195,6 +203,40 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     }
     conntrack::open(packet, Dir::Ingress, false, limit_ref);
     reason
+}
+
+/// The `limit_ref` of the rule that accepts the SYN `packet` follows, if
+/// that rule's limits count connections: for a handshake or connection
+/// whose SYN the rules did not judge here (its flow was lost, or it is
+/// older than the firewall).
+#[inline(always)]
+fn guard_of_syn(slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Option<u32> {
+    if packet.key.proto != parse::IPPROTO_TCP {
+        return None;
+    }
+    let mut claimed = *packet;
+    claimed.key.tcp_flags = SYN;
+    claimed.key.ct_state = ct_state::NEW;
+    let syn = parse::store(parse::SCRATCH_QUERY, claimed)?;
+    match rules::classify(slot, header.root, &syn.key) {
+        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.limited != 0 => crate::limit::guard_ref(slot, m.rule),
+        _ => None,
+    }
+}
+
+/// Adopts a connection the host has (see `conntrack::adopt`), counted by
+/// its rule's limits when they count connections; `Err`: refused by them.
+#[inline(always)]
+fn adopt_judged(slot: u32, header: &firewall_common::PolicyHeader, frame: &Frame, packet: &Packet) -> Result<(), Ct> {
+    let mut counted = None;
+    if let Some(r) = guard_of_syn(slot, header, packet) {
+        match crate::limit::prove(r, &packet.key) {
+            Ok(c) => counted = c.then_some(r),
+            Err(reason) => return Err(Ct::Refused(reason, firewall_common::conn_ref_parts(r).0)),
+        }
+    }
+    conntrack::adopt(frame, packet, Dir::Ingress, true, counted);
+    Ok(())
 }
 
 /// False once a validated cookie ACK could not carry its hand-off mark:
