@@ -43,6 +43,8 @@ pub const SET_ELEMS: &str = "FW_SET_ELEMS";
 pub const SET_HOSTS: &str = "FW_SET_HOSTS";
 /// Per set id, how many prefixes `SET_ELEMS` holds (0: the trie is skipped).
 pub const SET_PREFIXES: &str = "FW_SET_PREFIX";
+/// Per set id, the ports of a port set (`PortBits`).
+pub const PORT_SETS: &str = "FW_PORT_SETS";
 /// The set registry (`SetDef` per id; read by no program).
 pub const SETS: &str = "FW_SETS";
 /// Per slot and rule, its `RuleLimit`.
@@ -91,6 +93,7 @@ pub const SHARED: &[&str] = &[
     SET_ELEMS,
     SET_HOSTS,
     SET_PREFIXES,
+    PORT_SETS,
     SETS,
     RULE_LIMIT,
     BUCKETS,
@@ -126,6 +129,7 @@ pub const ALL: &[&str] = &[
     SET_ELEMS,
     SET_HOSTS,
     SET_PREFIXES,
+    PORT_SETS,
     SETS,
 ];
 

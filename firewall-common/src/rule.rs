@@ -145,9 +145,14 @@ pub struct MatchBox {
     /// 1: the rule has a per-source `limit` (`FW_RULE_LIMIT`): a rate,
     /// a connection cap, or both.
     pub limited: u8,
-    pub _pad: u8,
+    /// 0, or 1 + the id of the port set (`FW_PORT_SETS`) the source or
+    /// destination port must also be in.
+    pub sport_set: u8,
+    pub dport_set: u8,
+    pub _pad: [u8; 3],
     /// Index of the policy rule (its counters and name).
     pub rule: u32,
+    pub _pad2: u32,
 }
 
 /// `FW_RULE_META[slot * MAX_RULES + rule]`: written by the controller, read by `stats`.

@@ -27,6 +27,9 @@ pub const SET_FAMILY_V6: u8 = 6;
 /// `SetDef::kind`: IPv4 and IPv6 addresses and prefixes (v4 mapped into
 /// `::ffff:0:0/96`, as in the rules).
 pub const SET_KIND_ADDR: u8 = 1;
+/// `SetDef::kind`: TCP/UDP ports, one bit each in `FW_PORT_SETS[id]` (a
+/// `PortBits`): one lookup whatever the set holds; no timeouts.
+pub const SET_KIND_PORT: u8 = 2;
 
 /// The data of an `FW_SET_ELEMS` key, big-endian so that the trie's
 /// bit order is the set id's, then the address's.

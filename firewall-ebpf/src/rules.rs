@@ -11,7 +11,7 @@ use firewall_common::{
 };
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key as LpmKey};
 
-use crate::{FW_ACTIVE, FW_BOXES, FW_SET_ELEMS, FW_SET_HOSTS, FW_SET_KEY, FW_SET_PREFIX, FW_LEAF_REFS, FW_NODES, FW_POLICY, parse::Key};
+use crate::{FW_ACTIVE, FW_BOXES, FW_PORT_SETS, FW_SET_ELEMS, FW_SET_HOSTS, FW_SET_KEY, FW_SET_PREFIX, FW_LEAF_REFS, FW_NODES, FW_POLICY, parse::Key};
 
 /// The policy slot in force: read once, so one packet sees one policy.
 #[inline(always)]
@@ -113,6 +113,15 @@ fn matches(b: &MatchBox, key: &Key) -> bool {
         && key.ct_state & b.state_mask != 0
         && in_set(b.src_set, &key.src)
         && in_set(b.dst_set, &key.dst)
+        && in_port_set(b.sport_set, key.sport)
+        && in_port_set(b.dport_set, key.dport)
+}
+
+/// Whether `port` is in port set `set - 1` (0: the box names none): one
+/// array lookup and a bit.
+#[inline(always)]
+fn in_port_set(set: u8, port: u16) -> bool {
+    set == 0 || FW_PORT_SETS.get(set as u32 - 1).is_some_and(|bits| bits.has(port))
 }
 
 /// Whether `addr` is in set `set - 1` (0: the box names no set), and the

@@ -175,7 +175,8 @@ fn syn_ports(policy: &Policy) -> Box<PortBits> {
         if !may_accept_syn || rule.syncookie == crate::policy::Syncookie::Always {
             continue;
         }
-        if rule.dport.is_empty() {
+        // A port set's ports change at run time.
+        if rule.dport.is_empty() || !rule.dport_sets.is_empty() {
             return Box::new(PortBits::ALL);
         }
         for r in &rule.dport {
@@ -270,21 +271,27 @@ fn is_v4_range(r: (u128, u128)) -> bool {
     r.0 >= V4_BLOCK_LO && r.1 <= V4_BLOCK_HI
 }
 
-fn port_ranges(ports: &[PortRange]) -> Vec<(u16, u16)> {
-    if ports.is_empty() {
-        vec![(0, u16::MAX)]
+/// A port list's alternatives: each range, then each set (any port, and
+/// the set's bit; 1 + its index). Empty lists: any port.
+fn port_alternatives(ports: &[PortRange], sets: &[usize]) -> Vec<((u16, u16), u8)> {
+    let mut out: Vec<_> = if ports.is_empty() && !sets.is_empty() {
+        Vec::new()
+    } else if ports.is_empty() {
+        vec![((0, u16::MAX), 0)]
     } else {
-        ports.iter().map(|p| (p.lo, p.hi)).collect()
-    }
+        ports.iter().map(|p| ((p.lo, p.hi), 0)).collect()
+    };
+    out.extend(sets.iter().map(|&i| ((0, u16::MAX), i as u8 + 1)));
+    out
 }
 
 /// How many boxes `rule_boxes` makes for `rule` (saturating).
 fn box_count(rule: &Rule) -> usize {
     let addrs = |list: &[Cidr], sets: &[usize]| address_alternatives(list, sets).len();
-    let ports = |list: &[PortRange]| list.len().max(1);
+    let ports = |list: &[PortRange], sets: &[usize]| port_alternatives(list, sets).len();
     let (sports, dports) = match rule.proto {
         Proto::Icmp | Proto::Icmpv6 => (1, 1),
-        _ => (ports(&rule.sport), ports(&rule.dport)),
+        _ => (ports(&rule.sport, &rule.sport_sets), ports(&rule.dport, &rule.dport_sets)),
     };
     addrs(&rule.src, &rule.src_sets).saturating_mul(addrs(&rule.dst, &rule.dst_sets)).saturating_mul(sports).saturating_mul(dports)
 }
@@ -298,10 +305,10 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
     let (sports, dports) = match rule.proto {
         // ICMP type and code stand in the port fields of the key.
         Proto::Icmp | Proto::Icmpv6 => (
-            vec![rule.icmp_type.map_or((0, u16::MAX), |t| (t as u16, t as u16))],
-            vec![rule.icmp_code.map_or((0, u16::MAX), |c| (c as u16, c as u16))],
+            vec![(rule.icmp_type.map_or((0, u16::MAX), |t| (t as u16, t as u16)), 0)],
+            vec![(rule.icmp_code.map_or((0, u16::MAX), |c| (c as u16, c as u16)), 0)],
         ),
-        _ => (port_ranges(&rule.sport), port_ranges(&rule.dport)),
+        _ => (port_alternatives(&rule.sport, &rule.sport_sets), port_alternatives(&rule.dport, &rule.dport_sets)),
     };
     let srcs = address_alternatives(&rule.src, &rule.src_sets);
     let dsts = address_alternatives(&rule.dst, &rule.dst_sets);
@@ -313,8 +320,8 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
             if !src_any && !dst_any && is_v4_range(src) != is_v4_range(dst) {
                 continue;
             }
-            for &(sport_lo, sport_hi) in &sports {
-                for &(dport_lo, dport_hi) in &dports {
+            for &((sport_lo, sport_hi), sport_set) in &sports {
+                for &((dport_lo, dport_hi), dport_set) in &dports {
                     out.push(MatchBox {
                         src_lo: U128::from_u128(src.0),
                         src_hi: U128::from_u128(src.1),
@@ -335,8 +342,11 @@ fn rule_boxes(rule: &Rule, index: u32, out: &mut Vec<MatchBox>) {
                         src_set,
                         dst_set,
                         limited: u8::from(rule.limit.is_some()),
-                        _pad: 0,
+                        sport_set,
+                        dport_set,
+                        _pad: [0; 3],
                         rule: index,
+                        _pad2: 0,
                     });
                 }
             }
@@ -385,7 +395,7 @@ impl Builder<'_> {
         for id in ids {
             kept.push(id);
             let b = &self.boxes[id as usize];
-            if b.tcp_flags_mask == 0 && b.state_mask == ct_state::ANY && b.src_set == 0 && b.dst_set == 0 && covers(&self.ranges[id as usize], &region) {
+            if b.tcp_flags_mask == 0 && b.state_mask == ct_state::ANY && b.src_set == 0 && b.dst_set == 0 && b.sport_set == 0 && b.dport_set == 0 && covers(&self.ranges[id as usize], &region) {
                 break;
             }
         }

@@ -629,9 +629,9 @@ impl Firewall {
                 _ => bail!("map {name} has an unexpected type"),
             })
         };
-        let ids = [maps::SETS, maps::SET_ELEMS, maps::SET_HOSTS, maps::SET_PREFIXES].map(|m| id(&self.ebpf, m));
-        let [a, b, c, d] = ids;
-        crate::sets::open_by_id([a?, b?, c?, d?])
+        let ids = [maps::SETS, maps::SET_ELEMS, maps::SET_HOSTS, maps::SET_PREFIXES, maps::PORT_SETS].map(|m| id(&self.ebpf, m));
+        let [a, b, c, d, e] = ids;
+        crate::sets::open_by_id([a?, b?, c?, d?, e?])
     }
 
     /// Writes `policy` into the slot the XDP program is not reading, then
@@ -695,7 +695,7 @@ impl Firewall {
             })
             .collect();
         let to_id = |s: u8| if s == 0 { 0 } else { set_ids[s as usize - 1] as u8 + 1 };
-        let boxes: Vec<MatchBox> = policy.boxes.iter().map(|b| MatchBox { src_set: to_id(b.src_set), dst_set: to_id(b.dst_set), ..*b }).collect();
+        let boxes: Vec<MatchBox> = policy.boxes.iter().map(|b| MatchBox { src_set: to_id(b.src_set), dst_set: to_id(b.dst_set), sport_set: to_id(b.sport_set), dport_set: to_id(b.dport_set), ..*b }).collect();
         let e = &mut self.ebpf;
         write_all::<Node>(e, maps::NODES, slot * MAX_NODES, &policy.nodes)?;
         write_all::<u32>(e, maps::LEAF_REFS, slot * MAX_LEAF_REFS, &policy.leaf_refs)?;

@@ -233,6 +233,7 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: O
                 elems: aya::maps::lpm_trie::LpmTrie::try_from(take(maps::SET_ELEMS)?)?,
                 hosts: BpfHashMap::try_from(take(maps::SET_HOSTS)?)?,
                 prefixes: Array::try_from(take(maps::SET_PREFIXES)?)?,
+                ports: Array::try_from(take(maps::PORT_SETS)?)?,
             },
             iface,
         },

@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData, lpm_trie::{Key, LpmTrie}};
-use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_KEY_BITS, SET_KIND_ADDR, SET_NAME_LEN, SetAddr, SetDef, SetElem, U128};
+use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_KEY_BITS, SET_KIND_ADDR, SET_KIND_PORT, SET_NAME_LEN, PortBits, SetAddr, SetDef, SetElem, U128};
 
-use crate::policy::{Cidr, SetSpec};
+use crate::policy::{Cidr, PortRange, SetSpec};
 
 pub use firewall_common::{SET_FREE as FREE, SET_LIVE as LIVE, SET_PENDING as PENDING, SET_RETIRING as RETIRING};
 
@@ -28,6 +28,12 @@ pub enum SetError {
     BadElement(String, String),
     #[error("{0} is not in set `{1}`")]
     Missing(String, String),
+    #[error("set `{name}` holds {holds}: give {holds} (such as {example})")]
+    WrongKind { name: String, holds: &'static str, example: &'static str },
+    #[error("`{0}` is not a port or port range (such as 443 or 8000-8100)")]
+    BadPort(String),
+    #[error("a port set has no timeouts (`--timeout` with set `{0}`)")]
+    PortTimeout(String),
     #[error("the new policy needs {need} new set ids but only {free} of {MAX_SETS} are free (the running policy's sets keep theirs until the switch); change fewer sets at once")]
     NoFreeId { need: usize, free: usize },
     #[error("map access failed: {0}")]
@@ -62,14 +68,53 @@ pub fn parse_element(text: &str) -> Result<Cidr, SetError> {
     Cidr::parse(text).map_err(|e| SetError::BadElement(text.to_owned(), e))
 }
 
+/// Parses a port set's element: a port, or an inclusive range `A-B`.
+pub fn parse_port_element(text: &str) -> Result<PortRange, SetError> {
+    let bad = || SetError::BadPort(text.to_owned());
+    let num = |t: &str| t.trim().parse::<u16>().map_err(|_| bad());
+    let (lo, hi) = match text.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(text)?, num(text)?),
+    };
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok(PortRange { lo, hi })
+}
+
+/// `443`, or `8000-8100`.
+pub fn port_text(r: &PortRange) -> String {
+    if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) }
+}
+
+/// The ranges a port set's bits make, in order.
+fn ranges_of(bits: &PortBits) -> Vec<PortRange> {
+    let mut out: Vec<PortRange> = Vec::new();
+    for p in 0..=u16::MAX {
+        if !bits.has(p) {
+            continue;
+        }
+        match out.last_mut() {
+            Some(r) if r.hi as u32 + 1 == p as u32 => r.hi = p,
+            _ => out.push(PortRange { lo: p, hi: p }),
+        }
+    }
+    out
+}
+
+fn port_count(bits: &PortBits) -> u32 {
+    bits.words.iter().map(|w| w.count_ones()).sum()
+}
+
 /// Opens the maps again by id (owned, so all can be borrowed at once).
-pub fn open_by_id(ids: [u32; 4]) -> anyhow::Result<Sets> {
+pub fn open_by_id(ids: [u32; 5]) -> anyhow::Result<Sets> {
     use aya::maps::{HashMap as BpfHashMap, Map};
     Ok(Sets {
         defs: Array::try_from(Map::Array(MapData::from_id(ids[0])?))?,
         elems: LpmTrie::try_from(Map::LpmTrie(MapData::from_id(ids[1])?))?,
         hosts: BpfHashMap::try_from(Map::HashMap(MapData::from_id(ids[2])?))?,
         prefixes: Array::try_from(Map::Array(MapData::from_id(ids[3])?))?,
+        ports: Array::try_from(Map::Array(MapData::from_id(ids[4])?))?,
     })
 }
 
@@ -81,6 +126,8 @@ pub struct Sets {
     pub elems: LpmTrie<MapData, SetAddr, SetElem>,
     pub hosts: aya::maps::HashMap<MapData, SetAddr, SetElem>,
     pub prefixes: Array<MapData, u32>,
+    /// Port sets: one `PortBits` per set id.
+    pub ports: Array<MapData, PortBits>,
 }
 
 /// What `prepare` did, for `commit`, `abort` and `retire`.
@@ -196,7 +243,7 @@ impl Sets {
     /// default. All or nothing: a set without room for every new element
     /// (after deleting its expired ones) is left as it was.
     pub fn add(&mut self, name: &str, elements: &[Cidr], timeout_secs: Option<u32>, now_ns: u64) -> Result<usize, SetError> {
-        let Found { id, mut def } = self.find(name)?;
+        let Found { id, mut def } = self.find_kind(name, SET_KIND_ADDR)?;
         let secs = timeout_secs.unwrap_or(def.timeout_secs);
         let expires_ns = if secs == 0 { 0 } else { now_ns + secs as u64 * 1_000_000_000 };
         let mut fresh: Vec<&Cidr> = elements.iter().filter(|c| self.get(id, c).is_none()).collect();
@@ -225,7 +272,7 @@ impl Sets {
     /// Deletes elements. All or nothing: when one is missing, none is
     /// deleted (`if_present`: the missing ones are skipped).
     pub fn del(&mut self, name: &str, elements: &[Cidr], if_present: bool) -> Result<usize, SetError> {
-        let Found { id, mut def } = self.find(name)?;
+        let Found { id, mut def } = self.find_kind(name, SET_KIND_ADDR)?;
         if !if_present {
             if let Some(c) = elements.iter().find(|c| self.get(id, c).is_none()) {
                 return Err(SetError::Missing(element_text(c), name.to_owned()));
@@ -244,13 +291,74 @@ impl Sets {
 
     pub fn flush(&mut self, name: &str) -> Result<usize, SetError> {
         let Found { id, mut def } = self.find(name)?;
-        let n = self.clear(id)?;
+        let n = if def.kind == SET_KIND_PORT { def.count as usize } else { 0 } + self.clear(id)?;
         def.count = 0;
         self.defs.set(id, &def, 0)?;
         Ok(n)
     }
 
+    /// Set `name`, which must be of `kind`.
+    pub fn find_kind(&self, name: &str, kind: u8) -> Result<Found, SetError> {
+        let found = self.find(name)?;
+        if found.def.kind != kind {
+            let (holds, example) = if found.def.kind == SET_KIND_PORT { ("ports", "443 or 8000-8100") } else { ("addresses", "192.0.2.7 or 2001:db8::/48") };
+            return Err(SetError::WrongKind { name: name.to_owned(), holds, example });
+        }
+        Ok(found)
+    }
+
+    /// A port set's ports, as ranges.
+    pub fn port_members(&self, id: u32) -> Result<Vec<PortRange>, SetError> {
+        Ok(ranges_of(&self.ports.get(&id, 0)?))
+    }
+
+    /// Adds ports to port set `name`; how many were not there. All or
+    /// nothing: a set without room for every new port is left as it was.
+    pub fn add_ports(&mut self, name: &str, ranges: &[PortRange]) -> Result<usize, SetError> {
+        let Found { id, mut def } = self.find_kind(name, SET_KIND_PORT)?;
+        let mut bits = self.ports.get(&id, 0)?;
+        let before = port_count(&bits);
+        for r in ranges {
+            for p in r.lo..=r.hi {
+                bits.add(p);
+            }
+        }
+        let after = port_count(&bits);
+        if after > def.max {
+            return Err(SetError::Full { name: name.to_owned(), max: def.max });
+        }
+        // One write of the whole bitmap: a packet sees it before or after.
+        self.ports.set(id, &bits, 0)?;
+        def.count = after;
+        self.defs.set(id, &def, 0)?;
+        Ok((after - before) as usize)
+    }
+
+    /// Deletes ports; all or nothing as `del`.
+    pub fn del_ports(&mut self, name: &str, ranges: &[PortRange], if_present: bool) -> Result<usize, SetError> {
+        let Found { id, mut def } = self.find_kind(name, SET_KIND_PORT)?;
+        let mut bits = self.ports.get(&id, 0)?;
+        if !if_present {
+            if let Some(r) = ranges.iter().find(|r| (r.lo..=r.hi).any(|p| !bits.has(p))) {
+                return Err(SetError::Missing(port_text(r), name.to_owned()));
+            }
+        }
+        let before = port_count(&bits);
+        for r in ranges {
+            for p in r.lo..=r.hi {
+                bits.words[(p >> 6) as usize] &= !(1u64 << (p & 63));
+            }
+        }
+        self.ports.set(id, &bits, 0)?;
+        def.count = port_count(&bits);
+        self.defs.set(id, &def, 0)?;
+        Ok((before - def.count) as usize)
+    }
+
     fn clear(&mut self, id: u32) -> Result<usize, SetError> {
+        if self.ports.get(&id, 0).is_ok_and(|b| b.words.iter().any(|&w| w != 0)) {
+            self.ports.set(id, &PortBits::EMPTY, 0)?;
+        }
         let mut n = 0;
         for (c, _) in self.members(id) {
             n += usize::from(self.remove(id, &c)?);
@@ -334,10 +442,20 @@ impl Sets {
     fn write_pending(&mut self, id: u32, spec: &SetSpec) -> Result<(), SetError> {
         // A crashed controller may have left elements under a free id.
         self.clear(id)?;
-        let mut def = SetDef { in_use: PENDING, kind: SET_KIND_ADDR, timeout_secs: spec.timeout_secs, max: spec.size, def_hash: spec.def_hash(), ..Default::default() };
+        let mut def = SetDef { in_use: PENDING, kind: spec.kind.code(), timeout_secs: spec.timeout_secs, max: spec.size, def_hash: spec.def_hash(), ..Default::default() };
         def.name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
         for c in &spec.elements {
             def.count += u32::from(self.put(id, c, 0)?);
+        }
+        if !spec.ports.is_empty() {
+            let mut bits = PortBits::EMPTY;
+            for r in &spec.ports {
+                for p in r.lo..=r.hi {
+                    bits.add(p);
+                }
+            }
+            self.ports.set(id, &bits, 0)?;
+            def.count = port_count(&bits);
         }
         self.defs.set(id, &def, 0)?;
         Ok(())

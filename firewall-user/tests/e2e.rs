@@ -1449,6 +1449,16 @@ proto = "tcp"
 dport = 7002
 action = "accept"
 limit = { rate = "2/m", burst = 2, ban = "@offenders" }
+
+[[set]]
+name = "extra"
+type = "port"
+
+[[rule]]
+name = "extra-ports"
+proto = "tcp"
+dport = "@extra"
+action = "accept"
 "#;
 
 /// Servers on `ports` that keep every connection open, echoing what comes,
@@ -1499,9 +1509,24 @@ fn offenders(pair: &Pair) -> Vec<String> {
 #[test]
 fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_is_banned() {
     let pair = Pair::new();
-    start_holding_servers(&pair, &[7001, 7002]);
+    start_holding_servers(&pair, &[7001, 7002, 7003]);
     let (_dir, policy) = temp_policy(CAPPED);
     let _fw = start_firewall(&pair, &policy);
+    // A port set, changed from another process: the port opens and closes.
+    assert!(connect_to(&pair, 7003, Duration::from_millis(1500)).is_err(), "7003 is in no rule yet");
+    let fw = |args: &[&str]| Pair::output(&pair.server, FIREWALL, args);
+    assert!(fw(&["set", "add", "extra", "7003", "7100-7199"]).status.success());
+    let mut extra = connect_to(&pair, 7003, Duration::from_secs(3)).expect("7003 is in the set now");
+    assert!(echoes(&mut extra));
+    let listed = json_output(fw(&["set", "list", "extra", "--json"])).unwrap();
+    assert_eq!(listed["elements"], serde_json::json!([{ "element": "7003" }, { "element": "7100-7199" }]), "{listed}");
+    let refused = fw(&["set", "add", "extra", "7004", "--timeout", "1m"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("a port set has no timeouts"), "{refused:?}");
+    let wrong = fw(&["set", "add", "extra", "192.0.2.1"]);
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("is not a port or port range"), "{wrong:?}");
+    assert!(fw(&["set", "del", "extra", "7003"]).status.success());
+    assert!(connect_to(&pair, 7003, Duration::from_millis(1500)).is_err(), "7003 is out of the set again");
+    drop(extra);
     let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(&pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
     for s in &mut open {
         assert!(echoes(s), "each of the three connections works");

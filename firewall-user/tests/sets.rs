@@ -312,3 +312,80 @@ fn a_million_element_set_loads_and_matches() {
         (set_other / plain_other - 1.0) * 100.0
     );
 }
+
+const PORTS: &str = r#"
+[settings]
+default = "drop"
+
+[[set]]
+name = "web"
+type = "port"
+elements = [80, 443, "8000-8002"]
+size = 8
+
+[[set]]
+name = "peers"
+type = "addr"
+elements = ["192.0.2.0/24"]
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = ["@web", 9000]
+action = "accept"
+
+[[rule]]
+name = "from-peer-ports"
+proto = "udp"
+src = "@peers"
+sport = "@web"
+action = "accept"
+"#;
+
+/// Port sets: `dport`/`sport = "@name"`, beside plain ports; changed at
+/// run time without a reload; kept across a reload that leaves them be.
+#[test]
+fn port_sets_match_and_change_at_run_time() {
+    let mut h = Harness::new(PORTS);
+    let syn = |dport: u16| tcp("10.0.0.1", "198.51.100.1", 40000, dport, SYN);
+    for port in [80, 443, 8000, 8002, 9000] {
+        h.expect(&syn(port), XDP_PASS, Reason::RuleAccept);
+    }
+    for port in [22, 81, 8003] {
+        h.expect(&syn(port), XDP_DROP, Reason::DefaultDrop);
+    }
+    // An address set and a port set in one rule: both must hold.
+    h.expect(&udp("192.0.2.5", "198.51.100.1", 443, 5000), XDP_PASS, Reason::RuleAccept);
+    h.expect(&udp("192.0.2.5", "198.51.100.1", 444, 5000), XDP_DROP, Reason::DefaultDrop);
+    h.expect(&udp("10.0.0.5", "198.51.100.1", 443, 5000), XDP_DROP, Reason::DefaultDrop);
+
+    let mut sets = h.fw.sets().unwrap();
+    let range = |t: &str| firewall_user::sets::parse_port_element(t).unwrap();
+    assert_eq!(sets.add_ports("web", &[range("22"), range("443")]).unwrap(), 1, "443 is there already");
+    h.expect(&syn(22), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(sets.del_ports("web", &[range("8000-8002")], false).unwrap(), 3);
+    h.expect(&syn(8001), XDP_DROP, Reason::DefaultDrop);
+    let id = sets.find("web").unwrap().id;
+    let listed: Vec<String> = sets.port_members(id).unwrap().iter().map(firewall_user::sets::port_text).collect();
+    assert_eq!(listed, ["22", "80", "443"]);
+    // Errors change nothing: a missing port, a full set (size 8), the wrong kind.
+    assert!(matches!(sets.del_ports("web", &[range("22"), range("23")], false), Err(SetError::Missing(..))));
+    assert!(matches!(sets.add_ports("web", &[range("1000-1005")]), Err(SetError::Full { max: 8, .. })));
+    assert!(matches!(sets.add("web", &[parse_element("192.0.2.1").unwrap()], None, monotonic_ns()), Err(SetError::WrongKind { .. })));
+    assert!(matches!(sets.add_ports("peers", &[range("22")]), Err(SetError::WrongKind { .. })));
+    assert!(firewall_user::sets::parse_port_element("70000").is_err() && firewall_user::sets::parse_port_element("9-8").is_err());
+    h.expect(&syn(22), XDP_PASS, Reason::RuleAccept);
+    h.expect(&syn(1000), XDP_DROP, Reason::DefaultDrop);
+    // A reload that keeps the set keeps its run-time ports; one that
+    // changes it starts from the policy's.
+    h.install(PORTS);
+    h.expect(&syn(22), XDP_PASS, Reason::RuleAccept);
+    h.install(&PORTS.replace("elements = [80, 443, \"8000-8002\"]", "elements = [80]"));
+    h.expect(&syn(22), XDP_DROP, Reason::DefaultDrop);
+    h.expect(&syn(443), XDP_DROP, Reason::DefaultDrop);
+    h.expect(&syn(80), XDP_PASS, Reason::RuleAccept);
+    let mut sets = h.fw.sets().unwrap();
+    assert_eq!(sets.flush("web").unwrap(), 1);
+    h.expect(&syn(80), XDP_DROP, Reason::DefaultDrop);
+    h.expect(&syn(9000), XDP_PASS, Reason::RuleAccept);
+}

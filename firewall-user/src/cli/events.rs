@@ -27,6 +27,11 @@ pub(super) fn dir(iface: Option<&str>) -> Result<PathBuf> {
     // No pins visible (`ip netns exec`): the one firewall that logs here.
     let root = events::run_dir("")?;
     let dirs: Vec<PathBuf> = std::fs::read_dir(&root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    // A firewall is named after its first interface: with several here
+    // (some left by firewalls gone), the one named so.
+    if let Some(named) = iface.and_then(|i| dirs.iter().find(|d| d.file_name().is_some_and(|n| n == i))) {
+        return Ok(named.clone());
+    }
     match (dirs.len(), iface) {
         (1, _) => Ok(dirs.into_iter().next().expect("one")),
         (0, Some(i)) => bail!("no firewall logs events for {i} in this network namespace"),

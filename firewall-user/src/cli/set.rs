@@ -6,11 +6,11 @@ use firewall_user::{conntrack::monotonic_ns, maps, policy::parse_duration, sets}
 
 #[derive(Subcommand)]
 pub enum SetCommand {
-    /// Add addresses or prefixes to a set (an element already there gets the new timeout).
+    /// Add addresses or prefixes to a set (an element already there gets the new timeout), or ports to a port set.
     Add {
         /// The set's name (a [[set]] of the running policy).
         name: String,
-        /// IPv4/IPv6 addresses or prefixes, such as 192.0.2.7 or 2001:db8::/32.
+        /// IPv4/IPv6 addresses or prefixes, such as 192.0.2.7 or 2001:db8::/32; for a port set, ports or ranges such as 443 or 8000-8100.
         #[arg(required = true)]
         elements: Vec<String>,
         /// Remove the elements after this long (such as 90s, 10m, 2h, 7d); default: the set's timeout.
@@ -63,7 +63,36 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
     // One set of maps per firewall, whichever interface it is found on.
     let s = &mut found.first_mut().expect("open returns one firewall").maps.sets;
     let parse = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_element(e).map_err(anyhow::Error::from)).collect() };
+    let parse_ports = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_port_element(e).map_err(anyhow::Error::from)).collect() };
+    let is_port_set = |s: &sets::Sets, name: &str| s.find(name).is_ok_and(|f| f.def.kind == firewall_common::SET_KIND_PORT);
     match cmd {
+        SetCommand::Add { name, elements, timeout, .. } if is_port_set(s, &name) => {
+            if timeout.is_some() {
+                return Err(sets::SetError::PortTimeout(name).into());
+            }
+            let ranges = parse_ports(&elements)?;
+            let _lock = sets::lock()?;
+            let added = s.add_ports(&name, &ranges)?;
+            eprintln!("{added} ports added to {name}");
+        }
+        SetCommand::Del { name, elements, if_present, .. } if is_port_set(s, &name) => {
+            let ranges = parse_ports(&elements)?;
+            let _lock = sets::lock()?;
+            let n = s.del_ports(&name, &ranges, if_present)?;
+            eprintln!("{n} ports removed from {name}");
+        }
+        SetCommand::List { name: Some(name), json, .. } if is_port_set(s, &name) => {
+            let set = s.find(&name)?;
+            let ranges = s.port_members(set.id)?;
+            if json {
+                let items: Vec<_> = ranges.iter().map(|r| serde_json::json!({ "element": sets::port_text(r) })).collect();
+                println!("{}", serde_json::json!({ "name": name, "size": set.def.max, "elements": items }));
+            } else {
+                for r in &ranges {
+                    println!("{}", sets::port_text(r));
+                }
+            }
+        }
         SetCommand::Add { name, elements, timeout, .. } => {
             let elements = parse(&elements)?;
             let timeout = timeout.map(|t| parse_duration(&t).map_err(anyhow::Error::msg)).transpose().context("--timeout")?;
@@ -102,7 +131,8 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
         SetCommand::List { name: None, json, .. } => {
             let all: Vec<_> = s.all()?.into_iter().filter(|(_, d)| d.in_use == sets::LIVE).collect();
             if json {
-                let items: Vec<_> = all.iter().map(|(_, d)| serde_json::json!({ "name": d.name_str(), "elements": d.count, "size": d.max, "timeout": d.timeout_secs })).collect();
+                let kind = |d: &firewall_common::SetDef| if d.kind == firewall_common::SET_KIND_PORT { "port" } else { "addr" };
+                let items: Vec<_> = all.iter().map(|(_, d)| serde_json::json!({ "name": d.name_str(), "type": kind(d), "elements": d.count, "size": d.max, "timeout": d.timeout_secs })).collect();
                 println!("{}", serde_json::Value::Array(items));
             } else {
                 for (_, d) in &all {

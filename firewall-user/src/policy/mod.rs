@@ -410,6 +410,10 @@ pub struct Rule {
     /// Empty: any port.
     pub sport: Vec<PortRange>,
     pub dport: Vec<PortRange>,
+    /// Port sets (indices in `Policy::sets`) the port may also be in, as
+    /// `src_sets` for addresses.
+    pub sport_sets: Vec<usize>,
+    pub dport_sets: Vec<usize>,
     pub tcp_flags: TcpFlags,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
@@ -584,13 +588,42 @@ pub struct Policy {
 /// Size of a set that does not say.
 pub const DEFAULT_SET_SIZE: u32 = 65_536;
 
-/// One `[[set]]` (type `addr`, the only one).
+/// What a `[[set]]` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetKind {
+    /// IPv4 and IPv6 addresses and prefixes (`src`/`dst = "@name"`).
+    Addr,
+    /// Ports and port ranges (`sport`/`dport = "@name"`).
+    Port,
+}
+
+impl SetKind {
+    pub fn code(self) -> u8 {
+        match self {
+            SetKind::Addr => firewall_common::SET_KIND_ADDR,
+            SetKind::Port => firewall_common::SET_KIND_PORT,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SetKind::Addr => "addr",
+            SetKind::Port => "port",
+        }
+    }
+}
+
+/// One `[[set]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetSpec {
     pub name: String,
     /// 1-based line of its `name`.
     pub line: usize,
+    pub kind: SetKind,
+    /// An address set's elements.
     pub elements: Vec<Cidr>,
+    /// A port set's elements.
+    pub ports: Vec<PortRange>,
     /// Default timeout of elements added at run time (0: none).
     pub timeout_secs: u32,
     pub size: u32,
@@ -605,13 +638,20 @@ impl SetSpec {
         elements.sort_unstable();
         elements.dedup();
         let mut bytes = Vec::with_capacity(16 + elements.len() * 18);
-        bytes.push(firewall_common::SET_KIND_ADDR);
+        bytes.push(self.kind.code());
         bytes.extend_from_slice(&self.timeout_secs.to_le_bytes());
         bytes.extend_from_slice(&self.size.to_le_bytes());
         for (v4, lo, prefix) in elements {
             bytes.push(u8::from(v4));
             bytes.extend_from_slice(&lo.to_le_bytes());
             bytes.push(prefix);
+        }
+        // Port sets: the ports themselves (ranges may be written in many ways).
+        let mut ports: Vec<u16> = self.ports.iter().flat_map(|r| r.lo..=r.hi).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for p in ports {
+            bytes.extend_from_slice(&p.to_le_bytes());
         }
         let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
         // 0 marks a free registry entry's hash; never produce it.

@@ -20,7 +20,7 @@ pub(super) struct RawSet {
     pub(super) name: Spanned<String>,
     #[serde(rename = "type")]
     pub(super) kind: Spanned<String>,
-    pub(super) elements: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) elements: Option<Spanned<Vec<Spanned<SetItem>>>>,
     pub(super) timeout: Option<Spanned<DurationText>>,
     pub(super) size: Option<Spanned<i64>>,
 }
@@ -176,6 +176,15 @@ impl Item for PortItem {
     fn from_str<E: de::Error>(v: &str) -> Result<Self, E> {
         Ok(PortItem::Text(v.to_owned()))
     }
+}
+
+/// A set element: an address or prefix string, or (port sets) a port
+/// number or range string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum SetItem {
+    Num(i64),
+    Text(String),
 }
 
 /// Visitor for one scalar item.

@@ -24,11 +24,13 @@ impl Rule {
     pub(super) fn shadows_in(&self, later: &Rule, live: u8) -> bool {
         // A set's elements change at run time: a rule naming one covers
         // nothing for sure, and one naming a set may match any address.
-        if !self.src_sets.is_empty() || !self.dst_sets.is_empty() {
+        if !self.src_sets.is_empty() || !self.dst_sets.is_empty() || !self.sport_sets.is_empty() || !self.dport_sets.is_empty() {
             return false;
         }
         let later_src: &[Cidr] = if later.src_sets.is_empty() { &later.src } else { &[] };
         let later_dst: &[Cidr] = if later.dst_sets.is_empty() { &later.dst } else { &[] };
+        let later_sport: &[PortRange] = if later.sport_sets.is_empty() { &later.sport } else { &[] };
+        let later_dport: &[PortRange] = if later.dport_sets.is_empty() { &later.dport } else { &[] };
         let later_state = later.state & live;
         if self.state & later_state != later_state {
             return false;
@@ -45,7 +47,7 @@ impl Rule {
         if self.icmp_code.is_some() && self.icmp_code != later.icmp_code {
             return false;
         }
-        if !ports_cover(&self.sport, &later.sport) || !ports_cover(&self.dport, &later.dport) {
+        if !ports_cover(&self.sport, later_sport) || !ports_cover(&self.dport, later_dport) {
             return false;
         }
         // Only the families `later` can actually see matter: an IPv4-only

@@ -793,6 +793,30 @@ fn syncookie_rules_and_settings() {
 }
 
 #[test]
+fn port_sets() {
+    let set = "[[set]]\nname = \"web\"\ntype = \"port\"\nelements = [80, \"8000-8001\"]\n\n[[set]]\nname = \"hosts\"\ntype = \"addr\"\n\n";
+    let rule = |body: &str| format!("{set}[[rule]]\nname = \"a\"\nproto = \"tcp\"\n{body}\naction = \"accept\"\n");
+    let p = ok(&rule("dport = [\"@web\", 22]"));
+    assert_eq!(p.sets[0].kind, SetKind::Port);
+    assert_eq!(p.sets[0].ports, vec![PortRange { lo: 80, hi: 80 }, PortRange { lo: 8000, hi: 8001 }]);
+    assert_eq!(p.sets[0].size, 65_536);
+    assert_eq!((p.rules[0].dport_sets.clone(), p.rules[0].dport.clone()), (vec![0], vec![PortRange { lo: 22, hi: 22 }]));
+    assert_eq!(err(&rule("dport = \"@hosts\"")), "t.toml:13:9: error: set `hosts` holds addresses; `dport` needs a port set (type = \"port\")");
+    assert_eq!(err(&rule("src = \"@web\"")), "t.toml:13:7: error: set `web` holds ports; `src` needs an address set");
+    assert_eq!(
+        err(&rule("dport = \"@web\"\nsyncookie = \"always\"")),
+        "t.toml:14:13: error: `syncookie` needs its ports in `dport` itself, not in a port set: a cookie service's ports are fixed when the policy loads"
+    );
+    assert_eq!(err("[[set]]\nname = \"p\"\ntype = \"port\"\ntimeout = \"1m\"\n"), "t.toml:4:11: error: a port set has no timeouts (its ports are bits, kept until deleted)");
+    assert_eq!(err("[[set]]\nname = \"p\"\ntype = \"port\"\nelements = [70000]\n"), "t.toml:4:13: error: port 70000 out of range (0-65535)");
+    assert_eq!(err("[[set]]\nname = \"p\"\ntype = \"port\"\nelements = [\"1-10\"]\nsize = 4\n"), "t.toml:2:8: error: set `p` lists 10 elements but its size is 4");
+    assert_eq!(err("[[set]]\nname = \"p\"\ntype = \"addr\"\nelements = [22]\n"), "t.toml:4:13: error: 22 is not an address or prefix: write addresses as strings, such as \"192.0.2.1\"");
+    // A later rule on a port set is never reported as shadowed by one on plain ports.
+    let p = ok(&format!("{set}[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 80\naction = \"drop\"\n\n[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndport = \"@web\"\naction = \"accept\"\n"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
 fn sets_and_references() {
     let base = "[[set]]\nname = \"bad\"\ntype = \"addr\"\nelements = [\"192.0.2.0/24\", \"2001:db8::1\"]\ntimeout = \"10m\"\nsize = 10\n";
     let p = ok(&format!("{base}[[rule]]\nname = \"a\"\nsrc = [\"@bad\", \"10.0.0.0/8\"]\ndst = \"@bad\"\naction = \"drop\"\n"));
@@ -806,7 +830,7 @@ fn sets_and_references() {
         err("[[rule]]\nname = \"a\"\nsrc = [\"10.0.0.0/8\", \"@nope\"]\naction = \"drop\"\n"),
         "t.toml:3:22: error: unknown set `nope` (declare it with [[set]] name = \"nope\")"
     );
-    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"port\"\n"), "t.toml:3:8: error: unknown set type `port`; the only type is \"addr\" (IPv4 and IPv6 addresses and prefixes)");
+    assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"mac\"\n"), "t.toml:3:8: error: unknown set type `mac`; use \"addr\" (IPv4 and IPv6 addresses and prefixes) or \"port\" (ports and port ranges)");
     assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\nelements = [\"10.0.0.1/8\"]\n"), "t.toml:4:13: error: host bits set in 10.0.0.1/8; did you mean 10.0.0.0/8?");
     assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\ntimeout = \"10y\"\n"), "t.toml:4:11: error: bad duration `10y`: use a number with s, m, h or d, such as \"10m\"");
     assert_eq!(err("[[set]]\nname = \"s\"\ntype = \"addr\"\nsize = 0\n"), "t.toml:4:8: error: set size 0 is out of range 1..=2097152");

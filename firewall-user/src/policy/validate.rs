@@ -18,12 +18,14 @@ pub(super) struct Validator<'a> {
     set_index: HashMap<String, usize>,
     /// Each set's default timeout, by index (a `ban` adds for that long).
     set_timeouts: Vec<u32>,
+    /// Each set's kind, by index.
+    set_kinds: Vec<SetKind>,
 }
 
 impl<'a> Validator<'a> {
     pub(super) fn new(text: &'a str, file: &'a str) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Validator { text, file, line_starts, errors: Vec::new(), set_index: HashMap::new(), set_timeouts: Vec::new() }
+        Validator { text, file, line_starts, errors: Vec::new(), set_index: HashMap::new(), set_timeouts: Vec::new(), set_kinds: Vec::new() }
     }
 
     /// 1-based line and column (in characters) of byte offset `pos`.
@@ -271,8 +273,8 @@ impl<'a> Validator<'a> {
             }
         }
 
-        let sport = self.ports("sport", raw.sport, proto);
-        let dport = self.ports("dport", raw.dport, proto);
+        let (sport, sport_sets) = self.ports("sport", raw.sport, proto);
+        let (dport, dport_sets) = self.ports("dport", raw.dport, proto);
 
         let mut flags = TcpFlags::default();
         if let Some(f) = raw.tcp_flags {
@@ -357,6 +359,10 @@ impl<'a> Validator<'a> {
                     self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")"));
                     return None;
                 };
+                if self.set_kinds[index] != SetKind::Addr {
+                    self.error(&span, format!("set `{name}` holds ports; a ban adds addresses"));
+                    return None;
+                }
                 let timeout_secs = self.set_timeouts[index];
                 if timeout_secs == 0 {
                     self.error(&span, format!("a ban lasts the set's timeout: give set `{name}` a `timeout`"));
@@ -383,6 +389,8 @@ impl<'a> Validator<'a> {
                     self.error(&span, format!("`syncookie` needs proto = \"tcp\" (this rule's proto is \"{}\")", proto.name()));
                 } else if raw.action != Action::Accept {
                     self.error(&span, "`syncookie` needs action = \"accept\": cookies answer SYNs the rule lets in");
+                } else if !dport_sets.is_empty() {
+                    self.error(&span, "`syncookie` needs its ports in `dport` itself, not in a port set: a cookie service's ports are fixed when the policy loads");
                 } else if dport.is_empty() {
                     self.error(&span, "`syncookie` needs `dport`: cookies protect a service, named by its port(s)");
                 } else if state & ct_state::NEW == 0 {
@@ -405,6 +413,8 @@ impl<'a> Validator<'a> {
             dst_sets,
             sport,
             dport,
+            sport_sets,
+            dport_sets,
             tcp_flags: flags,
             icmp_type,
             icmp_code,
@@ -451,6 +461,9 @@ impl<'a> Validator<'a> {
         for (AddrText(text), span) in items {
             if let Some(name) = text.strip_prefix('@') {
                 match self.set_index.get(name) {
+                    Some(&i) if self.set_kinds[i] != SetKind::Addr => {
+                        self.error(&span, format!("set `{name}` holds ports; `{key}` needs an address set"))
+                    }
                     Some(&i) if !sets.contains(&i) => sets.push(i),
                     Some(_) => {}
                     None => self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
@@ -494,13 +507,21 @@ impl<'a> Validator<'a> {
             } else if self.set_index.contains_key(&name) {
                 self.error(&name_span, format!("duplicate set name `{name}`"));
             }
-            if r.kind.get_ref() != "addr" {
-                self.error(&r.kind.span(), format!("unknown set type `{}`; the only type is \"addr\" (IPv4 and IPv6 addresses and prefixes)", r.kind.get_ref()));
-            }
+            let kind = match r.kind.get_ref().as_str() {
+                "addr" => SetKind::Addr,
+                "port" => SetKind::Port,
+                other => {
+                    self.error(&r.kind.span(), format!("unknown set type `{other}`; use \"addr\" (IPv4 and IPv6 addresses and prefixes) or \"port\" (ports and port ranges)"));
+                    SetKind::Addr
+                }
+            };
             let timeout_secs = match r.timeout {
                 None => 0,
                 Some(t) => {
                     let span = t.span();
+                    if kind == SetKind::Port {
+                        self.error(&span, "a port set has no timeouts (its ports are bits, kept until deleted)");
+                    }
                     match parse_duration(&t.into_inner().0) {
                         Ok(d) => d,
                         Err(msg) => {
@@ -510,30 +531,57 @@ impl<'a> Validator<'a> {
                     }
                 }
             };
+            let (default_size, max_size) = match kind {
+                SetKind::Addr => (DEFAULT_SET_SIZE, MAX_SET_SIZE),
+                SetKind::Port => (firewall_common::PORTS, firewall_common::PORTS),
+            };
             let size = match r.size {
-                None => DEFAULT_SET_SIZE,
+                None => default_size,
                 Some(s) => {
                     let v = *s.get_ref();
-                    if v < 1 || v > MAX_SET_SIZE as i64 {
-                        self.error(&s.span(), format!("set size {v} is out of range 1..={MAX_SET_SIZE}"));
+                    if v < 1 || v > max_size as i64 {
+                        self.error(&s.span(), format!("set size {v} is out of range 1..={max_size}"));
                     }
-                    v.clamp(1, MAX_SET_SIZE as i64) as u32
+                    v.clamp(1, max_size as i64) as u32
                 }
             };
             let mut elements = Vec::new();
+            let mut ports = Vec::new();
             if let Some(list) = r.elements {
                 for e in list.into_inner() {
                     let span = e.span();
-                    match Cidr::parse(e.get_ref()) {
-                        Ok(c) => elements.push(c),
-                        Err(msg) => self.error(&span, msg),
+                    match (kind, e.into_inner()) {
+                        (SetKind::Addr, SetItem::Text(t)) => match Cidr::parse(&t) {
+                            Ok(c) => elements.push(c),
+                            Err(msg) => self.error(&span, msg),
+                        },
+                        (SetKind::Addr, SetItem::Num(n)) => self.error(&span, format!("{n} is not an address or prefix: write addresses as strings, such as \"192.0.2.1\"")),
+                        (SetKind::Port, SetItem::Num(n)) => match parse_port_item(&PortItem::Num(n)) {
+                            Ok(p) => ports.push(p),
+                            Err(msg) => self.error(&span, msg),
+                        },
+                        (SetKind::Port, SetItem::Text(t)) => match parse_port_item(&PortItem::Text(t)) {
+                            Ok(p) => ports.push(p),
+                            Err(msg) => self.error(&span, msg),
+                        },
                     }
                 }
             }
-            if elements.len() > size as usize {
-                self.error(&name_span, format!("set `{name}` lists {} elements but its size is {size}", elements.len()));
+            let listed = match kind {
+                SetKind::Addr => elements.len(),
+                SetKind::Port => {
+                    let mut all: Vec<u16> = ports.iter().flat_map(|p: &PortRange| p.lo..=p.hi).collect();
+                    all.sort_unstable();
+                    all.dedup();
+                    all.len()
+                }
+            };
+            if listed > size as usize {
+                self.error(&name_span, format!("set `{name}` lists {listed} elements but its size is {size}"));
             }
-            let total: u64 = out.iter().map(|s: &SetSpec| s.size as u64).sum::<u64>() + size as u64;
+            // Address sets share the element maps; port sets are bitmaps.
+            let addr_size = |s: &SetSpec| if s.kind == SetKind::Addr { s.size as u64 } else { 0 };
+            let total: u64 = out.iter().map(addr_size).sum::<u64>() + if kind == SetKind::Addr { size as u64 } else { 0 };
             if total > MAX_SET_ELEMENTS as u64 {
                 self.error(&name_span, format!("the sets' sizes add up to {total}; all sets together hold at most {MAX_SET_ELEMENTS}"));
             }
@@ -541,19 +589,22 @@ impl<'a> Validator<'a> {
                 let (line, _) = self.locate(name_span.start);
                 self.set_index.insert(name.clone(), out.len());
                 self.set_timeouts.push(timeout_secs);
-                out.push(SetSpec { name, line, elements, timeout_secs, size });
+                self.set_kinds.push(kind);
+                out.push(SetSpec { name, line, kind, elements, ports, timeout_secs, size });
             }
         }
         out
     }
 
+    /// Parses a `sport`/`dport` value: its ranges (empty: any port, unless
+    /// it names sets) and the port sets (`"@name"`) it names.
     fn ports(
         &mut self,
         key: &str,
         raw: Option<Spanned<OneOrMany<PortItem>>>,
         proto: Proto,
-    ) -> Vec<PortRange> {
-        let Some(raw) = raw else { return Vec::new() };
+    ) -> (Vec<PortRange>, Vec<usize>) {
+        let Some(raw) = raw else { return (Vec::new(), Vec::new()) };
         let whole = raw.span();
         if !proto.has_ports() {
             self.error(
@@ -569,13 +620,27 @@ impl<'a> Validator<'a> {
             self.error(&whole, format!("`{key}` is an empty list; leave the key out to match any port"));
         }
         let mut out = Vec::with_capacity(items.len());
+        let mut sets = Vec::new();
         for (item, span) in items {
+            if let PortItem::Text(text) = &item {
+                if let Some(name) = text.strip_prefix('@') {
+                    match self.set_index.get(name) {
+                        Some(&i) if self.set_kinds[i] != SetKind::Port => {
+                            self.error(&span, format!("set `{name}` holds addresses; `{key}` needs a port set (type = \"port\")"))
+                        }
+                        Some(&i) if !sets.contains(&i) => sets.push(i),
+                        Some(_) => {}
+                        None => self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
+                    }
+                    continue;
+                }
+            }
             match parse_port_item(&item) {
                 Ok(r) => out.push(r),
                 Err(msg) => self.error(&span, msg),
             }
         }
-        out
+        (out, sets)
     }
 
     /// Parses a `state` value into a `ct_state` mask.
