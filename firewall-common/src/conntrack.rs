@@ -102,6 +102,14 @@ impl Timeouts {
     }
 }
 
+/// How long `f` may idle before it goes. A counted connection closed by
+/// an RST from outside keeps the established timeout: the host may have
+/// dropped that RST (this table does not check checksums), and the
+/// controller's sweep frees it as soon as the host has no socket for it.
+pub fn flow_timeout(t: &Timeouts, f: &Flow, proto: u8) -> u32 {
+    if f.state == TCP_CLOSE && f.flags & FLOW_COUNTED != 0 { t.tcp_established } else { t.for_state(f.state, proto) }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self::DEFAULT

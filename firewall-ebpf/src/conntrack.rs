@@ -47,10 +47,59 @@ pub enum Ct {
     /// rule's limit (`max_conns`, or a rate a `ban` charges here): dropped,
     /// the flow left half-open (a retransmission is judged again). With the
     /// rule's index (slot * MAX_RULES + rule).
-    Refused(Reason, u32),
+    Refused(Reason),
+    /// As `Established`: the first packet from outside of a connection the
+    /// host brought back (its flow was lost and adopted on egress); the
+    /// caller has the rules count it (`count_rejoined`).
+    Rejoined,
     Related,
     Invalid(Reason),
 }
+
+/// What the rules say of the SYN a connection whose SYN they did not see
+/// claims to follow: accepted (with the `limit_ref` of the rule when its
+/// limits count connections), or dropped (by a rule, slot * MAX_RULES +
+/// rule, or by the policy's default). One word: returned in one register
+/// should the compiler not inline the judge (BPF returns only R0).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Judged(u64);
+
+impl Judged {
+    const ACCEPT_REF: u64 = 1 << 32;
+    const DROP_RULE: u64 = 2 << 32;
+    const DROP_DEFAULT: u64 = 3 << 32;
+    pub const ACCEPT: Judged = Judged(0);
+
+    #[inline(always)]
+    pub fn accept(limit_ref: Option<u32>) -> Self {
+        match limit_ref {
+            Some(r) => Judged(Self::ACCEPT_REF | r as u64),
+            None => Self::ACCEPT,
+        }
+    }
+
+    #[inline(always)]
+    pub fn drop_by(rule_index: u32) -> Self {
+        Judged(Self::DROP_RULE | rule_index as u64)
+    }
+
+    pub const DROP_DEFAULT_ACTION: Judged = Judged(Self::DROP_DEFAULT);
+
+    /// Accepted: the `limit_ref`, if any. `Err`: dropped, with the reason
+    /// and the rule (`NO_RULE_INDEX` for the default).
+    #[inline(always)]
+    pub fn verdict(self) -> Result<Option<u32>, (Reason, u32)> {
+        match self.0 & (3 << 32) {
+            0 => Ok(None),
+            Self::ACCEPT_REF => Ok(Some(self.0 as u32)),
+            Self::DROP_RULE => Err((Reason::RuleDrop, self.0 as u32)),
+            _ => Err((Reason::DefaultDrop, NO_RULE_INDEX)),
+        }
+    }
+}
+
+/// `Judged::Drop` and `Ct::Refused` without a rule: the policy's default.
+pub const NO_RULE_INDEX: u32 = u32::MAX;
 
 /// Which program sees the packet: the XDP ingress or the TC egress one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -163,7 +212,7 @@ fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Fl
     };
     // SAFETY: a valid map value pointer for the duration of this program.
     let f = unsafe { &mut *flow };
-    let timeout = timeouts.for_state(f.state, fk.proto) as u64 * NS_PER_SEC;
+    let timeout = firewall_common::flow_timeout(timeouts, f, fk.proto) as u64 * NS_PER_SEC;
     let now = now_ns();
     if now.saturating_sub(f.last_seen_ns) > timeout {
         // Released only by the side whose delete succeeds (the sweep
@@ -309,10 +358,9 @@ pub fn untracked(key: &crate::parse::Key) -> bool {
 /// once. `syn_main_only`: a SYN that can have no unproven flow (its port
 /// is not in `maps::SYN_PORTS`), so the remote table is not searched.
 #[inline(always)]
-/// `judge`: for a handshake from outside proven without the rules having
-/// judged its SYN (`FLOW_UNJUDGED`), the `limit_ref` of the rule that
-/// accepts that SYN, if its limits count connections (ingress only).
-pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Option<u32>) -> Ct {
+/// `judge`: for a connection from outside whose SYN the rules did not
+/// judge (`FLOW_UNJUDGED`), what they say of that SYN (ingress only).
+pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Judged) -> Ct {
     let key = &packet.key;
     match kind(key) {
         Kind::Untracked => Ct::New,
@@ -372,7 +420,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
 }
 
 #[inline(always)]
-fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Option<u32>) -> Ct {
+fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_main_only: bool, judge: impl Fn(&Packet) -> Judged) -> Ct {
     let flags = packet.key.tcp_flags;
     if bad_flags(flags) {
         return Ct::Invalid(Reason::InvalidFlags);
@@ -541,9 +589,15 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 // limits count it, or refuse it with the flow unchanged.
                 if ingress && table == Table::Remote && f.flags & FLOW_PROVEN == 0 {
                     if f.flags & FLOW_UNJUDGED != 0 {
-                        if let Some(r) = judge(packet) {
-                            f.limit_ref = r;
-                            f.flags |= FLOW_GUARDED;
+                        match judge(packet).verdict() {
+                            // The rules would drop its SYN now (a ban, a
+                            // closed port): the handshake does not complete.
+                            Err((reason, rule)) => return refused(reason, rule, packet),
+                            Ok(Some(r)) => {
+                                f.limit_ref = r;
+                                f.flags |= FLOW_GUARDED;
+                            }
+                            Ok(None) => {}
                         }
                         f.flags &= !FLOW_UNJUDGED;
                     }
@@ -551,7 +605,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                         match limit::prove(f.limit_ref, &packet.key) {
                             Ok(true) => f.flags |= FLOW_COUNTED,
                             Ok(false) => {}
-                            Err(reason) => return Ct::Refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0),
+                            Err(reason) => return refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0, packet),
                         }
                     }
                     f.flags |= FLOW_PROVEN;
@@ -591,12 +645,20 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 limit::release(f, &fk);
             }
         }
+        // A connection the host's own segment brought back (its flow was
+        // lost: evicted, or timed out idle): the caller has the rules
+        // count it (`Ct::Rejoined`).
+        let rejoined = ingress && table == Table::Main && f.flags & FLOW_UNJUDGED != 0;
+        if rejoined {
+            f.flags &= !FLOW_UNJUDGED;
+            f.flags |= FLOW_PROVEN;
+        }
         // A flow picked up mid-stream learns the remote side's sequence
         // only once the host has said how far it may send: before that, a
         // forged segment could set it anywhere.
         if ingress && f.end_known & (1 << s) == 0 && f.wscale[0] == WSCALE_UNKNOWN {
             touch(f, frame, now);
-            return Ct::Established;
+            return if rejoined { Ct::Rejoined } else { Ct::Established };
         }
         note_segment(f, side, packet);
         touch(f, frame, now);
@@ -606,7 +668,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         if completed && table == Table::Remote {
             promote(&fk, f);
         }
-        return Ct::Established;
+        return if rejoined { Ct::Rejoined } else { Ct::Established };
     }
     note_segment(f, side, packet);
     touch(f, frame, now);
@@ -706,6 +768,10 @@ pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Op
     if let Some(r) = counted {
         flow.flags = FLOW_GUARDED | FLOW_COUNTED | FLOW_PROVEN;
         flow.limit_ref = r;
+    } else if dir == Dir::Egress {
+        // The host speaks on a connection the table lost: the next
+        // segment from outside is judged (see `track_tcp`).
+        flow.flags = FLOW_UNJUDGED;
     }
     // Only the host's own segment is believed; a remote one may be forged
     // (see `track_tcp`).
@@ -767,16 +833,42 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
     insert(&fk, &flow, Table::Main);
 }
 
+/// `Ct::Refused`, counted under rule `index` (slot * MAX_RULES + rule, or
+/// `NO_RULE_INDEX`), which its events name. (The index stays out of `Ct`:
+/// a wider enum made the compiler pack registers the verifier refuses.)
+#[inline(always)]
+fn refused(reason: Reason, index: u32, packet: &Packet) -> Ct {
+    crate::counters::count_index(index, packet.wire_len);
+    crate::events::note_index(index);
+    Ct::Refused(reason)
+}
+
+/// Marks the flow of `packet` counted under `limit_ref` (see `Ct::Rejoined`).
+#[inline(always)]
+pub fn mark_counted(packet: &Packet, limit_ref: u32) {
+    let (fk, _) = flow_key(&packet.key, 0);
+    if let Some(f) = FW_FLOWS.get_ptr_mut(&fk) {
+        // SAFETY: a valid map value pointer for the duration of this program.
+        unsafe {
+            (*f).flags |= FLOW_GUARDED | FLOW_COUNTED;
+            (*f).limit_ref = limit_ref;
+        }
+    }
+}
+
 /// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
 #[inline(always)]
 pub fn forget(packet: &Packet) {
     let (fk, _) = flow_key(&packet.key, 0);
-    // Only proven flows (the main table) are counted.
-    if let Some(f) = FW_FLOWS.get_ptr_mut(&fk) {
-        // SAFETY: a valid map value pointer for the duration of this program.
-        limit::release(unsafe { &mut *f }, &fk);
+    // Only proven flows (the main table) are counted; released only if
+    // this delete is the one that took it.
+    // SAFETY: a valid map value pointer for the duration of this program.
+    let old = FW_FLOWS.get_ptr(&fk).map(|f| unsafe { *f });
+    if FW_FLOWS.remove(&fk).is_ok() {
+        if let Some(mut f) = old {
+            limit::release(&mut f, &fk);
+        }
     }
-    let _ = FW_FLOWS.remove(&fk);
     let _ = FW_REMOTE_FLOWS.remove(&fk);
 }
 

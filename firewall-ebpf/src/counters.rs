@@ -28,3 +28,12 @@ pub fn count_rule(slot: u32, rule: u32, bytes: u64) {
         }
     }
 }
+
+/// `count_rule` for rule `index` (slot * MAX_RULES + rule); nothing for
+/// an index past the rules (`conntrack::NO_RULE_INDEX`: the default).
+#[inline(always)]
+pub fn count_index(index: u32, bytes: u64) {
+    if index < firewall_common::POLICY_SLOTS * MAX_RULES {
+        count_rule(index / MAX_RULES, index % MAX_RULES, bytes);
+    }
+}

@@ -21,7 +21,7 @@ pub fn track(frame: &Frame) -> Reason {
     if packet.fragment {
         return Reason::EgressUntracked;
     }
-    match conntrack::track(frame, packet, &header.timeouts, Dir::Egress, false, |_| None) {
+    match conntrack::track(frame, packet, &header.timeouts, Dir::Egress, false, |_| conntrack::Judged::ACCEPT) {
         // The host's stack is authoritative: its SYN on a dead flow's tuple
         // starts a new connection.
         Ct::SynInFlow | Ct::SynReuse => {

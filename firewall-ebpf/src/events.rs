@@ -38,11 +38,17 @@ pub fn note_rule(slot: u32, matched: Option<&MatchBox>) {
 #[inline(always)]
 pub fn note_index(index: u32) {
     if let Some(arg) = FW_EVENT_ARG.get_ptr_mut(0) {
-        let log = FW_RULE_META.get(index).map_or(0, |m| m.log as u32);
+        // Past the rules: the policy's default, no rule (the slot stays).
+        let known = index < firewall_common::POLICY_SLOTS * MAX_RULES;
+        let log = if known { FW_RULE_META.get(index).map_or(0, |m| m.log as u32) } else { 0 };
         // SAFETY: a per-CPU slot; only this CPU writes it while we run.
         unsafe {
-            (*arg).slot = index / MAX_RULES;
-            (*arg).rule = index % MAX_RULES;
+            if known {
+                (*arg).slot = index / MAX_RULES;
+                (*arg).rule = index % MAX_RULES;
+            } else {
+                (*arg).rule = NO_RULE as u32;
+            }
             (*arg).log = log;
         }
     }

@@ -109,6 +109,27 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
     }
 }
 
+/// Counts a connection the host has and the table lost (adopted again):
+/// no rate taken, no refusal, no ban, since it is not new and the packet
+/// that brought it back proves nothing. Whether it was counted.
+#[inline(always)]
+pub fn count(limit_ref: u32, key: &Key) -> bool {
+    let (index, epoch) = conn_ref_parts(limit_ref);
+    let Some(limit) = FW_RULE_LIMIT.get(index) else { return false };
+    if limit.max_conns == 0 || conn_epoch(limit.epoch) != epoch || !in_force(index) {
+        return false;
+    }
+    let Some(ckey) = conn_key(limit, index, &key.src) else { return false };
+    if let Some(n) = FW_CONNS.get_ptr_mut(ckey) {
+        add(n, 1);
+        return true;
+    }
+    if FW_CONNS.insert(ckey, &1u64, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    FW_CONNS.get_ptr_mut(ckey).map(|n| add(n, 1)).is_some()
+}
+
 /// Undoes a `prove` that counted (its connection was not made after all).
 #[inline(always)]
 pub fn unprove(limit_ref: u32, src: &U128) {
@@ -135,7 +156,8 @@ fn full(n: u64, max: u32) -> bool {
 /// 64-bit: the BPF target here has atomic adds of that width only.)
 #[inline(always)]
 fn add(n: *mut u64, v: u64) {
-    // SAFETY: a map value, 4-byte aligned, alive while the program runs;
+    // SAFETY: a map value (8-byte aligned: hash values follow keys rounded
+    // up to 8), alive while the program runs;
     // the add is one atomic instruction whose result is not read (what
     // the BPF target has without compare-and-swap).
     // (Rust has no atomic add for this target: it wants compare-and-swap
@@ -228,7 +250,7 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
     let Some(def) = FW_SETS.get_ptr_mut(id) else { return };
     // SAFETY: a map value; the controller recounts `count` at its sweep.
     let def = unsafe { &mut *def };
-    if def.in_use == SET_FREE || def.count >= def.max {
+    if def.in_use == SET_FREE {
         return;
     }
     // The set key's per-CPU slot (see `rules::in_set`), and the value's.
@@ -238,7 +260,9 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
     let (key, elem) = unsafe { (&mut (*key).data, &mut *elem) };
     *key = SetAddr::new(id, &packet.src);
     *elem = SetElem { expires_ns: now + limit.ban_ns, prefix_len: firewall_common::SET_KEY_BITS, _pad: 0 };
-    if FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
+    // A new element only within the set's size (an expired one is
+    // banned again below whatever the count).
+    if def.count < def.max && FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
         def.count += 1;
         def.expiring = 1;
         events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);

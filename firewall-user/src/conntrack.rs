@@ -98,6 +98,9 @@ pub struct Sweep {
     pub removed: Vec<(FlowKey, Flow)>,
     /// Flows it kept that are counted against a `max_conns`.
     pub counted: Vec<(FlowKey, Flow)>,
+    /// Whether the walk ended by itself (not at its bound: under churn
+    /// it may have missed entries).
+    pub complete: bool,
 }
 
 /// Deletes flows idle past their timeout (the XDP program also ignores
@@ -106,31 +109,85 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     let now = monotonic_ns();
     let mut out = Sweep::default();
     let expired_now = |key: &FlowKey, flow: &Flow, now: u64| {
-        let limit = timeouts.for_state(flow.state, key.proto) as u64 * 1_000_000_000;
+        let limit = firewall_common::flow_timeout(timeouts, flow, key.proto) as u64 * 1_000_000_000;
         now.saturating_sub(flow.last_seen_ns) > limit
     };
+    // Counted connections an RST from outside closed: gone once the host
+    // has no socket for them (it took the RST).
+    let mut sockets: Option<std::collections::HashSet<(IpAddr, u16, IpAddr, u16)>> = None;
     let mut expired = Vec::new();
+    let mut walked = 0;
     // Bounded: when the walk's current key is evicted under churn, the
     // kernel's next-key restarts from the first entry.
-    for (key, flow) in flows.iter().take(2 * max).filter_map(|item| item.ok()) {
+    for item in flows.iter().take(2 * max) {
+        walked += 1;
+        let Ok((key, flow)) = item else { continue };
         out.seen += 1;
-        if expired_now(&key, &flow, now) {
+        let counted = flow.flags & firewall_common::FLOW_COUNTED != 0;
+        let dead = counted && flow.state == firewall_common::TCP_CLOSE && {
+            let live = sockets.get_or_insert_with(host_sockets);
+            let (local, remote) = if flow.local_side == firewall_common::SIDE_A { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
+            !live.contains(&(addr(local.0), local.1, addr(remote.0), remote.1))
+        };
+        if dead || expired_now(&key, &flow, now) {
             expired.push(key);
-        } else if flow.flags & firewall_common::FLOW_COUNTED != 0 {
+        } else if counted {
             out.counted.push((key, flow));
         }
     }
+    out.complete = walked < 2 * max;
     out.seen = out.seen.min(max);
     for key in &expired {
         // A packet may have refreshed it since the scan: look again. A
         // delete succeeds once, so a flow the XDP program expires at the
         // same time is released by one side only.
         let Ok(flow) = flows.get(key, 0) else { continue };
-        if expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
+        let closed = flow.state == firewall_common::TCP_CLOSE && flow.flags & firewall_common::FLOW_COUNTED != 0;
+        if (closed || expired_now(key, &flow, monotonic_ns())) && flows.remove(key).is_ok() {
             out.removed.push((*key, flow));
         }
     }
     Ok(out)
+}
+
+/// The TCP sockets of this network namespace that hold a connection
+/// (not listening, not in TIME-WAIT or closed): local address and port,
+/// remote address and port, from /proc/net/tcp and tcp6. Unreadable: none.
+pub fn host_sockets() -> std::collections::HashSet<(IpAddr, u16, IpAddr, u16)> {
+    let mut out = std::collections::HashSet::new();
+    for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // st: 06 TIME_WAIT, 07 CLOSE, 0A LISTEN.
+            if f.len() < 4 || matches!(f[3], "06" | "07" | "0A") {
+                continue;
+            }
+            if let (Some(l), Some(r)) = (proc_endpoint(f[1], v6), proc_endpoint(f[2], v6)) {
+                out.insert((l.0, l.1, r.0, r.1));
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:0016` (IPv4) or 32 hex digits and a port (IPv6): each 32-bit
+/// word of the address in this host's byte order.
+fn proc_endpoint(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
+    let (a, p) = text.split_once(':')?;
+    let port = u16::from_str_radix(p, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(a.get(i * 8..i * 8 + 8)?, 16).ok().map(|w| w.to_ne_bytes());
+    let ip = if v6 {
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        let v6 = std::net::Ipv6Addr::from(b);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(word(0)?))
+    };
+    Some((ip, port))
 }
 
 /// The `FW_CONNS` key a counted flow is charged to, under the limits

@@ -541,6 +541,7 @@ impl Firewall {
         let before: std::collections::HashMap<BucketKey, u64> = conns.iter().take(2 * firewall_common::MAX_CONN_COUNTS as usize).filter_map(|i| i.ok()).collect();
         let mut removed = Vec::new();
         let mut counted = Vec::new();
+        let mut complete = true;
         for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
@@ -549,9 +550,10 @@ impl Firewall {
             *left = swept.seen.saturating_sub(swept.removed.len());
             removed.extend(swept.removed);
             counted.extend(swept.counted);
+            complete &= swept.complete && swept.seen < max as usize * 9 / 10;
         }
         if !before.is_empty() || !counted.is_empty() || removed.iter().any(|(_, f)| f.flags & firewall_common::FLOW_COUNTED != 0) {
-            self.reconcile_conns(&before, &removed, &counted)?;
+            self.reconcile_conns(&before, &removed, &counted, complete)?;
         }
         Ok(out)
     }
@@ -560,12 +562,15 @@ impl Firewall {
     /// deleted is released; a count the walk found different from its
     /// flows (a flow evicted from the full table, or a race between CPUs,
     /// left it so) is set to what the walk counted, unless it changed
-    /// during the walk; counts of replaced limits go.
+    /// during the walk; counts of replaced limits go. `complete`: the walk
+    /// saw every flow; otherwise (a full table under churn) counts are only
+    /// raised, never lowered.
     fn reconcile_conns(
         &mut self,
         before: &std::collections::HashMap<firewall_common::BucketKey, u64>,
         removed: &[(firewall_common::FlowKey, firewall_common::Flow)],
         counted: &[(firewall_common::FlowKey, firewall_common::Flow)],
+        complete: bool,
     ) -> Result<()> {
         use firewall_common::{BucketKey, RuleLimit};
         let limits: Array<_, RuleLimit> = Array::try_from(map(&mut self.ebpf, maps::RULE_LIMIT)?)?;
@@ -610,7 +615,7 @@ impl Firewall {
             // by at most the connections that came and went meanwhile).
             let moved = now as i64 - was.saturating_sub(released) as i64;
             let want = (truth.get(key).copied().unwrap_or(0) as i64 + moved).max(0) as u64;
-            if now != want {
+            if now != want && (complete || want > now) {
                 if want == 0 {
                     let _ = conns.remove(key);
                 } else {

@@ -327,7 +327,8 @@ impl Sets {
         if after > def.max {
             return Err(SetError::Full { name: name.to_owned(), max: def.max });
         }
-        // One write of the whole bitmap: a packet sees it before or after.
+        // One write of the whole bitmap: each port changes at once (a
+        // change of several is not one atomic step).
         self.ports.set(id, &bits, 0)?;
         def.count = after;
         self.defs.set(id, &def, 0)?;

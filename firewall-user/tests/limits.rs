@@ -246,8 +246,13 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     assert_eq!(count(&h, src), 1);
     assert_eq!(connect(&h, src, 40004), ESTABLISHED);
     assert_eq!(syn_from(&h, src, 40005), (XDP_DROP, Reason::ConnLimited));
-    // The closed flow's timeout (10 s) passes: the sweep deletes it.
+    // The closed flow outlives `tcp_close` (the host may still have the
+    // connection)...
     h.age_flows(11);
+    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 2);
+    // ...until the sweep finds no host socket for it (none in this test's
+    // namespace: the host took the RST).
     h.fw.sweep().unwrap();
     assert_eq!(h.flow_state(40001, 80), None);
     assert_eq!(count(&h, src), 1);
@@ -396,4 +401,52 @@ fn with_a_ban_the_rate_counts_proven_connections_not_syns() {
     assert_eq!(complete(&h, src, 40002), (XDP_DROP, Reason::RateLimited));
     assert_eq!(syn_from(&h, src, 40010), (XDP_DROP, Reason::RuleDrop), "banned");
     assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
+}
+
+/// A connection whose flow the table lost (evicted, or timed out idle) and
+/// that the host brings back by speaking first is counted again by its
+/// rule, but never refused nor banned: it is not new, and a packet of it
+/// proves nothing.
+#[test]
+fn a_connection_the_host_brings_back_is_counted_again_without_refusal_or_ban() {
+    let mut h = Harness::new(&CAPPED.replace("max_conns = 2", "max_conns = 1, ban = \"@offenders\""));
+    let src = "10.0.0.1";
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    {
+        let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::FLOWS).unwrap()).unwrap();
+        let keys: Vec<_> = flows.keys().map(|k| k.unwrap()).collect();
+        flows.remove(&keys[0]).unwrap();
+    }
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, src), 0);
+    assert_eq!(connect(&h, src, 40001), ESTABLISHED);
+    // The host speaks on the lost connection first (a keepalive, a
+    // server greeting): adopted; the client's next segment is judged.
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, ACK | PSH, 5001, 1001, b"hello")), Reason::EgressTracked);
+    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, ACK, 1001, 5006, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 2, "counted again, over the cap");
+    let sets = h.fw.sets().unwrap();
+    assert!(sets.members(sets.find("offenders").unwrap().id).is_empty(), "and nobody banned");
+    assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
+}
+
+/// A handshake rebuilt from the host's SYN-ACK is judged as its SYN would
+/// be now: a source banned meanwhile does not complete it.
+#[test]
+fn a_rebuilt_handshake_whose_syn_the_rules_now_drop_does_not_complete() {
+    let mut h = Harness::new(CAPPED);
+    let src = "10.0.0.1";
+    assert_eq!(syn_from(&h, src, 40000), (XDP_PASS, Reason::RuleAccept));
+    {
+        let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
+        let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
+        remote.remove(&keys[0]).unwrap();
+    }
+    let mut sets = h.fw.sets().unwrap();
+    sets.add("offenders", &[firewall_user::sets::parse_element(src).unwrap()], None, firewall_user::conntrack::monotonic_ns()).unwrap();
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::RuleDrop));
+    assert_eq!(h.rule_packets("banned"), 1);
 }

@@ -16,7 +16,7 @@ use firewall_common::{
 
 use crate::{
     FW_COOKIE_ARG, FW_COOKIE_ON, FW_COOKIE_PORT, FW_LOCAL_ADDRS, FW_PROGS, FW_STATUS, FW_SYN_PORTS,
-    conntrack::{self, Ct, Dir, Socket},
+    conntrack::{self, Ct, Dir, Judged, Socket},
     cookie::{self, Event},
     counters, events,
     parse::{self, Frame, Packet},
@@ -54,20 +54,31 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only, judge);
     let sk = ctx.ctx as *mut _;
     match ct {
+        // Counted again by the rule that accepts its SYN, as before it
+        // was lost: no refusal, no ban (it is not new, and this packet
+        // proves nothing).
+        Ct::Rejoined => {
+            if let Ok(Some(r)) = guard_of_syn(slot, header, packet).verdict() {
+                if crate::limit::count(r, &packet.key) {
+                    conntrack::mark_counted(packet, r);
+                }
+            }
+            ct = Ct::Established;
+        }
         // An ACK of no flow for a connection the host has: evicted from
         // the table, or older than the firewall. The host's connection
         // proves its source: the rule's limits count it (or refuse it).
         Ct::Invalid(Reason::InvalidNoFlow) => match conntrack::socket_state(sk, &packet.key) {
-            Socket::Connected => match adopt_judged(slot, header, frame, packet) {
-                Ok(()) => ct = Ct::Established,
-                Err(refused) => ct = refused,
-            },
+            Socket::Connected => {
+                adopt_judged(slot, header, frame, packet);
+                ct = Ct::Established;
+            }
             // A half-open handshake of the host's own (the table lost it):
             // the host's stack judges the ACK; no flow until it has a
             // connection (an off-path sender can make request sockets).
             // Not for a rule whose limits count connections: the host's
             // next SYN-ACK rebuilds the flow, whose proof they judge.
-            Socket::Request if guard_of_syn(slot, header, packet).is_none() => ct = Ct::Established,
+            Socket::Request if guard_of_syn(slot, header, packet) == Judged::ACCEPT => ct = Ct::Established,
             Socket::Request | Socket::None | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
@@ -75,10 +86,8 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // SYN from outside opened a flow over it): the host is the truth.
         Ct::Invalid(Reason::InvalidState) if conntrack::socket_state(sk, &packet.key) == Socket::Connected => {
             conntrack::forget(packet);
-            match adopt_judged(slot, header, frame, packet) {
-                Ok(()) => ct = Ct::Established,
-                Err(refused) => ct = refused,
-            }
+            adopt_judged(slot, header, frame, packet);
+            ct = Ct::Established;
         }
         // A SYN on a known tuple: a new connection if the host has none
         // there (the old flow is replaced once the rules accept it); the
@@ -115,19 +124,17 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             ct = Ct::Invalid(Reason::CookieInvalid);
         }
     }
-    if let Ct::Refused(reason, rule) = ct {
-        // Counted under the rule the flow was opened under.
-        counters::count_rule(rule / MAX_RULES, rule % MAX_RULES, packet.wire_len);
-        events::note_index(rule);
+    // Counted and noted for events where it was refused.
+    if let Ct::Refused(reason) = ct {
         return reason;
     }
     let (state, setting) = match ct {
         Ct::New | Ct::NoFlow | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
         // Resolved above.
         Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
-        Ct::Established => (ct_state::ESTABLISHED, header.established),
+        Ct::Established | Ct::Rejoined => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
-        Ct::Invalid(_) | Ct::Refused(..) => (ct_state::INVALID, header.invalid),
+        Ct::Invalid(_) | Ct::Refused(_) => (ct_state::INVALID, header.invalid),
     };
     match (setting, ct) {
         (STATE_ACCEPT, Ct::Established) => return Reason::Established,
@@ -205,38 +212,41 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     reason
 }
 
-/// The `limit_ref` of the rule that accepts the SYN `packet` follows, if
-/// that rule's limits count connections: for a handshake or connection
-/// whose SYN the rules did not judge here (its flow was lost, or it is
-/// older than the firewall).
+/// What the rules say of the SYN `packet` follows, for a handshake or
+/// connection whose SYN they did not judge here (its flow was lost, or it
+/// is older than the firewall): dropped, or accepted with the
+/// `limit_ref` of the rule when its limits count connections.
 #[inline(always)]
-fn guard_of_syn(slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Option<u32> {
+fn guard_of_syn(slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Judged {
     if packet.key.proto != parse::IPPROTO_TCP {
-        return None;
+        return Judged::ACCEPT;
     }
     let mut claimed = *packet;
     claimed.key.tcp_flags = SYN;
     claimed.key.ct_state = ct_state::NEW;
-    let syn = parse::store(parse::SCRATCH_QUERY, claimed)?;
+    let Some(syn) = parse::store(parse::SCRATCH_QUERY, claimed) else { return Judged::ACCEPT };
     match rules::classify(slot, header.root, &syn.key) {
-        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.limited != 0 => crate::limit::guard_ref(slot, m.rule),
-        _ => None,
+        Ok(Some(m)) if m.action == ACTION_ACCEPT && m.limited != 0 => Judged::accept(crate::limit::guard_ref(slot, m.rule)),
+        Ok(Some(m)) if m.action == ACTION_ACCEPT => Judged::ACCEPT,
+        Ok(Some(m)) => Judged::drop_by(slot * MAX_RULES + m.rule),
+        Ok(None) if header.default_action == ACTION_ACCEPT => Judged::ACCEPT,
+        Ok(None) => Judged::DROP_DEFAULT_ACTION,
+        Err(()) => Judged::ACCEPT,
     }
 }
 
 /// Adopts a connection the host has (see `conntrack::adopt`), counted by
-/// its rule's limits when they count connections; `Err`: refused by them.
+/// its rule's limits when they count connections: not refused nor banned
+/// (it is not new, and the packet that shows it proves nothing).
 #[inline(always)]
-fn adopt_judged(slot: u32, header: &firewall_common::PolicyHeader, frame: &Frame, packet: &Packet) -> Result<(), Ct> {
+fn adopt_judged(slot: u32, header: &firewall_common::PolicyHeader, frame: &Frame, packet: &Packet) {
     let mut counted = None;
-    if let Some(r) = guard_of_syn(slot, header, packet) {
-        match crate::limit::prove(r, &packet.key) {
-            Ok(c) => counted = c.then_some(r),
-            Err(reason) => return Err(Ct::Refused(reason, firewall_common::conn_ref_parts(r).0)),
+    if let Ok(Some(r)) = guard_of_syn(slot, header, packet).verdict() {
+        if crate::limit::count(r, &packet.key) {
+            counted = Some(r);
         }
     }
     conntrack::adopt(frame, packet, Dir::Ingress, true, counted);
-    Ok(())
 }
 
 /// False once a validated cookie ACK could not carry its hand-off mark:

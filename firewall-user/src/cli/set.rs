@@ -64,6 +64,10 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
     let s = &mut found.first_mut().expect("open returns one firewall").maps.sets;
     let parse = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_element(e).map_err(anyhow::Error::from)).collect() };
     let parse_ports = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_port_element(e).map_err(anyhow::Error::from)).collect() };
+    // An unknown name is an error before its elements are read.
+    if let SetCommand::Add { name, .. } | SetCommand::Del { name, .. } | SetCommand::List { name: Some(name), .. } | SetCommand::Flush { name, .. } = &cmd {
+        s.find(name)?;
+    }
     let is_port_set = |s: &sets::Sets, name: &str| s.find(name).is_ok_and(|f| f.def.kind == firewall_common::SET_KIND_PORT);
     match cmd {
         SetCommand::Add { name, elements, timeout, .. } if is_port_set(s, &name) => {
