@@ -222,3 +222,21 @@ pub fn render(entries: &[Entry]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    /// The kernel prints each 32-bit word of an address in the host's byte
+    /// order (these lines are from a little-endian host).
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn proc_net_tcp_endpoints_parse() {
+        assert_eq!(proc_endpoint("0100007F:0016", false), Some(("127.0.0.1".parse().unwrap(), 22)));
+        assert_eq!(proc_endpoint("0202000A:1F90", false), Some(("10.0.2.2".parse().unwrap(), 8080)));
+        assert_eq!(proc_endpoint("B80D0120000000000000000001000000:01BB", true), Some(("2001:db8::1".parse().unwrap(), 443)));
+        // An IPv4 peer of an IPv6 socket reads as IPv4, as flow keys hold it.
+        assert_eq!(proc_endpoint("0000000000000000FFFF00000100007F:0050", true), Some(("127.0.0.1".parse().unwrap(), 80)));
+        assert_eq!(proc_endpoint("zz:0016", false), None);
+    }
+}

@@ -1491,6 +1491,16 @@ fn connect_to(pair: &Pair, port: u16, limit: Duration) -> std::io::Result<TcpStr
     Pair::within(&pair.client, move || TcpStream::connect_timeout(&addr, limit)).join().unwrap()
 }
 
+/// Closes `s` with an RST rather than a FIN.
+fn close_with_rst(s: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a linger struct of the size given.
+    let rc = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32) };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
 /// Whether `s` echoes a message within a second.
 fn echoes(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -1542,6 +1552,11 @@ fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_i
     for s in &mut open {
         assert!(echoes(s), "the others still work");
     }
+    // One closes with an RST (SO_LINGER 0): the host takes it; the
+    // controller's sweep (every 10 s) sees the host has no socket for it
+    // any more and frees its slot.
+    close_with_rst(open.remove(0));
+    let _fifth = wait_for("a slot after an RST close", Duration::from_secs(25), || connect_to(&pair, 7001, Duration::from_secs(1)).ok());
     let stats = stats_json(&pair).unwrap();
     assert!(reason_packets(&stats, "conn_limited") >= 1, "{stats}");
 
