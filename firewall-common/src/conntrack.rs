@@ -102,12 +102,24 @@ impl Timeouts {
     }
 }
 
-/// How long `f` may idle before it goes. A counted connection closed by
-/// an RST from outside keeps the established timeout: the host may have
-/// dropped that RST (this table does not check checksums), and the
-/// controller's sweep frees it as soon as the host has no socket for it.
+/// How long a counted connection closed from outside only (an RST, or
+/// a FIN the host has not answered with its own) may idle: the host may
+/// have dropped that segment (this table does not check checksums), so
+/// the count is not freed on `tcp_close`/`tcp_fin_wait`; the controller's
+/// sweep frees it as soon as the host has no socket for it, and without a
+/// controller this bounds it.
+pub const COUNTED_CLOSE_SECS: u32 = 600;
+
+/// Whether `f` is a counted connection closed from outside only (see
+/// `COUNTED_CLOSE_SECS`).
+pub fn closed_from_outside(f: &Flow) -> bool {
+    f.flags & FLOW_COUNTED != 0 && (f.state == TCP_CLOSE || (f.state == TCP_FIN_WAIT && f.fins & (1 << (f.local_side & 1)) == 0))
+}
+
+/// How long `f` may idle before it goes.
 pub fn flow_timeout(t: &Timeouts, f: &Flow, proto: u8) -> u32 {
-    if f.state == TCP_CLOSE && f.flags & FLOW_COUNTED != 0 { t.tcp_established } else { t.for_state(f.state, proto) }
+    let normal = t.for_state(f.state, proto);
+    if closed_from_outside(f) { normal.max(COUNTED_CLOSE_SECS) } else { normal }
 }
 
 impl Default for Timeouts {

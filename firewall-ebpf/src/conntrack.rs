@@ -236,13 +236,15 @@ fn remove(fk: &FlowKey, table: Table) -> bool {
     .is_ok()
 }
 
+/// Whether it was inserted.
 #[inline(always)]
-fn insert(fk: &FlowKey, flow: &Flow, table: Table) {
+fn insert(fk: &FlowKey, flow: &Flow, table: Table) -> bool {
     // BPF_NOEXIST: a flow another CPU just created is kept.
-    let _ = match table {
+    match table {
         Table::Main => FW_FLOWS.insert(fk, flow, 1),
         Table::Remote => FW_REMOTE_FLOWS.insert(fk, flow, 1),
-    };
+    }
+    .is_ok()
 }
 
 /// Moves a flow that proved itself into the main table, where no flood
@@ -754,11 +756,11 @@ fn established(frame: &Frame, initiator: u8, local_side: u8) -> Flow {
 /// otherwise (a half-open request of the host's) the remote table.
 #[inline(always)]
 /// `counted`: on ingress, the `limit_ref` the adopted connection is
-/// counted under (the caller proved it against the rule's limits).
-pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Option<u32>) {
+/// counted under (the caller counted it). Whether a flow was inserted.
+pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Option<u32>) -> bool {
     // An RST ends a connection, a SYN-ACK is not mid-stream: nothing to adopt.
     if packet.key.tcp_flags & (RST | SYN) != 0 {
-        return;
+        return false;
     }
     let (fk, side) = flow_key(&packet.key, 0);
     let local = if dir == Dir::Egress { side } else { 1 - side };
@@ -778,7 +780,7 @@ pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Op
     if dir == Dir::Egress {
         note_segment(&mut flow, side, packet);
     }
-    insert(&fk, &flow, if proven { Table::Main } else { Table::Remote });
+    insert(&fk, &flow, if proven { Table::Main } else { Table::Remote })
 }
 
 /// Records the host's SYN-ACK for a remote SYN whose flow is gone (evicted
@@ -843,17 +845,21 @@ fn refused(reason: Reason, index: u32, packet: &Packet) -> Ct {
     Ct::Refused(reason)
 }
 
-/// Marks the flow of `packet` counted under `limit_ref` (see `Ct::Rejoined`).
+/// Marks the flow of `packet` counted under `limit_ref` (see
+/// `Ct::Rejoined`); false when there is none, or it is counted already
+/// (another CPU got there first): the caller undoes its count.
 #[inline(always)]
-pub fn mark_counted(packet: &Packet, limit_ref: u32) {
+pub fn mark_counted(packet: &Packet, limit_ref: u32) -> bool {
     let (fk, _) = flow_key(&packet.key, 0);
-    if let Some(f) = FW_FLOWS.get_ptr_mut(&fk) {
-        // SAFETY: a valid map value pointer for the duration of this program.
-        unsafe {
-            (*f).flags |= FLOW_GUARDED | FLOW_COUNTED;
-            (*f).limit_ref = limit_ref;
-        }
+    let Some(f) = FW_FLOWS.get_ptr_mut(&fk) else { return false };
+    // SAFETY: a valid map value pointer for the duration of this program.
+    let f = unsafe { &mut *f };
+    if f.flags & FLOW_COUNTED != 0 || f.fins == 3 {
+        return false;
     }
+    f.flags |= FLOW_GUARDED | FLOW_COUNTED;
+    f.limit_ref = limit_ref;
+    true
 }
 
 /// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).

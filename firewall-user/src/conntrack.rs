@@ -112,10 +112,10 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
         let limit = firewall_common::flow_timeout(timeouts, flow, key.proto) as u64 * 1_000_000_000;
         now.saturating_sub(flow.last_seen_ns) > limit
     };
-    // Counted connections an RST from outside closed: gone once the host
-    // has no socket for them (it took the RST).
-    let mut sockets: Option<std::collections::HashSet<(IpAddr, u16, IpAddr, u16)>> = None;
     let mut expired = Vec::new();
+    // Counted connections closed from outside only: gone once the host has
+    // no socket for them (it took the RST or FIN), checked after the walk.
+    let mut closed = Vec::new();
     let mut walked = 0;
     // Bounded: when the walk's current key is evicted under churn, the
     // kernel's next-key restarts from the first entry.
@@ -123,27 +123,41 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
         walked += 1;
         let Ok((key, flow)) = item else { continue };
         out.seen += 1;
-        let counted = flow.flags & firewall_common::FLOW_COUNTED != 0;
-        let dead = counted && flow.state == firewall_common::TCP_CLOSE && {
-            let live = sockets.get_or_insert_with(host_sockets);
-            let (local, remote) = if flow.local_side == firewall_common::SIDE_A { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
-            !live.contains(&(addr(local.0), local.1, addr(remote.0), remote.1))
-        };
-        if dead || expired_now(&key, &flow, now) {
+        if expired_now(&key, &flow, now) {
             expired.push(key);
-        } else if counted {
+        } else if firewall_common::closed_from_outside(&flow) {
+            closed.push((key, flow));
+        } else if flow.flags & firewall_common::FLOW_COUNTED != 0 {
             out.counted.push((key, flow));
         }
     }
     out.complete = walked < 2 * max;
     out.seen = out.seen.min(max);
+    // Read after the walk, so that a connection closed from outside during
+    // it is checked against sockets as they are now. Unreadable: nothing
+    // is taken for gone.
+    if !closed.is_empty() {
+        match host_sockets() {
+            Some(live) => {
+                for (key, flow) in closed {
+                    let (local, remote) = if flow.local_side == firewall_common::SIDE_A { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
+                    if live.contains(&(addr(local.0), local.1, addr(remote.0), remote.1)) {
+                        out.counted.push((key, flow));
+                    } else {
+                        expired.push(key);
+                    }
+                }
+            }
+            None => out.counted.extend(closed),
+        }
+    }
     for key in &expired {
         // A packet may have refreshed it since the scan: look again. A
         // delete succeeds once, so a flow the XDP program expires at the
         // same time is released by one side only.
         let Ok(flow) = flows.get(key, 0) else { continue };
-        let closed = flow.state == firewall_common::TCP_CLOSE && flow.flags & firewall_common::FLOW_COUNTED != 0;
-        if (closed || expired_now(key, &flow, monotonic_ns())) && flows.remove(key).is_ok() {
+        let gone = firewall_common::closed_from_outside(&flow) || expired_now(key, &flow, monotonic_ns());
+        if gone && flows.remove(key).is_ok() {
             out.removed.push((*key, flow));
         }
     }
@@ -152,11 +166,16 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
 
 /// The TCP sockets of this network namespace that hold a connection
 /// (not listening, not in TIME-WAIT or closed): local address and port,
-/// remote address and port, from /proc/net/tcp and tcp6. Unreadable: none.
-pub fn host_sockets() -> std::collections::HashSet<(IpAddr, u16, IpAddr, u16)> {
+/// remote address and port, from /proc/net/tcp and tcp6. `None` when
+/// /proc/net/tcp cannot be read (tcp6 is absent without IPv6).
+pub fn host_sockets() -> Option<std::collections::HashSet<(IpAddr, u16, IpAddr, u16)>> {
     let mut out = std::collections::HashSet::new();
     for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(_) if v6 => continue,
+            Err(_) => return None,
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // st: 06 TIME_WAIT, 07 CLOSE, 0A LISTEN.
@@ -168,7 +187,7 @@ pub fn host_sockets() -> std::collections::HashSet<(IpAddr, u16, IpAddr, u16)> {
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// `0100007F:0016` (IPv4) or 32 hex digits and a port (IPv6): each 32-bit

@@ -550,7 +550,10 @@ impl Firewall {
             *left = swept.seen.saturating_sub(swept.removed.len());
             removed.extend(swept.removed);
             counted.extend(swept.counted);
-            complete &= swept.complete && swept.seen < max as usize * 9 / 10;
+            // Counted flows live in the main table only.
+            if table == maps::FLOWS {
+                complete = swept.complete;
+            }
         }
         if !before.is_empty() || !counted.is_empty() || removed.iter().any(|(_, f)| f.flags & firewall_common::FLOW_COUNTED != 0) {
             self.reconcile_conns(&before, &removed, &counted, complete)?;
@@ -610,11 +613,12 @@ impl Firewall {
             }
             let Ok(now) = conns.get(key, 0) else { continue };
             let released = gone.iter().filter(|g| *g == key).count() as u64;
-            // What the walk counted, plus what changed while it walked (a
-            // count that moves all the time is corrected all the same, off
-            // by at most the connections that came and went meanwhile).
-            let moved = now as i64 - was.saturating_sub(released) as i64;
-            let want = (truth.get(key).copied().unwrap_or(0) as i64 + moved).max(0) as u64;
+            // A count that moved while the walk ran is left to the next
+            // sweep (the walk may or may not have seen what moved it).
+            if now != was.saturating_sub(released) {
+                continue;
+            }
+            let want = truth.get(key).copied().unwrap_or(0);
             if now != want && (complete || want > now) {
                 if want == 0 {
                     let _ = conns.remove(key);

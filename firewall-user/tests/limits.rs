@@ -450,3 +450,38 @@ fn a_rebuilt_handshake_whose_syn_the_rules_now_drop_does_not_complete() {
     assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::RuleDrop));
     assert_eq!(h.rule_packets("banned"), 1);
 }
+
+/// The connection an exact RST from outside closed is still counted while
+/// the host keeps its socket (the host may have dropped that RST: a wrong
+/// checksum), and freed by the sweep once the socket is gone. The host's
+/// socket is a real loopback connection of this test; the XDP program
+/// sees frames of the same tuple.
+#[test]
+fn an_outside_rst_frees_a_count_only_once_the_host_socket_is_gone() {
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let cport = client.local_addr().unwrap().port();
+    let mut h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")));
+    let lo = "127.0.0.1";
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.egress(&seg(lo, lo, port, cport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(count(&h, lo), 1);
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h.flow_state(cport, port), Some("close"));
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, lo), 1, "the host still has the connection");
+    assert_eq!(h.flow_state(cport, port), Some("close"));
+    // The host's socket goes (an RST of its own: no TIME-WAIT).
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a linger struct of the size given.
+    assert_eq!(unsafe { libc::setsockopt(server.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32) }, 0);
+    drop(server);
+    drop(client);
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, lo), 0, "freed once the host has no socket for it");
+    assert_eq!(h.flow_state(cport, port), None);
+}

@@ -59,8 +59,8 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // proves nothing).
         Ct::Rejoined => {
             if let Ok(Some(r)) = guard_of_syn(slot, header, packet).verdict() {
-                if crate::limit::count(r, &packet.key) {
-                    conntrack::mark_counted(packet, r);
+                if crate::limit::count(r, &packet.key) && !conntrack::mark_counted(packet, r) {
+                    crate::limit::unprove(r, &packet.key.src);
                 }
             }
             ct = Ct::Established;
@@ -240,13 +240,23 @@ fn guard_of_syn(slot: u32, header: &firewall_common::PolicyHeader, packet: &Pack
 /// (it is not new, and the packet that shows it proves nothing).
 #[inline(always)]
 fn adopt_judged(slot: u32, header: &firewall_common::PolicyHeader, frame: &Frame, packet: &Packet) {
+    // An RST or SYN is never adopted: nothing to count (a forged RST of a
+    // live tuple must not add to its source's count).
+    if packet.key.tcp_flags & (RST | SYN) != 0 {
+        return;
+    }
     let mut counted = None;
     if let Ok(Some(r)) = guard_of_syn(slot, header, packet).verdict() {
         if crate::limit::count(r, &packet.key) {
             counted = Some(r);
         }
     }
-    conntrack::adopt(frame, packet, Dir::Ingress, true, counted);
+    // Not inserted (another CPU's flow won): the count is undone.
+    if !conntrack::adopt(frame, packet, Dir::Ingress, true, counted) {
+        if let Some(r) = counted {
+            crate::limit::unprove(r, &packet.key.src);
+        }
+    }
 }
 
 /// False once a validated cookie ACK could not carry its hand-off mark:
