@@ -103,12 +103,15 @@ impl Timeouts {
 }
 
 /// How long a counted connection closed from outside only (an RST, or
-/// a FIN the host has not answered with its own) may idle: the host may
-/// have dropped that segment (this table does not check checksums), so
-/// the count is not freed on `tcp_close`/`tcp_fin_wait`; the controller's
-/// sweep frees it as soon as the host has no socket for it, and without a
-/// controller this bounds it.
+/// a FIN the host has not answered with its own) may idle while no
+/// controller sweeps: the host may have dropped that segment (this table
+/// does not check checksums), so the count is not freed on `tcp_close` /
+/// `tcp_fin_wait`. While a controller sweeps (`FW_SWEPT` is recent) it
+/// keeps the established timeout, and the sweep frees it as soon as the
+/// host has no socket for it.
 pub const COUNTED_CLOSE_SECS: u32 = 600;
+/// A sweep this recent (ns, `FW_SWEPT`) means a controller is sweeping.
+pub const SWEPT_RECENT_NS: u64 = 60_000_000_000;
 
 /// Whether `f` is a counted connection closed from outside only (see
 /// `COUNTED_CLOSE_SECS`).
@@ -116,10 +119,17 @@ pub fn closed_from_outside(f: &Flow) -> bool {
     f.flags & FLOW_COUNTED != 0 && (f.state == TCP_CLOSE || (f.state == TCP_FIN_WAIT && f.fins & (1 << (f.local_side & 1)) == 0))
 }
 
-/// How long `f` may idle before it goes.
-pub fn flow_timeout(t: &Timeouts, f: &Flow, proto: u8) -> u32 {
+/// How long `f` may idle before it goes; `swept`: whether a controller
+/// sweeps (asked only for a flow closed from outside).
+pub fn flow_timeout(t: &Timeouts, f: &Flow, proto: u8, swept: impl FnOnce() -> bool) -> u32 {
     let normal = t.for_state(f.state, proto);
-    if closed_from_outside(f) { normal.max(COUNTED_CLOSE_SECS) } else { normal }
+    if !closed_from_outside(f) {
+        normal
+    } else if swept() {
+        t.tcp_established.max(normal)
+    } else {
+        normal.max(COUNTED_CLOSE_SECS)
+    }
 }
 
 impl Default for Timeouts {

@@ -55,6 +55,8 @@ pub const BUCKETS: &str = "FW_BUCKETS";
 /// Proven open TCP connections per rule with `max_conns` and source
 /// prefix (`BucketKey` -> count).
 pub const CONNS: &str = "FW_CONNS";
+/// `CLOCK_MONOTONIC` ns of the controller's last sweep (one `u64`).
+pub const SWEPT: &str = "FW_SWEPT";
 /// Tail-call targets of the XDP program (`PROG_*`).
 pub const PROGRAMS: &str = "FW_PROGS";
 
@@ -98,6 +100,7 @@ pub const SHARED: &[&str] = &[
     RULE_LIMIT,
     BUCKETS,
     CONNS,
+    SWEPT,
     CONTROL,
     EVENTS,
     EVENT_CONFIG,

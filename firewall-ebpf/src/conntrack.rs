@@ -212,8 +212,9 @@ fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Fl
     };
     // SAFETY: a valid map value pointer for the duration of this program.
     let f = unsafe { &mut *flow };
-    let timeout = firewall_common::flow_timeout(timeouts, f, fk.proto) as u64 * NS_PER_SEC;
     let now = now_ns();
+    let swept = || crate::FW_SWEPT.get(0).is_some_and(|&t| t != 0 && now.saturating_sub(t) < firewall_common::SWEPT_RECENT_NS);
+    let timeout = firewall_common::flow_timeout(timeouts, f, fk.proto, swept) as u64 * NS_PER_SEC;
     if now.saturating_sub(f.last_seen_ns) > timeout {
         // Released only by the side whose delete succeeds (the sweep
         // deletes expired flows too).
@@ -480,9 +481,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             f.state = TCP_CLOSE;
             // The host's own RST frees its count at once. One from outside
             // may be one the host drops (a wrong checksum, which this table
-            // does not check): the connection counts until its flow goes
-            // (the `tcp_close` timeout), or the host's next segment brings
-            // it back to life still counted.
+            // does not check): the connection counts until the sweep sees
+            // the host's socket gone (`COUNTED_CLOSE_SECS` without one), or
+            // the host's next segment brings it back to life still counted.
             if !ingress {
                 limit::release(f, &fk);
             }

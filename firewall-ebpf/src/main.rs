@@ -104,6 +104,8 @@ static FW_SET_PREFIX: Array<u32> = Array::with_max_entries(MAX_SETS, 0);
 static FW_RULE_LIMIT: Array<RuleLimit> = Array::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_BUCKETS")]
 static FW_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(MAX_BUCKETS, 0);
+#[map(name = "FW_SWEPT")]
+static FW_SWEPT: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "FW_CONNS")]
 static FW_CONNS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(firewall_common::MAX_CONN_COUNTS, 0);
 /// Per-CPU key of a set lookup (`rules::in_set`).

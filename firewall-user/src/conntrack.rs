@@ -108,8 +108,10 @@ pub struct Sweep {
 pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize) -> Result<Sweep> {
     let now = monotonic_ns();
     let mut out = Sweep::default();
+    // This sweep is a controller's: closed-from-outside flows keep the
+    // established timeout (the socket check below frees them).
     let expired_now = |key: &FlowKey, flow: &Flow, now: u64| {
-        let limit = firewall_common::flow_timeout(timeouts, flow, key.proto) as u64 * 1_000_000_000;
+        let limit = firewall_common::flow_timeout(timeouts, flow, key.proto, || true) as u64 * 1_000_000_000;
         now.saturating_sub(flow.last_seen_ns) > limit
     };
     let mut expired = Vec::new();
@@ -119,23 +121,31 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     let mut walked = 0;
     // Bounded: when the walk's current key is evicted under churn, the
     // kernel's next-key restarts from the first entry.
+    let mut failed = false;
     for item in flows.iter().take(2 * max) {
         walked += 1;
-        let Ok((key, flow)) = item else { continue };
+        let Ok((key, flow)) = item else {
+            // The walk ends here: it may have missed flows.
+            failed = true;
+            continue;
+        };
         out.seen += 1;
-        if expired_now(&key, &flow, now) {
-            expired.push(key);
-        } else if firewall_common::closed_from_outside(&flow) {
+        if firewall_common::closed_from_outside(&flow) {
             closed.push((key, flow));
+        } else if expired_now(&key, &flow, now) {
+            expired.push(key);
         } else if flow.flags & firewall_common::FLOW_COUNTED != 0 {
             out.counted.push((key, flow));
         }
     }
-    out.complete = walked < 2 * max;
+    out.complete = walked < 2 * max && !failed;
     out.seen = out.seen.min(max);
     // Read after the walk, so that a connection closed from outside during
     // it is checked against sockets as they are now. Unreadable: nothing
     // is taken for gone.
+    // Flows closed from outside whose host socket is gone, with the time
+    // they were made (a flow made again on the tuple since is another).
+    let mut dead = Vec::new();
     if !closed.is_empty() {
         match host_sockets() {
             Some(live) => {
@@ -144,20 +154,25 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
                     if live.contains(&(addr(local.0), local.1, addr(remote.0), remote.1)) {
                         out.counted.push((key, flow));
                     } else {
-                        expired.push(key);
+                        dead.push((key, flow.created_ns));
                     }
                 }
             }
             None => out.counted.extend(closed),
         }
     }
+    // Each queued flow is looked at again: a packet may have refreshed it,
+    // or a new flow taken its tuple. A delete succeeds once, so a flow the
+    // XDP program expires at the same time is released by one side only.
     for key in &expired {
-        // A packet may have refreshed it since the scan: look again. A
-        // delete succeeds once, so a flow the XDP program expires at the
-        // same time is released by one side only.
         let Ok(flow) = flows.get(key, 0) else { continue };
-        let gone = firewall_common::closed_from_outside(&flow) || expired_now(key, &flow, monotonic_ns());
-        if gone && flows.remove(key).is_ok() {
+        if !firewall_common::closed_from_outside(&flow) && expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
+            out.removed.push((*key, flow));
+        }
+    }
+    for (key, created) in &dead {
+        let Ok(flow) = flows.get(key, 0) else { continue };
+        if flow.created_ns == *created && firewall_common::closed_from_outside(&flow) && flows.remove(key).is_ok() {
             out.removed.push((*key, flow));
         }
     }
@@ -173,7 +188,7 @@ pub fn host_sockets() -> Option<std::collections::HashSet<(IpAddr, u16, IpAddr, 
     for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(_) if v6 => continue,
+            Err(e) if v6 && e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(_) => return None,
         };
         for line in text.lines().skip(1) {

@@ -85,6 +85,9 @@ pub struct Firewall {
     fresh: bool,
     /// Links of `attach`, which are not pinned.
     held_links: Vec<FdLink>,
+    /// Connection counts that moved during the last sweeps' walks, and how
+    /// many sweeps in a row (see `reconcile_conns`).
+    busy_counts: std::collections::HashMap<firewall_common::BucketKey, u32>,
 }
 
 /// An `auto` service switched cookies on or off.
@@ -246,6 +249,7 @@ impl Firewall {
             mss: Vec::new(),
             fresh: false,
             held_links: Vec::new(),
+            busy_counts: std::collections::HashMap::new(),
         };
         fw.restore()?;
         Ok(fw)
@@ -538,7 +542,12 @@ impl Firewall {
         let conns: aya::maps::HashMap<_, BucketKey, u64> = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::CONNS)?)?;
         // The counts before the walk: one that changes meanwhile is left
         // to the next sweep.
-        let before: std::collections::HashMap<BucketKey, u64> = conns.iter().take(2 * firewall_common::MAX_CONN_COUNTS as usize).filter_map(|i| i.ok()).collect();
+        let mut snapshot_failed = false;
+        let before: std::collections::HashMap<BucketKey, u64> = conns
+            .iter()
+            .take(2 * firewall_common::MAX_CONN_COUNTS as usize)
+            .filter_map(|i| i.map_err(|_| snapshot_failed = true).ok())
+            .collect();
         let mut removed = Vec::new();
         let mut counted = Vec::new();
         let mut complete = true;
@@ -552,12 +561,16 @@ impl Firewall {
             counted.extend(swept.counted);
             // Counted flows live in the main table only.
             if table == maps::FLOWS {
-                complete = swept.complete;
+                complete = swept.complete && !snapshot_failed;
             }
         }
         if !before.is_empty() || !counted.is_empty() || removed.iter().any(|(_, f)| f.flags & firewall_common::FLOW_COUNTED != 0) {
             self.reconcile_conns(&before, &removed, &counted, complete)?;
         }
+        // The data plane keeps closed-from-outside counts while this is
+        // recent (see `COUNTED_CLOSE_SECS`).
+        let mut swept: Array<_, u64> = Array::try_from(map(&mut self.ebpf, maps::SWEPT)?)?;
+        swept.set(0, &crate::conntrack::monotonic_ns(), 0).context("failed to note the sweep")?;
         Ok(out)
     }
 
@@ -583,8 +596,9 @@ impl Firewall {
             before.keys().map(|k| k.rule).chain(flows).filter_map(|i| limits.get(&i, 0).ok().map(|l| (i, l))).collect();
         let mut limit_of = |i: u32| read.get(&i).copied();
         let mut truth: std::collections::HashMap<BucketKey, u64> = std::collections::HashMap::new();
-        // A walk of an LRU table under churn may list a flow twice.
-        let mut seen = std::collections::HashSet::new();
+        // A walk of an LRU table under churn may list a flow twice (once
+        // kept, once deleted: the deleted one is not counted).
+        let mut seen: std::collections::HashSet<firewall_common::FlowKey> = removed.iter().map(|(k, _)| *k).collect();
         for (k, f) in counted {
             if !seen.insert(*k) {
                 continue;
@@ -614,11 +628,23 @@ impl Firewall {
             let Ok(now) = conns.get(key, 0) else { continue };
             let released = gone.iter().filter(|g| *g == key).count() as u64;
             // A count that moved while the walk ran is left to the next
-            // sweep (the walk may or may not have seen what moved it).
-            if now != was.saturating_sub(released) {
+            // sweep (the walk may or may not have seen what moved it); one
+            // that moves at every sweep (a busy NAT) is corrected after
+            // three with what the walk counted plus what moved, off by at
+            // most the connections that came and went during the walk.
+            let moved = now as i64 - was.saturating_sub(released) as i64;
+            let skipped = self.busy_counts.entry(*key).or_default();
+            if moved != 0 && *skipped < 3 {
+                *skipped += 1;
                 continue;
             }
-            let want = truth.get(key).copied().unwrap_or(0);
+            let want = if moved == 0 {
+                self.busy_counts.remove(key);
+                truth.get(key).copied().unwrap_or(0)
+            } else {
+                *skipped = 0;
+                (truth.get(key).copied().unwrap_or(0) as i64 + moved).max(0) as u64
+            };
             if now != want && (complete || want > now) {
                 if want == 0 {
                     let _ = conns.remove(key);

@@ -484,4 +484,20 @@ fn an_outside_rst_frees_a_count_only_once_the_host_socket_is_gone() {
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 0, "freed once the host has no socket for it");
     assert_eq!(h.flow_state(cport, port), None);
+
+    // A FIN from outside the host has not answered (its socket lives on,
+    // half closed): still counted at the sweep; the host's own FIN frees it.
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let cport = client.local_addr().unwrap().port();
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.egress(&seg(lo, lo, port, cport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(judged(&h, &seg(lo, lo, cport, port, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.flow_state(cport, port), Some("fin_wait"));
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, lo), 1, "the host's side is still open");
+    assert_eq!(h.egress(&seg(lo, lo, port, cport, FIN | ACK, 5001, 1002, b"")), Reason::EgressTracked);
+    assert_eq!(count(&h, lo), 0, "closed both ways");
+    drop((client, server));
 }
