@@ -620,6 +620,8 @@ impl Firewall {
                 conns.insert(key, &n.saturating_sub(1), 0).context("failed to release a connection count")?;
             }
         }
+        // Only counts that still exist can be busy.
+        self.busy_counts.retain(|k, _| before.contains_key(k));
         for (key, &was) in before {
             if !live(key, &mut limit_of) {
                 let _ = conns.remove(key);
