@@ -147,18 +147,21 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     // they were made (a flow made again on the tuple since is another).
     let mut dead = Vec::new();
     if !closed.is_empty() {
-        match host_sockets() {
-            Some(live) => {
+        // Gone only when absent from two reads: /proc/net/tcp is read in
+        // pieces, and sockets coming and going between them can hide one.
+        match (host_sockets(), host_sockets()) {
+            (Some(first), Some(second)) => {
                 for (key, flow) in closed {
                     let (local, remote) = if flow.local_side == firewall_common::SIDE_A { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
-                    if live.contains(&(addr(local.0), local.1, addr(remote.0), remote.1)) {
+                    let socket = (addr(local.0), local.1, addr(remote.0), remote.1);
+                    if first.contains(&socket) || second.contains(&socket) {
                         out.counted.push((key, flow));
                     } else {
                         dead.push((key, flow.created_ns));
                     }
                 }
             }
-            None => out.counted.extend(closed),
+            _ => out.counted.extend(closed),
         }
     }
     // Each queued flow is looked at again: a packet may have refreshed it,
