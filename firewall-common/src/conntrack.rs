@@ -239,5 +239,15 @@ pub struct Flow {
     pub bytes: u64,
 }
 
+impl Flow {
+    /// The host's end of `key` and the remote end (address, port).
+    #[inline(always)]
+    pub fn ends(&self, key: &FlowKey) -> ((U128, u16), (U128, u16)) {
+        let a = (key.addr_a, key.port_a);
+        let b = (key.addr_b, key.port_b);
+        if self.local_side == SIDE_A { (a, b) } else { (b, a) }
+    }
+}
+
 // `limit_ref` took what was padding: the pinned table's layout is unchanged.
 const _: () = assert!(core::mem::size_of::<Flow>() == 80);

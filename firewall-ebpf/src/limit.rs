@@ -18,7 +18,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use firewall_common::{
-    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SIDE_A, SetAddr,
+    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SetAddr,
     SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
 };
 
@@ -71,14 +71,10 @@ pub fn guard_ref(slot: u32, rule: u32) -> Option<u32> {
 #[inline(always)]
 pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
     let src = &key.src;
-    let (index, epoch) = conn_ref_parts(limit_ref);
-    let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(false) };
     // Opened under a policy since replaced (its slot is not the one in
     // force, or was written again): its limits, and its ban set's id, are
     // no longer what they were.
-    if conn_epoch(limit.epoch) != epoch || !in_force(index) {
-        return Ok(false);
-    }
+    let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, _)| in_force(i)) else { return Ok(false) };
     if limit.ban_set != 0 && limit.interval_ns != 0 && !take(limit, index, src) {
         ban(limit, index, key, Reason::RateLimited);
         return Err(Reason::RateLimited);
@@ -96,17 +92,26 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
         add(n, 1);
         return Ok(true);
     }
-    // The first of this prefix; another CPU may have just made it.
+    Ok(first(ckey))
+}
+
+/// Counts the first connection of a prefix with no count yet; another CPU
+/// may have just made it. Whether it was counted.
+#[inline(always)]
+fn first(ckey: &BucketKey) -> bool {
     if FW_CONNS.insert(ckey, &1u64, BPF_NOEXIST as u64).is_ok() {
-        return Ok(true);
+        return true;
     }
-    match FW_CONNS.get_ptr_mut(ckey) {
-        Some(n) => {
-            add(n, 1);
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    FW_CONNS.get_ptr_mut(ckey).map(|n| add(n, 1)).is_some()
+}
+
+/// The limits `limit_ref` was made under, with its rule index, while that
+/// rule's limits are still the ones written then (same epoch).
+#[inline(always)]
+fn limits_of(limit_ref: u32) -> Option<(u32, &'static RuleLimit)> {
+    let (index, epoch) = conn_ref_parts(limit_ref);
+    let limit = FW_RULE_LIMIT.get(index)?;
+    (conn_epoch(limit.epoch) == epoch).then_some((index, limit))
 }
 
 /// Counts a connection the host has and the table lost (adopted again):
@@ -114,33 +119,26 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
 /// that brought it back proves nothing. Whether it was counted.
 #[inline(always)]
 pub fn count(limit_ref: u32, key: &Key) -> bool {
-    let (index, epoch) = conn_ref_parts(limit_ref);
-    let Some(limit) = FW_RULE_LIMIT.get(index) else { return false };
-    if limit.max_conns == 0 || conn_epoch(limit.epoch) != epoch || !in_force(index) {
-        return false;
-    }
+    let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, l)| l.max_conns != 0 && in_force(i)) else { return false };
     let Some(ckey) = conn_key(limit, index, &key.src) else { return false };
     if let Some(n) = FW_CONNS.get_ptr_mut(ckey) {
         add(n, 1);
         return true;
     }
-    if FW_CONNS.insert(ckey, &1u64, BPF_NOEXIST as u64).is_ok() {
-        return true;
-    }
-    FW_CONNS.get_ptr_mut(ckey).map(|n| add(n, 1)).is_some()
+    first(ckey)
 }
 
-/// Undoes a `prove` that counted (its connection was not made after all).
+/// Takes one from the count of `src` under `limit_ref`: a connection that
+/// was counted and no longer is (it closed, or was not made after all).
 #[inline(always)]
 pub fn unprove(limit_ref: u32, src: &U128) {
-    let (index, epoch) = conn_ref_parts(limit_ref);
-    let Some(limit) = FW_RULE_LIMIT.get(index) else { return };
-    if conn_epoch(limit.epoch) != epoch {
-        return;
-    }
+    let Some((index, limit)) = limits_of(limit_ref) else { return };
     let Some(key) = conn_key(limit, index, src) else { return };
     if let Some(n) = FW_CONNS.get_ptr_mut(key) {
-        add(n, u64::MAX);
+        // SAFETY: a value of this map; never below zero knowingly.
+        if unsafe { *n } != 0 {
+            add(n, u64::MAX);
+        }
     }
 }
 
@@ -179,19 +177,8 @@ pub fn release(f: &mut Flow, fk: &FlowKey) {
         return;
     }
     f.flags &= !FLOW_COUNTED;
-    let (index, epoch) = conn_ref_parts(f.limit_ref);
-    let Some(limit) = FW_RULE_LIMIT.get(index) else { return };
-    if conn_epoch(limit.epoch) != epoch {
-        return;
-    }
-    let remote = if f.local_side == SIDE_A { &fk.addr_b } else { &fk.addr_a };
-    let Some(key) = conn_key(limit, index, remote) else { return };
-    if let Some(n) = FW_CONNS.get_ptr_mut(key) {
-        // SAFETY: a value of this map; never below zero knowingly.
-        if unsafe { *n } != 0 {
-            add(n, u64::MAX);
-        }
-    }
+    let (_, (remote, _)) = f.ends(fk);
+    unprove(f.limit_ref, &remote);
 }
 
 /// This CPU's key slot, filled in: the cookie ACK program has no stack

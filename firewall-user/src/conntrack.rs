@@ -152,7 +152,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
         match (host_sockets(), host_sockets()) {
             (Some(first), Some(second)) => {
                 for (key, flow) in closed {
-                    let (local, remote) = if flow.local_side == firewall_common::SIDE_A { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
+                    let (local, remote) = flow.ends(&key);
                     let socket = (addr(local.0), local.1, addr(remote.0), remote.1);
                     if first.contains(&socket) || second.contains(&socket) {
                         out.counted.push((key, flow));
@@ -236,7 +236,7 @@ pub fn conn_key(key: &FlowKey, flow: &Flow, mut limit_of: impl FnMut(u32) -> Opt
     if firewall_common::conn_epoch(limit.epoch) != epoch {
         return None;
     }
-    let remote = if flow.local_side == firewall_common::SIDE_A { key.addr_b } else { key.addr_a };
+    let (_, (remote, _)) = flow.ends(key);
     let src = firewall_common::masked(&remote, firewall_common::limit_bits(&limit, &remote));
     Some(firewall_common::BucketKey { rule: index, epoch, src })
 }
