@@ -285,6 +285,25 @@ impl PortBits {
     pub fn add(&mut self, port: u16) {
         self.words[(port >> 6) as usize] |= 1 << (port & 63);
     }
+
+    /// Adds `lo..=hi`.
+    pub fn add_range(&mut self, lo: u16, hi: u16) {
+        for port in lo..=hi {
+            self.add(port);
+        }
+    }
+
+    /// Removes `lo..=hi`.
+    pub fn remove_range(&mut self, lo: u16, hi: u16) {
+        for port in lo..=hi {
+            self.words[(port >> 6) as usize] &= !(1 << (port & 63));
+        }
+    }
+
+    /// How many ports it holds.
+    pub fn count(&self) -> u32 {
+        self.words.iter().map(|w| w.count_ones()).sum()
+    }
 }
 
 #[cfg(feature = "user")]

@@ -180,9 +180,7 @@ fn syn_ports(policy: &Policy) -> Box<PortBits> {
             return Box::new(PortBits::ALL);
         }
         for r in &rule.dport {
-            for port in r.lo..=r.hi {
-                open.add(port);
-            }
+            open.add_range(r.lo, r.hi);
         }
     }
     open

@@ -102,10 +102,6 @@ fn ranges_of(bits: &PortBits) -> Vec<PortRange> {
     out
 }
 
-fn port_count(bits: &PortBits) -> u32 {
-    bits.words.iter().map(|w| w.count_ones()).sum()
-}
-
 /// Opens the maps again by id (owned, so all can be borrowed at once).
 pub fn open_by_id(ids: [u32; 5]) -> anyhow::Result<Sets> {
     use aya::maps::{HashMap as BpfHashMap, Map};
@@ -317,13 +313,11 @@ impl Sets {
     pub fn add_ports(&mut self, name: &str, ranges: &[PortRange]) -> Result<usize, SetError> {
         let Found { id, mut def } = self.find_kind(name, SET_KIND_PORT)?;
         let mut bits = self.ports.get(&id, 0)?;
-        let before = port_count(&bits);
+        let before = bits.count();
         for r in ranges {
-            for p in r.lo..=r.hi {
-                bits.add(p);
-            }
+            bits.add_range(r.lo, r.hi);
         }
-        let after = port_count(&bits);
+        let after = bits.count();
         if after > def.max {
             return Err(SetError::Full { name: name.to_owned(), max: def.max });
         }
@@ -344,14 +338,12 @@ impl Sets {
                 return Err(SetError::Missing(port_text(r), name.to_owned()));
             }
         }
-        let before = port_count(&bits);
+        let before = bits.count();
         for r in ranges {
-            for p in r.lo..=r.hi {
-                bits.words[(p >> 6) as usize] &= !(1u64 << (p & 63));
-            }
+            bits.remove_range(r.lo, r.hi);
         }
         self.ports.set(id, &bits, 0)?;
-        def.count = port_count(&bits);
+        def.count = bits.count();
         self.defs.set(id, &def, 0)?;
         Ok((before - def.count) as usize)
     }
@@ -451,12 +443,10 @@ impl Sets {
         if !spec.ports.is_empty() {
             let mut bits = PortBits::EMPTY;
             for r in &spec.ports {
-                for p in r.lo..=r.hi {
-                    bits.add(p);
-                }
+                bits.add_range(r.lo, r.hi);
             }
             self.ports.set(id, &bits, 0)?;
-            def.count = port_count(&bits);
+            def.count = bits.count();
         }
         self.defs.set(id, &def, 0)?;
         Ok(())

@@ -64,13 +64,16 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
     let s = &mut found.first_mut().expect("open returns one firewall").maps.sets;
     let parse = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_element(e).map_err(anyhow::Error::from)).collect() };
     let parse_ports = |list: &[String]| -> Result<Vec<_>> { list.iter().map(|e| sets::parse_port_element(e).map_err(anyhow::Error::from)).collect() };
-    // An unknown name is an error before its elements are read.
-    if let SetCommand::Add { name, .. } | SetCommand::Del { name, .. } | SetCommand::List { name: Some(name), .. } | SetCommand::Flush { name, .. } = &cmd {
-        s.find(name)?;
-    }
-    let is_port_set = |s: &sets::Sets, name: &str| s.find(name).is_ok_and(|f| f.def.kind == firewall_common::SET_KIND_PORT);
+    // The named set, looked up once: an unknown name is an error before
+    // its elements are read, and its kind says how to read them.
+    let port_set = match &cmd {
+        SetCommand::Add { name, .. } | SetCommand::Del { name, .. } | SetCommand::List { name: Some(name), .. } | SetCommand::Flush { name, .. } => {
+            s.find(name)?.def.kind == firewall_common::SET_KIND_PORT
+        }
+        SetCommand::List { name: None, .. } => false,
+    };
     match cmd {
-        SetCommand::Add { name, elements, timeout, .. } if is_port_set(s, &name) => {
+        SetCommand::Add { name, elements, timeout, .. } if port_set => {
             if timeout.is_some() {
                 return Err(sets::SetError::PortTimeout(name).into());
             }
@@ -79,13 +82,13 @@ pub fn set(cmd: SetCommand) -> Result<ExitCode> {
             let added = s.add_ports(&name, &ranges)?;
             eprintln!("{added} ports added to {name}");
         }
-        SetCommand::Del { name, elements, if_present, .. } if is_port_set(s, &name) => {
+        SetCommand::Del { name, elements, if_present, .. } if port_set => {
             let ranges = parse_ports(&elements)?;
             let _lock = sets::lock()?;
             let n = s.del_ports(&name, &ranges, if_present)?;
             eprintln!("{n} ports removed from {name}");
         }
-        SetCommand::List { name: Some(name), json, .. } if is_port_set(s, &name) => {
+        SetCommand::List { name: Some(name), json, .. } if port_set => {
             let set = s.find(&name)?;
             let ranges = s.port_members(set.id)?;
             if json {

@@ -355,14 +355,7 @@ impl<'a> Validator<'a> {
                     self.error(&span, "`ban` names a set: \"@name\"");
                     return None;
                 };
-                let Some(&index) = self.set_index.get(name) else {
-                    self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")"));
-                    return None;
-                };
-                if self.set_kinds[index] != SetKind::Addr {
-                    self.error(&span, format!("set `{name}` holds ports; a ban adds addresses"));
-                    return None;
-                }
+                let index = self.named_set(name, &span, SetKind::Addr, || format!("set `{name}` holds ports; a ban adds addresses"))?;
                 let timeout_secs = self.set_timeouts[index];
                 if timeout_secs == 0 {
                     self.error(&span, format!("a ban lasts the set's timeout: give set `{name}` a `timeout`"));
@@ -426,6 +419,17 @@ impl<'a> Validator<'a> {
         })
     }
 
+    /// The index of set `name`, which must be of `kind`; otherwise the
+    /// error (unknown, or `wrong_kind`) is reported at `span`.
+    fn named_set(&mut self, name: &str, span: &Range<usize>, kind: SetKind, wrong_kind: impl FnOnce() -> String) -> Option<usize> {
+        match self.set_index.get(name) {
+            None => self.error(span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
+            Some(&i) if self.set_kinds[i] != kind => self.error(span, wrong_kind()),
+            Some(&i) => return Some(i),
+        }
+        None
+    }
+
     fn check_name(&mut self, name: &str, span: &Range<usize>) {
         let max = RULE_NAME_LEN - 1; // the kernel copy is NUL-terminated
         if name.is_empty() {
@@ -460,13 +464,10 @@ impl<'a> Validator<'a> {
         let mut sets = Vec::new();
         for (AddrText(text), span) in items {
             if let Some(name) = text.strip_prefix('@') {
-                match self.set_index.get(name) {
-                    Some(&i) if self.set_kinds[i] != SetKind::Addr => {
-                        self.error(&span, format!("set `{name}` holds ports; `{key}` needs an address set"))
+                if let Some(i) = self.named_set(name, &span, SetKind::Addr, || format!("set `{name}` holds ports; `{key}` needs an address set")) {
+                    if !sets.contains(&i) {
+                        sets.push(i);
                     }
-                    Some(&i) if !sets.contains(&i) => sets.push(i),
-                    Some(_) => {}
-                    None => self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
                 }
                 continue;
             }
@@ -624,13 +625,10 @@ impl<'a> Validator<'a> {
         for (item, span) in items {
             if let PortItem::Text(text) = &item {
                 if let Some(name) = text.strip_prefix('@') {
-                    match self.set_index.get(name) {
-                        Some(&i) if self.set_kinds[i] != SetKind::Port => {
-                            self.error(&span, format!("set `{name}` holds addresses; `{key}` needs a port set (type = \"port\")"))
+                    if let Some(i) = self.named_set(name, &span, SetKind::Port, || format!("set `{name}` holds addresses; `{key}` needs a port set (type = \"port\")")) {
+                        if !sets.contains(&i) {
+                            sets.push(i);
                         }
-                        Some(&i) if !sets.contains(&i) => sets.push(i),
-                        Some(_) => {}
-                        None => self.error(&span, format!("unknown set `{name}` (declare it with [[set]] name = \"{name}\")")),
                     }
                     continue;
                 }
