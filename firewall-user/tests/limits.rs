@@ -151,25 +151,15 @@ action = "accept"
 limit = { max_conns = 2 }
 "#;
 
-/// Runs `frame` and returns its verdict and the one reason counted for it.
-fn judged(h: &Harness, frame: &[u8]) -> (u32, Reason) {
-    let before = h.snapshot();
-    let verdict = h.verdict(frame);
-    let after = h.snapshot();
-    let moved: Vec<Reason> = Reason::ALL.into_iter().filter(|&r| after.reason(r) != before.reason(r)).collect();
-    assert_eq!(moved.len(), 1, "exactly one reason: {moved:?}");
-    (verdict, moved[0])
-}
-
 fn syn_from(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
-    judged(h, &seg(src, HOST, sport, 80, SYN, 1000, 0, b""))
+    h.judged(&seg(src, HOST, sport, 80, SYN, 1000, 0, b""))
 }
 
 /// The host's SYN-ACK (egress) and the client's last ACK, which echoes
 /// the host's ISN (5000): the handshake's proof.
 fn complete(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
     assert_eq!(h.egress(&seg(HOST, src, 80, sport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    judged(h, &seg(src, HOST, sport, 80, ACK, 1001, 5001, b""))
+    h.judged(&seg(src, HOST, sport, 80, ACK, 1001, 5001, b""))
 }
 
 fn connect(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
@@ -218,9 +208,9 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     assert_eq!(h.flow_state(41000, 80), Some("syn_recv"));
     // A blind RST or FIN cannot free a slot: out of the window, or in it
     // but not exact (passed to the host for its challenge ACK).
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, RST, 900_000, 0, b"")), (XDP_DROP, Reason::InvalidRst));
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, FIN | ACK, 900_000, 5001, b"")), (XDP_DROP, Reason::InvalidWindow));
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, RST, 1101, 0, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, RST, 900_000, 0, b"")), (XDP_DROP, Reason::InvalidRst));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, FIN | ACK, 900_000, 5001, b"")), (XDP_DROP, Reason::InvalidWindow));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, RST, 1101, 0, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(40000, 80), Some("established"));
     assert_eq!(count(&h, src), 2);
     assert_eq!(syn_from(&h, src, 40003), (XDP_DROP, Reason::ConnLimited));
@@ -229,17 +219,17 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     assert_eq!(h.reason(Reason::ConnLimited).packets, 3);
     // A close both ways frees a slot: the retransmitted last ACK of the
     // waiting handshake now gets it.
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 2, "half-closed still counts");
     assert_eq!(h.egress(&seg(HOST, src, 80, 40000, FIN | ACK, 5001, 1002, b"")), Reason::EgressTracked);
     assert_eq!(h.flow_state(40000, 80), Some("time_wait"));
     assert_eq!(count(&h, src), 1);
-    assert_eq!(judged(&h, &seg(src, HOST, 41000, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 41000, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 2);
     // An exact RST from the client closes the flow, but the host may drop
     // it (a wrong checksum, not checked here): it counts until the flow
     // goes. The host's own RST frees the slot at once.
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(40001, 80), Some("close"));
     assert_eq!(count(&h, src), 2);
     assert_eq!(h.egress(&seg(HOST, src, 80, 41000, RST | ACK, 5001, 1001, b"")), Reason::EgressTracked);
@@ -249,7 +239,7 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     // The closed flow outlives `tcp_close` (the host may still have the
     // connection)...
     h.age_flows(11);
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 2);
     // ...until the sweep finds no host socket for it (none in this test's
     // namespace: the host took the RST).
@@ -268,13 +258,13 @@ fn an_rst_before_the_proof_does_not_let_the_last_ack_through_uncounted() {
     assert_eq!(syn_from(&h2, src, 40001), (XDP_PASS, Reason::RuleAccept));
     assert_eq!(connect(&h2, src, 40000), ESTABLISHED);
     assert_eq!(h2.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h2, &seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h2.flow_state(40001, 80), Some("close"));
-    assert_eq!(judged(&h2, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::InvalidState), "never proven: nothing more passes");
+    assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::InvalidState), "never proven: nothing more passes");
     // The host answers again (its request lives on): the flow is rebuilt
     // from its SYN-ACK and the proof is judged by the rules.
     assert_eq!(h2.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h2, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
     assert_eq!(count(&h2, src), 1);
 }
 
@@ -295,10 +285,10 @@ fn a_handshake_whose_flow_was_lost_is_judged_at_its_proof() {
         remote.remove(&keys[0]).unwrap();
     }
     assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited), "the rules' cap still applies");
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited), "the rules' cap still applies");
     // Once a slot frees, the retransmitted last ACK is counted.
     assert_eq!(h.egress(&seg(HOST, src, 80, 40000, RST | ACK, 5001, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 1);
     assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
 }
@@ -365,14 +355,14 @@ fn a_proven_source_past_its_cap_is_banned_and_a_forged_one_cannot_be() {
     // Forged last ACKs (the host's ISN guessed wrong, ahead or behind)
     // prove nothing.
     assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5002, b"")), (XDP_DROP, Reason::InvalidWindow));
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5000, b"")), (XDP_DROP, Reason::InvalidState));
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5002, b"")), (XDP_DROP, Reason::InvalidWindow));
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5000, b"")), (XDP_DROP, Reason::InvalidState));
     // A SYN past the cap is refused, but a SYN proves nothing: no ban.
     assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
     assert!(banned(&h).is_empty(), "no ban from unproven packets");
     let _ = drain_events(&h);
     // The real last ACK proves the source is over its cap: banned.
-    assert_eq!(judged(&h, &seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
     let members = banned(&h);
     assert_eq!(members.len(), 1, "{members:?}");
     assert_eq!(members[0].0.to_string(), "10.0.0.1/32");
@@ -424,7 +414,7 @@ fn a_connection_the_host_brings_back_is_counted_again_without_refusal_or_ban() {
     // The host speaks on the lost connection first (a keepalive, a
     // server greeting): adopted; the client's next segment is judged.
     assert_eq!(h.egress(&seg(HOST, src, 80, 40000, ACK | PSH, 5001, 1001, b"hello")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, ACK, 1001, 5006, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, 5006, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 2, "counted again, over the cap");
     let sets = h.fw.sets().unwrap();
     assert!(sets.members(sets.find("offenders").unwrap().id).is_empty(), "and nobody banned");
@@ -447,7 +437,7 @@ fn a_rebuilt_handshake_whose_syn_the_rules_now_drop_does_not_complete() {
     let mut sets = h.fw.sets().unwrap();
     sets.add("offenders", &[firewall_user::sets::parse_element(src).unwrap()], None, firewall_user::conntrack::monotonic_ns()).unwrap();
     assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::RuleDrop));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::RuleDrop));
     assert_eq!(h.rule_packets("banned"), 1);
 }
 
@@ -466,11 +456,11 @@ fn an_outside_rst_frees_a_count_only_once_the_host_socket_is_gone() {
     let cport = client.local_addr().unwrap().port();
     let mut h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")));
     let lo = "127.0.0.1";
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
     assert_eq!(h.egress(&seg(lo, lo, port, cport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, lo), 1);
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(cport, port), Some("close"));
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 1, "the host still has the connection");
@@ -490,10 +480,10 @@ fn an_outside_rst_frees_a_count_only_once_the_host_socket_is_gone() {
     let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let (server, _) = listener.accept().unwrap();
     let cport = client.local_addr().unwrap().port();
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
     assert_eq!(h.egress(&seg(lo, lo, port, cport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
-    assert_eq!(judged(&h, &seg(lo, lo, cport, port, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(h.judged(&seg(lo, lo, cport, port, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(cport, port), Some("fin_wait"));
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 1, "the host's side is still open");

@@ -50,13 +50,25 @@ impl Harness {
 
     /// Runs `frame` through the TC egress program (an outbound packet).
     pub fn egress(&self, frame: &[u8]) -> Reason {
-        let before = self.snapshot();
-        let ret = self.fw.test_run_egress(frame).expect("BPF_PROG_TEST_RUN (egress)").return_value;
+        let (ret, reason) = self.one_reason(|| self.fw.test_run_egress(frame).expect("BPF_PROG_TEST_RUN (egress)").return_value);
         assert_eq!(ret, 0, "egress never drops (TC_ACT_OK)");
+        reason
+    }
+
+    /// Runs `frame` through the XDP program: its verdict and the one
+    /// reason counted for it.
+    pub fn judged(&self, frame: &[u8]) -> (u32, Reason) {
+        self.one_reason(|| self.verdict(frame))
+    }
+
+    /// What `run` returns, and the one reason counter it moved.
+    fn one_reason(&self, run: impl FnOnce() -> u32) -> (u32, Reason) {
+        let before = self.snapshot();
+        let ret = run();
         let after = self.snapshot();
         let moved: Vec<Reason> = Reason::ALL.into_iter().filter(|&r| after.reason(r) != before.reason(r)).collect();
-        assert_eq!(moved.len(), 1, "exactly one reason counted for an egress packet: {moved:?}");
-        moved[0]
+        assert_eq!(moved.len(), 1, "exactly one reason counted for a packet: {moved:?}");
+        (ret, moved[0])
     }
 
     pub fn flows_map(&self, table: &str) -> aya::maps::HashMap<&aya::maps::MapData, firewall_common::FlowKey, firewall_common::Flow> {
