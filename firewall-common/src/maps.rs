@@ -12,6 +12,10 @@ pub const REASON_COUNTERS: &str = "FW_REASON_CNT";
 pub const FLOWS: &str = "FW_FLOWS";
 /// Flows opened from outside and not proven yet (`MAX_REMOTE_FLOWS`).
 pub const REMOTE_FLOWS: &str = "FW_REMOTE_FLOWS";
+/// Per `flow_hint` slot, how many keys of `FLOWS` hash there (u64): a
+/// lookup of a key whose slot is 0 is skipped. Mappable: the controller
+/// takes its deletes off with atomic subtractions.
+pub const FLOW_HINTS: &str = "FW_FLOW_HINT";
 /// The host's own addresses (written by the controller): the only
 /// destinations a cookie SYN-ACK is sent for.
 pub const LOCAL_ADDRS: &str = "FW_LOCAL_ADDRS";
@@ -86,6 +90,7 @@ pub const SHARED: &[&str] = &[
     BOXES,
     RULE_META,
     FLOWS,
+    FLOW_HINTS,
     REMOTE_FLOWS,
     LOCAL_ADDRS,
     COOKIE_KEY,

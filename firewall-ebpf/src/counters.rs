@@ -37,3 +37,17 @@ pub fn count_index(index: u32, bytes: u64) {
         count_rule(index / MAX_RULES, index % MAX_RULES, bytes);
     }
 }
+
+/// Adds `v` to `*n` atomically (wrapping: `u64::MAX` takes one): counts
+/// several CPUs change. 64-bit, the width the BPF target has atomic adds
+/// of here.
+#[inline(always)]
+pub fn atomic_add(n: *mut u64, v: u64) {
+    // SAFETY: `n` is a map value (8-byte aligned: hash values follow keys
+    // rounded up to 8, array values start aligned), alive while the
+    // program runs; the add is one atomic instruction whose result is not
+    // read (what the BPF target has without compare-and-swap). Rust has no
+    // atomic add for this target: it wants compare-and-swap for every
+    // read-modify-write.
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) n, in(reg) v, options(nostack)) };
+}

@@ -22,7 +22,7 @@ use firewall_common::{
     SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
 };
 
-use crate::{FW_BAN_ELEM, FW_BUCKETS, FW_CONNS, FW_LIMIT_KEY, FW_RULE_LIMIT, FW_SET_HOSTS, FW_SET_KEY, FW_SETS, events, parse::Key};
+use crate::{FW_BAN_ELEM, FW_BUCKETS, FW_CONNS, FW_LIMIT_KEY, FW_RULE_LIMIT, FW_SET_HOSTS, FW_SET_KEY, FW_SETS, counters, events, parse::Key};
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -89,7 +89,7 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
             ban(limit, index, key, Reason::ConnLimited);
             return Err(Reason::ConnLimited);
         }
-        add(n, 1);
+        counters::atomic_add(n, 1);
         return Ok(true);
     }
     Ok(first(ckey))
@@ -102,7 +102,7 @@ fn first(ckey: &BucketKey) -> bool {
     if FW_CONNS.insert(ckey, &1u64, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
-    FW_CONNS.get_ptr_mut(ckey).map(|n| add(n, 1)).is_some()
+    FW_CONNS.get_ptr_mut(ckey).map(|n| counters::atomic_add(n, 1)).is_some()
 }
 
 /// The limits `limit_ref` was made under, with its rule index, while that
@@ -122,7 +122,7 @@ pub fn count(limit_ref: u32, key: &Key) -> bool {
     let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, l)| l.max_conns != 0 && in_force(i)) else { return false };
     let Some(ckey) = conn_key(limit, index, &key.src) else { return false };
     if let Some(n) = FW_CONNS.get_ptr_mut(ckey) {
-        add(n, 1);
+        counters::atomic_add(n, 1);
         return true;
     }
     first(ckey)
@@ -137,7 +137,7 @@ pub fn unprove(limit_ref: u32, src: &U128) {
     if let Some(n) = FW_CONNS.get_ptr_mut(key) {
         // SAFETY: a value of this map; never below zero knowingly.
         if unsafe { *n } != 0 {
-            add(n, u64::MAX);
+            counters::atomic_add(n, u64::MAX);
         }
     }
 }
@@ -148,19 +148,6 @@ pub fn unprove(limit_ref: u32, src: &U128) {
 #[inline(always)]
 fn full(n: u64, max: u32) -> bool {
     n >= max as u64 && n < 1 << 63
-}
-
-/// Adds `v` (wrapping: `u64::MAX` takes one) atomically. (Counts are
-/// 64-bit: the BPF target here has atomic adds of that width only.)
-#[inline(always)]
-fn add(n: *mut u64, v: u64) {
-    // SAFETY: a map value (8-byte aligned: hash values follow keys rounded
-    // up to 8), alive while the program runs;
-    // the add is one atomic instruction whose result is not read (what
-    // the BPF target has without compare-and-swap).
-    // (Rust has no atomic add for this target: it wants compare-and-swap
-    // for every read-modify-write.)
-    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) n, in(reg) v, options(nostack)) };
 }
 
 /// Whether rule `index` (slot * MAX_RULES + rule) is of the policy in force.

@@ -64,6 +64,11 @@ static FW_SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(2,
 static FW_OPTS: PerCpuArray<parse::OptionPositions> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Per `flow_hint` slot, how many keys of `FW_FLOWS` hash there
+/// (`conntrack::lookup` skips the table for a slot at 0). Mappable: the
+/// controller's deletes take one off with an atomic subtraction.
+#[map(name = "FW_FLOW_HINT")]
+static FW_FLOW_HINT: Array<u64> = Array::with_max_entries(firewall_common::FLOW_HINT_SLOTS, BPF_F_MMAPABLE);
 /// Flows opened from outside and not proven yet: a spoofed flood churns
 /// this table, never `FW_FLOWS` (see `MAX_REMOTE_FLOWS`).
 #[map(name = "FW_REMOTE_FLOWS")]
@@ -145,6 +150,8 @@ static FW_EVENT_ARG: PerCpuArray<EventArg> = PerCpuArray::with_max_entries(1, 0)
 /// `BPF_F_NO_PREALLOC`: a set's hash map takes memory per element, not
 /// for `MAX_SET_ELEMENTS` up front.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_MMAPABLE`: userspace may map the array's memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_F_WRONLY` (include/uapi/linux/bpf.h): userspace may only write.
 const BPF_F_WRONLY: u32 = 1 << 4;
 

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use firewall_common::{Flow, FlowKey, ORIGIN_LOCAL, SIDE_A, Timeouts, U128, state_name};
 use serde::Serialize;
@@ -103,9 +103,63 @@ pub struct Sweep {
     pub complete: bool,
 }
 
+/// The main table's hint counts (`maps::FLOW_HINTS`), mapped: every flow
+/// the controller deletes from the main table is taken off its slot, as
+/// the data plane does for its own deletes (atomically: the programs add
+/// and subtract at the same time). A slot left high only costs a lookup;
+/// one left low would hide a flow, so nothing else writes them.
+pub struct FlowHints {
+    slots: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+}
+
+impl FlowHints {
+    const BYTES: usize = firewall_common::FLOW_HINT_SLOTS as usize * 8;
+
+    /// Maps the hint array `map` (created `BPF_F_MMAPABLE`).
+    pub fn map(map: &MapData) -> Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared read-write mapping of the array's memory, whose
+        // size is the array's (a whole number of pages); the kernel keeps
+        // the map alive while it is mapped.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), Self::BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(anyhow::Error::from(std::io::Error::last_os_error()).context("cannot map the flow hint array"));
+        }
+        let slots = std::ptr::NonNull::new(p.cast()).context("mmap returned null")?;
+        Ok(Self { slots })
+    }
+
+    /// The count of slot `slot` (`firewall_common::flow_hint`).
+    pub fn count(&self, slot: u32) -> u64 {
+        self.at(slot).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes a deleted main-table flow off its slot (never below zero).
+    pub fn forget(&self, key: &FlowKey) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.at(firewall_common::flow_hint(key)).try_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
+
+    fn at(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
+        let i = slot as usize % firewall_common::FLOW_HINT_SLOTS as usize;
+        // SAFETY: `i` is inside the mapping, which lives as long as `self`;
+        // u64 slots, 8-byte aligned (the mapping is page-aligned).
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+}
+
+impl Drop for FlowHints {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, not used after this.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), Self::BYTES) };
+    }
+}
+
 /// Deletes flows idle past their timeout (the XDP program also ignores
-/// them on lookup; this frees their slots). `max`: the table's size.
-pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize) -> Result<Sweep> {
+/// them on lookup; this frees their slots). `max`: the table's size;
+/// `hints`: the main table's (`None` for the remote table).
+pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize, hints: Option<&FlowHints>) -> Result<Sweep> {
     let now = monotonic_ns();
     let mut out = Sweep::default();
     // This sweep is a controller's: closed-from-outside flows keep the
@@ -170,12 +224,18 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     for key in &expired {
         let Ok(flow) = flows.get(key, 0) else { continue };
         if !firewall_common::closed_from_outside(&flow) && expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
+            if let Some(h) = hints {
+                h.forget(key);
+            }
             out.removed.push((*key, flow));
         }
     }
     for (key, created) in &dead {
         let Ok(flow) = flows.get(key, 0) else { continue };
         if flow.created_ns == *created && firewall_common::closed_from_outside(&flow) && flows.remove(key).is_ok() {
+            if let Some(h) = hints {
+                h.forget(key);
+            }
             out.removed.push((*key, flow));
         }
     }

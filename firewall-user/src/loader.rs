@@ -535,6 +535,14 @@ impl Firewall {
         self.active.generation
     }
 
+    /// The main table's hint counts, mapped (see `conntrack::FlowHints`).
+    pub fn flow_hints(&self) -> Result<crate::conntrack::FlowHints> {
+        match self.ebpf.map(maps::FLOW_HINTS) {
+            Some(aya::maps::Map::Array(data)) => crate::conntrack::FlowHints::map(data),
+            _ => anyhow::bail!("the eBPF object has no array {}", maps::FLOW_HINTS),
+        }
+    }
+
     /// Deletes idle flows from the connection table; returns how many.
     pub fn sweep(&mut self) -> Result<Swept> {
         use firewall_common::BucketKey;
@@ -552,9 +560,13 @@ impl Firewall {
         let mut counted = Vec::new();
         let mut complete = true;
         for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
+            let hints = match table {
+                maps::FLOWS => Some(self.flow_hints()?),
+                _ => None,
+            };
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
-            let swept = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize)?;
+            let swept = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize, hints.as_ref())?;
             out.removed += swept.removed.len();
             *left = swept.seen.saturating_sub(swept.removed.len());
             removed.extend(swept.removed);

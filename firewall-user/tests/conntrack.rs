@@ -699,3 +699,38 @@ fn close_follows_the_host() {
     assert_eq!(h.flow_state(c, 80), Some("established"));
     h.expect(&seg(remote, host, c, 80, ACK, cseq, sseq + 4, b""), XDP_PASS, Reason::Established);
 }
+
+/// The main table's hint slots (`maps::FLOW_HINTS`: a SYN whose slot is
+/// empty skips the lookup) count exactly its keys through promotions,
+/// the host's own flows, a tuple's reuse, the data plane's expiry and the
+/// controller's sweep, IPv4 and IPv6. A slot left low would hide a flow.
+#[test]
+fn the_main_tables_hint_slots_count_its_flows() {
+    let mut h = Harness::new(&POLICY.replace("default = \"drop\"", "default = \"drop\"\n\n[settings.timeouts]\ntcp_established = 300\nudp = 30"));
+    for (i, (remote, host)) in FAMILIES.into_iter().enumerate() {
+        let base = 42000 + 10 * i as u16;
+        for c in base..base + 3 {
+            live_connection(&h, remote, host, c);
+        }
+        assert_eq!(h.egress(&udp(host, remote, base, 53)), Reason::EgressNew);
+        h.egress(&seg(host, remote, base + 5, 443, SYN, 1, 0, b""));
+    }
+    assert!(h.table_sizes().0 >= 10, "promoted and local flows are in the main table: {:?}", h.table_sizes());
+    assert_eq!(h.hint_mismatches(), []);
+    // The host resets one; a SYN reuses the tuple: the old flow is deleted.
+    let (remote, host) = FAMILIES[0];
+    h.egress(&seg(host, remote, 80, 42000, RST | ACK, 5020, 1019, b""));
+    h.expect(&seg(remote, host, 42000, 80, SYN, 900_000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(h.flow_state(42000, 80), Some("syn_sent"));
+    assert_eq!(h.hint_mismatches(), []);
+    // The UDP flows expire (30 s); a reply makes the data plane delete one.
+    h.age_flows(60);
+    h.expect(&udp(remote, host, 53, 42000), XDP_DROP, Reason::DefaultDrop);
+    assert_eq!(h.hint_mismatches(), []);
+    // The rest expire; the controller's sweep deletes them.
+    h.age_flows(1_000);
+    let s = h.fw.sweep().unwrap();
+    assert!(s.removed >= 9, "{s:?}");
+    assert_eq!(h.table_sizes().0, 0);
+    assert_eq!(h.hint_mismatches(), [], "every slot back at 0");
+}

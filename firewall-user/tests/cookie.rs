@@ -823,3 +823,25 @@ fn a_cookie_service_counts_connections_at_the_valid_ack_and_bans_past_its_cap() 
     assert_eq!(banned(&h).iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(), ["192.0.2.10/32"]);
     h.expect(&syn(client, server, 40003, 80, isn, 0, b"", &[]), XDP_DROP, Reason::RuleDrop);
 }
+
+/// A SYN to an `always` port is looked up in the main table only when
+/// that table's hint slot for its tuple is not empty (`maps::FLOW_HINTS`):
+/// a SYN on the tuple of a connection a cookie proved still finds it (with
+/// no socket on the host here, it replaces it: the old flow is deleted and
+/// the new SYN answered), and the slot follows.
+#[test]
+fn a_syn_on_a_cookie_connections_tuple_still_finds_its_flow() {
+    for (client, server) in FAMILIES {
+        let h = harness(POLICY);
+        let (cport, sport, isn) = (40100, 80, 0x2000_0000);
+        let s = answer(&h, &syn(client, server, cport, sport, isn, 0, b"", &[]), client, server, cport, sport, false);
+        let tsval = s.ts.expect("timestamps").0;
+        h.expect(&ack(client, server, cport, sport, isn, s.seq, Some(tsval)), XDP_PASS, Reason::CookieValid);
+        assert_eq!((h.flow_state(cport, sport), h.table_sizes()), (Some("established"), (1, 0)));
+        assert_eq!(h.hint_mismatches(), []);
+        // The client's new SYN on the tuple: the flow is found and replaced.
+        answer(&h, &syn(client, server, cport, sport, isn + 5_000_000, 0, b"", &[]), client, server, cport, sport, false);
+        assert_eq!(h.table_sizes(), (0, 0), "the old flow was found and deleted");
+        assert_eq!(h.hint_mismatches(), [], "its slot is back at 0");
+    }
+}

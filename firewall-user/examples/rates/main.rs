@@ -311,6 +311,11 @@ fn main() {
 
     // 1. SYN flood.
     let syn = syn_frame(&pair, [bench::SPOOF_NET[0], bench::SPOOF_NET[1], 0, 1], PORT);
+    if std::env::var_os("FW_BENCH_LIVE_ONLY").is_some() {
+        live_only(&pair, &syn, rounds, &answered_by(&sink));
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if stats_were.trim().is_empty() { "0" } else { stats_were.trim() });
+        return;
+    }
     let (mut ceiling, mut fw, mut kernel, mut proxy, mut reflector, mut plain) =
         (Series::default(), Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
     let answered = || bench_count(&sink);
@@ -460,6 +465,39 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rates.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
     std::fs::write(dir.join("rates.md"), md).unwrap();
+}
+
+/// A counter of the SYN-ACKs `sink` took.
+fn answered_by(sink: &Ebpf) -> impl Fn() -> u64 + '_ {
+    move || bench_count(sink)
+}
+
+/// `FW_BENCH_LIVE_ONLY`: only the firewall's live in-kernel cost per run
+/// (cookie SYN, plain accept, rule drop at 10 rules), printed, no report:
+/// the quick look for A/B builds while profiling.
+fn live_only(pair: &Pair, syn: &[u8], rounds: usize, answered: &dyn Fn() -> u64) {
+    let plain = COOKIE_POLICY.replace("\"always\"", "\"off\"");
+    // As in the drop scenario: the last of 10 rules drops SYNs to a port
+    // no other rule opens.
+    let text = random::policy_text(9, 7).replacen("invalid = \"rules\"", "invalid = \"drop\"", 1);
+    let parsed = firewall_user::policy::parse(&text, "bench.toml").expect("valid policy");
+    let port = (9u16..).find(|p| !parsed.rules.iter().any(|r| r.dport.iter().any(|d| d.lo <= *p && *p <= d.hi))).unwrap();
+    let drop_policy = format!("{text}\n[[rule]]\nname = \"unwanted\"\nproto = \"tcp\"\nsrc = \"172.16.0.0/16\"\ndport = {port}\naction = \"drop\"\n");
+    let drop_frame = syn_frame(pair, [172, 16, 0, 1], port);
+    let (mut cookie, mut accept, mut dropped) = (Series::default(), Series::default(), Series::default());
+    for _ in 0..rounds {
+        let h = firewall(pair, COOKIE_POLICY);
+        measure_live(pair, syn, answered, &h, &mut cookie);
+        drop(h);
+        let h = firewall(pair, &plain);
+        measure_live(pair, syn, answered, &h, &mut accept);
+        drop(h);
+        let h = firewall(pair, &drop_policy);
+        measure_live(pair, &drop_frame, &|| h.rule_packets("unwanted"), &h, &mut dropped);
+    }
+    for (name, s) in [("cookie SYN", &cookie), ("plain accept SYN", &accept), ("rule drop, 10 rules", &dropped)] {
+        println!("{name}: live ns/run {}, handled/s {}", fmt(&stats(&s.live_ns), 0), fmt(&stats(&s.rate), 0));
+    }
 }
 
 /// Completed connections per second over `SECONDS`: one client in a loop

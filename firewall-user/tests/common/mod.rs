@@ -80,6 +80,21 @@ impl Harness {
         firewall_user::conntrack::list(&[&self.flows_map(maps::FLOWS), &self.flows_map(maps::REMOTE_FLOWS)]).expect("flows readable")
     }
 
+    /// The main table's hint slots that disagree with it: (slot, hint,
+    /// keys of the table in that slot). Without evictions, every insert
+    /// and delete the data plane and the controller make keeps them equal.
+    pub fn hint_mismatches(&self) -> Vec<(u32, u64, u64)> {
+        let hints = self.fw.flow_hints().expect("flow hints mapped");
+        let mut keys = std::collections::HashMap::<u32, u64>::new();
+        for k in self.flows_map(maps::FLOWS).keys() {
+            *keys.entry(firewall_common::flow_hint(&k.expect("key"))).or_default() += 1;
+        }
+        (0..firewall_common::FLOW_HINT_SLOTS)
+            .map(|s| (s, hints.count(s), keys.get(&s).copied().unwrap_or(0)))
+            .filter(|(_, hint, keys)| hint != keys)
+            .collect()
+    }
+
     /// How many flows each table holds: (main, remote).
     pub fn table_sizes(&self) -> (usize, usize) {
         (self.flows_map(maps::FLOWS).keys().count(), self.flows_map(maps::REMOTE_FLOWS).keys().count())
