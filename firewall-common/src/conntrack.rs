@@ -163,7 +163,9 @@ pub const FLOW_HINT_SLOTS: u32 = 1 << FLOW_HINT_BITS;
 /// The `maps::FLOW_HINTS` slot of a main-table key: the data plane adds
 /// one after each insert and takes one after each delete it makes; the
 /// controller takes one after each delete it makes. (Not keyed: an
-/// attacker who aims at busy slots only gets the lookup done.)
+/// attacker who aims at busy slots only gets the lookup done.) Part of
+/// the pinned layout: a change needs a `LAYOUT_VERSION` bump, or a new
+/// controller would read a running data plane's slots wrongly.
 #[inline(always)]
 pub fn flow_hint(k: &FlowKey) -> u32 {
     let a = k.addr_a.lo ^ k.addr_a.hi.rotate_left(16) ^ k.addr_b.lo.rotate_left(32) ^ k.addr_b.hi.rotate_left(48);

@@ -272,13 +272,16 @@ fn insert(fk: &FlowKey, flow: &Flow, table: Table) -> bool {
     }
 }
 
-/// A main-table insert, counted into the key's hint slot once it is in
-/// (an update of a key already there errs high: harmless).
+/// A main-table insert, counted into the key's hint slot before it is in
+/// (so that no SYN on another CPU finds the slot empty while the key is
+/// there) and taken off again if it failed. An update of a key already
+/// there errs high: harmless.
 #[inline(always)]
 fn insert_main(fk: &FlowKey, flow: &Flow, flags: u64) -> bool {
+    hint(fk, 1);
     let done = FW_FLOWS.insert(fk, flow, flags).is_ok();
-    if done {
-        hint(fk, 1);
+    if !done {
+        hint(fk, u64::MAX);
     }
     done
 }

@@ -337,3 +337,24 @@ mod proc_tests {
         assert_eq!(proc_endpoint("zz:0016", false), None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use firewall_common::{FlowKey, U128, flow_hint};
+
+    /// `flow_hint` is part of the pinned layout (a controller reads the
+    /// slots a running data plane wrote): these values change only with a
+    /// `LAYOUT_VERSION` bump.
+    #[test]
+    fn the_flow_hint_hash_is_stable() {
+        let v4 = |a: u32| U128 { hi: 0, lo: 0xffff_0000_0000 | a as u64 };
+        let keys = [
+            FlowKey { addr_a: v4(0xc000_020a), addr_b: v4(0xc633_6401), port_a: 40000, port_b: 80, proto: 6, _pad: [0; 3] },
+            FlowKey { addr_a: v4(0x0a00_0001), addr_b: v4(0x0a00_0002), port_a: 53, port_b: 33333, proto: 17, _pad: [0; 3] },
+            FlowKey { addr_a: U128 { hi: 0x2001_0db8_0000_0000, lo: 0x10 }, addr_b: U128 { hi: 0x2001_0db8_0001_0000, lo: 1 }, port_a: 443, port_b: 51000, proto: 6, _pad: [0; 3] },
+        ];
+        let got: Vec<u32> = keys.iter().map(flow_hint).collect();
+        assert_eq!(got, [14683, 13072, 525]);
+        assert!(got.iter().all(|&s| s < firewall_common::FLOW_HINT_SLOTS));
+    }
+}

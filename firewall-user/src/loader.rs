@@ -139,6 +139,15 @@ fn load_error(e: aya::EbpfError) -> anyhow::Error {
 fn load_object(pins: Option<&PinPaths>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     if let Some(p) = pins {
+        // A pinned data plane missing one of this build's shared maps (an
+        // older layout, or a pin removed by hand) is refused before the load,
+        // which would pin an empty one beside the others: an empty
+        // `FLOW_HINTS` beside a full `FLOWS` hides flows from SYNs.
+        if p.shared.join(maps::CONTROL).exists() {
+            if let Some(name) = maps::SHARED.iter().find(|n| !p.shared.join(n).exists()) {
+                bail!(Incompatible(format!("the pinned data plane in {} has no map {name}: another layout, or a damaged one", p.shared.display())));
+            }
+        }
         for name in maps::SHARED {
             loader.map_pin_path(name, p.shared.join(name));
         }
@@ -560,8 +569,10 @@ impl Firewall {
         let mut counted = Vec::new();
         let mut complete = true;
         for (table, left, max) in [(maps::FLOWS, &mut out.proven, firewall_common::MAX_FLOWS), (maps::REMOTE_FLOWS, &mut out.unproven, firewall_common::MAX_REMOTE_FLOWS)] {
+            // Unmapped, the sweep still runs: its deletes then leave their
+            // slots high, which only costs lookups.
             let hints = match table {
-                maps::FLOWS => Some(self.flow_hints()?),
+                maps::FLOWS => self.flow_hints().inspect_err(|e| log::warn!("sweep: {e:#}")).ok(),
                 _ => None,
             };
             let mut flows: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =

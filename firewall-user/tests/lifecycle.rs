@@ -566,6 +566,20 @@ fn an_incompatible_upgrade_is_refused_and_the_old_data_plane_runs_on() {
     std::fs::remove_file(&status_pin).unwrap();
     original.pin(&status_pin).unwrap();
 
+    // A shared map's pin gone (as in a layout without it): refused before
+    // the load, which would pin an empty one (empty flow hints beside a
+    // full table would hide flows from SYNs).
+    let hint_pin = Path::new(status[0]["pinned_at"].as_str().unwrap()).join("shared").join(firewall_common::maps::FLOW_HINTS);
+    let hints = aya::maps::MapData::from_pin(&hint_pin).unwrap();
+    std::fs::remove_file(&hint_pin).unwrap();
+    let out = in_net(&pair.server, &["run", "--iface", &pair.server_if, "--policy", policy.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "a data plane missing a shared map is not taken over: {err}");
+    assert!(err.contains("has no map") && err.contains(firewall_common::maps::FLOW_HINTS), "{err}");
+    assert!(!hint_pin.exists(), "no empty map was pinned in its place");
+    assert_eq!(conn.round_trip("two and three quarters").unwrap(), "two and three quarters");
+    hints.pin(&hint_pin).unwrap();
+
     // Same layout again: the new build's programs replace the old ones.
     let fw = Controller::start(&pair.server, &[&pair.server_if], &policy, &[]);
     fw.wait_log("the takeover", |l| l.contains("took over"));
