@@ -204,8 +204,9 @@ enum Table {
 /// remote one, dropping it when it has been idle past its timeout. The
 /// clock is read only when a flow is found (most of a flood finds none).
 #[inline(always)]
-fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool) -> Option<(*mut Flow, Table, u64)> {
-    let (flow, table) = match FW_FLOWS.get_ptr_mut(fk) {
+fn lookup(fk: &FlowKey, timeouts: &Timeouts, main_only: bool, skip_main: bool) -> Option<(*mut Flow, Table, u64)> {
+    let main = if skip_main { None } else { FW_FLOWS.get_ptr_mut(fk) };
+    let (flow, table) = match main {
         Some(f) => (f, Table::Main),
         None if main_only => return None,
         None => (FW_REMOTE_FLOWS.get_ptr_mut(fk)?, Table::Remote),
@@ -408,7 +409,7 @@ pub fn track(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         Kind::IcmpError => related(frame, packet, timeouts),
         Kind::Datagram => {
             let (fk, side) = flow_key(key, packet.icmp_id);
-            let Some((flow, _, now)) = lookup(&fk, timeouts, false) else { return Ct::NoFlow };
+            let Some((flow, _, now)) = lookup(&fk, timeouts, false, false) else { return Ct::NoFlow };
             // SAFETY: as in `lookup`.
             let f = unsafe { &mut *flow };
             if (dir == Dir::Ingress) == (side == f.local_side) {
@@ -436,7 +437,7 @@ fn related(frame: &Frame, packet: &Packet, timeouts: &Timeouts) -> Ct {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     let (fk, side) = flow_key(&quoted.key, quoted.id);
-    let Some((flow, _, _)) = lookup(&fk, timeouts, false) else {
+    let Some((flow, _, _)) = lookup(&fk, timeouts, false, false) else {
         return Ct::Invalid(Reason::InvalidIcmp);
     };
     // SAFETY: as in `lookup`.
@@ -468,14 +469,16 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     }
     let (syn, ack, rst, fin) = (flags & SYN != 0, flags & ACK != 0, flags & RST != 0, flags & FIN != 0);
     let (fk, side) = flow_key(&packet.key, 0);
-    // A SYN looked up in the main table only, whose slot there is empty:
-    // no lookup (a random-source flood's SYNs, whose misses each cost a
-    // random bucket of the table). Only here: a check on every lookup
-    // cost the verifier 167k instructions more.
-    if syn_main_only && syn && !ack && !maybe_main(&fk) {
+    // A SYN whose slot in the main table is empty skips that lookup (a
+    // random-source flood's SYNs, whose misses each cost a random bucket
+    // of the table), and is a new flow at once when the main table is the
+    // only one it would be looked up in. Only for SYNs: a check in every
+    // lookup cost the verifier 167k instructions more.
+    let skip_main = syn && !ack && !maybe_main(&fk);
+    if syn_main_only && skip_main {
         return Ct::NoFlow;
     }
-    let Some((flow, table, now)) = lookup(&fk, timeouts, syn_main_only && syn && !ack) else {
+    let Some((flow, table, now)) = lookup(&fk, timeouts, syn_main_only && syn && !ack, skip_main) else {
         return if syn && !ack {
             Ct::NoFlow
         } else if syn {

@@ -720,8 +720,10 @@ fn the_main_tables_hint_slots_count_its_flows() {
     // The host resets one; a SYN reuses the tuple: the old flow is deleted.
     let (remote, host) = FAMILIES[0];
     h.egress(&seg(host, remote, 80, 42000, RST | ACK, 5020, 1019, b""));
+    let (main, remote_flows) = h.table_sizes();
     h.expect(&seg(remote, host, 42000, 80, SYN, 900_000, 0, b""), XDP_PASS, Reason::RuleAccept);
     assert_eq!(h.flow_state(42000, 80), Some("syn_sent"));
+    assert_eq!(h.table_sizes(), (main - 1, remote_flows + 1), "the closed flow was found (its slot is not empty) and replaced");
     assert_eq!(h.hint_mismatches(), []);
     // The UDP flows expire (30 s); a reply makes the data plane delete one.
     h.age_flows(60);
