@@ -473,29 +473,36 @@ fn answered_by(sink: &Ebpf) -> impl Fn() -> u64 + '_ {
 }
 
 /// `FW_BENCH_LIVE_ONLY`: only the firewall's live in-kernel cost per run
-/// (cookie SYN, plain accept, rule drop at 10 rules), printed, no report:
-/// the quick look for A/B builds while profiling.
+/// (cookie SYN, plain accept, rule drop at 10 and 1,000 rules), printed,
+/// no report: the quick look for A/B builds while profiling.
 fn live_only(pair: &Pair, syn: &[u8], rounds: usize, answered: &dyn Fn() -> u64) {
     let plain = COOKIE_POLICY.replace("\"always\"", "\"off\"");
-    // As in the drop scenario: the last of 10 rules drops SYNs to a port
-    // no other rule opens.
-    let text = random::policy_text(9, 7).replacen("invalid = \"rules\"", "invalid = \"drop\"", 1);
-    let parsed = firewall_user::policy::parse(&text, "bench.toml").expect("valid policy");
-    let port = (9u16..).find(|p| !parsed.rules.iter().any(|r| r.dport.iter().any(|d| d.lo <= *p && *p <= d.hi))).unwrap();
-    let drop_policy = format!("{text}\n[[rule]]\nname = \"unwanted\"\nproto = \"tcp\"\nsrc = \"172.16.0.0/16\"\ndport = {port}\naction = \"drop\"\n");
-    let drop_frame = syn_frame(pair, [172, 16, 0, 1], port);
-    let (mut cookie, mut accept, mut dropped) = (Series::default(), Series::default(), Series::default());
+    // As in the drop scenario: the last rule drops SYNs to a port no other
+    // rule opens.
+    let drops: Vec<(String, Vec<u8>)> = [10usize, 1_000]
+        .iter()
+        .map(|&rules| {
+            let text = random::policy_text(rules - 1, 7).replacen("invalid = \"rules\"", "invalid = \"drop\"", 1);
+            let parsed = firewall_user::policy::parse(&text, "bench.toml").expect("valid policy");
+            let port = (9u16..).find(|p| !parsed.rules.iter().any(|r| r.dport.iter().any(|d| d.lo <= *p && *p <= d.hi))).unwrap();
+            let policy = format!("{text}\n[[rule]]\nname = \"unwanted\"\nproto = \"tcp\"\nsrc = \"172.16.0.0/16\"\ndport = {port}\naction = \"drop\"\n");
+            (policy, syn_frame(pair, [172, 16, 0, 1], port))
+        })
+        .collect();
+    let mut series: Vec<Series> = (0..4).map(|_| Series::default()).collect();
     for _ in 0..rounds {
         let h = firewall(pair, COOKIE_POLICY);
-        measure_live(pair, syn, answered, &h, &mut cookie);
+        measure_live(pair, syn, answered, &h, &mut series[0]);
         drop(h);
         let h = firewall(pair, &plain);
-        measure_live(pair, syn, answered, &h, &mut accept);
+        measure_live(pair, syn, answered, &h, &mut series[1]);
         drop(h);
-        let h = firewall(pair, &drop_policy);
-        measure_live(pair, &drop_frame, &|| h.rule_packets("unwanted"), &h, &mut dropped);
+        for (i, (policy, frame)) in drops.iter().enumerate() {
+            let h = firewall(pair, policy);
+            measure_live(pair, frame, &|| h.rule_packets("unwanted"), &h, &mut series[2 + i]);
+        }
     }
-    for (name, s) in [("cookie SYN", &cookie), ("plain accept SYN", &accept), ("rule drop, 10 rules", &dropped)] {
+    for (name, s) in ["cookie SYN", "plain accept SYN", "rule drop, 10 rules", "rule drop, 1000 rules"].iter().zip(&series) {
         println!("{name}: live ns/run {}, handled/s {}", fmt(&stats(&s.live_ns), 0), fmt(&stats(&s.rate), 0));
     }
 }
