@@ -51,27 +51,6 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         && packet.key.tcp_flags & (SYN | ACK) == SYN
         && FW_SYN_PORTS.get(slot).is_some_and(|open| !open.has(packet.key.dport));
     let judge = |p: &Packet| guard_of_syn(slot, header, p);
-    // A SYN the rules drop as new, of no flow in the main table (its hint
-    // slot is empty), is dropped before the table of unproven flows is
-    // read: such a flow is a handshake the rules no longer admit.
-    if packet.key.proto == parse::IPPROTO_TCP
-        && packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN
-        && !syn_main_only
-        && conntrack::surely_no_main_flow(&packet.key)
-    {
-        packet.key.ct_state = ct_state::NEW;
-        let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
-            return Reason::Internal;
-        };
-        let reason = rules::reason(header, matched);
-        if !rules::accepts(reason) {
-            events::note_rule(slot, matched);
-            if let Some(m) = matched {
-                counters::count_rule(slot, m.rule, packet.wire_len);
-            }
-            return reason;
-        }
-    }
     let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only, judge);
     let sk = ctx.ctx as *mut _;
     match ct {
