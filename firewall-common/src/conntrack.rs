@@ -161,7 +161,8 @@ pub const FLOW_HINT_BITS: u32 = 16;
 pub const FLOW_HINT_SLOTS: u32 = 1 << FLOW_HINT_BITS;
 
 /// The `maps::FLOW_HINTS` slot of a main-table key: the data plane adds
-/// one after each insert and takes one after each delete it makes; the
+/// one before each insert (taken off if it fails) and takes one off after
+/// each delete it makes; the
 /// controller takes one after each delete it makes. (Not keyed: an
 /// attacker who aims at busy slots only gets the lookup done.) Part of
 /// the pinned layout: a change needs a `LAYOUT_VERSION` bump, or a new

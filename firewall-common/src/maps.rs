@@ -13,7 +13,7 @@ pub const FLOWS: &str = "FW_FLOWS";
 /// Flows opened from outside and not proven yet (`MAX_REMOTE_FLOWS`).
 pub const REMOTE_FLOWS: &str = "FW_REMOTE_FLOWS";
 /// Per `flow_hint` slot, how many keys of `FLOWS` hash there (u64): a
-/// lookup of a key whose slot is 0 is skipped. Mappable: the controller
+/// SYN whose slot is 0 is not looked up there. Mappable: the controller
 /// takes its deletes off with atomic subtractions.
 pub const FLOW_HINTS: &str = "FW_FLOW_HINT";
 /// The host's own addresses (written by the controller): the only

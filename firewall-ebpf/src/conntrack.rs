@@ -235,8 +235,8 @@ fn maybe_main(fk: &FlowKey) -> bool {
     FW_FLOW_HINT.get(firewall_common::flow_hint(fk)).is_none_or(|n| *n != 0)
 }
 
-/// Counts a key into (`1`) or out of (`u64::MAX`) its hint slot, after
-/// the insert or delete of the main table that succeeded.
+/// Counts a key into (`1`) or out of (`u64::MAX`) its hint slot: before
+/// a main-table insert (undone if it fails), after a delete that succeeded.
 #[inline(always)]
 fn hint(fk: &FlowKey, v: u64) {
     if let Some(n) = FW_FLOW_HINT.get_ptr_mut(firewall_common::flow_hint(fk)) {

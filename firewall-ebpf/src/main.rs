@@ -65,7 +65,7 @@ static FW_OPTS: PerCpuArray<parse::OptionPositions> = PerCpuArray::with_max_entr
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 /// Per `flow_hint` slot, how many keys of `FW_FLOWS` hash there
-/// (`conntrack::lookup` skips the table for a slot at 0). Mappable: the
+/// (a SYN whose slot is 0 skips the table: `conntrack::track_tcp`). Mappable: the
 /// controller's deletes take one off with an atomic subtraction.
 #[map(name = "FW_FLOW_HINT")]
 static FW_FLOW_HINT: Array<u64> = Array::with_max_entries(firewall_common::FLOW_HINT_SLOTS, BPF_F_MMAPABLE);
