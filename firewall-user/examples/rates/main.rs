@@ -490,19 +490,22 @@ fn live_only(pair: &Pair, syn: &[u8], rounds: usize, answered: &dyn Fn() -> u64)
         })
         .collect();
     let mut series: Vec<Series> = (0..4).map(|_| Series::default()).collect();
+    // `FW_BENCH_PLAIN_ONLY`: only the plain accept (to profile it alone).
+    let plain_only = std::env::var_os("FW_BENCH_PLAIN_ONLY").is_some();
     for _ in 0..rounds {
-        let h = firewall(pair, COOKIE_POLICY);
-        measure_live(pair, syn, answered, &h, &mut series[0]);
-        drop(h);
+        if !plain_only {
+            let h = firewall(pair, COOKIE_POLICY);
+            measure_live(pair, syn, answered, &h, &mut series[0]);
+        }
         let h = firewall(pair, &plain);
         measure_live(pair, syn, answered, &h, &mut series[1]);
         drop(h);
-        for (i, (policy, frame)) in drops.iter().enumerate() {
+        for (i, (policy, frame)) in drops.iter().enumerate().filter(|_| !plain_only) {
             let h = firewall(pair, policy);
             measure_live(pair, frame, &|| h.rule_packets("unwanted"), &h, &mut series[2 + i]);
         }
     }
-    for (name, s) in ["cookie SYN", "plain accept SYN", "rule drop, 10 rules", "rule drop, 1000 rules"].iter().zip(&series) {
+    for (name, s) in ["cookie SYN", "plain accept SYN", "rule drop, 10 rules", "rule drop, 1000 rules"].iter().zip(&series).filter(|(_, s)| !s.live_ns.is_empty()) {
         println!("{name}: live ns/run {}, handled/s {}", fmt(&stats(&s.live_ns), 0), fmt(&stats(&s.rate), 0));
     }
 }
