@@ -235,6 +235,12 @@ fn maybe_main(fk: &FlowKey) -> bool {
     FW_FLOW_HINT.get(firewall_common::flow_hint(fk)).is_none_or(|n| *n != 0)
 }
 
+/// The main table holds no flow of `key`'s tuple: its hint slot is empty.
+#[inline(always)]
+pub fn surely_no_main_flow(key: &Key) -> bool {
+    !maybe_main(&flow_key(key, 0).0)
+}
+
 /// Counts a key into (`1`) or out of (`u64::MAX`) its hint slot: before
 /// a main-table insert (undone if it fails), after a delete that succeeded.
 #[inline(always)]

@@ -91,6 +91,10 @@ pub struct Packet {
     /// tuple whose old flow stays (the host decides): a new connection to
     /// the limits all the same.
     pub tw_syn: bool,
+    /// Set by the XDP program: the rules' match for a SYN they judged
+    /// before conntrack read the table of unproven flows (`EARLY_*`, or
+    /// `EARLY_BOX + ` the box's index; kept here for the same reason).
+    pub early: u32,
     /// Bytes on the wire (`Frame::wire_len`).
     pub wire_len: u64,
 }
@@ -143,6 +147,13 @@ impl Frame {
 /// outbound datagram).
 pub const SCRATCH_PACKET: u32 = 0;
 pub const SCRATCH_QUERY: u32 = 1;
+
+/// `Packet::early`: not judged early.
+pub const EARLY_NONE: u32 = 0;
+/// `Packet::early`: judged early, and no rule matched.
+pub const EARLY_NO_RULE: u32 = 1;
+/// `Packet::early`: judged early; minus this, the matching box's index.
+pub const EARLY_BOX: u32 = 2;
 
 /// The frame, parsed once: its headers and, for a SYN or SYN-ACK, its TCP
 /// options. The packet is kept in this CPU's scratch slot, where every
@@ -281,6 +292,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         replaces: false,
         no_flow: false,
         tw_syn: false,
+        early: EARLY_NONE,
         wire_len: ctx.wire_len,
     };
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -362,6 +374,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         replaces: false,
         no_flow: false,
         tw_syn: false,
+        early: EARLY_NONE,
         wire_len: ctx.wire_len,
     };
     if fragment {

@@ -30,6 +30,12 @@ pub fn active_policy() -> Result<(u32, &'static PolicyHeader), Reason> {
 /// `Err` only when the maps are inconsistent (a controller bug).
 #[inline(always)]
 pub fn classify(slot: u32, root: u32, key: &Key) -> Result<Option<&'static MatchBox>, ()> {
+    Ok(classify_at(slot, root, key)?.map(|(_, b)| b))
+}
+
+/// `classify`, with the index of the matching box (see `box_at`).
+#[inline(always)]
+pub fn classify_at(slot: u32, root: u32, key: &Key) -> Result<Option<(u32, &'static MatchBox)>, ()> {
     let mut child = root;
     for _ in 0..MAX_TREE_DEPTH {
         if child & NODE_LEAF != 0 {
@@ -61,10 +67,19 @@ pub fn classify(slot: u32, root: u32, key: &Key) -> Result<Option<&'static Match
         }
         let b = FW_BOXES.get(slot * MAX_BOXES + box_index).ok_or(())?;
         if matches(b, key) {
-            return Ok(Some(b));
+            return Ok(Some((box_index, b)));
         }
     }
     Ok(None)
+}
+
+/// Box `index` of policy `slot`, as `classify_at` named it.
+#[inline(always)]
+pub fn box_at(slot: u32, index: u32) -> Result<&'static MatchBox, ()> {
+    if index >= MAX_BOXES {
+        return Err(());
+    }
+    FW_BOXES.get(slot * MAX_BOXES + index).ok_or(())
 }
 
 /// The verdict the rules give a packet: the matching rule's action, or

@@ -736,3 +736,47 @@ fn the_main_tables_hint_slots_count_its_flows() {
     assert_eq!(h.table_sizes().0, 0);
     assert_eq!(h.hint_mismatches(), [], "every slot back at 0");
 }
+
+/// A SYN to a port some rule accepts, of no proven flow, is judged by the
+/// rules before the table of unproven flows is read; when they now drop
+/// its source, it is dropped and counted by the dropping rule, and the
+/// handshake the old policy let in changes in nothing.
+#[test]
+fn a_syn_the_rules_now_drop_is_dropped_before_its_handshake_is_read() {
+    let (remote, host) = FAMILIES[0];
+    let mut h = Harness::new(POLICY);
+    h.expect(&seg(remote, host, 43000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    assert_eq!((h.table_sizes(), h.flow_state(43000, 80)), ((0, 1), Some("syn_sent")));
+    let banned = POLICY.replacen("[[rule]]", &format!("[[rule]]\nname = \"banned\"\nsrc = \"{remote}\"\naction = \"drop\"\n\n[[rule]]"), 1);
+    h.install(&banned);
+    for isn in [1000, 7_000_000] {
+        h.expect(&seg(remote, host, 43000, 80, SYN, isn, 0, b""), XDP_DROP, Reason::RuleDrop);
+    }
+    assert_eq!(h.rule_packets("banned"), 2);
+    assert_eq!((h.table_sizes(), h.flow_state(43000, 80)), ((0, 1), Some("syn_sent")), "the handshake's flow is as it was");
+    // Its other packets still meet their flow: the host's SYN-ACK.
+    assert_eq!(h.egress(&seg(host, remote, 80, 43000, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(43000, 80), Some("syn_recv"));
+}
+
+/// The match of a SYN judged before conntrack is the one that counts it,
+/// once: by its rule, or by the default when no rule matched, also when
+/// it is a retransmission of a handshake the table follows.
+#[test]
+fn a_syn_judged_early_is_counted_once_by_what_matched_it() {
+    let policy = "[settings]\ndefault = \"accept\"\n\n[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = 80\naction = \"accept\"\n\n[[rule]]\nname = \"late\"\nproto = \"tcp\"\ndport = 81\nstate = [\"established\"]\naction = \"drop\"\n";
+    for (remote, host) in FAMILIES {
+        let h = Harness::new(policy);
+        for _ in 0..2 {
+            h.expect(&seg(remote, host, 43000, 80, SYN, 1000, 0, b""), XDP_PASS, Reason::RuleAccept);
+        }
+        assert_eq!((h.rule_packets("web"), h.flow_state(43000, 80)), (2, Some("syn_sent")));
+        // No rule matches a new SYN to 81 (`late` wants established
+        // packets): the default accepts it, and its retransmission.
+        for _ in 0..2 {
+            h.expect(&seg(remote, host, 43001, 81, SYN, 1000, 0, b""), XDP_PASS, Reason::DefaultAccept);
+        }
+        assert_eq!((h.rule_packets("late"), h.flow_state(43001, 81)), (0, Some("syn_sent")));
+        assert_eq!(h.table_sizes().1, 2);
+    }
+}

@@ -8,7 +8,7 @@ pub mod cookie_syn;
 
 use aya_ebpf::programs::XdpContext;
 use firewall_common::{
-    ACTION_ACCEPT, MAX_RULES, PORTS, Reason, STATE_ACCEPT, STATE_DROP, STATE_RULES,
+    ACTION_ACCEPT, MAX_RULES, NODE_LEAF, PORTS, Reason, STATE_ACCEPT, STATE_DROP, STATE_RULES,
     STATUS_NO_META, SYNCOOKIE_ALWAYS, SYNCOOKIE_OFF, ct_state,
     maps::{PROG_COOKIE_ACK, PROG_COOKIE_SYN},
     tcp_flags::{ACK, FIN, RST, SYN},
@@ -51,6 +51,33 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         && packet.key.tcp_flags & (SYN | ACK) == SYN
         && FW_SYN_PORTS.get(slot).is_some_and(|open| !open.has(packet.key.dport));
     let judge = |p: &Packet| guard_of_syn(slot, header, p);
+    // A bare SYN of no flow in the main table (its hint slot is empty) is
+    // new, or a retransmission of a handshake the table of unproven flows
+    // holds, new to the rules as well: they judge it before that table is
+    // read, so a flood they drop costs no lookup there, and a SYN they
+    // accept is not judged again (`judge_new` takes this match).
+    if packet.key.proto == parse::IPPROTO_TCP
+        && packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN
+        && !syn_main_only
+        && conntrack::surely_no_main_flow(&packet.key)
+    {
+        packet.key.ct_state = ct_state::NEW;
+        let Ok(at) = rules::classify_at(slot, header.root, &packet.key) else {
+            return Reason::Internal;
+        };
+        let matched = at.map(|(_, b)| b);
+        let reason = rules::reason(header, matched);
+        if !rules::accepts(reason) {
+            events::note_rule(slot, matched);
+            if let Some(m) = matched {
+                counters::count_rule(slot, m.rule, packet.wire_len);
+            }
+            return reason;
+        }
+        // An index in the packet, not a pointer held across conntrack:
+        // the verifier would check conntrack once per value.
+        packet.early = at.map_or(parse::EARLY_NO_RULE, |(i, _)| parse::EARLY_BOX + i);
+    }
     let mut ct = conntrack::track(frame, packet, &header.timeouts, Dir::Ingress, syn_main_only, judge);
     let sk = ctx.ctx as *mut _;
     match ct {
@@ -149,6 +176,10 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     // with a cookie (its flow would reject the cookie's ACK).
     packet.syn_again |= ct == Ct::SynAgain;
     packet.no_flow = ct == Ct::NoFlow;
+    // The early match holds while the packet is still new to the rules.
+    if state != ct_state::NEW {
+        packet.early = parse::EARLY_NONE;
+    }
     judge_new(ctx, slot, header, packet)
 }
 
@@ -158,7 +189,16 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
 fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Reason {
     let mut service = (MAX_RULES, SYNCOOKIE_OFF);
     let mut limited = false;
-    let Ok(matched) = rules::classify(slot, header.root, &packet.key) else {
+    // A SYN judged early is not walked again. (No rule matched: an empty
+    // leaf as the root walks nothing; an `Ok(None)` of its own here made
+    // the verifier check the rest once more, +200k instructions.)
+    let matched = if packet.early >= parse::EARLY_BOX {
+        rules::box_at(slot, packet.early - parse::EARLY_BOX).map(Some)
+    } else {
+        let root = if packet.early == parse::EARLY_NO_RULE { NODE_LEAF } else { header.root };
+        rules::classify(slot, root, &packet.key)
+    };
+    let Ok(matched) = matched else {
         return Reason::Internal;
     };
     events::note_rule(slot, matched);
