@@ -29,6 +29,9 @@ pub const COOKIE_CONFIG: &str = "FW_COOKIE_CFG";
 /// Per service (slot * MAX_RULES + rule): whether `auto` turned cookies on.
 pub const COOKIE_ON: &str = "FW_COOKIE_ON";
 pub const COOKIE_COUNTERS: &str = "FW_COOKIE_CNT";
+/// Per rule with a `limit` (slot * MAX_RULES + rule), per CPU: its
+/// refusals (`LimitCounters`).
+pub const LIMIT_COUNTERS: &str = "FW_LIMIT_CNT";
 /// Per slot and destination port: 1 + the first cookie rule for the port.
 pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 /// Per slot, a `PortBits`: the ports where a TCP SYN may be accepted by
@@ -114,7 +117,7 @@ pub const SHARED: &[&str] = &[
 /// Maps of one interface's programs: its counters, its cookie settings
 /// (MSS follows its MTU), its driver's status. `PROGRAMS` is pinned apart
 /// (each program object has its own; see the loader).
-pub const PER_IFACE: &[&str] = &[RULE_COUNTERS, REASON_COUNTERS, COOKIE_COUNTERS, COOKIE_CONFIG, STATUS, RULE_BASE, IFACE];
+pub const PER_IFACE: &[&str] = &[RULE_COUNTERS, REASON_COUNTERS, COOKIE_COUNTERS, LIMIT_COUNTERS, COOKIE_CONFIG, STATUS, RULE_BASE, IFACE];
 
 /// Maps the XDP program need not reference (`SETS` only its bans do):
 /// bound to it so that another process finds them from its map ids.
@@ -131,6 +134,7 @@ pub const ALL: &[&str] = &[
     REMOTE_FLOWS,
     COOKIE_ON,
     COOKIE_COUNTERS,
+    LIMIT_COUNTERS,
     CONTROL,
     IFACE,
     RULE_BASE,

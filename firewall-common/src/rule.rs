@@ -165,12 +165,14 @@ pub struct RuleMeta {
     pub syncookie: u8,
     /// 1: `log = true` (read by the cookie SYN program, which has only the index).
     pub log: u8,
-    pub _pad: [u8; 5],
+    /// 1: the rule has a `limit` (its refusals are in `FW_LIMIT_CNT`).
+    pub limited: u8,
+    pub _pad: [u8; 4],
 }
 
 impl Default for RuleMeta {
     fn default() -> Self {
-        Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, log: 0, _pad: [0; 5] }
+        Self { name: [0; RULE_NAME_LEN], action: 0, syncookie: 0, log: 0, limited: 0, _pad: [0; 4] }
     }
 }
 
@@ -262,6 +264,18 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// `FW_LIMIT_CNT[slot * MAX_RULES + rule]`, per CPU: what a rule's limits
+/// refused (every refusal also counts in the rule's own counter, which
+/// judged the packet, and in the reason's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCounters {
+    /// Refused over the rate (`rate_limited`).
+    pub rate_limited: u64,
+    /// Refused at `max_conns` (`conn_limited`).
+    pub conn_limited: u64,
+}
+
 /// Words of a `PortBits`: one bit per port.
 pub const PORT_WORDS: usize = 1024;
 
@@ -318,6 +332,7 @@ mod pod {
     unsafe impl aya::Pod for PortBits {}
     unsafe impl aya::Pod for RuleMeta {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for LimitCounters {}
     unsafe impl aya::Pod for RuleLimit {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for crate::sets::SetAddr {}

@@ -2,7 +2,7 @@
 
 use firewall_common::{MAX_RULES, Reason};
 
-use crate::{FW_REASON_CNT, FW_RULE_CNT};
+use crate::{FW_LIMIT_CNT, FW_REASON_CNT, FW_RULE_CNT};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
@@ -25,6 +25,22 @@ pub fn count_rule(slot: u32, rule: u32, bytes: u64) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
+        }
+    }
+}
+
+/// A refusal by the limits of rule `index` (slot * MAX_RULES + rule):
+/// `reason` is `RateLimited` or `ConnLimited`.
+#[inline(always)]
+pub fn count_refused(index: u32, reason: Reason) {
+    if let Some(c) = FW_LIMIT_CNT.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe {
+            if reason == Reason::RateLimited {
+                (*c).rate_limited += 1;
+            } else {
+                (*c).conn_limited += 1;
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn admit(slot: u32, rule: u32, src: &U128) -> Result<Option<u32>, Reason> {
     let index = slot * MAX_RULES + rule;
     let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(None) };
     if limit.interval_ns != 0 && limit.ban_set == 0 && !take(limit, index, src) {
-        return Err(Reason::RateLimited);
+        return Err(refuse(index, Reason::RateLimited));
     }
     if limit.max_conns == 0 && limit.ban_set == 0 {
         return Ok(None);
@@ -48,7 +48,7 @@ pub fn admit(slot: u32, rule: u32, src: &U128) -> Result<Option<u32>, Reason> {
         let Some(key) = conn_key(limit, index, src) else { return Ok(None) };
         // SAFETY: read at once.
         if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| full(n, limit.max_conns)) {
-            return Err(Reason::ConnLimited);
+            return Err(refuse(index, Reason::ConnLimited));
         }
     }
     Ok(Some(conn_ref(index, conn_epoch(limit.epoch))))
@@ -77,7 +77,7 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
     let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, _)| in_force(i)) else { return Ok(false) };
     if limit.ban_set != 0 && limit.interval_ns != 0 && !take(limit, index, src) {
         ban(limit, index, key, Reason::RateLimited);
-        return Err(Reason::RateLimited);
+        return Err(refuse(index, Reason::RateLimited));
     }
     if limit.max_conns == 0 {
         return Ok(false);
@@ -87,12 +87,19 @@ pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
         // SAFETY: a value of this map (see the module's note on races).
         if full(unsafe { *n }, limit.max_conns) {
             ban(limit, index, key, Reason::ConnLimited);
-            return Err(Reason::ConnLimited);
+            return Err(refuse(index, Reason::ConnLimited));
         }
         counters::atomic_add(n, 1);
         return Ok(true);
     }
     Ok(first(ckey))
+}
+
+/// Counts a refusal by rule `index`'s limits; `reason`, for the caller.
+#[inline(always)]
+fn refuse(index: u32, reason: Reason) -> Reason {
+    counters::count_refused(index, reason);
+    reason
 }
 
 /// Counts the first connection of a prefix with no count yet; another CPU

@@ -26,7 +26,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use firewall_common::{
-    Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
+    Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, LimitCounters, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
     EventConfig, EventState, Flow, FlowKey, IfaceInfo, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES,
     MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleLimit, BucketKey, MAX_BUCKETS, RuleMeta, SetAddr, SetDef, SetElem, U128,
     reason::REASON_COUNT,
@@ -92,6 +92,8 @@ static FW_COOKIE_ON: Array<u32> = Array::with_max_entries(POLICY_SLOTS * MAX_RUL
 #[map(name = "FW_COOKIE_CNT")]
 static FW_COOKIE_CNT: PerCpuArray<CookieCounters> =
     PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
+#[map(name = "FW_LIMIT_CNT")]
+static FW_LIMIT_CNT: PerCpuArray<LimitCounters> = PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES, 0);
 #[map(name = "FW_COOKIE_PORT")]
 static FW_COOKIE_PORT: Array<u32> = Array::with_max_entries(POLICY_SLOTS * PORTS, 0);
 #[map(name = "FW_SYN_PORTS")]

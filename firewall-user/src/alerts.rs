@@ -338,6 +338,7 @@ mod tests {
             rules: vec![RuleStats { name: "web".into(), action: "accept", packets: web, bytes: 0, since_unix: 0 }],
             reasons: vec![ReasonStats { reason: "rule_accept", verdict: "pass", packets: web, bytes: 0 }],
             services: Vec::new(),
+            limits: Vec::new(),
         }
     }
 

@@ -205,7 +205,7 @@ fn rule_limit(rule: &Rule) -> firewall_common::RuleLimit {
 }
 
 fn rule_meta(rule: &Rule) -> RuleMeta {
-    let mut meta = RuleMeta { action: rule.action.code(), syncookie: rule.syncookie.code(), log: u8::from(rule.log), ..Default::default() };
+    let mut meta = RuleMeta { action: rule.action.code(), syncookie: rule.syncookie.code(), log: u8::from(rule.log), limited: u8::from(rule.limit.is_some()), ..Default::default() };
     // Validation bounds names to RULE_NAME_LEN - 1 bytes; keep a NUL at the end regardless.
     let n = rule.name.len().min(RULE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);

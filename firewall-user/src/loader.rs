@@ -16,7 +16,7 @@ use aya::{
     programs::{ProgramError, links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use firewall_common::{
-    Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, IfaceInfo, LAYOUT_VERSION, MAX_BOXES,
+    Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, LimitCounters, IfaceInfo, LAYOUT_VERSION, MAX_BOXES,
     MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_RULES, MODE_GENERIC, MODE_NATIVE, MatchBox, Node, OFFER_ALL,
     OFFER_ECN, OFFER_SACK, OFFER_TIMESTAMPS, OFFER_WSCALE, PORTS, POLICY_PATH_LEN, PolicyHeader, RuleBase, RuleMeta,
     STATUS_NO_META, SYNCOOKIE_AUTO, SYNCOOKIE_OFF, U128, maps,
@@ -970,6 +970,14 @@ fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<(u32, u32)>, carry: &[O
         if m.syncookie != SYNCOOKIE_OFF {
             let zeros = PerCpuValues::try_from(vec![CookieCounters::default(); cpus])?;
             cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
+        }
+    }
+    // Limited rules: refusals from zero (per policy load, like cookies).
+    let mut limit_counters: PerCpuArray<_, LimitCounters> = PerCpuArray::try_from(map(e, maps::LIMIT_COUNTERS)?)?;
+    for (rule, m) in policy.meta.iter().enumerate() {
+        if m.limited != 0 {
+            let zeros = PerCpuValues::try_from(vec![LimitCounters::default(); cpus])?;
+            limit_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset limit counters")?;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::loaded_programs,
 };
-use firewall_common::{Active, Control, CookieCounters, Counter, Flow, FlowKey, IfaceInfo, PolicyHeader, RuleBase, RuleMeta, maps};
+use firewall_common::{Active, Control, CookieCounters, Counter, LimitCounters, Flow, FlowKey, IfaceInfo, PolicyHeader, RuleBase, RuleMeta, maps};
 
 use crate::{instance, loader};
 
@@ -28,6 +28,7 @@ pub struct FirewallMaps {
     pub remote_flows: BpfHashMap<MapData, FlowKey, Flow>,
     pub cookie_on: Array<MapData, u32>,
     pub cookie_counters: PerCpuArray<MapData, CookieCounters>,
+    pub limit_counters: PerCpuArray<MapData, LimitCounters>,
     pub control: Array<MapData, Control>,
     pub iface: Array<MapData, IfaceInfo>,
     /// The named sets (shared by the firewall's interfaces).
@@ -45,6 +46,7 @@ impl FirewallMaps {
             reason_counters: &self.reason_counters,
             cookie_on: &self.cookie_on,
             cookie_counters: &self.cookie_counters,
+            limit_counters: &self.limit_counters,
         }
     }
 }
@@ -227,6 +229,7 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: O
             remote_flows: BpfHashMap::try_from(take(maps::REMOTE_FLOWS)?)?,
             cookie_on: Array::try_from(take(maps::COOKIE_ON)?)?,
             cookie_counters: PerCpuArray::try_from(take(maps::COOKIE_COUNTERS)?)?,
+            limit_counters: PerCpuArray::try_from(take(maps::LIMIT_COUNTERS)?)?,
             control: Array::try_from(take(maps::CONTROL)?)?,
             sets: crate::sets::Sets {
                 defs: Array::try_from(take(maps::SETS)?)?,

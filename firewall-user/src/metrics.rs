@@ -11,6 +11,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use firewall_common::Reason;
+
 use crate::{maps::Found, stats};
 
 /// What the controller counts itself.
@@ -76,6 +78,7 @@ pub fn render(found: &[Found], controller: &ControllerCounts, programs: &[Progra
     let cookies = counter_family(&mut reg, "firewall_cookies_sent", "SYN-ACKs with a cookie sent from XDP");
     let acks_valid = counter_family(&mut reg, "firewall_cookie_acks_valid", "ACKs whose cookie was valid (handed to the listener)");
     let acks_invalid = counter_family(&mut reg, "firewall_cookie_acks_invalid", "ACKs to a cookie service with no flow and no valid cookie");
+    let refused = counter_family(&mut reg, "firewall_rule_refused", "New connections or flows a rule's limits refused, by reason (rate_limited, conn_limited; also in firewall_rule_packets)");
     let cookie_mode = gauge_family(&mut reg, "firewall_cookie_mode", "1 while a service answers SYNs with cookies, 0 while they go to the host");
     let flows = gauge_family(&mut reg, "firewall_flows", "Entries in a connection table");
     let flows_max = gauge_family(&mut reg, "firewall_flows_max", "Capacity of a connection table");
@@ -98,6 +101,11 @@ pub fn render(found: &[Found], controller: &ControllerCounts, programs: &[Progra
             let l = lab(&[("reason", r.reason), ("verdict", r.verdict), ("iface", iface)]);
             reason_packets.get_or_create(&l).inc_by(r.packets);
             reason_bytes.get_or_create(&l).inc_by(r.bytes);
+        }
+        for l in &snap.limits {
+            for (reason, n) in [(Reason::RateLimited, l.rate_limited), (Reason::ConnLimited, l.conn_limited)] {
+                refused.get_or_create(&lab(&[("rule", &l.name), ("reason", reason.name()), ("iface", iface)])).inc_by(n);
+            }
         }
         for s in &snap.services {
             let l = lab(&[("service", &s.name), ("iface", iface)]);

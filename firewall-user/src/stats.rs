@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use anyhow::Result;
 use aya::maps::{Array, MapData, PerCpuArray};
 use firewall_common::{
-    ACTION_ACCEPT, Active, CookieCounters, Counter, MAX_RULES, PolicyHeader, Reason, RuleBase, RuleMeta,
+    ACTION_ACCEPT, Active, CookieCounters, Counter, LimitCounters, MAX_RULES, PolicyHeader, Reason, RuleBase, RuleMeta,
     SYNCOOKIE_ALWAYS, SYNCOOKIE_AUTO, SYNCOOKIE_OFF,
 };
 use serde::Serialize;
@@ -43,6 +43,16 @@ pub struct ServiceStats {
     pub acks_invalid: u64,
 }
 
+/// What the limits of a rule with a `limit` refused (per policy load:
+/// from zero when a policy is installed). Each refusal is also in the
+/// rule's own packets, which it judged.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LimitStats {
+    pub name: String,
+    pub rate_limited: u64,
+    pub conn_limited: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub generation: u64,
@@ -50,6 +60,7 @@ pub struct Snapshot {
     pub rules: Vec<RuleStats>,
     pub reasons: Vec<ReasonStats>,
     pub services: Vec<ServiceStats>,
+    pub limits: Vec<LimitStats>,
 }
 
 /// The maps a snapshot reads.
@@ -62,11 +73,15 @@ pub struct Sources<'a, M: Borrow<MapData>> {
     pub reason_counters: &'a PerCpuArray<M, Counter>,
     pub cookie_on: &'a Array<M, u32>,
     pub cookie_counters: &'a PerCpuArray<M, CookieCounters>,
+    pub limit_counters: &'a PerCpuArray<M, LimitCounters>,
 }
 
 impl Snapshot {
     pub fn service(&self, name: &str) -> Option<&ServiceStats> {
         self.services.iter().find(|s| s.name == name)
+    }
+    pub fn limit(&self, name: &str) -> Option<&LimitStats> {
+        self.limits.iter().find(|l| l.name == name)
     }
     pub fn rule(&self, name: &str) -> Option<&RuleStats> {
         self.rules.iter().find(|r| r.name == name)
@@ -88,6 +103,10 @@ impl Snapshot {
             a.cookies_sent += b.cookies_sent;
             a.acks_valid += b.acks_valid;
             a.acks_invalid += b.acks_invalid;
+        }
+        for (a, b) in self.limits.iter_mut().zip(&other.limits) {
+            a.rate_limited += b.rate_limited;
+            a.conn_limited += b.conn_limited;
         }
     }
 
@@ -150,11 +169,12 @@ fn mode_name(code: u8) -> &'static str {
 
 /// Reads the counters of the policy currently in force.
 pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
-    let Sources { active, policy, rule_meta, rule_counters, rule_base, reason_counters, cookie_on, cookie_counters } = src;
+    let Sources { active, policy, rule_meta, rule_counters, rule_base, reason_counters, cookie_on, cookie_counters, limit_counters } = src;
     let active = active.get(&0, 0)?;
     let header = policy.get(&active.slot, 0)?;
     let mut rules = Vec::with_capacity(header.rule_count as usize);
     let mut services = Vec::new();
+    let mut limits = Vec::new();
     for rule in 0..header.rule_count.min(MAX_RULES) {
         let index = active.slot * MAX_RULES + rule;
         let meta = rule_meta.get(&index, 0)?;
@@ -178,6 +198,13 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
                 acks_valid: total.acks_valid,
                 acks_invalid: total.acks_invalid,
             });
+        }
+        if meta.limited != 0 {
+            let total = limit_counters.get(&index, 0)?.iter().fold(LimitCounters::default(), |a, c| LimitCounters {
+                rate_limited: a.rate_limited + c.rate_limited,
+                conn_limited: a.conn_limited + c.conn_limited,
+            });
+            limits.push(LimitStats { name: name.clone(), rate_limited: total.rate_limited, conn_limited: total.conn_limited });
         }
         rules.push(RuleStats {
             name,
@@ -205,6 +232,7 @@ pub fn snapshot<M: Borrow<MapData>>(src: &Sources<'_, M>) -> Result<Snapshot> {
         rules,
         reasons,
         services,
+        limits,
     })
 }
 
@@ -262,6 +290,12 @@ pub fn render(iface: &str, s: &Snapshot, previous: Option<(&Snapshot, f64)>, all
             let _ = writeln!(out, "{:<32} {:<12} {:>12} {:>12} {:>12} {:>12}", v.name, mode, v.syns, v.cookies_sent, v.acks_valid, v.acks_invalid);
         }
     }
+    if !s.limits.is_empty() {
+        let _ = writeln!(out, "\n{:<32} {:>14} {:>14}", "LIMITED RULE", "RATE LIMITED", "CONN LIMITED");
+        for l in &s.limits {
+            let _ = writeln!(out, "{:<32} {:>14} {:>14}", l.name, l.rate_limited, l.conn_limited);
+        }
+    }
     out
 }
 
@@ -277,6 +311,7 @@ mod tests {
             rules: vec![RuleStats { name: "web".into(), action: "accept", packets: 5, bytes: 300, since_unix: 0 }],
             reasons: vec![reason(Reason::RuleAccept, 5), reason(Reason::DefaultDrop, 0), reason(Reason::InvalidWindow, 0)],
             services: Vec::new(),
+            limits: vec![LimitStats { name: "web".into(), rate_limited: 2, conn_limited: 1 }],
         }
     }
 
@@ -289,6 +324,7 @@ mod tests {
         let text = render("eth0", &s, None, true);
         assert!(text.contains("default_drop") && text.contains("invalid_window") && !text.contains("not shown"), "{text}");
         assert!(text.starts_with("firewall on eth0: policy generation 3"), "{text}");
+        assert!(text.contains("LIMITED RULE") && text.lines().any(|l| l.split_whitespace().eq(["web", "2", "1"])), "{text}");
     }
 
     #[test]
@@ -298,6 +334,7 @@ mod tests {
         assert_eq!(a.rules[0].packets, 10);
         assert_eq!(a.reasons[0].packets, 10);
         assert_eq!(a.reasons[0].bytes, 600);
+        assert_eq!((a.limits[0].rate_limited, a.limits[0].conn_limited), (4, 2));
     }
 
     #[test]

@@ -232,6 +232,7 @@ mod tests {
             ],
             reasons: vec![reason(Reason::RuleAccept, web + ssh), reason(Reason::DefaultDrop, drops), reason(Reason::InvalidWindow, 0)],
             services: vec![ServiceStats { name: "web".into(), syncookie: "auto", cookies_on: true, syns, cookies_sent: syns, acks_valid: 3, acks_invalid: 9 }],
+            limits: Vec::new(),
         }
     }
 

@@ -834,6 +834,7 @@ fn a_cookie_service_counts_connections_at_the_valid_ack_and_bans_past_its_cap() 
     let flows = h.flows().len();
     h.expect(&ack(client, server, 40001, 80, isn, second.seq, second.ts.map(|t| t.0)), XDP_DROP, Reason::ConnLimited);
     assert_eq!(h.flows().len(), flows, "a refused ACK opens no flow");
+    assert_eq!(h.refused("web"), (0, 1), "the service's cap refused it");
     assert_eq!(banned(&h).iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(), ["192.0.2.10/32"]);
     h.expect(&syn(client, server, 40003, 80, isn, 0, b"", &[]), XDP_DROP, Reason::RuleDrop);
 }

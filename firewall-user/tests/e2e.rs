@@ -1420,6 +1420,10 @@ fn a_source_sending_ten_times_its_limit_gets_its_limit_and_another_source_is_unt
     assert!((loud as f64 - want).abs() <= 2.0, "{loud} admitted, the reference says {want}: {stats}");
     assert_eq!(flows_from("10.98.0.2"), quiet_sent as u64, "the quiet source is untouched");
     assert_eq!(reason_packets(&stats, "rate_limited"), loud_sent as u64 - loud, "{stats}");
+    // `firewall stats` from another process names the rule that refused them.
+    let limits = stats["limits"].as_array().expect("limits in stats");
+    assert_eq!(limits.len(), 1, "{stats}");
+    assert_eq!((&limits[0]["name"], limits[0]["rate_limited"].as_u64(), limits[0]["conn_limited"].as_u64()), (&Value::from("limited"), Some(loud_sent as u64 - loud), Some(0)), "{stats}");
 }
 
 const CAPPED: &str = r#"

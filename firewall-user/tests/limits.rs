@@ -41,6 +41,9 @@ fn a_source_prefix_gets_its_burst_then_is_refused_without_state_and_others_are_u
     h.expect(&syn("10.0.0.200", 40011), XDP_DROP, Reason::RateLimited);
     assert_eq!(h.flows().len(), flows, "a refused SYN creates no state");
     assert_eq!(h.reason(Reason::RateLimited).packets, 2);
+    // The rule says so too: 5 packets judged, 2 of them refused.
+    assert_eq!((h.rule_packets("ssh"), h.refused("ssh")), (5, (2, 0)));
+    assert!(h.snapshot().limit("web").is_none(), "a rule without a limit has no refusals to show");
     // Another /24 has its own bucket; a rule without a limit is not limited.
     h.expect(&syn("10.0.1.1", 40012), XDP_PASS, Reason::RuleAccept);
     for i in 0..10 {
@@ -94,9 +97,13 @@ fn a_retransmitted_syn_is_not_charged_and_a_reload_starts_every_bucket_again() {
     h.expect(&syn(40001), XDP_PASS, Reason::RuleAccept);
     h.expect(&syn(40002), XDP_PASS, Reason::RuleAccept);
     h.expect(&syn(40003), XDP_DROP, Reason::RateLimited);
-    // Two reloads bring the first slot back; its rule starts with a full burst.
+    assert_eq!(h.refused("ssh"), (1, 0));
+    // Two reloads bring the first slot back; its rule starts with a full
+    // burst, and its refusals from zero (the slot's old count is not shown).
     h.install(SSH);
+    assert_eq!(h.refused("ssh"), (0, 0));
     h.install(SSH);
+    assert_eq!(h.refused("ssh"), (0, 0));
     for i in 0..3 {
         h.expect(&syn(40010 + i), XDP_PASS, Reason::RuleAccept);
     }
@@ -217,6 +224,7 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     // Other sources have their own count; rule and reason counters say it.
     assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
     assert_eq!(h.reason(Reason::ConnLimited).packets, 3);
+    assert_eq!(h.refused("web"), (0, 3), "the SYNs and the last ACK its cap refused");
     // A close both ways frees a slot: the retransmitted last ACK of the
     // waiting handshake now gets it.
     assert_eq!(h.judged(&seg(src, HOST, 40000, 80, FIN | ACK, 1001, 5001, b"")), ESTABLISHED);
@@ -389,7 +397,9 @@ fn with_a_ban_the_rate_counts_proven_connections_not_syns() {
     assert_eq!(complete(&h, src, 40000), ESTABLISHED);
     assert_eq!(complete(&h, src, 40001), ESTABLISHED);
     assert_eq!(complete(&h, src, 40002), (XDP_DROP, Reason::RateLimited));
+    assert_eq!(h.refused("web"), (1, 0), "refused at its proof");
     assert_eq!(syn_from(&h, src, 40010), (XDP_DROP, Reason::RuleDrop), "banned");
+    assert_eq!(h.refused("web"), (1, 0), "a banned source's SYN is the ban rule's drop, not a refusal");
     assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
 }
 

@@ -34,6 +34,13 @@ dport = 5353
 action = "accept"
 
 [[rule]]
+name = "syslog"
+proto = "udp"
+dport = 5514
+action = "accept"
+limit = { rate = "1/m", burst = 5, per = "src" }
+
+[[rule]]
 name = "shop"
 proto = "tcp"
 dport = 8443
@@ -188,6 +195,23 @@ fn metrics_are_served_and_move_with_traffic() {
     assert!(get(&after, "firewall_flows", &[("table", "unproven")]) >= 1.0, "the UDP flow is in the table");
     assert!(get(&after, "firewall_program_runs_total", &[("program", "firewall"), ("iface", iface)]) >= 0.0);
 
+    // 20 flows (one datagram each, from 20 ports) to a rule limited to a
+    // burst of 5: its limits refused 15, and say so by rule and reason.
+    let (dst_log, local) = (format!("{}:5514", pair.server_ip), format!("{}:0", pair.client_ip));
+    Pair::within(&pair.client, move || {
+        for _ in 0..20 {
+            UdpSocket::bind(&local).unwrap().send_to(b"log", &dst_log).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let refused_by = |m: &HashMap<_, f64>, reason| get(m, "firewall_rule_refused_total", &[("rule", "syslog"), ("reason", reason), ("iface", iface)]);
+    let limited = wait_for("the refusals in the metrics", Duration::from_secs(5), || {
+        let m = scrape(&pair.server).ok()?;
+        (get(&m, "firewall_rule_packets_total", &[("rule", "syslog")]) >= 20.0).then_some(m)
+    });
+    assert_eq!((refused_by(&limited, "rate_limited"), refused_by(&limited, "conn_limited")), (15.0, 0.0));
+
     // A reload, then a refused one: both counted, the generation follows.
     let pid = child.child().id() as i32;
     std::fs::write(dir.0.join("next.toml"), format!("{POLICY}\n[[rule]]\nname = \"extra\"\nproto = \"udp\"\ndport = 5354\naction = \"accept\"\n")).unwrap();
@@ -200,6 +224,7 @@ fn metrics_are_served_and_move_with_traffic() {
     });
     assert!(get(&reloaded, "firewall_reloads_total", &[("result", "ok")]) >= 1.0);
     assert_eq!(dns(&reloaded), dns(&after), "the rule keeps its counter across the reload");
+    assert_eq!(refused_by(&reloaded, "rate_limited"), 0.0, "refusals count per policy load");
     std::fs::write(dir.0.join("next.toml"), "[[rule]]\nname = \"bad\"\nproto = \"tcp\"\ndport = 99999\naction = \"accept\"\n").unwrap();
     std::fs::rename(dir.0.join("next.toml"), &policy).unwrap();
     // SAFETY: as above.

@@ -26,6 +26,7 @@ pub fn stats(iface: Option<&str>, watch: bool, json: bool, all: bool) -> Result<
                 "rules": snap.rules,
                 "reasons": snap.reasons,
                 "services": snap.services,
+                "limits": snap.limits,
             }))?);
         } else {
             if watch {

@@ -136,12 +136,20 @@ impl Harness {
             reason_counters: &PerCpuArray::try_from(get(maps::REASON_COUNTERS)).unwrap(),
             cookie_on: &Array::try_from(get(maps::COOKIE_ON)).unwrap(),
             cookie_counters: &PerCpuArray::try_from(get(maps::COOKIE_COUNTERS)).unwrap(),
+            limit_counters: &PerCpuArray::try_from(get(maps::LIMIT_COUNTERS)).unwrap(),
         })
         .expect("counters readable")
     }
 
     pub fn reason(&self, reason: Reason) -> Counter {
         self.snapshot().reason(reason)
+    }
+
+    /// What rule `name`'s limits refused: (rate_limited, conn_limited).
+    pub fn refused(&self, name: &str) -> (u64, u64) {
+        let s = self.snapshot();
+        let l = s.limit(name).unwrap_or_else(|| panic!("limited rule {name} in stats"));
+        (l.rate_limited, l.conn_limited)
     }
 
     pub fn rule_packets(&self, name: &str) -> u64 {
