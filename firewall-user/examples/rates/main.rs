@@ -415,21 +415,26 @@ fn main() {
     // kernel and synproxy modes the client's end runs none, and the flood's
     // SYN-ACKs to the spoofed range are dropped by an nftables netdev
     // ingress rule there instead (before the IP stack, as the sink drops).
+    // `kernel_xdp` is the kernel with the client's end running the sink as
+    // in the firewall mode: what that XDP costs the clients, apart from
+    // the firewall's own work.
     drop(sink);
     let mut legit: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = vec![
         ("firewall", "firewall, cookie mode", Vec::new(), Vec::new()),
         ("kernel", "kernel, tcp_syncookies=2", Vec::new(), Vec::new()),
+        ("kernel_xdp", "kernel, tcp_syncookies=2, the client's end running XDP as for the firewall", Vec::new(), Vec::new()),
         ("synproxy", "nftables synproxy", Vec::new(), Vec::new()),
     ];
     for round in 0..rounds {
         eprintln!("rates: legitimate connections, round {}/{rounds}", round + 1);
         for (id, _, quiet, flooded) in legit.iter_mut() {
-            let _sink = (*id == "firewall").then(|| attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM));
-            if *id != "firewall" {
+            let xdp_client = matches!(*id, "firewall" | "kernel_xdp");
+            let _sink = xdp_client.then(|| attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM));
+            if !xdp_client {
                 nft_load(&pair.client, &client_sink_ruleset(&pair.client_if));
             }
             let _fw = (*id == "firewall").then(|| firewall(&pair, COOKIE_POLICY));
-            if *id == "kernel" {
+            if id.starts_with("kernel") {
                 sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
             }
             if *id == "synproxy" {
