@@ -501,3 +501,53 @@ fn an_outside_rst_frees_a_count_only_once_the_host_socket_is_gone() {
     assert_eq!(count(&h, lo), 0, "closed both ways");
     drop((client, server));
 }
+
+/// A counted connection that died without a FIN or RST (the client
+/// vanished, the host's socket timed out) stops counting once it has idled
+/// `DEAD_IDLE_SECS` and the host has no socket for it, where a listener
+/// here serves its port; one the host still has keeps counting, and so
+/// does one to a port nothing here listens on (behind DNAT or a proxy, the
+/// socket list cannot tell). Its flow stays in the table either way.
+#[test]
+fn an_idle_connection_the_host_no_longer_has_stops_counting() {
+    use std::net::{TcpListener, TcpStream};
+    // A real connection on loopback: the one the host has.
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let served = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", served)).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let live = client.local_addr().unwrap().port();
+    // A port nothing listens on (bound, then closed).
+    let unserved = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let policy = CAPPED.replace("dport = 80", &format!("dport = [{served}, {unserved}]"));
+    let mut h = Harness::new(&policy);
+    let local = "127.0.0.1";
+    let connect_to = |h: &Harness, src: &str, dst: &str, sport: u16, dport: u16| {
+        assert_eq!(h.judged(&seg(src, dst, sport, dport, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+        assert_eq!(h.egress(&seg(dst, src, dport, sport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+        h.judged(&seg(src, dst, sport, dport, ACK, 1001, 5001, b""))
+    };
+    // From 127.0.0.1: the live connection, and one the host has no socket
+    // for (port 1 is no client's). From 10.0.0.1, to the unserved port.
+    assert_eq!(connect_to(&h, local, local, live, served), ESTABLISHED);
+    assert_eq!(connect_to(&h, local, local, 1, served), ESTABLISHED);
+    assert_eq!(connect_to(&h, "10.0.0.1", HOST, 40000, unserved), ESTABLISHED);
+    assert_eq!(h.judged(&seg(local, local, 2, served, SYN, 1000, 0, b"")), (XDP_DROP, Reason::ConnLimited));
+    // Not idle long enough yet: all still count.
+    h.age_flows(firewall_user::conntrack::DEAD_IDLE_SECS - 5);
+    h.fw.sweep().unwrap();
+    assert_eq!((count(&h, local), count(&h, "10.0.0.1")), (2, 1));
+    h.age_flows(10);
+    h.fw.sweep().unwrap();
+    assert_eq!((count(&h, local), count(&h, "10.0.0.1")), (1, 1), "only the connection the host lost stopped counting");
+    assert_eq!((h.flow_state(1, served), h.flow_state(live, served)), (Some("established"), Some("established")), "both flows stay");
+    // Its slot is free: a new connection from the source gets it.
+    assert_eq!(connect_to(&h, local, local, 2, served), ESTABLISHED);
+    assert_eq!(count(&h, local), 2);
+    // The uncounted flow's close releases nothing more than it holds: the
+    // next sweep sets the count to what the table holds again.
+    assert_eq!(h.judged(&seg(local, local, 1, served, RST, 1001, 0, b"")), ESTABLISHED);
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, local), 2);
+    drop(client);
+}
