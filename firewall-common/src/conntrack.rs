@@ -217,6 +217,12 @@ pub const FLOW_UNJUDGED: u8 = 8;
 /// `Flow::flags`: a connection from outside whose handshake was proven
 /// (its last ACK echoed the host's ISN, or its cookie was valid).
 pub const FLOW_PROVEN: u8 = 16;
+/// `Flow::flags`: counted, and the host's own stack had its socket when
+/// it was (a request or connected socket at the proof, a cookie handed
+/// to a listener, a connection the host had): one the controller may
+/// stop counting when that socket is gone. Not for a connection DNAT or
+/// a proxy takes elsewhere, whose socket this namespace never shows.
+pub const FLOW_LOCAL: u8 = 32;
 
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_PROVEN, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
+    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_LOCAL, FLOW_PROVEN, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
@@ -660,7 +660,14 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                     }
                     if f.flags & FLOW_GUARDED != 0 {
                         match limit::prove(f.limit_ref, &packet.key) {
-                            Ok(true) => f.flags |= FLOW_COUNTED,
+                            // The host's socket for it, if its own stack
+                            // has one (not DNAT'd elsewhere): see FLOW_LOCAL.
+                            Ok(true) => {
+                                f.flags |= FLOW_COUNTED;
+                                if matches!(socket_state(frame.ctx, &packet.key), Socket::Request | Socket::Connected) {
+                                    f.flags |= FLOW_LOCAL;
+                                }
+                            }
                             Ok(false) => {}
                             Err(reason) => return refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0, packet),
                         }
@@ -823,7 +830,8 @@ pub fn adopt(frame: &Frame, packet: &Packet, dir: Dir, proven: bool, counted: Op
     let mut flow = established(frame, 1 - local, local);
     flow.wscale = [WSCALE_UNKNOWN; 2];
     if let Some(r) = counted {
-        flow.flags = FLOW_GUARDED | FLOW_COUNTED | FLOW_PROVEN;
+        // Counted only for a connection the host has (see `ingress`).
+        flow.flags = FLOW_GUARDED | FLOW_COUNTED | FLOW_PROVEN | FLOW_LOCAL;
         flow.limit_ref = r;
     } else if dir == Dir::Egress {
         // The host speaks on a connection the table lost: the next
@@ -870,7 +878,8 @@ pub fn open_cookie(frame: &Frame, packet: &Packet, client_wscale: u8, cookie: u3
     let mut flow = established(frame, side, 1 - side);
     flow.flags = FLOW_PROVEN;
     if let Some(r) = counted {
-        flow.flags |= FLOW_GUARDED | FLOW_COUNTED;
+        // Handed to the host's listener.
+        flow.flags |= FLOW_GUARDED | FLOW_COUNTED | FLOW_LOCAL;
         flow.limit_ref = r;
     }
     let (ours, theirs) = if client_wscale == WSCALE_NONE {

@@ -115,6 +115,8 @@ pub struct Frame {
     /// Bytes on the wire; more than `end - start` when TC sees an skb
     /// whose payload is not in its linear part.
     pub wire_len: u64,
+    /// The program's context, for socket lookups.
+    pub ctx: *mut core::ffi::c_void,
 }
 
 impl Frame {
@@ -129,7 +131,7 @@ impl Frame {
         if ctx.data_end() - ctx.data() < want {
             let _ = ctx.pull_data(want as u32);
         }
-        Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64 }
+        Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64, ctx: aya_ebpf::EbpfContext::as_ptr(ctx) }
     }
 
     /// Bounds-checked pointer to a `T` at `offset` from the start of the frame.

@@ -98,9 +98,10 @@ pub struct Sweep {
     pub removed: Vec<(FlowKey, Flow)>,
     /// Flows it kept that are counted against a `max_conns`.
     pub counted: Vec<(FlowKey, Flow)>,
-    /// Counted flows it no longer counts: idle `DEAD_IDLE_SECS`, their
-    /// port served here, and no host socket for them (kept in the table,
-    /// left out of `counted`, so the count is set without them).
+    /// Counted flows it no longer counts: of the host's own stack
+    /// (`FLOW_LOCAL`), idle `DEAD_IDLE_SECS`, and no host socket for them
+    /// now (kept in the table, left out of `counted`, so the count is set
+    /// without them).
     pub uncounted: usize,
     /// Whether the walk ended by itself (not at its bound: under churn
     /// it may have missed entries).
@@ -176,8 +177,8 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     // Counted connections closed from outside only: gone once the host has
     // no socket for them (it took the RST or FIN), checked after the walk.
     let mut closed = Vec::new();
-    // Counted connections idle a while: still counted only while the host
-    // has their socket (see `dead`), checked after the walk.
+    // Counted connections of the host's own stack idle a while: counted
+    // only while the host still has their socket, checked after the walk.
     let mut idle = Vec::new();
     let mut walked = 0;
     // Bounded: when the walk's current key is evicted under churn, the
@@ -196,7 +197,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
         } else if expired_now(&key, &flow, now) {
             expired.push(key);
         } else if flow.flags & firewall_common::FLOW_COUNTED != 0 {
-            if now.saturating_sub(flow.last_seen_ns) >= DEAD_IDLE_SECS * 1_000_000_000 {
+            if flow.flags & firewall_common::FLOW_LOCAL != 0 && now.saturating_sub(flow.last_seen_ns) >= DEAD_IDLE_SECS * 1_000_000_000 {
                 idle.push((key, flow));
             } else {
                 out.counted.push((key, flow));
@@ -214,12 +215,12 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     if !closed.is_empty() || !idle.is_empty() {
         // Gone only when absent from two reads: /proc/net/tcp is read in
         // pieces, and sockets coming and going between them can hide one.
-        match (host_tcp(), host_tcp()) {
+        match (host_sockets(), host_sockets()) {
             (Some(first), Some(second)) => {
                 let has = |key: &FlowKey, flow: &Flow| {
                     let (local, remote) = flow.ends(key);
                     let socket = (addr(local.0), local.1, addr(remote.0), remote.1);
-                    first.conns.contains(&socket) || second.conns.contains(&socket)
+                    first.contains(&socket) || second.contains(&socket)
                 };
                 for (key, flow) in closed {
                     if has(&key, &flow) {
@@ -229,9 +230,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
                     }
                 }
                 for (key, flow) in idle {
-                    let (local, _) = flow.ends(&key);
-                    let serves = |t: &HostTcp| t.listens(addr(local.0), local.1);
-                    if has(&key, &flow) || !(serves(&first) || serves(&second)) {
+                    if has(&key, &flow) {
                         out.counted.push((key, flow));
                     } else {
                         out.uncounted += 1;
@@ -268,37 +267,19 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     Ok(out)
 }
 
-/// How long a counted connection idles before the sweep asks whether the
-/// host still has it: one that died without a FIN or RST (the client
-/// vanished, the host's socket timed out) would otherwise hold its
-/// source's `max_conns` slot until `tcp_established`. Long enough that
-/// no handshake is between its proof and the host's socket.
+/// How long a counted connection of the host's own stack (`FLOW_LOCAL`)
+/// idles before the sweep asks whether the host still has it: one that
+/// died without a FIN or RST (the client vanished, the host's socket
+/// timed out) would otherwise hold its source's `max_conns` slot until
+/// `tcp_established`.
 pub const DEAD_IDLE_SECS: u64 = 60;
 
-/// The TCP sockets of this network namespace, from /proc/net/tcp and tcp6.
-#[derive(Debug, Default)]
-pub struct HostTcp {
-    /// Those that hold a connection (not listening, not in TIME-WAIT or
-    /// closed): local address and port, remote address and port.
-    pub conns: std::collections::HashSet<(IpAddr, u16, IpAddr, u16)>,
-    /// Listening sockets: local address (unspecified: any) and port.
-    pub listeners: std::collections::HashSet<(IpAddr, u16)>,
-}
-
-impl HostTcp {
-    /// Whether a listener here takes connections to `ip`:`port`: the
-    /// connection would be one of this namespace's sockets (not one
-    /// behind DNAT or a proxy, which the socket list cannot show).
-    pub fn listens(&self, ip: IpAddr, port: u16) -> bool {
-        let any = [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
-        self.listeners.contains(&(ip, port)) || any.iter().any(|&a| self.listeners.contains(&(a, port)))
-    }
-}
-
-/// The TCP sockets of this network namespace (`HostTcp`). `None` when
+/// The TCP sockets of this network namespace that hold a connection
+/// (not listening, not in TIME-WAIT or closed): local address and port,
+/// remote address and port, from /proc/net/tcp and tcp6. `None` when
 /// /proc/net/tcp cannot be read (tcp6 is absent without IPv6).
-pub fn host_tcp() -> Option<HostTcp> {
-    let mut out = HostTcp::default();
+pub fn host_sockets() -> Option<std::collections::HashSet<(IpAddr, u16, IpAddr, u16)>> {
+    let mut out = std::collections::HashSet::new();
     for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -308,13 +289,11 @@ pub fn host_tcp() -> Option<HostTcp> {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // st: 06 TIME_WAIT, 07 CLOSE, 0A LISTEN.
-            if f.len() < 4 || matches!(f[3], "06" | "07") {
+            if f.len() < 4 || matches!(f[3], "06" | "07" | "0A") {
                 continue;
             }
-            if f[3] == "0A" {
-                out.listeners.extend(proc_endpoint(f[1], v6));
-            } else if let (Some(l), Some(r)) = (proc_endpoint(f[1], v6), proc_endpoint(f[2], v6)) {
-                out.conns.insert((l.0, l.1, r.0, r.1));
+            if let (Some(l), Some(r)) = (proc_endpoint(f[1], v6), proc_endpoint(f[2], v6)) {
+                out.insert((l.0, l.1, r.0, r.1));
             }
         }
     }

@@ -107,6 +107,9 @@ pub struct Swept {
     /// Entries left in each table (a walk under churn is approximate).
     pub proven: usize,
     pub unproven: usize,
+    /// Counted connections the host no longer has (see
+    /// `conntrack::DEAD_IDLE_SECS`), left out of their source's count.
+    pub uncounted: usize,
 }
 
 /// The state of one `syncookie = "auto"` service.
@@ -579,6 +582,7 @@ impl Firewall {
                 aya::maps::HashMap::try_from(map(&mut self.ebpf, table)?)?;
             let swept = crate::conntrack::sweep(&mut flows, &self.timeouts, max as usize, hints.as_ref())?;
             out.removed += swept.removed.len();
+            out.uncounted += swept.uncounted;
             *left = swept.seen.saturating_sub(swept.removed.len());
             removed.extend(swept.removed);
             counted.extend(swept.counted);

@@ -670,6 +670,9 @@ async fn serve(fw: &mut loader::Firewall, path: PathBuf, mut stamp: Option<(i64,
                         if swept.removed > 0 {
                             log::debug!("swept {} idle flows", swept.removed);
                         }
+                        if swept.uncounted > 0 {
+                            log::debug!("{} idle connections the host no longer has no longer count against max_conns", swept.uncounted);
+                        }
                         tables = (swept.proven, swept.unproven);
                         monitor.files.tables(swept);
                     }
