@@ -98,10 +98,10 @@ pub struct Sweep {
     pub removed: Vec<(FlowKey, Flow)>,
     /// Flows it kept that are counted against a `max_conns`.
     pub counted: Vec<(FlowKey, Flow)>,
-    /// Counted flows it no longer counts: of the host's own stack
+    /// Counted flows it stopped counting: of the host's own stack
     /// (`FLOW_LOCAL`), idle `DEAD_IDLE_SECS`, and no host socket for them
-    /// now (kept in the table, left out of `counted`, so the count is set
-    /// without them).
+    /// now (kept in the table without `FLOW_COUNTED`, left out of
+    /// `counted`, so the count is set without them).
     pub uncounted: usize,
     /// Whether the walk ended by itself (not at its bound: under churn
     /// it may have missed entries).
@@ -212,6 +212,8 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     // Flows closed from outside whose host socket is gone, with the time
     // they were made (a flow made again on the tuple since is another).
     let mut dead = Vec::new();
+    // Idle counted flows the host has no socket for, with their time made.
+    let mut lost = Vec::new();
     if !closed.is_empty() || !idle.is_empty() {
         // Gone only when absent from two reads: /proc/net/tcp is read in
         // pieces, and sockets coming and going between them can hide one.
@@ -233,7 +235,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
                     if has(&key, &flow) {
                         out.counted.push((key, flow));
                     } else {
-                        out.uncounted += 1;
+                        lost.push((key, flow.created_ns));
                     }
                 }
             }
@@ -255,6 +257,25 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
             out.removed.push((*key, flow));
         }
     }
+    // A lost connection stops counting: its flag goes (written back only
+    // if still the same idle flow; the data plane releases no count for a
+    // flow without it), and the walk's count leaves it out. A packet
+    // racing this write may be undone on a flow the host has no socket for.
+    for (key, created) in &lost {
+        let Ok(mut flow) = flows.get(key, 0) else { continue };
+        let idle_now = monotonic_ns().saturating_sub(flow.last_seen_ns) >= DEAD_IDLE_SECS * 1_000_000_000;
+        if flow.created_ns != *created || flow.flags & firewall_common::FLOW_COUNTED == 0 {
+            continue;
+        }
+        if !idle_now {
+            out.counted.push((*key, flow));
+            continue;
+        }
+        flow.flags &= !firewall_common::FLOW_COUNTED;
+        if flows.insert(key, &flow, BPF_EXIST).is_ok() {
+            out.uncounted += 1;
+        }
+    }
     for (key, created) in &dead {
         let Ok(flow) = flows.get(key, 0) else { continue };
         if flow.created_ns == *created && firewall_common::closed_from_outside(&flow) && flows.remove(key).is_ok() {
@@ -273,6 +294,9 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
 /// timed out) would otherwise hold its source's `max_conns` slot until
 /// `tcp_established`.
 pub const DEAD_IDLE_SECS: u64 = 60;
+
+/// `BPF_EXIST` (include/uapi/linux/bpf.h): update only an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// The TCP sockets of this network namespace that hold a connection
 /// (not listening, not in TIME-WAIT or closed): local address and port,

@@ -553,10 +553,10 @@ fn an_idle_connection_the_host_no_longer_has_stops_counting() {
     assert_eq!(connect_to(&h, 2), ESTABLISHED);
     assert_eq!(count(&h, lo), 3);
     assert_eq!(h.judged(&seg(lo, lo, 3, port, SYN, 1000, 0, b"")), (XDP_DROP, Reason::ConnLimited));
-    // The host's RST on the lost tuple (the client came back) closes its
-    // flow, which still releases a count; the next sweep sets the count to
-    // what the table holds again.
+    // The host's RST on the lost tuple (the client came back) closes a
+    // flow that no longer counts: it releases nothing.
     assert_eq!(h.egress(&seg(lo, lo, port, lost, RST | ACK, 5001, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(count(&h, lo), 3);
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 3);
 }
