@@ -1,5 +1,6 @@
 //! The live view of `firewall stats --watch`: rules by rate, drops by
-//! reason, cookie services, the top sources (when events are on), and
+//! reason, cookie services, what limits refused, the top sources (when
+//! events are on), and
 //! sparklines of the last minute, laid out to fit 80x24. Drawing is a pure function of `View`, so tests render it to
 //! ratatui's `TestBackend`.
 
@@ -98,12 +99,14 @@ fn bold() -> Style {
 pub fn draw(frame: &mut Frame, view: &View) {
     let area = frame.area();
     let services = view.now.services.len().min(4) as u16;
+    let limits = view.now.limits.len().min(3) as u16;
     let sources = view.top.as_ref().map_or(0, |t| t.sources.len().max(t.services.iter().map(|s| s.sources.len()).sum()).min(3) as u16);
-    let [head, sparks, tables, svc, top, foot] = Layout::vertical([
+    let [head, sparks, tables, svc, lim, top, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(4),
         Constraint::Min(6),
         Constraint::Length(if services == 0 { 0 } else { services + 3 }),
+        Constraint::Length(if limits == 0 { 0 } else { limits + 3 }),
         Constraint::Length(if view.top.is_none() { 0 } else { sources.max(1) + 3 }),
         Constraint::Length(1),
     ])
@@ -176,6 +179,24 @@ pub fn draw(frame: &mut Frame, view: &View) {
                 .header(Row::new(vec!["SERVICE", "MODE", "SYN/S", "COOKIES", "VALID", "INVALID"]).style(bold()))
                 .block(Block::default().borders(Borders::ALL).title("SYN-cookie services")),
             svc,
+        );
+    }
+    if limits > 0 {
+        let rows: Vec<Row> = view
+            .now
+            .limits
+            .iter()
+            .map(|l| {
+                let before = view.previous.as_ref().and_then(|(p, _)| p.limit(&l.name));
+                let per_s = view.rate(l.rate_limited + l.conn_limited, before.map(|b| b.rate_limited + b.conn_limited));
+                Row::new(vec![Cell::from(l.name.clone()), Cell::from(format!("{per_s:.0}")), Cell::from(l.rate_limited.to_string()), Cell::from(l.conn_limited.to_string())])
+            })
+            .collect();
+        frame.render_widget(
+            Table::new(rows, [Constraint::Min(8), Constraint::Length(10), Constraint::Length(13), Constraint::Length(13)])
+                .header(Row::new(vec!["RULE", "REFUSED/S", "RATE LIMITED", "CONN LIMITED"]).style(bold()))
+                .block(Block::default().borders(Borders::ALL).title("refused by limits")),
+            lim,
         );
     }
     if let Some(t) = &view.top {
@@ -258,6 +279,19 @@ mod tests {
         assert!(s.contains("drops/s (max 40)"), "{s}");
         assert_eq!(v.total_pps.back(), Some(&150));
         assert!(!s.contains("top drop sources"), "no sources panel without events:\n{s}");
+        assert!(!s.contains("refused by limits"), "no limits panel without limits:\n{s}");
+    }
+
+    #[test]
+    fn refusals_of_limited_rules_show_with_their_rate() {
+        use crate::stats::LimitStats;
+        let with = |rate, conn| Snapshot { limits: vec![LimitStats { name: "ssh".into(), rate_limited: rate, conn_limited: conn }], ..snap(0, 0, 0, 0) };
+        let mut v = View::new("eth0".into(), with(0, 0));
+        v.push(with(30, 2), 1.0);
+        let s = screen(&v);
+        let line = s.lines().find(|l| l.contains("ssh") && l.contains("30")).unwrap_or_else(|| panic!("ssh refusals:\n{s}"));
+        assert_eq!(line.split(|c: char| c == '│' || c.is_whitespace()).filter(|w| !w.is_empty()).collect::<Vec<_>>(), ["ssh", "32", "30", "2"], "{s}");
+        assert!(s.contains("refused by limits") && s.contains("rules by rate") && s.contains("q: quit"), "{s}");
     }
 
     #[test]
