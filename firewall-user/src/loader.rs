@@ -976,12 +976,38 @@ fn prepare_counters(e: &mut Ebpf, slot: u32, old: Option<(u32, u32)>, carry: &[O
             cookie_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset cookie counters")?;
         }
     }
-    // Limited rules: refusals from zero (per policy load, like cookies).
+    // Limited rules: a rule that keeps its name carries on the refusals
+    // its limits counted (summed into one CPU's value; those the old slot
+    // counts until the flip are not carried); a new one starts at zero.
+    let carried: Vec<LimitCounters> = {
+        let old_meta: Array<_, RuleMeta> = Array::try_from(e.map(maps::RULE_META).context("no rule meta map")?)?;
+        let limit_counters: PerCpuArray<_, LimitCounters> = PerCpuArray::try_from(e.map(maps::LIMIT_COUNTERS).context("no limit counters")?)?;
+        let mut out = Vec::with_capacity(policy.meta.len());
+        for (rule, m) in policy.meta.iter().enumerate() {
+            let from = match (carry.get(rule).copied().flatten(), old) {
+                (Some(r), Some(s)) if m.limited != 0 => Some(s * MAX_RULES + r),
+                _ => None,
+            };
+            // Only an old rule that was limited: another's entry may hold
+            // what an earlier policy's rule at its place counted.
+            let was_limited = from.is_some_and(|i| old_meta.get(&i, 0).is_ok_and(|o| o.limited != 0));
+            let sum = match from {
+                Some(i) if was_limited => limit_counters.get(&i, 0)?.iter().fold(LimitCounters::default(), |a, c| LimitCounters {
+                    rate_limited: a.rate_limited + c.rate_limited,
+                    conn_limited: a.conn_limited + c.conn_limited,
+                }),
+                _ => LimitCounters::default(),
+            };
+            out.push(sum);
+        }
+        out
+    };
     let mut limit_counters: PerCpuArray<_, LimitCounters> = PerCpuArray::try_from(map(e, maps::LIMIT_COUNTERS)?)?;
     for (rule, m) in policy.meta.iter().enumerate() {
         if m.limited != 0 {
-            let zeros = PerCpuValues::try_from(vec![LimitCounters::default(); cpus])?;
-            limit_counters.set(slot * MAX_RULES + rule as u32, zeros, 0).context("failed to reset limit counters")?;
+            let mut values = vec![LimitCounters::default(); cpus];
+            values[0] = carried[rule];
+            limit_counters.set(slot * MAX_RULES + rule as u32, PerCpuValues::try_from(values)?, 0).context("failed to reset limit counters")?;
         }
     }
     Ok(())

@@ -43,8 +43,8 @@ pub struct ServiceStats {
     pub acks_invalid: u64,
 }
 
-/// What the limits of a rule with a `limit` refused (per policy load:
-/// from zero when a policy is installed). Each refusal is also in the
+/// What the limits of a rule with a `limit` refused (carried across
+/// reloads while the rule's name stays). Each refusal is also in the
 /// rule's own packets, which it judged.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LimitStats {

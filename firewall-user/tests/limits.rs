@@ -99,11 +99,14 @@ fn a_retransmitted_syn_is_not_charged_and_a_reload_starts_every_bucket_again() {
     h.expect(&syn(40003), XDP_DROP, Reason::RateLimited);
     assert_eq!(h.refused("ssh"), (1, 0));
     // Two reloads bring the first slot back; its rule starts with a full
-    // burst, and its refusals from zero (the slot's old count is not shown).
+    // burst, and carries on its refusals (its name stayed).
     h.install(SSH);
-    assert_eq!(h.refused("ssh"), (0, 0));
+    assert_eq!(h.refused("ssh"), (1, 0));
     h.install(SSH);
-    assert_eq!(h.refused("ssh"), (0, 0));
+    assert_eq!(h.refused("ssh"), (1, 0));
+    // Renamed, it is a new rule: from zero.
+    h.install(&SSH.replacen("name = \"ssh\"", "name = \"ssh2\"", 1));
+    assert_eq!(h.refused("ssh2"), (0, 0));
     for i in 0..3 {
         h.expect(&syn(40010 + i), XDP_PASS, Reason::RuleAccept);
     }

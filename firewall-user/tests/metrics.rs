@@ -224,7 +224,7 @@ fn metrics_are_served_and_move_with_traffic() {
     });
     assert!(get(&reloaded, "firewall_reloads_total", &[("result", "ok")]) >= 1.0);
     assert_eq!(dns(&reloaded), dns(&after), "the rule keeps its counter across the reload");
-    assert_eq!(refused_by(&reloaded, "rate_limited"), 0.0, "refusals count per policy load");
+    assert_eq!(refused_by(&reloaded, "rate_limited"), 15.0, "the rule carries on its refusals across the reload");
     std::fs::write(dir.0.join("next.toml"), "[[rule]]\nname = \"bad\"\nproto = \"tcp\"\ndport = 99999\naction = \"accept\"\n").unwrap();
     std::fs::rename(dir.0.join("next.toml"), &policy).unwrap();
     // SAFETY: as above.
