@@ -45,7 +45,7 @@ pub const COOKIE_PORT: &str = "FW_COOKIE_PORT";
 pub const SYN_PORTS: &str = "FW_SYN_PORTS";
 /// Elements of every named set (`sets::SetAddr` -> `SetElem`, an LPM trie).
 pub const SET_ELEMS: &str = "FW_SET_ELEMS";
-/// Single-address elements of every set (`SetAddr` -> `SetElem`, a hash
+/// Single-address elements of every set (`SetHost` -> `SetElem`, a hash
 /// map: one lookup instead of a trie walk). Prefixes are in `SET_ELEMS`.
 pub const SET_HOSTS: &str = "FW_SET_HOSTS";
 /// Per set id, how many prefixes `SET_ELEMS` holds (0: the trie is skipped).

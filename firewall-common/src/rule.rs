@@ -336,6 +336,7 @@ mod pod {
     unsafe impl aya::Pod for RuleLimit {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for crate::sets::SetAddr {}
+    unsafe impl aya::Pod for crate::sets::SetHost {}
     unsafe impl aya::Pod for crate::sets::SetElem {}
     unsafe impl aya::Pod for crate::sets::SetDef {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}

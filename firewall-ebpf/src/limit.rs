@@ -18,7 +18,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use firewall_common::{
-    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SetAddr,
+    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SetHost,
     SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
 };
 
@@ -235,11 +235,11 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
         return;
     }
     // The set key's per-CPU slot (see `rules::in_set`), and the value's.
-    let (Some(key), Some(elem)) = (FW_SET_KEY.get_ptr_mut(0), FW_BAN_ELEM.get_ptr_mut(0)) else { return };
+    let (Some(keys), Some(elem)) = (FW_SET_KEY.get_ptr_mut(0), FW_BAN_ELEM.get_ptr_mut(0)) else { return };
     let now = now_ns();
     // SAFETY: this CPU's slots, used by nothing else while this runs.
-    let (key, elem) = unsafe { (&mut (*key).data, &mut *elem) };
-    *key = SetAddr::new(id, &packet.src);
+    let (key, elem) = unsafe { (&mut (*keys).host, &mut *elem) };
+    *key = SetHost::new(id, &packet.src);
     *elem = SetElem { expires_ns: now + limit.ban_ns, prefix_len: firewall_common::SET_KEY_BITS, _pad: 0 };
     // A new element only within the set's size (an expired one is
     // banned again below whatever the count).

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use firewall_common::{
     Active, Control, CookieConfig, CookieCounters, CookieKey, Counter, LimitCounters, EVENT_CLASSES, EVENT_RING_BYTES, EventArg,
     EventConfig, EventState, Flow, FlowKey, IfaceInfo, MAX_BOXES, MAX_FLOWS, MAX_LEAF_REFS, MAX_LOCAL_ADDRS, MAX_NODES,
-    MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleLimit, BucketKey, MAX_BUCKETS, RuleMeta, SetAddr, SetDef, SetElem, U128,
+    MAX_REMOTE_FLOWS, MAX_RULES, MAX_SET_ELEMENTS, MAX_SETS, MatchBox, Node, POLICY_SLOTS, PORTS, PolicyHeader, PortBits, RuleBase, RuleLimit, BucketKey, MAX_BUCKETS, RuleMeta, SetAddr, SetDef, SetElem, SetHost, U128,
     reason::REASON_COUNT,
 };
 use parse::Frame;
@@ -102,7 +102,7 @@ static FW_SYN_PORTS: Array<PortBits> = Array::with_max_entries(POLICY_SLOTS, 0);
 #[map(name = "FW_SET_ELEMS")]
 static FW_SET_ELEMS: LpmTrie<SetAddr, SetElem> = LpmTrie::with_max_entries(MAX_SET_ELEMENTS, 0);
 #[map(name = "FW_SET_HOSTS")]
-static FW_SET_HOSTS: HashMap<SetAddr, SetElem> = HashMap::with_max_entries(MAX_SET_ELEMENTS, BPF_F_NO_PREALLOC);
+static FW_SET_HOSTS: HashMap<SetHost, SetElem> = HashMap::with_max_entries(MAX_SET_ELEMENTS, BPF_F_NO_PREALLOC);
 #[map(name = "FW_PORT_SETS")]
 static FW_PORT_SETS: Array<PortBits> = Array::with_max_entries(MAX_SETS, 0);
 #[map(name = "FW_SET_PREFIX")]
@@ -115,9 +115,9 @@ static FW_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(MAX
 static FW_SWEPT: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "FW_CONNS")]
 static FW_CONNS: LruHashMap<BucketKey, u64> = LruHashMap::with_max_entries(firewall_common::MAX_CONN_COUNTS, 0);
-/// Per-CPU key of a set lookup (`rules::in_set`).
+/// Per-CPU keys of a set lookup (`rules::in_set`) and of a ban.
 #[map(name = "FW_SET_KEY")]
-static FW_SET_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<SetAddr>> = PerCpuArray::with_max_entries(1, 0);
+static FW_SET_KEY: PerCpuArray<rules::SetKeys> = PerCpuArray::with_max_entries(1, 0);
 /// The policy slot and rule a tail-called cookie program works for.
 /// Per-CPU slots for the limits' map keys and a ban's element.
 #[map(name = "FW_LIMIT_KEY")]

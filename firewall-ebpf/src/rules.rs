@@ -7,7 +7,7 @@
 use firewall_common::{
     ACTION_ACCEPT, PolicyHeader, Reason, DIM_DPORT, DIM_DST, DIM_PROTO, DIM_SPORT, DIM_SRC, LEAF_COUNT_MASK, LEAF_COUNT_SHIFT,
     LEAF_START_MASK, MAX_BOXES, MAX_LEAF_BOXES, MAX_LEAF_REFS, MAX_NODES, MAX_TREE_DEPTH,
-    MatchBox, NODE_LEAF, POLICY_SLOTS, SET_KEY_BITS, SetAddr, U128,
+    MatchBox, NODE_LEAF, POLICY_SLOTS, SET_KEY_BITS, SetAddr, SetHost, U128,
 };
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key as LpmKey};
 
@@ -153,24 +153,33 @@ fn in_set(set: u8, addr: &U128) -> bool {
     if set == 0 {
         return true;
     }
-    // The key is built in a per-CPU slot: the cookie ACK program has no
-    // stack left for it.
-    let Some(key) = FW_SET_KEY.get_ptr_mut(0) else { return false };
-    // SAFETY: this CPU's slot, used by nothing else while this runs.
-    let key: &mut LpmKey<SetAddr> = unsafe { &mut *key };
     let id = set as u32 - 1;
-    key.prefix_len = SET_KEY_BITS;
-    key.data.set = id.to_be_bytes();
-    key.data.family = firewall_common::family_of(addr);
-    key.data.hi = addr.hi.to_be_bytes();
-    key.data.lo = addr.lo.to_be_bytes();
-    // SAFETY: a reference into the map value (SetAddr has alignment 1).
-    if unsafe { FW_SET_HOSTS.get(&key.data) }.is_some_and(live) {
+    // The keys are built in a per-CPU slot: the cookie ACK program has no
+    // stack left for them.
+    let Some(keys) = FW_SET_KEY.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot, used by nothing else while this runs.
+    let keys: &mut SetKeys = unsafe { &mut *keys };
+    keys.host = SetHost::new(id, addr);
+    // SAFETY: a reference into the map value, read at once.
+    if unsafe { FW_SET_HOSTS.get(&keys.host) }.is_some_and(live) {
         return true;
     }
     // An expired address falls through to the set's prefixes. (An expired
     // prefix still hides a shorter live one until the sweep deletes it.)
-    FW_SET_PREFIX.get(id).is_some_and(|&n| n != 0) && FW_SET_ELEMS.get(key).is_some_and(live)
+    if FW_SET_PREFIX.get(id).is_none_or(|&n| n == 0) {
+        return false;
+    }
+    keys.trie.prefix_len = SET_KEY_BITS;
+    keys.trie.data = SetAddr::new(id, addr);
+    FW_SET_ELEMS.get(&keys.trie).is_some_and(live)
+}
+
+/// A set lookup's keys (`FW_SET_KEY`, per CPU): the host map's, and the
+/// trie's, built only for a set that has prefixes.
+#[repr(C)]
+pub struct SetKeys {
+    pub host: SetHost,
+    pub trie: LpmKey<SetAddr>,
 }
 
 #[inline(always)]

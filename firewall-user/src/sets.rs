@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData, lpm_trie::{Key, LpmTrie}};
-use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_KEY_BITS, SET_KIND_ADDR, SET_KIND_PORT, SET_NAME_LEN, PortBits, SetAddr, SetDef, SetElem, U128};
+use firewall_common::{MAX_SETS, SET_FAMILY_V4, SET_FAMILY_V6, SET_ID_BITS, SET_KIND_ADDR, SET_KIND_PORT, SET_NAME_LEN, PortBits, SetAddr, SetDef, SetElem, SetHost, U128};
 
 use crate::policy::{Cidr, PortRange, SetSpec};
 
@@ -49,6 +49,22 @@ pub fn key_of(id: u32, c: &Cidr) -> Key<SetAddr> {
     let mut data = SetAddr::new(id, &U128::from_u128(lo));
     data.family = if c.is_v4() { SET_FAMILY_V4 } else { SET_FAMILY_V6 };
     Key::new(SET_ID_BITS + bits, data)
+}
+
+/// A single address as a `FW_SET_HOSTS` key (see `SetHost`).
+pub fn host_of(id: u32, c: &Cidr) -> SetHost {
+    let (lo, _) = crate::compile::cidr_range(c);
+    SetHost { family: if c.is_v4() { SET_FAMILY_V4 } else { SET_FAMILY_V6 } as u32, ..SetHost::new(id, &U128::from_u128(lo)) }
+}
+
+/// The address a host key stands for.
+pub fn host_cidr(key: &SetHost) -> Cidr {
+    let a = key.addr().to_u128();
+    if key.family == SET_FAMILY_V4 as u32 {
+        Cidr { addr: IpAddr::V4((a as u32).into()), prefix: 32 }
+    } else {
+        Cidr { addr: IpAddr::V6(a.into()), prefix: 128 }
+    }
 }
 
 /// The element a trie key stands for.
@@ -120,7 +136,7 @@ pub fn open_by_id(ids: [u32; 5]) -> anyhow::Result<Sets> {
 pub struct Sets {
     pub defs: Array<MapData, SetDef>,
     pub elems: LpmTrie<MapData, SetAddr, SetElem>,
-    pub hosts: aya::maps::HashMap<MapData, SetAddr, SetElem>,
+    pub hosts: aya::maps::HashMap<MapData, SetHost, SetElem>,
     pub prefixes: Array<MapData, u32>,
     /// Port sets: one `PortBits` per set id.
     pub ports: Array<MapData, PortBits>,
@@ -172,7 +188,7 @@ impl Sets {
     pub fn get(&self, id: u32, c: &Cidr) -> Option<SetElem> {
         let key = key_of(id, c);
         if is_host(c) {
-            self.hosts.get(&key.data(), 0).ok()
+            self.hosts.get(&host_of(id, c), 0).ok()
         } else {
             // The trie answers with the longest covering prefix: only an
             // element of exactly this length is this element.
@@ -187,7 +203,7 @@ impl Sets {
         let elem = SetElem { expires_ns, prefix_len: key.prefix_len(), _pad: 0 };
         let new = self.get(id, c).is_none();
         if is_host(c) {
-            self.hosts.insert(&key.data(), &elem, 0)?;
+            self.hosts.insert(&host_of(id, c), &elem, 0)?;
         } else {
             self.elems.insert(&key, &elem, 0)?;
             if new {
@@ -202,7 +218,7 @@ impl Sets {
     pub fn remove(&mut self, id: u32, c: &Cidr) -> Result<bool, SetError> {
         let key = key_of(id, c);
         if is_host(c) {
-            return Ok(self.hosts.remove(&key.data()).is_ok());
+            return Ok(self.hosts.remove(&host_of(id, c)).is_ok());
         }
         if self.get(id, c).is_none() || self.elems.remove(&key).is_err() {
             return Ok(false);
@@ -215,9 +231,9 @@ impl Sets {
     /// Every element of set `id` with its expiry (0: none), expired ones included.
     pub fn members(&self, id: u32) -> Vec<(Cidr, u64)> {
         let mut out = Vec::new();
-        for k in self.hosts.keys().filter_map(Result::ok).filter(|k| k.set_id() == id) {
+        for k in self.hosts.keys().filter_map(Result::ok).filter(|k| k.set == id) {
             if let Ok(e) = self.hosts.get(&k, 0) {
-                out.push((cidr_of(&Key::new(SET_KEY_BITS, k)), e.expires_ns));
+                out.push((host_cidr(&k), e.expires_ns));
             }
         }
         for k in self.elems.keys().filter_map(Result::ok).filter(|k| k.data().set_id() == id) {

@@ -495,17 +495,20 @@ fn live_only(pair: &Pair, syn: &[u8], rounds: usize, answered: &dyn Fn() -> u64)
         })
         .collect();
     let mut series: Vec<Series> = (0..4).map(|_| Series::default()).collect();
-    // `FW_BENCH_PLAIN_ONLY`: only the plain accept (to profile it alone).
-    let plain_only = std::env::var_os("FW_BENCH_PLAIN_ONLY").is_some();
+    // `FW_BENCH_LIVE_MODES=cookie,plain,drop10,drop1000`: only those (to
+    // profile one alone, e.g. under `perf record -a`); all by default.
+    let modes = std::env::var("FW_BENCH_LIVE_MODES").unwrap_or_else(|_| "cookie,plain,drop10,drop1000".into());
+    let on = |m: &str| modes.split(',').any(|x| x.trim() == m);
     for _ in 0..rounds {
-        if !plain_only {
+        if on("cookie") {
             let h = firewall(pair, COOKIE_POLICY);
             measure_live(pair, syn, answered, &h, &mut series[0]);
         }
-        let h = firewall(pair, &plain);
-        measure_live(pair, syn, answered, &h, &mut series[1]);
-        drop(h);
-        for (i, (policy, frame)) in drops.iter().enumerate().filter(|_| !plain_only) {
+        if on("plain") {
+            let h = firewall(pair, &plain);
+            measure_live(pair, syn, answered, &h, &mut series[1]);
+        }
+        for (i, (policy, frame)) in drops.iter().enumerate().filter(|(i, _)| on(["drop10", "drop1000"][*i])) {
             let h = firewall(pair, policy);
             measure_live(pair, frame, &|| h.rule_packets("unwanted"), &h, &mut series[2 + i]);
         }
