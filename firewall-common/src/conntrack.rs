@@ -106,9 +106,11 @@ impl Timeouts {
 /// a FIN the host has not answered with its own) may idle while no
 /// controller sweeps: the host may have dropped that segment (this table
 /// does not check checksums), so the count is not freed on `tcp_close` /
-/// `tcp_fin_wait`. While a controller sweeps (`FW_SWEPT` is recent) it
-/// keeps the established timeout, and the sweep frees it as soon as the
-/// host has no socket for it.
+/// `tcp_fin_wait`. While a controller sweeps (`FW_SWEPT` is recent) one
+/// of the host's own stack (`FLOW_LOCAL`) keeps the established timeout,
+/// and the sweep frees it as soon as the host has no socket for it; one
+/// whose socket this namespace cannot show (DNAT, a proxy) goes after
+/// this long all the same.
 pub const COUNTED_CLOSE_SECS: u32 = 600;
 /// A sweep this recent (ns, `FW_SWEPT`) means a controller is sweeping.
 pub const SWEPT_RECENT_NS: u64 = 60_000_000_000;
@@ -119,13 +121,21 @@ pub fn closed_from_outside(f: &Flow) -> bool {
     f.flags & FLOW_COUNTED != 0 && (f.state == TCP_CLOSE || (f.state == TCP_FIN_WAIT && f.fins & (1 << (f.local_side & 1)) == 0))
 }
 
+/// Whether `f` is closed from outside and the host's own stack had its
+/// socket (`FLOW_LOCAL`): kept while a controller sweeps, which frees it
+/// once that socket is gone. (Another one's socket never shows here, so
+/// the sweep cannot tell it from a connection the host dropped.)
+pub fn awaits_socket_check(f: &Flow) -> bool {
+    closed_from_outside(f) && f.flags & FLOW_LOCAL != 0
+}
+
 /// How long `f` may idle before it goes; `swept`: whether a controller
 /// sweeps (asked only for a flow closed from outside).
 pub fn flow_timeout(t: &Timeouts, f: &Flow, proto: u8, swept: impl FnOnce() -> bool) -> u32 {
     let normal = t.for_state(f.state, proto);
     if !closed_from_outside(f) {
         normal
-    } else if swept() {
+    } else if f.flags & FLOW_LOCAL != 0 && swept() {
         t.tcp_established.max(normal)
     } else {
         normal.max(COUNTED_CLOSE_SECS)

@@ -32,9 +32,14 @@ pub enum Ct {
     SynAgain,
     /// A SYN on the tuple of a live flow, or of a closed one whose
     /// sequence is not beyond the old connection's: a new connection only
-    /// if the host has no socket for the tuple any more (the old one died
-    /// unseen), else for the host to answer (RFC 5961 challenge ACK, or
-    /// the TIME-WAIT socket's ACK). The caller decides with `has_socket`.
+    /// if the host serves the port and has no socket for the tuple any
+    /// more (the old one died unseen), else for the host to answer (RFC
+    /// 5961 challenge ACK, or the TIME-WAIT socket's ACK). When the host
+    /// does not even listen there (DNAT to a container, a forwarded flow),
+    /// the lookup cannot tell: the SYN passes with the flow unchanged, as
+    /// nf_conntrack ignores a SYN on an established connection, and the
+    /// destination's answer decides (its SYN-ACK is `SynReuse` on egress).
+    /// The caller decides with `socket_state`.
     SynInFlow,
     /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
     /// everything the old connection sent: the kernel's TIME-WAIT reuse
@@ -617,6 +622,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             // The host's TIME-WAIT socket took a new SYN on the tuple (the
             // kernel also allows that by timestamps): the host is the truth.
             TCP_TIME_WAIT | TCP_CLOSE if !ingress => return Ct::SynReuse,
+            // The host's SYN-ACK with a new ISN on a synchronized flow: it
+            // has no connection on the tuple any more and answers a SYN
+            // that passed as in-flow (see `Ct::SynInFlow`). The host is the
+            // truth, as for TIME-WAIT.
+            TCP_ESTABLISHED | TCP_FIN_WAIT if !ingress => return Ct::SynReuse,
             _ => return Ct::Invalid(Reason::InvalidSynAck),
         }
     } else {
@@ -659,12 +669,14 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                         f.flags &= !FLOW_UNJUDGED;
                     }
                     if f.flags & FLOW_GUARDED != 0 {
-                        match limit::prove(f.limit_ref, &packet.key) {
-                            // The host's socket for it, if its own stack
-                            // has one (not DNAT'd elsewhere): see FLOW_LOCAL.
+                        match limit::prove(f.limit_ref, &packet.key, false) {
+                            // The host's own stack serves it (a socket
+                            // for it, or at least a listener on its port:
+                            // the kernel's own cookies keep no request
+                            // socket), not DNAT elsewhere: see FLOW_LOCAL.
                             Ok(true) => {
                                 f.flags |= FLOW_COUNTED;
-                                if matches!(socket_state(frame.ctx, &packet.key), Socket::Request | Socket::Connected) {
+                                if socket_state(frame.ctx, &packet.key) != Socket::None {
                                     f.flags |= FLOW_LOCAL;
                                 }
                             }
@@ -980,8 +992,12 @@ const TCP_NEW_SYN_RECV: u32 = 12;
 /// What the host's stack has for the tuple of an inbound TCP packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Socket {
-    /// Nothing, or only a listener.
+    /// Nothing: the host's stack does not serve this tuple's port (it is
+    /// not the host's, or DNAT, a proxy or IPVS takes it elsewhere).
     None,
+    /// Only a listener: the host serves the port, but has no connection
+    /// on this tuple.
+    Listener,
     /// A synchronized connection, which owns the tuple.
     Connected,
     /// A connection still in its handshake (the kernel's SYN_SENT or
@@ -1008,7 +1024,8 @@ pub fn socket_state(ctx: *mut c_void, key: &Key) -> Socket {
         let state = (*sk).state;
         bpf_sk_release(sk as *mut c_void);
         match state {
-            TCP_LISTEN | TCP_CLOSE_SK => Socket::None,
+            TCP_LISTEN => Socket::Listener,
+            TCP_CLOSE_SK => Socket::None,
             TCP_TIME_WAIT_SK => Socket::TimeWait,
             TCP_NEW_SYN_RECV => Socket::Request,
             TCP_SYN_SENT_SK | TCP_SYN_RECV_SK => Socket::Opening,

@@ -32,13 +32,16 @@ fn now_ns() -> u64 {
 
 /// What a new connection's first packet (a SYN, or a datagram that opens
 /// a flow) may do under rule `rule`: refused over the rate (unless a `ban`
-/// moves the charge to the proof) or while its source has `max_conns`
-/// connections. `Ok(Some(r))`: the flow is to carry `limit_ref` `r`.
+/// moves the charge to the proof, or `cookie`: the SYN is answered with a
+/// cookie, whose valid ACK is charged instead, so that neither spoofed
+/// SYNs spend a source's rate nor a replayed cookie ACK escapes it) or
+/// while its source has `max_conns` connections. `Ok(Some(r))`: the flow
+/// is to carry `limit_ref` `r`.
 #[inline(always)]
-pub fn admit(slot: u32, rule: u32, src: &U128) -> Result<Option<u32>, Reason> {
+pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool) -> Result<Option<u32>, Reason> {
     let index = slot * MAX_RULES + rule;
     let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(None) };
-    if limit.interval_ns != 0 && limit.ban_set == 0 && !take(limit, index, src) {
+    if limit.interval_ns != 0 && limit.ban_set == 0 && !cookie && !take(limit, index, src) {
         return Err(refuse(index, Reason::RateLimited));
     }
     if limit.max_conns == 0 && limit.ban_set == 0 {
@@ -65,17 +68,18 @@ pub fn guard_ref(slot: u32, rule: u32) -> Option<u32> {
 
 /// A connection opened under `limit_ref` proved its source `src` (it
 /// completed the handshake): charged to the rate when a ban moved the
-/// charge here, and counted against `max_conns`. Refused over either,
-/// and the source banned when the rule says so. `Ok(true)`: counted (the
-/// flow is to carry `FLOW_COUNTED`).
+/// charge here or `cookie` (a valid cookie ACK: see `admit`), and
+/// counted against `max_conns`. Refused over either, and the source
+/// banned when the rule says so. `Ok(true)`: counted (the flow is to
+/// carry `FLOW_COUNTED`).
 #[inline(always)]
-pub fn prove(limit_ref: u32, key: &Key) -> Result<bool, Reason> {
+pub fn prove(limit_ref: u32, key: &Key, cookie: bool) -> Result<bool, Reason> {
     let src = &key.src;
     // Opened under a policy since replaced (its slot is not the one in
     // force, or was written again): its limits, and its ban set's id, are
     // no longer what they were.
     let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, _)| in_force(i)) else { return Ok(false) };
-    if limit.ban_set != 0 && limit.interval_ns != 0 && !take(limit, index, src) {
+    if (limit.ban_set != 0 || cookie) && limit.interval_ns != 0 && !take(limit, index, src) {
         ban(limit, index, key, Reason::RateLimited);
         return Err(refuse(index, Reason::RateLimited));
     }

@@ -167,15 +167,17 @@ impl Drop for FlowHints {
 pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeouts: &Timeouts, max: usize, hints: Option<&FlowHints>) -> Result<Sweep> {
     let now = monotonic_ns();
     let mut out = Sweep::default();
-    // This sweep is a controller's: closed-from-outside flows keep the
-    // established timeout (the socket check below frees them).
+    // This sweep is a controller's: closed-from-outside flows of the host's
+    // own stack keep the established timeout (the socket check below frees
+    // them); others go after `COUNTED_CLOSE_SECS`.
     let expired_now = |key: &FlowKey, flow: &Flow, now: u64| {
         let limit = firewall_common::flow_timeout(timeouts, flow, key.proto, || true) as u64 * 1_000_000_000;
         now.saturating_sub(flow.last_seen_ns) > limit
     };
     let mut expired = Vec::new();
-    // Counted connections closed from outside only: gone once the host has
-    // no socket for them (it took the RST or FIN), checked after the walk.
+    // Counted connections of the host's own stack closed from outside only:
+    // gone once the host has no socket for them (it took the RST or FIN),
+    // checked after the walk.
     let mut closed = Vec::new();
     // Counted connections of the host's own stack idle a while: counted
     // only while the host still has their socket, checked after the walk.
@@ -192,7 +194,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
             continue;
         };
         out.seen += 1;
-        if firewall_common::closed_from_outside(&flow) {
+        if firewall_common::awaits_socket_check(&flow) {
             closed.push((key, flow));
         } else if expired_now(&key, &flow, now) {
             expired.push(key);
@@ -250,7 +252,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     // XDP program expires at the same time is released by one side only.
     for key in &expired {
         let Ok(flow) = flows.get(key, 0) else { continue };
-        if !firewall_common::closed_from_outside(&flow) && expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
+        if !firewall_common::awaits_socket_check(&flow) && expired_now(key, &flow, monotonic_ns()) && flows.remove(key).is_ok() {
             if let Some(h) = hints {
                 h.forget(key);
             }
@@ -278,7 +280,7 @@ pub fn sweep<M: BorrowMut<MapData>>(flows: &mut HashMap<M, FlowKey, Flow>, timeo
     }
     for (key, created) in &dead {
         let Ok(flow) = flows.get(key, 0) else { continue };
-        if flow.created_ns == *created && firewall_common::closed_from_outside(&flow) && flows.remove(key).is_ok() {
+        if flow.created_ns == *created && firewall_common::awaits_socket_check(&flow) && flows.remove(key).is_ok() {
             if let Some(h) = hints {
                 h.forget(key);
             }

@@ -120,10 +120,21 @@ fn packets_of_no_flow_and_out_of_state_are_invalid() {
         h.expect(&seg(remote, host, 40000, 80, SYN | ACK, 1000, 1, b""), XDP_DROP, Reason::InvalidSynAck);
         h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
         h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
-        // A SYN on an established flow's tuple for which the host has no
-        // socket (the old connection died unseen): a new connection.
-        h.expect(&seg(remote, host, 40000, 80, SYN, 77, 0, b""), XDP_PASS, Reason::RuleAccept);
-        assert_eq!(h.flow_state(40000, 80), Some("syn_sent"));
+        // A SYN on an established flow's tuple whose port the host does
+        // not serve (no socket, not even a listener: DNAT elsewhere, or a
+        // forwarded flow) cannot end it: it passes with the flow unchanged,
+        // as nf_conntrack ignores it, and the connection goes on.
+        h.expect(&seg(remote, host, 40000, 80, SYN, 77, 0, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        // The destination's SYN-ACK for it (it had lost the old
+        // connection) makes the tuple a new handshake, whose last ACK the
+        // rules judge; the old sequence numbers no longer fit.
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 9000, 78, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_DROP, Reason::InvalidState);
+        h.expect(&seg(remote, host, 40000, 80, ACK, 78, 9001, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
     }
 }
 

@@ -839,16 +839,49 @@ fn a_cookie_service_counts_connections_at_the_valid_ack_and_bans_past_its_cap() 
     h.expect(&syn(client, server, 40003, 80, isn, 0, b"", &[]), XDP_DROP, Reason::RuleDrop);
 }
 
+/// A cookie service's rate is charged at the valid cookie ACK, not at the
+/// SYN: SYNs in a source's name (which anyone can send) do not spend its
+/// rate, and a cookie ACK replayed after its connection is gone opens a
+/// new connection, so it is charged as one.
+#[test]
+fn a_cookie_services_rate_is_charged_at_the_valid_ack() {
+    let mut h = harness(&POLICY.replace("syncookie = \"always\"\n", "syncookie = \"always\"\nlimit = { rate = \"1/m\", burst = 3 }\n"));
+    let (client, server) = FAMILIES[0];
+    let isn = 0x2000_0000;
+    // Five SYNs, more than the burst: every one is answered.
+    let answers: Vec<_> = (0..5u16).map(|i| answer(&h, &syn(client, server, 40000 + i, 80, isn, 0, b"", &[]), client, server, 40000 + i, 80, false)).collect();
+    assert_eq!(h.refused("web"), (0, 0), "no SYN refused");
+    let ack_of = |i: usize| ack(client, server, 40000 + i as u16, 80, isn, answers[i].seq, answers[i].ts.map(|t| t.0));
+    // The burst's worth of proven connections, then one over the rate.
+    h.expect(&ack_of(0), XDP_PASS, Reason::CookieValid);
+    h.expect(&ack_of(1), XDP_PASS, Reason::CookieValid);
+    h.expect(&ack(client, server, 40004, 80, isn, answers[4].seq ^ 1, answers[4].ts.map(|t| t.0)), XDP_DROP, Reason::CookieInvalid);
+    assert_eq!(h.refused("web"), (0, 0), "a forged cookie spends nothing");
+    h.expect(&ack_of(2), XDP_PASS, Reason::CookieValid);
+    h.expect(&ack_of(3), XDP_DROP, Reason::RateLimited);
+    assert_eq!(h.refused("web"), (1, 0));
+    // The first connection ends (the host's RST) and its flow goes; its
+    // cookie ACK again would open a new connection: over the rate.
+    assert_eq!(h.egress(&seg(server, client, 80, 40000, RST | ACK, answers[0].seq.wrapping_add(1), isn + 1, b"")), Reason::EgressTracked);
+    h.age_flows(11);
+    h.expect(&ack_of(0), XDP_DROP, Reason::RateLimited);
+    assert_eq!(h.refused("web"), (2, 0));
+}
+
 /// A SYN to an `always` port is looked up in the main table only when
 /// that table's hint slot for its tuple is not empty (`maps::FLOW_HINTS`):
-/// a SYN on the tuple of a connection a cookie proved still finds it (with
-/// no socket on the host here, it replaces it: the old flow is deleted and
-/// the new SYN answered), and the slot follows.
+/// a SYN on the tuple of a connection a cookie proved still finds it (the
+/// host listens on the port but has no socket for the tuple here, so it
+/// replaces it: the old flow is deleted and the new SYN answered), and the
+/// slot follows.
 #[test]
 fn a_syn_on_a_cookie_connections_tuple_still_finds_its_flow() {
+    // The service's listener (dual-stack: both families).
+    let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+    let sport = listener.local_addr().unwrap().port();
     for (client, server) in FAMILIES {
-        let h = harness(POLICY);
-        let (cport, sport, isn) = (40100, 80, 0x2000_0000);
+        let h = harness(&POLICY.replace("dport = 80", &format!("dport = {sport}")));
+        let (cport, isn) = (40100, 0x2000_0000);
         let s = answer(&h, &syn(client, server, cport, sport, isn, 0, b"", &[]), client, server, cport, sport, false);
         let tsval = s.ts.expect("timestamps").0;
         h.expect(&ack(client, server, cport, sport, isn, s.seq, Some(tsval)), XDP_PASS, Reason::CookieValid);

@@ -252,8 +252,15 @@ fn max_conns_counts_proven_connections_only_and_a_close_frees_a_slot() {
     h.age_flows(11);
     assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, src), 2);
-    // ...until the sweep finds no host socket for it (none in this test's
-    // namespace: the host took the RST).
+    // ...and the host's stack never had its socket (nothing listens on
+    // its port in this test's namespace, as behind DNAT), so the sweep
+    // cannot tell whether the RST reached the connection: it counts for
+    // `COUNTED_CLOSE_SECS`, not until the next sweep.
+    h.fw.sweep().unwrap();
+    assert_eq!(h.flow_state(40001, 80), Some("close"));
+    assert_eq!(count(&h, src), 2);
+    assert_eq!(syn_from(&h, src, 40005), (XDP_DROP, Reason::ConnLimited));
+    h.age_flows(firewall_common::COUNTED_CLOSE_SECS as u64);
     h.fw.sweep().unwrap();
     assert_eq!(h.flow_state(40001, 80), None);
     assert_eq!(count(&h, src), 1);
@@ -526,18 +533,22 @@ fn an_idle_connection_the_host_no_longer_has_stops_counting() {
     };
     let (kept, _kept_c, _kept_s) = open();
     let (lost, lost_c, lost_s) = open();
-    let mut h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")).replace("max_conns = 2", "max_conns = 3"));
+    // Port 1 (tcpmux): nothing listens there, as for a port DNAT takes
+    // elsewhere.
+    let mut h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = [{port}, 1]")).replace("max_conns = 2", "max_conns = 3"));
     let lo = "127.0.0.1";
-    let connect_to = |h: &Harness, sport: u16| {
+    let connect_on = |h: &Harness, sport: u16, port: u16| {
         assert_eq!(h.judged(&seg(lo, lo, sport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
         assert_eq!(h.egress(&seg(lo, lo, port, sport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
         h.judged(&seg(lo, lo, sport, port, ACK, 1001, 5001, b""))
     };
-    // The two the host has, and one it has no socket for (port 1 is no
-    // client's): proven all the same, as a DNAT'd connection would be.
-    for sport in [kept, lost, 1] {
+    let connect_to = |h: &Harness, sport: u16| connect_on(h, sport, port);
+    // The two the host has, and one to a port it does not serve: proven
+    // all the same, as a DNAT'd connection would be.
+    for sport in [kept, lost] {
         assert_eq!(connect_to(&h, sport), ESTABLISHED);
     }
+    assert_eq!(connect_on(&h, 7, 1), ESTABLISHED);
     assert_eq!(count(&h, lo), 3);
     assert_eq!(h.judged(&seg(lo, lo, 2, port, SYN, 1000, 0, b"")), (XDP_DROP, Reason::ConnLimited));
     // The host loses one connection without a segment the table sees.
@@ -551,7 +562,7 @@ fn an_idle_connection_the_host_no_longer_has_stops_counting() {
     h.age_flows(10);
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 2, "only the connection the host lost stopped counting");
-    assert_eq!((h.flow_state(lost, port), h.flow_state(kept, port), h.flow_state(1, port)), (Some("established"), Some("established"), Some("established")), "the flows stay");
+    assert_eq!((h.flow_state(lost, port), h.flow_state(kept, port), h.flow_state(7, 1)), (Some("established"), Some("established"), Some("established")), "the flows stay");
     // Its slot is free: a new connection gets it.
     assert_eq!(connect_to(&h, 2), ESTABLISHED);
     assert_eq!(count(&h, lo), 3);
@@ -562,6 +573,44 @@ fn an_idle_connection_the_host_no_longer_has_stops_counting() {
     assert_eq!(count(&h, lo), 3);
     h.fw.sweep().unwrap();
     assert_eq!(count(&h, lo), 3);
+}
+
+/// An off-path sender who knows a counted connection's tuple sends a SYN
+/// on it. Where the host does not serve the port (nothing listens: DNAT
+/// elsewhere, whose socket no lookup here shows), the SYN passes with the
+/// flow unchanged, so it neither ends the connection nor frees its slot
+/// (the destination answers it with a challenge ACK). Where the host
+/// listens and has no socket for the tuple, the old connection is gone:
+/// the SYN is a new one, judged and limited as any.
+#[test]
+fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
+    let src = "10.0.0.1";
+    let h = Harness::new(CAPPED);
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(connect(&h, src, 40001), ESTABLISHED);
+    assert_eq!(count(&h, src), 2);
+    for seq in [77, 1000, 1001, 0x8000_0000] {
+        assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, seq, 0, b"")), ESTABLISHED, "passed to the destination");
+    }
+    assert_eq!(h.flow_state(40000, 80), Some("established"));
+    assert_eq!(count(&h, src), 2, "no slot freed");
+    assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), ESTABLISHED, "the connection goes on");
+
+    // The host listens on the port: a SYN on a tuple it has no socket for
+    // replaces the flow (its count freed first), as a new connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")).replace("max_conns = 2", "max_conns = 1"));
+    let lo = "127.0.0.1";
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.egress(&seg(lo, lo, port, 5, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    assert_eq!(count(&h, lo), 1);
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, SYN, 77, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.flow_state(5, port), Some("syn_sent"));
+    assert_eq!(count(&h, lo), 0, "the dead connection's slot is free; the new one is not proven yet");
+    drop(listener);
 }
 
 /// Polls `ready` (bounded: 5 s), for state outside the firewall.

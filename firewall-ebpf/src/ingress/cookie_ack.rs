@@ -69,7 +69,7 @@ pub fn judge(ctx: &XdpContext) -> Reason {
                 let index = slot * MAX_RULES + admitted;
                 let Some(limit) = FW_RULE_LIMIT.get(index) else { return Reason::Internal };
                 let r = firewall_common::conn_ref(index, firewall_common::conn_epoch(limit.epoch));
-                match crate::limit::prove(r, &ack.key) {
+                match crate::limit::prove(r, &ack.key, true) {
                     Ok(c) => counted = c.then_some(r),
                     Err(reason) => {
                         counters::count_rule(slot, admitted, ack.wire_len);

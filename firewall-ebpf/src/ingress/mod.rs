@@ -106,7 +106,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             // Not for a rule whose limits count connections: the host's
             // next SYN-ACK rebuilds the flow, whose proof they judge.
             Socket::Request if guard_of_syn(slot, header, packet) == Judged::ACCEPT => ct = Ct::Established,
-            Socket::Request | Socket::None | Socket::TimeWait | Socket::Opening => {}
+            Socket::Request | Socket::None | Socket::Listener | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
         // connection on (it predates the firewall, or was evicted, and a
@@ -128,7 +128,11 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
                 packet.tw_syn = true;
                 ct = Ct::New;
             }
-            Socket::None => {
+            // A live flow whose port the host does not serve: not the
+            // host's connection to judge by its sockets (see
+            // `Ct::SynInFlow`), so a blind SYN cannot end it.
+            Socket::None if ct == Ct::SynInFlow => ct = Ct::Established,
+            Socket::None | Socket::Listener => {
                 packet.replaces = true;
                 ct = Ct::New;
             }
@@ -219,24 +223,31 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     if packet.replaces {
         conntrack::forget(packet);
     }
+    let (rule, mode) = service;
+    let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+    let cookie_service = mode != SYNCOOKIE_OFF && bare_syn && !packet.syn_again && packet.key.proto == parse::IPPROTO_TCP;
+    // Never a reflector: no SYN-ACK to or from an address no host can
+    // have, and none for a destination that is not ours.
+    let martian = cookie_service && cookie::martian(&packet.key);
+    let answer = cookie_service
+        && !martian
+        && FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some()
+        && handoff_works()
+        && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule));
     let mut limit_ref = None;
     if limited && opens {
-        match crate::limit::admit(slot, service.0, &packet.key.src) {
+        // A SYN answered with a cookie leaves its rate to the valid ACK.
+        match crate::limit::admit(slot, service.0, &packet.key.src, answer) {
             Ok(r) => limit_ref = r,
             Err(reason) => return reason,
         }
     }
-    let (rule, mode) = service;
-    let bare_syn = packet.key.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
-    if mode != SYNCOOKIE_OFF && bare_syn && !packet.syn_again && packet.key.proto == parse::IPPROTO_TCP {
+    if cookie_service {
         cookie::count(slot, rule, Event::Syn);
-        // Never a reflector: no SYN-ACK to or from an address no host
-        // can have, and none for a destination that is not ours.
-        if cookie::martian(&packet.key) {
+        if martian {
             return Reason::CookieMartian;
         }
-        let ours = FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some();
-        if ours && handoff_works() && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule)) {
+        if answer {
             if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
                 // SAFETY: this CPU's slot; the tail-called program reads it.
                 unsafe {
