@@ -67,3 +67,4 @@ pub fn atomic_add(n: *mut u64, v: u64) {
     // read-modify-write.
     unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) n, in(reg) v, options(nostack)) };
 }
+

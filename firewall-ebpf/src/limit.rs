@@ -18,11 +18,11 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use firewall_common::{
-    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SetHost,
+    BucketKey, CONN_EPOCH_BITS, FLOW_COUNTED, Flow, FlowKey, MAX_RULES, Reason, RuleLimit, SET_FREE, SET_ID_BITS, SetAddr, SetHost,
     SetElem, U128, conn_epoch, conn_ref, conn_ref_parts, limit_bits, masked,
 };
 
-use crate::{FW_BAN_ELEM, FW_BUCKETS, FW_CONNS, FW_LIMIT_KEY, FW_RULE_LIMIT, FW_SET_HOSTS, FW_SET_KEY, FW_SETS, counters, events, parse::Key};
+use crate::{FW_BAN_ELEM, FW_BUCKETS, FW_CONNS, FW_LIMIT_KEY, FW_RULE_LIMIT, FW_SET_ELEMS, FW_SET_HOSTS, FW_SET_KEY, FW_SET_PREFIX, FW_SETS, counters, events, parse::Key};
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -222,10 +222,14 @@ fn take(limit: &RuleLimit, index: u32, src: &U128) -> bool {
     }
 }
 
-/// Adds the proven source `src` to the rule's ban set for `ban_ns`, within
-/// the set's size, and records the event. A source already there keeps
-/// its ban (its packets no longer reach this rule once a rule drops the
-/// set's members).
+/// Adds what the rule's limits count the proven source `src` under (its
+/// `per`/`per6` prefix: one address by default for IPv4, its /64 for
+/// IPv6) to the rule's ban set for `ban_ns`, within the set's size, and
+/// records the event. Banning that prefix, not the address, as the limit
+/// refused the prefix: banning the address alone would let one address
+/// keep the prefix's budget spent and get a neighbour banned for it. A
+/// prefix already there keeps its ban (its packets no longer reach this
+/// rule once a rule drops the set's members).
 #[inline(always)]
 fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
     if limit.ban_set == 0 {
@@ -242,22 +246,56 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
     let (Some(keys), Some(elem)) = (FW_SET_KEY.get_ptr_mut(0), FW_BAN_ELEM.get_ptr_mut(0)) else { return };
     let now = now_ns();
     // SAFETY: this CPU's slots, used by nothing else while this runs.
-    let (key, elem) = unsafe { (&mut (*keys).host, &mut *elem) };
-    *key = SetHost::new(id, &packet.src);
-    *elem = SetElem { expires_ns: now + limit.ban_ns, prefix_len: firewall_common::SET_KEY_BITS, _pad: 0 };
-    // A new element only within the set's size (an expired one is
-    // banned again below whatever the count).
-    if def.count < def.max && FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
+    let (keys, elem) = unsafe { (&mut *keys, &mut *elem) };
+    let bits = limit_bits(limit, &packet.src);
+    *elem = SetElem { expires_ns: now + limit.ban_ns, prefix_len: SET_ID_BITS + bits, _pad: 0 };
+    let room = def.count < def.max;
+    let banned = if bits >= 128 {
+        let key = &mut keys.host;
+        *key = SetHost::new(id, &packet.src);
+        // A new element only within the set's size; there already: an
+        // expired element the sweep has not deleted yet is banned again
+        // whatever the count (a live one stays as it is).
+        if room && FW_SET_HOSTS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
+            Banned::New
+        // SAFETY: read at once.
+        } else if unsafe { FW_SET_HOSTS.get(key) }.is_some_and(|e| e.expires_ns != 0 && e.expires_ns <= now) && FW_SET_HOSTS.insert(key, elem, BPF_EXIST as u64).is_ok() {
+            Banned::Again
+        } else {
+            Banned::No
+        }
+    } else {
+        let key = &mut keys.trie;
+        key.prefix_len = SET_ID_BITS + bits;
+        key.data = SetAddr::new(id, &masked(&packet.src, bits));
+        if room && FW_SET_ELEMS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
+            // The trie is walked for this set from now on.
+            if let Some(n) = FW_SET_PREFIX.get_ptr_mut(id) {
+                counters::atomic_add(n, 1);
+            }
+            Banned::New
+        // The trie answers with the longest covering element: only one of
+        // exactly this length is this prefix.
+        } else if FW_SET_ELEMS.get(key).is_some_and(|e| e.prefix_len == key.prefix_len && e.expires_ns != 0 && e.expires_ns <= now)
+            && FW_SET_ELEMS.insert(key, elem, BPF_EXIST as u64).is_ok()
+        {
+            Banned::Again
+        } else {
+            Banned::No
+        }
+    };
+    if banned == Banned::New {
         def.count += 1;
         def.expiring = 1;
-        events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);
-        return;
     }
-    // There already: an expired element the sweep has not deleted yet
-    // is banned again (a live one stays as it is).
-    // SAFETY: read at once.
-    let expired = unsafe { FW_SET_HOSTS.get(key) }.is_some_and(|e| e.expires_ns != 0 && e.expires_ns <= now);
-    if expired && FW_SET_HOSTS.insert(key, elem, BPF_EXIST as u64).is_ok() {
+    if banned != Banned::No {
         events::ban(index / MAX_RULES, index % MAX_RULES, packet, reason);
     }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Banned {
+    No,
+    New,
+    Again,
 }

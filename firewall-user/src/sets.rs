@@ -137,7 +137,7 @@ pub struct Sets {
     pub defs: Array<MapData, SetDef>,
     pub elems: LpmTrie<MapData, SetAddr, SetElem>,
     pub hosts: aya::maps::HashMap<MapData, SetHost, SetElem>,
-    pub prefixes: Array<MapData, u32>,
+    pub prefixes: Array<MapData, u64>,
     /// Port sets: one `PortBits` per set id.
     pub ports: Array<MapData, PortBits>,
 }
@@ -379,12 +379,20 @@ impl Sets {
     /// Deletes set `id`'s expired elements; returns how many remain.
     fn sweep_set(&mut self, id: u32, now_ns: u64) -> Result<u32, SetError> {
         let mut left = 0;
+        let mut prefixes = 0u64;
         for (c, expires_ns) in self.members(id) {
             if expires_ns != 0 && expires_ns <= now_ns {
                 self.remove(id, &c)?;
             } else {
                 left += 1;
+                prefixes += u64::from(!is_host(&c));
             }
+        }
+        // The data plane counts the prefixes it bans with atomic adds, which
+        // a write here can lose: a count that fell to 0 while the set has
+        // prefixes would hide them (one too high only costs a trie walk).
+        if prefixes > 0 && self.prefixes.get(&id, 0)? == 0 {
+            self.prefixes.set(id, &prefixes, 0)?;
         }
         Ok(left)
     }

@@ -413,6 +413,41 @@ fn with_a_ban_the_rate_counts_proven_connections_not_syns() {
     assert_eq!(connect(&h, "10.0.0.2", 40000), ESTABLISHED);
 }
 
+/// A ban covers what the limit counts: with `per = "src/24"`, the /24
+/// whose budget was spent, not the one address whose connection came last
+/// (one address could keep the budget spent and get its neighbours banned
+/// for it, one by one).
+#[test]
+fn a_ban_covers_the_prefix_the_limit_counts() {
+    let h = Harness::new(&CAPPED.replace("max_conns = 2", "rate = \"1/m\", burst = 2, per = \"src/24\", ban = \"@offenders\""));
+    assert_eq!(connect(&h, "10.0.0.1", 40000), ESTABLISHED);
+    assert_eq!(connect(&h, "10.0.0.1", 40001), ESTABLISHED);
+    // A neighbour's first connection finds the /24's budget spent.
+    assert_eq!(connect(&h, "10.0.0.2", 40000), (XDP_DROP, Reason::RateLimited));
+    let banned = |h: &Harness| {
+        let sets = h.fw.sets().unwrap();
+        sets.members(sets.find("offenders").unwrap().id).iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(banned(&h), ["10.0.0.0/24"]);
+    // The whole /24 meets the ban, the address that spent the budget too;
+    // another /24 does not.
+    for src in ["10.0.0.1", "10.0.0.2", "10.0.0.200"] {
+        assert_eq!(syn_from(&h, src, 40010), (XDP_DROP, Reason::RuleDrop), "{src}");
+    }
+    assert_eq!(connect(&h, "10.0.1.1", 40000), ESTABLISHED);
+    // The controller's sweep keeps a live ban, and puts back a prefix
+    // count that a racing write of its own took to 0 (the trie would be
+    // skipped).
+    let mut sets = h.fw.sets().unwrap();
+    let id = sets.find("offenders").unwrap().id;
+    assert_eq!(sets.prefixes.get(&id, 0).unwrap(), 1, "the data plane counted its prefix");
+    sets.prefixes.set(id, &0, 0).unwrap();
+    assert_eq!(syn_from(&h, "10.0.0.3", 40010), (XDP_PASS, Reason::RuleAccept), "hidden while the count is 0");
+    sets.sweep(0).unwrap();
+    assert_eq!(banned(&h), ["10.0.0.0/24"]);
+    assert_eq!(syn_from(&h, "10.0.0.4", 40010), (XDP_DROP, Reason::RuleDrop));
+}
+
 /// A connection whose flow the table lost (evicted, or timed out idle) and
 /// that the host brings back by speaking first is counted again by its
 /// rule, but never refused nor banned: it is not new, and a packet of it
