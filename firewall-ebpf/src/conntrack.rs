@@ -41,6 +41,13 @@ pub enum Ct {
     /// destination's answer decides (its SYN-ACK is `SynReuse` on egress).
     /// The caller decides with `socket_state`.
     SynInFlow,
+    /// A SYN on a `time_wait`/`close` flow whose sequence is not beyond the
+    /// old connection's: as `SynInFlow`, except that where the host has no
+    /// socket and no listener it opens a new flow, judged by the rules (as
+    /// nf_conntrack reopens from TIME_WAIT and CLOSE): a closed flow has
+    /// no connection left to protect, and passing the SYN unjudged would
+    /// let it past the rule's limits.
+    SynInClosed,
     /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
     /// everything the old connection sent: the kernel's TIME-WAIT reuse
     /// rule (`tcp_timewait_state_process`) accepts it as a new connection.
@@ -554,8 +561,6 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     if syn && !ack {
         match f.state {
             // A retransmitted SYN (its SYN-ACK may have been lost): still a
-            // new connection to the rules. A new ISN replaces the old one.
-            // A retransmitted SYN (its SYN-ACK may have been lost): still a
             // new connection to the rules. From outside only the same ISN
             // counts (`note_syn`); another one goes to the host's stack,
             // which answers it, and changes nothing here (a blind SYN could
@@ -589,6 +594,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             {
                 return Ct::SynReuse;
             }
+            TCP_TIME_WAIT | TCP_CLOSE => return Ct::SynInClosed,
             _ => return Ct::SynInFlow,
         }
     } else if syn {
@@ -614,8 +620,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 set(&mut f.wscale, s, packet.opts.wscale);
             }
             // A retransmitted SYN-ACK after the handshake (the final ACK was
-            // lost): the peer must see it to ACK again. No state change.
-            TCP_ESTABLISHED | TCP_FIN_WAIT if responder && seq_after(get(&f.next_seq, s), packet.tcp.seq) => {
+            // lost): the peer must see it to ACK again. No state change. It
+            // repeats the handshake: its sequence behind what its side sent
+            // and its acknowledgment within the window, both bounded by the
+            // windows (a new ISN, random, is neither: a new connection).
+            TCP_ESTABLISHED | TCP_FIN_WAIT if responder && seq_after(get(&f.next_seq, s), packet.tcp.seq) && in_window(f, s, packet) => {
                 touch(f, frame, now);
                 return Ct::Established;
             }
@@ -655,7 +664,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 // Proven now (the ACK echoes the host's ISN): the rule's
                 // limits count it, or refuse it with the flow unchanged.
                 if ingress && table == Table::Remote && f.flags & FLOW_PROVEN == 0 {
-                    if f.flags & FLOW_UNJUDGED != 0 {
+                    // A handshake the rules never saw the SYN of (rebuilt
+                    // from the host's SYN-ACK) was never charged to a
+                    // rate: it is here, at its proof.
+                    let unjudged = f.flags & FLOW_UNJUDGED != 0;
+                    if unjudged {
                         match judge(packet).verdict() {
                             // The rules would drop its SYN now (a ban, a
                             // closed port): the handshake does not complete.
@@ -669,7 +682,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                         f.flags &= !FLOW_UNJUDGED;
                     }
                     if f.flags & FLOW_GUARDED != 0 {
-                        match limit::prove(f.limit_ref, &packet.key, false) {
+                        match limit::prove(f.limit_ref, &packet.key, unjudged) {
                             // The host's own stack serves it (a socket
                             // for it, or at least a listener on its port:
                             // the kernel's own cookies keep no request

@@ -24,7 +24,7 @@ pub fn track(frame: &Frame) -> Reason {
     match conntrack::track(frame, packet, &header.timeouts, Dir::Egress, false, |_| conntrack::Judged::ACCEPT) {
         // The host's stack is authoritative: its SYN on a dead flow's tuple
         // starts a new connection.
-        Ct::SynInFlow | Ct::SynReuse => {
+        Ct::SynInFlow | Ct::SynInClosed | Ct::SynReuse => {
             conntrack::forget(packet);
             if packet.key.tcp_flags & ACK != 0 {
                 // A SYN-ACK: the host answers a new connection on the tuple.

@@ -57,13 +57,16 @@ pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool) -> Result<Option<u3
     Ok(Some(conn_ref(index, conn_epoch(limit.epoch))))
 }
 
-/// The `limit_ref` a flow of rule `rule` carries, if its limits count
-/// connections (for a SYN admitted already, whose cookie was not sent).
+/// The `limit_ref` a flow of rule `rule` carries, if it has limits (for a
+/// SYN admitted already, whose cookie was not sent, or one the rules
+/// judge at its proof).
 #[inline(always)]
 pub fn guard_ref(slot: u32, rule: u32) -> Option<u32> {
     let index = slot * MAX_RULES + rule;
     let limit = FW_RULE_LIMIT.get(index)?;
-    (limit.max_conns != 0 || limit.ban_set != 0).then(|| conn_ref(index, conn_epoch(limit.epoch)))
+    // A rate too: a handshake whose SYN went unjudged is charged at its
+    // proof (`conntrack`'s `FLOW_UNJUDGED`).
+    (limit.max_conns != 0 || limit.ban_set != 0 || limit.interval_ns != 0).then(|| conn_ref(index, conn_epoch(limit.epoch)))
 }
 
 /// A connection opened under `limit_ref` proved its source `src` (it
@@ -268,20 +271,22 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
         let key = &mut keys.trie;
         key.prefix_len = SET_ID_BITS + bits;
         key.data = SetAddr::new(id, &masked(&packet.src, bits));
-        if room && FW_SET_ELEMS.insert(key, elem, BPF_NOEXIST as u64).is_ok() {
-            // The trie is walked for this set from now on.
-            if let Some(n) = FW_SET_PREFIX.get_ptr_mut(id) {
-                counters::atomic_add(n, 1);
+        // Looked up first: an LPM trie ignores BPF_NOEXIST and BPF_EXIST
+        // before Linux 6.13 (an insert would overwrite a permanent
+        // element). The trie answers with the longest covering element:
+        // only one of exactly this length is this prefix. Two CPUs may
+        // both insert a new one: the sweep recounts `count`, and a prefix
+        // count too high only walks the trie for nothing.
+        match FW_SET_ELEMS.get(key).filter(|e| e.prefix_len == key.prefix_len) {
+            None if room && FW_SET_ELEMS.insert(key, elem, 0).is_ok() => {
+                // The trie is walked for this set from now on.
+                if let Some(n) = FW_SET_PREFIX.get_ptr_mut(id) {
+                    counters::atomic_add(n, 1);
+                }
+                Banned::New
             }
-            Banned::New
-        // The trie answers with the longest covering element: only one of
-        // exactly this length is this prefix.
-        } else if FW_SET_ELEMS.get(key).is_some_and(|e| e.prefix_len == key.prefix_len && e.expires_ns != 0 && e.expires_ns <= now)
-            && FW_SET_ELEMS.insert(key, elem, BPF_EXIST as u64).is_ok()
-        {
-            Banned::Again
-        } else {
-            Banned::No
+            Some(e) if e.expires_ns != 0 && e.expires_ns <= now && FW_SET_ELEMS.insert(key, elem, 0).is_ok() => Banned::Again,
+            _ => Banned::No,
         }
     };
     if banned == Banned::New {

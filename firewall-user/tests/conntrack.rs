@@ -135,6 +135,15 @@ fn packets_of_no_flow_and_out_of_state_are_invalid() {
         h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_DROP, Reason::InvalidState);
         h.expect(&seg(remote, host, 40000, 80, ACK, 78, 9001, b""), XDP_PASS, Reason::Established);
         assert_eq!(h.flow_state(40000, 80), Some("established"));
+        // Again with a new ISN behind the old one's (half of all ISNs
+        // are): not taken for a retransmitted SYN-ACK, which repeats the
+        // handshake, but a new handshake as well.
+        let behind = 9001u32.wrapping_sub(0x1000_0000);
+        h.expect(&seg(remote, host, 40000, 80, SYN, 0x4000_0000, 0, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, behind, 0x4000_0001, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 0x4000_0001, behind + 1, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
     }
 }
 
@@ -318,6 +327,15 @@ fn retransmissions_during_the_handshake_pass() {
         h.egress(&seg(host, remote, 51000, 443, ACK, 101, 7001, b""));
         assert_eq!(h.flow_state(51000, 443), Some("established"));
         h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000, 101, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.flow_state(51000, 443), Some("established"));
+        // The host's SYN-ACK again after the client's last ACK (lost
+        // after the firewall): the same handshake, the flow unchanged.
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
+        h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b"x"), XDP_PASS, Reason::Established);
+        // From outside, a SYN-ACK that repeats nothing is dropped.
+        h.expect(&seg(remote, host, 443, 51000, SYN | ACK, 7000u32.wrapping_sub(0x1000_0000), 101, b""), XDP_DROP, Reason::InvalidSynAck);
         assert_eq!(h.flow_state(51000, 443), Some("established"));
     }
 }
@@ -578,6 +596,15 @@ fn a_closed_flows_tuple_is_reused_as_the_kernel_allows() {
     h.egress(&seg(host, remote, 80, c, RST | ACK, 90_001, 7, b""));
     assert_eq!(h.flow_state(c, 80), Some("close"));
     h.expect(&seg(remote, host, c, 80, SYN, 100_000, 0, b""), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
+    // One that is not beyond it, where the host has no socket nor
+    // listener to ask (DNAT elsewhere): a closed flow has no connection
+    // to protect, so it is reopened too, as nf_conntrack reopens CLOSE.
+    let c = 40501;
+    let (cseq, sseq) = live_connection(&h, remote, host, c);
+    h.egress(&seg(host, remote, 80, c, RST | ACK, sseq, cseq, b""));
+    assert_eq!(h.flow_state(c, 80), Some("close"));
+    h.expect(&seg(remote, host, c, 80, SYN, 3, 0, b""), XDP_PASS, Reason::RuleAccept);
     assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
 }
 

@@ -868,6 +868,30 @@ fn a_cookie_services_rate_is_charged_at_the_valid_ack() {
     assert_eq!(h.refused("web"), (2, 0));
 }
 
+/// A SYN a cookie service does not answer goes to the host, which answers
+/// it: charged to the rate at the SYN then, as for a plain rule (here the
+/// cookie program is gone from the program array, as when its tail call
+/// fails). A martian SYN is dropped before any limit, charging nothing.
+#[test]
+fn a_cookie_syn_the_host_answers_instead_is_charged_at_the_syn() {
+    let mut h = harness(&POLICY.replace("syncookie = \"always\"\n", "syncookie = \"always\"\nlimit = { rate = \"1/m\", burst = 3 }\n"));
+    let (client, server) = FAMILIES[0];
+    for i in 0..5u16 {
+        h.expect(&syn("240.0.0.1", server, 41000 + i, 80, 1, 0, b"", &[]), XDP_DROP, Reason::CookieMartian);
+    }
+    assert_eq!(h.refused("web"), (0, 0), "a martian SYN spends no bucket");
+    {
+        let mut progs: aya::maps::ProgramArray<_> =
+            aya::maps::ProgramArray::try_from(h.fw.ebpf.map_mut(firewall_common::maps::PROGRAMS).unwrap()).unwrap();
+        progs.clear_index(&firewall_common::maps::PROG_COOKIE_SYN).unwrap();
+    }
+    for i in 0..3u16 {
+        h.expect(&syn(client, server, 40000 + i, 80, 0x2000_0000, 0, b"", &[]), XDP_PASS, Reason::RuleAccept);
+    }
+    h.expect(&syn(client, server, 40003, 80, 0x2000_0000, 0, b"", &[]), XDP_DROP, Reason::RateLimited);
+    assert_eq!(h.refused("web"), (1, 0));
+}
+
 /// A SYN to an `always` port is looked up in the main table only when
 /// that table's hint slot for its tuple is not empty (`maps::FLOW_HINTS`):
 /// a SYN on the tuple of a connection a cookie proved still finds it (the

@@ -648,6 +648,33 @@ fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
     drop(listener);
 }
 
+/// A SYN that passes unjudged, or a handshake the rules never saw the SYN
+/// of, cannot open a connection past the rule's rate. A closed flow's
+/// tuple (here closed by the source's own exact RST) is reopened by a SYN
+/// judged as any, whatever its sequence, where the host has no socket to
+/// ask; a SYN on a live flow's tuple passes to the destination, and if the
+/// destination answers it as a new connection, the rate is charged at
+/// that handshake's proof.
+#[test]
+fn a_syn_on_a_known_tuple_does_not_get_past_the_rate() {
+    let policy = CAPPED.replace("limit = { max_conns = 2 }", "limit = { rate = \"1/m\", burst = 1 }");
+    let src = "10.0.0.1";
+    let h = Harness::new(&policy);
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h.flow_state(40000, 80), Some("close"));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 1000, 0, b"")), (XDP_DROP, Reason::RateLimited), "judged, over the rate");
+    assert_eq!(h.refused("web"), (1, 0));
+
+    let h = Harness::new(&policy);
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 77, 0, b"")), ESTABLISHED, "passed to the destination");
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, 9000, 78, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 78, 9001, b"")), (XDP_DROP, Reason::RateLimited), "charged at its proof");
+    assert_eq!(h.refused("web"), (1, 0));
+}
+
 /// Polls `ready` (bounded: 5 s), for state outside the firewall.
 fn wait_for_condition(what: &str, ready: impl Fn() -> bool) {
     let started = std::time::Instant::now();

@@ -2,7 +2,7 @@
 //! cookie SYN-ACK built in place, or passes it to the host when it cannot.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
 use firewall_common::Reason;
@@ -34,8 +34,14 @@ pub fn answer(ctx: &XdpContext) -> (Reason, u32) {
         }
         Err(reason) => {
             events::cookie_syn(ctx, slot, rule, packet, reason);
-            // The frame is still the SYN: let the host answer, tracked as usual.
-            conntrack::open(packet, Dir::Ingress, false, crate::limit::guard_ref(slot, rule));
+            // The frame is still the SYN: let the host answer, tracked as
+            // usual, and charged to the rate as such a SYN is (the rules
+            // left it to a valid cookie ACK that will not come).
+            let limit_ref = match crate::limit::admit(slot, rule, &packet.key.src, false) {
+                Ok(r) => r,
+                Err(refused) => return (refused, XDP_DROP),
+            };
+            conntrack::open(packet, Dir::Ingress, false, limit_ref.or_else(|| crate::limit::guard_ref(slot, rule)));
             (reason, XDP_PASS)
         }
     }

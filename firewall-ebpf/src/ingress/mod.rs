@@ -120,7 +120,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // there (the old flow is replaced once the rules accept it); the
         // host's stack answers it when it still has one; a TIME-WAIT
         // socket decides itself, so no cookie answers for it.
-        Ct::SynReuse | Ct::SynInFlow => match conntrack::socket_state(sk, &packet.key) {
+        Ct::SynReuse | Ct::SynInFlow | Ct::SynInClosed => match conntrack::socket_state(sk, &packet.key) {
             Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
             Socket::TimeWait => {
                 packet.syn_again = true;
@@ -162,7 +162,7 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
     let (state, setting) = match ct {
         Ct::New | Ct::NoFlow | Ct::SynAgain => (ct_state::NEW, STATE_RULES),
         // Resolved above.
-        Ct::SynInFlow | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
+        Ct::SynInFlow | Ct::SynInClosed | Ct::SynReuse => (ct_state::ESTABLISHED, header.established),
         Ct::Established | Ct::Rejoined => (ct_state::ESTABLISHED, header.established),
         Ct::Related => (ct_state::RELATED, header.related),
         Ct::Invalid(_) | Ct::Refused(_) => (ct_state::INVALID, header.invalid),
@@ -234,6 +234,14 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
         && FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some()
         && handoff_works()
         && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule));
+    if cookie_service {
+        cookie::count(slot, rule, Event::Syn);
+        // Dropped before any limit: a source no host can have is charged
+        // nothing (it has no bucket to fill, nor a ban to earn).
+        if martian {
+            return Reason::CookieMartian;
+        }
+    }
     let mut limit_ref = None;
     if limited && opens {
         // A SYN answered with a cookie leaves its rate to the valid ACK.
@@ -243,10 +251,6 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
         }
     }
     if cookie_service {
-        cookie::count(slot, rule, Event::Syn);
-        if martian {
-            return Reason::CookieMartian;
-        }
         if answer {
             if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
                 // SAFETY: this CPU's slot; the tail-called program reads it.
@@ -256,7 +260,13 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
                 }
             }
             // Only reached when the tail call failed (no program in
-            // the array): the host answers the SYN itself.
+            // the array): the host answers the SYN itself, so the rate
+            // the valid ACK would have paid is charged now.
+            if limited && opens {
+                if let Err(reason) = crate::limit::admit(slot, rule, &packet.key.src, false) {
+                    return reason;
+                }
+            }
         }
     }
     conntrack::open(packet, Dir::Ingress, false, limit_ref);
