@@ -683,13 +683,20 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                     }
                     if f.flags & FLOW_GUARDED != 0 {
                         match limit::prove(f.limit_ref, &packet.key, unjudged) {
-                            // The host's own stack serves it (a socket
-                            // for it, or at least a listener on its port:
-                            // the kernel's own cookies keep no request
-                            // socket), not DNAT elsewhere: see FLOW_LOCAL.
+                            // The host's own stack serves it (a socket for
+                            // this tuple), not DNAT elsewhere: see
+                            // FLOW_LOCAL. A listener alone proves nothing:
+                            // a port DNAT sends to a container may have one
+                            // on the host too (docker-proxy), and the sweep
+                            // would free every such count, the host having
+                            // no socket for them. (A connection the kernel's
+                            // own cookies made has no request socket: it is
+                            // counted as one not the host's, closed only by
+                            // the host's own segments or after
+                            // COUNTED_CLOSE_SECS.)
                             Ok(true) => {
                                 f.flags |= FLOW_COUNTED;
-                                if socket_state(frame.ctx, &packet.key) != Socket::None {
+                                if matches!(socket_state(frame.ctx, &packet.key), Socket::Request | Socket::Connected | Socket::Opening) {
                                     f.flags |= FLOW_LOCAL;
                                 }
                             }

@@ -675,6 +675,34 @@ fn a_syn_on_a_known_tuple_does_not_get_past_the_rate() {
     assert_eq!(h.refused("web"), (1, 0));
 }
 
+/// A port the host listens on may still be DNAT'd to a container (with
+/// docker-proxy listening on the host too): a connection proven there
+/// while the host has no socket for its tuple is not taken for the host's
+/// own, so neither an RST from outside (which the container may have
+/// dropped) nor idling frees its count at the sweep, which cannot see
+/// the container's socket.
+#[test]
+fn a_listener_alone_does_not_make_a_connection_the_hosts_own() {
+    use firewall_user::conntrack::DEAD_IDLE_SECS;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")));
+    let lo = "127.0.0.1";
+    for sport in [5, 6] {
+        assert_eq!(h.judged(&seg(lo, lo, sport, port, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+        assert_eq!(h.egress(&seg(lo, lo, port, sport, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+        assert_eq!(h.judged(&seg(lo, lo, sport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
+    }
+    assert_eq!(count(&h, lo), 2);
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(h.flow_state(5, port), Some("close"));
+    h.age_flows(DEAD_IDLE_SECS + 5);
+    h.fw.sweep().unwrap();
+    assert_eq!(count(&h, lo), 2, "neither the closed nor the idle one is freed");
+    assert_eq!(h.judged(&seg(lo, lo, 7, port, SYN, 1000, 0, b"")), (XDP_DROP, Reason::ConnLimited));
+    drop(listener);
+}
+
 /// Polls `ready` (bounded: 5 s), for state outside the firewall.
 fn wait_for_condition(what: &str, ready: impl Fn() -> bool) {
     let started = std::time::Instant::now();
