@@ -7,7 +7,7 @@
 /// plane only when this matches (map sizes are checked separately when the
 /// maps are reopened). Between its install and its program swap, the old
 /// programs judge the new controller's policy, so that too must agree.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Longest policy path kept in `Control` (longer ones are cut).
 pub const POLICY_PATH_LEN: usize = 256;

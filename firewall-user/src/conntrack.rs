@@ -114,50 +114,23 @@ pub struct Sweep {
 /// and subtract at the same time). A slot left high only costs a lookup;
 /// one left low would hide a flow, so nothing else writes them.
 pub struct FlowHints {
-    slots: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    slots: crate::shared::SharedU64s,
 }
 
 impl FlowHints {
-    const BYTES: usize = firewall_common::FLOW_HINT_SLOTS as usize * 8;
-
     /// Maps the hint array `map` (created `BPF_F_MMAPABLE`).
     pub fn map(map: &MapData) -> Result<Self> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared read-write mapping of the array's memory, whose
-        // size is the array's (a whole number of pages); the kernel keeps
-        // the map alive while it is mapped.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), Self::BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(anyhow::Error::from(std::io::Error::last_os_error()).context("cannot map the flow hint array"));
-        }
-        let slots = std::ptr::NonNull::new(p.cast()).context("mmap returned null")?;
-        Ok(Self { slots })
+        Ok(Self { slots: crate::shared::SharedU64s::map(map, firewall_common::FLOW_HINT_SLOTS as usize).context("the flow hint array")? })
     }
 
     /// The count of slot `slot` (`firewall_common::flow_hint`).
     pub fn count(&self, slot: u32) -> u64 {
-        self.at(slot).load(std::sync::atomic::Ordering::Relaxed)
+        self.slots.load(slot)
     }
 
     /// Takes a deleted main-table flow off its slot (never below zero).
     pub fn forget(&self, key: &FlowKey) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let _ = self.at(firewall_common::flow_hint(key)).try_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-    }
-
-    fn at(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
-        let i = slot as usize % firewall_common::FLOW_HINT_SLOTS as usize;
-        // SAFETY: `i` is inside the mapping, which lives as long as `self`;
-        // u64 slots, 8-byte aligned (the mapping is page-aligned).
-        unsafe { &*self.slots.as_ptr().add(i) }
-    }
-}
-
-impl Drop for FlowHints {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, not used after this.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), Self::BYTES) };
+        self.slots.take_one(firewall_common::flow_hint(key));
     }
 }
 

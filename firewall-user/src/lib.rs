@@ -17,5 +17,6 @@ pub mod maps;
 pub mod metrics;
 pub mod policy;
 pub mod sets;
+pub mod shared;
 pub mod stats;
 pub mod view;

@@ -235,7 +235,10 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: O
                 defs: Array::try_from(take(maps::SETS)?)?,
                 elems: aya::maps::lpm_trie::LpmTrie::try_from(take(maps::SET_ELEMS)?)?,
                 hosts: BpfHashMap::try_from(take(maps::SET_HOSTS)?)?,
-                prefixes: Array::try_from(take(maps::SET_PREFIXES)?)?,
+                prefixes: match take(maps::SET_PREFIXES)? {
+                    aya::maps::Map::Array(data) => crate::shared::SharedU64s::map(&data, firewall_common::MAX_SETS as usize)?,
+                    _ => anyhow::bail!("map {} is not an array", maps::SET_PREFIXES),
+                },
                 ports: Array::try_from(take(maps::PORT_SETS)?)?,
             },
             iface,

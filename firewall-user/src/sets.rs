@@ -125,7 +125,7 @@ pub fn open_by_id(ids: [u32; 5]) -> anyhow::Result<Sets> {
         defs: Array::try_from(Map::Array(MapData::from_id(ids[0])?))?,
         elems: LpmTrie::try_from(Map::LpmTrie(MapData::from_id(ids[1])?))?,
         hosts: BpfHashMap::try_from(Map::HashMap(MapData::from_id(ids[2])?))?,
-        prefixes: Array::try_from(Map::Array(MapData::from_id(ids[3])?))?,
+        prefixes: crate::shared::SharedU64s::map(&MapData::from_id(ids[3])?, MAX_SETS as usize)?,
         ports: Array::try_from(Map::Array(MapData::from_id(ids[4])?))?,
     })
 }
@@ -137,7 +137,9 @@ pub struct Sets {
     pub defs: Array<MapData, SetDef>,
     pub elems: LpmTrie<MapData, SetAddr, SetElem>,
     pub hosts: aya::maps::HashMap<MapData, SetHost, SetElem>,
-    pub prefixes: Array<MapData, u64>,
+    /// Changed by atomic adds on both sides (`shared`): the data plane
+    /// adds the prefixes it bans.
+    pub prefixes: crate::shared::SharedU64s,
     /// Port sets: one `PortBits` per set id.
     pub ports: Array<MapData, PortBits>,
 }
@@ -207,8 +209,7 @@ impl Sets {
         } else {
             self.elems.insert(&key, &elem, 0)?;
             if new {
-                let n = self.prefixes.get(&id, 0)?;
-                self.prefixes.set(id, &(n + 1), 0)?;
+                self.prefixes.add(id, 1);
             }
         }
         Ok(new)
@@ -223,8 +224,7 @@ impl Sets {
         if self.get(id, c).is_none() || self.elems.remove(&key).is_err() {
             return Ok(false);
         }
-        let n = self.prefixes.get(&id, 0)?;
-        self.prefixes.set(id, &n.saturating_sub(1), 0)?;
+        self.prefixes.take_one(id);
         Ok(true)
     }
 
@@ -369,10 +369,11 @@ impl Sets {
             self.ports.set(id, &PortBits::EMPTY, 0)?;
         }
         let mut n = 0;
+        // Each removal takes its own prefix off the count: a prefix the
+        // data plane bans meanwhile stays counted.
         for (c, _) in self.members(id) {
             n += usize::from(self.remove(id, &c)?);
         }
-        self.prefixes.set(id, &0, 0)?;
         Ok(n)
     }
 
@@ -388,11 +389,13 @@ impl Sets {
                 prefixes += u64::from(!is_host(&c));
             }
         }
-        // The data plane counts the prefixes it bans with atomic adds, which
-        // a write here can lose: a count that fell to 0 while the set has
-        // prefixes would hide them (one too high only costs a trie walk).
-        if prefixes > 0 && self.prefixes.get(&id, 0)? == 0 {
-            self.prefixes.set(id, &prefixes, 0)?;
+        // Both sides count with atomic adds, but two banning one new prefix
+        // at once count it twice (a count too high only costs a trie walk),
+        // and a ban that rewrites an expired prefix while it is deleted here
+        // leaves it uncounted: a count at 0 while the set has prefixes
+        // would hide them, so it is restored.
+        if prefixes > 0 {
+            self.prefixes.fill_if_empty(id, prefixes);
         }
         Ok(left)
     }
