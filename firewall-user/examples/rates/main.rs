@@ -417,10 +417,15 @@ fn main() {
     // ingress rule there instead (before the IP stack, as the sink drops).
     // `kernel_xdp` is the kernel with the client's end running the sink as
     // in the firewall mode: what that XDP costs the clients, apart from
-    // the firewall's own work.
+    // the firewall's own work. `firewall_auto` is the service as the README
+    // recommends it (`syncookie = "auto"`): the host answers while it is
+    // quiet (the client's end runs no XDP then), and the controller's tick
+    // engages cookies once the flood starts (the client's end runs the sink
+    // from then on, as for `firewall`).
     drop(sink);
     let mut legit: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = vec![
         ("firewall", "firewall, cookie mode", Vec::new(), Vec::new()),
+        ("firewall_auto", "firewall, auto mode (auto_on_rate 50,000 SYN/s: the host answers while quiet; cookies once the controller's tick sees the flood)", Vec::new(), Vec::new()),
         ("kernel", "kernel, tcp_syncookies=2", Vec::new(), Vec::new()),
         ("kernel_xdp", "kernel, tcp_syncookies=2, the client's end running XDP as for the firewall", Vec::new(), Vec::new()),
         ("synproxy", "nftables synproxy", Vec::new(), Vec::new()),
@@ -429,19 +434,44 @@ fn main() {
         eprintln!("rates: legitimate connections, round {}/{rounds}", round + 1);
         for (id, _, quiet, flooded) in legit.iter_mut() {
             let xdp_client = matches!(*id, "firewall" | "kernel_xdp");
-            let _sink = xdp_client.then(|| attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM));
+            let mut sink = xdp_client.then(|| attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM));
             if !xdp_client {
                 nft_load(&pair.client, &client_sink_ruleset(&pair.client_if));
             }
-            let _fw = (*id == "firewall").then(|| firewall(&pair, COOKIE_POLICY));
+            let auto = *id == "firewall_auto";
+            let mut fw = match *id {
+                "firewall" => Some(firewall(&pair, COOKIE_POLICY)),
+                // Engaged above the clients' own SYN rate (about 15,000 a
+                // second here; the default, 1,000, would engage for them).
+                "firewall_auto" => Some(firewall(
+                    &pair,
+                    &COOKIE_POLICY.replace("\"always\"", "\"auto\"").replace("[settings]\n", "[settings]\nsyncookie = { auto_on_rate = 50000, auto_off_rate = 25000 }\n"),
+                )),
+                _ => None,
+            };
             if id.starts_with("kernel") {
                 sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
             }
             if *id == "synproxy" {
                 nft_load(&pair.server, &synproxy_ruleset());
             }
-            quiet.push(connections(&pair, false, &syn));
-            flooded.push(connections(&pair, true, &syn));
+            quiet.push(connections(&pair, false, &syn, &mut || {}));
+            if let (true, Some(h)) = (auto, fw.as_mut()) {
+                // The tick that covers the quiet run: the clients' own SYNs
+                // stay below the threshold.
+                let changes = h.fw.cookie_tick(SECONDS).expect("cookie tick");
+                assert!(changes.is_empty(), "the clients alone engaged cookies: {changes:?}");
+            }
+            if auto {
+                sh(&pair.client, "nft", &["flush", "ruleset"]);
+                sink = Some(attach_bench(&pair.client, &pair.client_if, bench::SINK_PROGRAM));
+            }
+            flooded.push(connections(&pair, true, &syn, &mut || {
+                if let (true, Some(h)) = (auto, fw.as_mut()) {
+                    engage(h);
+                }
+            }));
+            drop((sink, fw));
             sh(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=1"]);
             sh(&pair.server, "nft", &["flush", "ruleset"]);
             sh(&pair.client, "nft", &["flush", "ruleset"]);
@@ -522,9 +552,31 @@ fn live_only(pair: &Pair, syn: &[u8], rounds: usize, answered: &dyn Fn() -> u64)
 /// connects, sends a byte, reads the server's byte, and closes with
 /// RST (no TIME_WAIT to run out of ports); with `flood_on`, while the
 /// spoofed SYN flood runs.
-fn connections(pair: &Pair, flood_on: bool, syn: &[u8]) -> f64 {
+/// Ticks the controller's cookie mode (`Firewall::cookie_tick`, as `run`
+/// does every second) until the flood engages the auto service: bounded.
+fn engage(h: &mut Harness) {
+    let started = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let changes = h.fw.cookie_tick(last.elapsed()).expect("cookie tick");
+        last = Instant::now();
+        if h.snapshot().service("web").is_some_and(|s| s.cookies_on) {
+            eprintln!("rates: auto mode engaged after {:.1} s ({changes:?})", started.elapsed().as_secs_f64());
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the flood did not engage cookies");
+    }
+}
+
+/// Legitimate connections per second for `SECONDS`, with the paced flood
+/// when `flood_on` (and `started` called once it runs, before the clients).
+fn connections(pair: &Pair, flood_on: bool, syn: &[u8], started: &mut dyn FnMut()) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let generator = flood_on.then(|| flood(pair, syn.to_vec(), stop.clone(), Some(PACED_FLOOD)));
+    if flood_on {
+        started();
+    }
     let server: SocketAddr = format!("{}:{PORT}", pair.server_ip).parse().unwrap();
     let (done, secs) = Pair::within(&pair.client, move || {
         let start = Instant::now();
