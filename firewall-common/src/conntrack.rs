@@ -215,8 +215,9 @@ pub const MAX_ACK_WINDOW: u32 = 66_000;
 
 /// `Flow::flags`: both sides sent a SYN (simultaneous open).
 pub const FLOW_BOTH_SYNS: u8 = 1;
-/// `Flow::flags`: opened under a rule with `max_conns` or a `ban`
-/// (`limit_ref` says which); charged when the handshake proves it.
+/// `Flow::flags`: opened under a rule with limits (`limit_ref` says
+/// which); counted against `max_conns`, or charged to a rate a `ban`
+/// moved there, when the handshake proves it.
 pub const FLOW_GUARDED: u8 = 2;
 /// `Flow::flags`: counted in `FW_CONNS` (until it closes or goes).
 pub const FLOW_COUNTED: u8 = 4;
@@ -229,7 +230,8 @@ pub const FLOW_UNJUDGED: u8 = 8;
 pub const FLOW_PROVEN: u8 = 16;
 /// `Flow::flags`: counted, and the host's own stack had its socket when
 /// it was (a request or connected socket at the proof, a cookie handed
-/// to a listener, a connection the host had): one the controller may
+/// to a listener, a connection the host had), or sent a segment of it
+/// from its own socket since: one the controller may
 /// stop counting when that socket is gone. Not for a connection DNAT or
 /// a proxy takes elsewhere, whose socket this namespace never shows.
 pub const FLOW_LOCAL: u8 = 32;

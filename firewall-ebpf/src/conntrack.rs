@@ -30,8 +30,7 @@ pub enum Ct {
     /// A retransmitted SYN of a handshake the table already follows: new
     /// to the rules, but never answered with a cookie (the flow exists).
     SynAgain,
-    /// A SYN on the tuple of a live flow, or of a closed one whose
-    /// sequence is not beyond the old connection's: a new connection only
+    /// A SYN on the tuple of a live flow: a new connection only
     /// if the host serves the port and has no socket for the tuple any
     /// more (the old one died unseen), else for the host to answer (RFC
     /// 5961 challenge ACK, or the TIME-WAIT socket's ACK). When the host
@@ -43,10 +42,11 @@ pub enum Ct {
     SynInFlow,
     /// A SYN on a `time_wait`/`close` flow whose sequence is not beyond the
     /// old connection's: as `SynInFlow`, except that where the host has no
-    /// socket and no listener it opens a new flow, judged by the rules (as
-    /// nf_conntrack reopens from TIME_WAIT and CLOSE): a closed flow has
-    /// no connection left to protect, and passing the SYN unjudged would
-    /// let it past the rule's limits.
+    /// socket and no listener (DNAT), the rules judge it as new (as
+    /// nf_conntrack reopens from TIME_WAIT and CLOSE: a closed flow has no
+    /// connection left to protect, and an unjudged SYN would pass the
+    /// rule's limits), the old flow kept: the destination's TIME-WAIT
+    /// socket decides, and the client's RST may still need to meet it.
     SynInClosed,
     /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
     /// everything the old connection sent: the kernel's TIME-WAIT reuse
@@ -69,8 +69,8 @@ pub enum Ct {
 }
 
 /// What the rules say of the SYN a connection whose SYN they did not see
-/// claims to follow: accepted (with the `limit_ref` of the rule when its
-/// limits count connections), or dropped (by a rule, slot * MAX_RULES +
+/// claims to follow: accepted (with the `limit_ref` of the rule when it
+/// has limits), or dropped (by a rule, slot * MAX_RULES +
 /// rule, or by the policy's default). One word: returned in one register
 /// should the compiler not inline the judge (BPF returns only R0).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -515,6 +515,12 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     if ingress == (side == f.local_side) {
         return Ct::Invalid(Reason::InvalidDirection);
     }
+    // A counted connection proven with no socket for its tuple (the
+    // kernel's own cookies keep no request socket) whose segments the
+    // host's own socket sends: the host's (see FLOW_LOCAL).
+    if !ingress && frame.local_socket && f.flags & (FLOW_COUNTED | FLOW_LOCAL) == FLOW_COUNTED {
+        f.flags |= FLOW_LOCAL;
+    }
 
     if rst {
         // RFC 5961: an RST ends a flow only exactly at what the receiver
@@ -666,7 +672,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 if ingress && table == Table::Remote && f.flags & FLOW_PROVEN == 0 {
                     // A handshake the rules never saw the SYN of (rebuilt
                     // from the host's SYN-ACK) was never charged to a
-                    // rate: it is here, at its proof.
+                    // rate: it is here, at its proof. It stays unjudged
+                    // until the proof is counted, so a refused ACK sent
+                    // again is judged and charged again.
                     let unjudged = f.flags & FLOW_UNJUDGED != 0;
                     if unjudged {
                         match judge(packet).verdict() {
@@ -679,7 +687,6 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                             }
                             Ok(None) => {}
                         }
-                        f.flags &= !FLOW_UNJUDGED;
                     }
                     if f.flags & FLOW_GUARDED != 0 {
                         match limit::prove(f.limit_ref, &packet.key, unjudged) {
@@ -690,10 +697,9 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                             // on the host too (docker-proxy), and the sweep
                             // would free every such count, the host having
                             // no socket for them. (A connection the kernel's
-                            // own cookies made has no request socket: it is
-                            // counted as one not the host's, closed only by
-                            // the host's own segments or after
-                            // COUNTED_CLOSE_SECS.)
+                            // own cookies made has no request socket at its
+                            // proof: its first segment from the host's socket
+                            // marks it, on egress.)
                             Ok(true) => {
                                 f.flags |= FLOW_COUNTED;
                                 if matches!(socket_state(frame.ctx, &packet.key), Socket::Request | Socket::Connected | Socket::Opening) {
@@ -704,7 +710,7 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                             Err(reason) => return refused(reason, firewall_common::conn_ref_parts(f.limit_ref).0, packet),
                         }
                     }
-                    f.flags |= FLOW_PROVEN;
+                    f.flags = (f.flags | FLOW_PROVEN) & !FLOW_UNJUDGED;
                 }
                 f.state = TCP_ESTABLISHED;
                 completed = ingress;

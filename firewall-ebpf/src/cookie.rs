@@ -118,7 +118,7 @@ fn put_addr(b: &mut [u8], at: usize, a: &U128, v4: bool) {
 /// Writes `bytes` at `offset` of the frame, bounds-checked.
 #[inline(always)]
 fn write<const N: usize>(ctx: &XdpContext, offset: usize, bytes: &[u8; N]) -> Result<(), Reason> {
-    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: 0, ctx: ctx.ctx as *mut _ };
+    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: 0, ctx: ctx.ctx as *mut _, local_socket: false };
     let p = frame.ptr_at::<[u8; N]>(offset).ok_or(Reason::CookieFallback)? as *mut [u8; N];
     // SAFETY: `ptr_at` checked the bounds.
     unsafe { *p = *bytes };
@@ -238,7 +238,7 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet) -> Result<(), Reason> {
     }
 
     // Ethernet: swap the addresses, keep the EtherType and VLAN tags.
-    let eth = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: 0, ctx: ctx.ctx as *mut _ };
+    let eth = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: 0, ctx: ctx.ctx as *mut _, local_socket: false };
     let macs = eth.ptr_at::<[u8; 12]>(0).ok_or(Reason::CookieFallback)?;
     // SAFETY: bounds checked by ptr_at.
     let m = unsafe { *macs };

@@ -96,7 +96,7 @@ pub fn record(ctx: &XdpContext) -> u32 {
     let (class, kind, sample, cap) = if logged { (CLASS_LOG, EVENT_LOG, 1, cfg.log_per_second) } else { (CLASS_DROP, EVENT_DROP, cfg.sample, cfg.per_second) };
     let Some((st, now)) = admit(class, sample, cap) else { return action };
     let (start, end) = (ctx.data(), ctx.data_end());
-    let frame = parse::Frame { start, end, wire_len: (end - start) as u64, ctx: ctx.ctx as *mut _ };
+    let frame = parse::Frame { start, end, wire_len: (end - start) as u64, ctx: ctx.ctx as *mut _, local_socket: false };
     let mut ev = Event {
         ts_ns: now,
         kind,

@@ -57,6 +57,13 @@ pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool) -> Result<Option<u3
     Ok(Some(conn_ref(index, conn_epoch(limit.epoch))))
 }
 
+/// Whether the limits `limit_ref` names count connections (`max_conns`,
+/// or a rate a `ban` charges at the proof).
+#[inline(always)]
+pub fn counts_conns(limit_ref: u32) -> bool {
+    limits_of(limit_ref).is_some_and(|(_, l)| l.max_conns != 0 || l.ban_set != 0)
+}
+
 /// The `limit_ref` a flow of rule `rule` carries, if it has limits (for a
 /// SYN admitted already, whose cookie was not sent, or one the rules
 /// judge at its proof).
@@ -71,7 +78,8 @@ pub fn guard_ref(slot: u32, rule: u32) -> Option<u32> {
 
 /// A connection opened under `limit_ref` proved its source `src` (it
 /// completed the handshake): charged to the rate when a ban moved the
-/// charge here or `cookie` (a valid cookie ACK: see `admit`), and
+/// charge here or `cookie` (a valid cookie ACK, or a handshake whose SYN
+/// was not charged: see `admit`), and
 /// counted against `max_conns`. Refused over either, and the source
 /// banned when the rule says so. `Ok(true)`: counted (the flow is to
 /// carry `FLOW_COUNTED`).
@@ -277,15 +285,22 @@ fn ban(limit: &RuleLimit, index: u32, packet: &Key, reason: Reason) {
         // only one of exactly this length is this prefix. Two CPUs may
         // both insert a new one: the sweep recounts `count`, and a prefix
         // count too high only walks the trie for nothing.
-        match FW_SET_ELEMS.get(key).filter(|e| e.prefix_len == key.prefix_len) {
-            None if room && FW_SET_ELEMS.insert(key, elem, 0).is_ok() => {
+        let expired = |e: &SetElem| e.expires_ns != 0 && e.expires_ns <= now;
+        match FW_SET_ELEMS.get(key) {
+            Some(e) if e.prefix_len == key.prefix_len => {
+                if expired(e) && FW_SET_ELEMS.insert(key, elem, 0).is_ok() { Banned::Again } else { Banned::No }
+            }
+            // A live shorter element that lasts at least as long covers it
+            // already: a ban under it would hide it once it expired, until
+            // the sweep deletes it.
+            Some(e) if !expired(e) && (e.expires_ns == 0 || e.expires_ns >= elem.expires_ns) => Banned::No,
+            _ if room && FW_SET_ELEMS.insert(key, elem, 0).is_ok() => {
                 // The trie is walked for this set from now on.
                 if let Some(n) = FW_SET_PREFIX.get_ptr_mut(id) {
                     counters::atomic_add(n, 1);
                 }
                 Banned::New
             }
-            Some(e) if e.expires_ns != 0 && e.expires_ns <= now && FW_SET_ELEMS.insert(key, elem, 0).is_ok() => Banned::Again,
             _ => Banned::No,
         }
     };

@@ -160,7 +160,7 @@ const BPF_F_WRONLY: u32 = 1 << 4;
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let frame = Frame { start, end, wire_len: (end - start) as u64, ctx: ctx.ctx as *mut _ };
+    let frame = Frame { start, end, wire_len: (end - start) as u64, ctx: ctx.ctx as *mut _, local_socket: false };
     let len = frame.wire_len;
     let reason = ingress::decide(&ctx, &frame);
     counters::count_reason(reason, len);

@@ -87,10 +87,12 @@ pub struct Packet {
     /// Set by the pipelines: conntrack found no flow of this tuple (see
     /// `Ct::NoFlow`), so opening one need not look again.
     pub no_flow: bool,
-    /// Set by the XDP program: a SYN for the host's TIME-WAIT socket on a
-    /// tuple whose old flow stays (the host decides): a new connection to
-    /// the limits all the same.
-    pub tw_syn: bool,
+    /// Set by the XDP program: a SYN on a closed (or TIME-WAIT) tuple whose
+    /// old flow stays, since the host's TIME-WAIT socket or the DNAT
+    /// destination decides: a new connection to the limits all the same,
+    /// its rate charged at its proof (the answer rebuilds the flow, its SYN
+    /// unjudged there).
+    pub keeps_flow: bool,
     /// Set by the XDP program: the rules' match for a SYN they judged
     /// before conntrack read the table of unproven flows (`EARLY_*`, or
     /// `EARLY_BOX + ` the box's index; kept here for the same reason).
@@ -117,6 +119,10 @@ pub struct Frame {
     pub wire_len: u64,
     /// The program's context, for socket lookups.
     pub ctx: *mut core::ffi::c_void,
+    /// TC egress: the skb belongs to one of the host's sockets (a segment
+    /// forwarded, or DNAT'd from a container, has none: another namespace's
+    /// skbs are scrubbed on the way).
+    pub local_socket: bool,
 }
 
 impl Frame {
@@ -131,7 +137,10 @@ impl Frame {
         if ctx.data_end() - ctx.data() < want {
             let _ = ctx.pull_data(want as u32);
         }
-        Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64, ctx: aya_ebpf::EbpfContext::as_ptr(ctx) }
+        let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
+        // SAFETY: the program's own context; `sk` is readable from TC.
+        let local_socket = !unsafe { (*skb.cast::<aya_ebpf::bindings::__sk_buff>()).__bindgen_anon_2.sk }.is_null();
+        Frame { start: ctx.data(), end: ctx.data_end(), wire_len: len as u64, ctx: skb, local_socket }
     }
 
     /// Bounds-checked pointer to a `T` at `offset` from the start of the frame.
@@ -293,7 +302,7 @@ fn parse_ipv4(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         syn_again: false,
         replaces: false,
         no_flow: false,
-        tw_syn: false,
+        keeps_flow: false,
         early: EARLY_NONE,
         wire_len: ctx.wire_len,
     };
@@ -375,7 +384,7 @@ fn parse_ipv6(ctx: &Frame, offset: usize) -> Result<Packet, Reason> {
         syn_again: false,
         replaces: false,
         no_flow: false,
-        tw_syn: false,
+        keeps_flow: false,
         early: EARLY_NONE,
         wire_len: ctx.wire_len,
     };

@@ -236,7 +236,11 @@ fn assemble(mut by_name: HashMap<String, MapData>, via: &'static str, pin_dir: O
                 elems: aya::maps::lpm_trie::LpmTrie::try_from(take(maps::SET_ELEMS)?)?,
                 hosts: BpfHashMap::try_from(take(maps::SET_HOSTS)?)?,
                 prefixes: match take(maps::SET_PREFIXES)? {
-                    aya::maps::Map::Array(data) => crate::shared::SharedU64s::map(&data, firewall_common::MAX_SETS as usize)?,
+                    // Not mappable before layout 9: a data plane that old
+                    // is for its own build's CLI.
+                    aya::maps::Map::Array(data) => crate::shared::SharedU64s::map(&data, firewall_common::MAX_SETS as usize).with_context(|| {
+                        format!("{}: a data plane pinned by an older build (before layout 9)? Use that build's `firewall`, or restart the data plane", maps::SET_PREFIXES)
+                    })?,
                     _ => anyhow::bail!("map {} is not an array", maps::SET_PREFIXES),
                 },
                 ports: Array::try_from(take(maps::PORT_SETS)?)?,

@@ -599,13 +599,19 @@ fn a_closed_flows_tuple_is_reused_as_the_kernel_allows() {
     assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
     // One that is not beyond it, where the host has no socket nor
     // listener to ask (DNAT elsewhere): a closed flow has no connection
-    // to protect, so it is reopened too, as nf_conntrack reopens CLOSE.
+    // to protect, so the rules judge it as new, as nf_conntrack reopens
+    // CLOSE; the old flow stays for the destination's TIME-WAIT socket
+    // to decide, and its SYN-ACK starts the new handshake.
     let c = 40501;
     let (cseq, sseq) = live_connection(&h, remote, host, c);
     h.egress(&seg(host, remote, 80, c, RST | ACK, sseq, cseq, b""));
     assert_eq!(h.flow_state(c, 80), Some("close"));
     h.expect(&seg(remote, host, c, 80, SYN, 3, 0, b""), XDP_PASS, Reason::RuleAccept);
-    assert_eq!(h.flow_state(c, 80), Some("syn_sent"));
+    assert_eq!(h.flow_state(c, 80), Some("close"));
+    assert_eq!(h.egress(&seg(host, remote, 80, c, SYN | ACK, 70_000, 4, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(c, 80), Some("syn_recv"));
+    h.expect(&seg(remote, host, c, 80, ACK, 4, 70_001, b""), XDP_PASS, Reason::Established);
+    assert_eq!(h.flow_state(c, 80), Some("established"));
 }
 
 /// The review's table-filling paths, closed: a spoofed SYN answered by

@@ -1593,3 +1593,28 @@ fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_i
     assert_eq!(bans.len(), 1, "one ban event: {bans:?}");
     assert_eq!((bans[0]["src"].as_str(), bans[0]["rule"].as_str(), bans[0]["reason"].as_str()), (Some(client.as_str()), Some("guarded"), Some("rate_limited")));
 }
+
+/// With the kernel's own SYN cookies (`tcp_syncookies = 2`: no request
+/// socket, so the handshake's proof finds only the listener), a counted
+/// connection is still known as the host's own once the host's socket
+/// sends on it (TC egress sees the skb's socket): an RST close from the
+/// client frees its slot at the controller's next sweep, not 10 minutes
+/// later as for a connection DNAT takes elsewhere.
+#[test]
+fn a_connection_the_kernels_own_cookies_made_frees_its_slot_at_an_rst_close() {
+    let pair = Pair::new();
+    let set = Pair::output(&pair.server, "sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"]);
+    assert!(set.status.success(), "{set:?}");
+    start_holding_servers(&pair, &[7001]);
+    let (_dir, policy) = temp_policy(CAPPED);
+    let _fw = start_firewall(&pair, &policy);
+    let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(&pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
+    for s in &mut open {
+        assert!(echoes(s), "each of the three connections works");
+    }
+    let err = connect_to(&pair, 7001, Duration::from_millis(1500)).expect_err("a fourth connection is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    close_with_rst(open.remove(0));
+    let mut fourth = wait_for("a slot after an RST close", Duration::from_secs(25), || connect_to(&pair, 7001, Duration::from_secs(1)).ok());
+    assert!(echoes(&mut fourth));
+}

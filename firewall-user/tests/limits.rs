@@ -650,30 +650,55 @@ fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
 }
 
 /// A SYN that passes unjudged, or a handshake the rules never saw the SYN
-/// of, cannot open a connection past the rule's rate. A closed flow's
-/// tuple (here closed by the source's own exact RST) is reopened by a SYN
-/// judged as any, whatever its sequence, where the host has no socket to
-/// ask; a SYN on a live flow's tuple passes to the destination, and if the
-/// destination answers it as a new connection, the rate is charged at
-/// that handshake's proof.
+/// of, cannot open a connection past the rule's rate, nor is a connection
+/// charged twice. Where the host has no socket to ask (DNAT elsewhere), a
+/// SYN on a closed flow's tuple (here closed by the source's own exact
+/// RST) is judged by the rules whatever its sequence, the old flow kept
+/// for the destination's TIME-WAIT socket to decide; a SYN on a live
+/// flow's tuple passes to the destination. Either way, when the
+/// destination answers with a new handshake, the rate is charged at its
+/// proof, and again at every try of that proof while refused.
 #[test]
 fn a_syn_on_a_known_tuple_does_not_get_past_the_rate() {
     let policy = CAPPED.replace("limit = { max_conns = 2 }", "limit = { rate = \"1/m\", burst = 1 }");
     let src = "10.0.0.1";
+    // The destination's new ISN lies behind the old connection's (half of
+    // all ISNs do): its SYN-ACK is not taken for a retransmission.
+    let behind = 5001u32.wrapping_sub(0x1000_0000);
+    let refused_twice = |h: &Harness, ack: u32| {
+        for _ in 0..2 {
+            assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, ack, behind + 1, b"")), (XDP_DROP, Reason::RateLimited), "charged at its proof");
+        }
+        assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
+        assert_eq!(h.refused("web"), (2, 0));
+    };
     let h = Harness::new(&policy);
     assert_eq!(connect(&h, src, 40000), ESTABLISHED);
     assert_eq!(h.judged(&seg(src, HOST, 40000, 80, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(40000, 80), Some("close"));
-    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 1000, 0, b"")), (XDP_DROP, Reason::RateLimited), "judged, over the rate");
-    assert_eq!(h.refused("web"), (1, 0));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept), "judged; its rate left to the proof");
+    assert_eq!(h.flow_state(40000, 80), Some("close"));
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, behind, 1001, b"")), Reason::EgressTracked);
+    refused_twice(&h, 1001);
 
     let h = Harness::new(&policy);
     assert_eq!(connect(&h, src, 40000), ESTABLISHED);
     assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 77, 0, b"")), ESTABLISHED, "passed to the destination");
-    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, 9000, 78, b"")), Reason::EgressTracked);
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, behind, 78, b"")), Reason::EgressTracked);
     assert_eq!(h.flow_state(40000, 80), Some("syn_recv"));
-    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 78, 9001, b"")), (XDP_DROP, Reason::RateLimited), "charged at its proof");
-    assert_eq!(h.refused("web"), (1, 0));
+    refused_twice(&h, 78);
+
+    // With room for two: the tuple reused after a close both ways is
+    // charged once, at its proof, not also at its SYN.
+    let h = Harness::new(&policy.replace("burst = 1", "burst = 2"));
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, FIN | ACK, 5001, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, FIN | ACK, 1001, 5002, b"")), ESTABLISHED);
+    assert_eq!(h.flow_state(40000, 80), Some("time_wait"));
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, behind, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, behind + 1, b"")), ESTABLISHED, "charged once");
+    assert_eq!(syn_from(&h, src, 40001), (XDP_DROP, Reason::RateLimited), "two charged: the burst is spent");
 }
 
 /// A port the host listens on may still be DNAT'd to a container (with

@@ -50,7 +50,7 @@ pub fn judge(ctx: &XdpContext) -> Reason {
     if admitted < MAX_RULES {
         // The cookie is checked on the ACK as it came; its options are
         // read here only (an ACK's options matter to no other stage).
-        let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: ack.wire_len, ctx: ctx.ctx as *mut _ };
+        let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire_len: ack.wire_len, ctx: ctx.ctx as *mut _, local_socket: false };
         let opts = parse::tcp_options(&frame, ack);
         let tsecr = if opts.timestamps { Some(opts.tsecr) } else { None };
         if let Some(mut valid) = cookie::check_ack(ack, tsecr) {

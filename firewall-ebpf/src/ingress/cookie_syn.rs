@@ -33,7 +33,6 @@ pub fn answer(ctx: &XdpContext) -> (Reason, u32) {
             (Reason::CookieSent, XDP_TX)
         }
         Err(reason) => {
-            events::cookie_syn(ctx, slot, rule, packet, reason);
             // The frame is still the SYN: let the host answer, tracked as
             // usual, and charged to the rate as such a SYN is (the rules
             // left it to a valid cookie ACK that will not come).
@@ -41,6 +40,7 @@ pub fn answer(ctx: &XdpContext) -> (Reason, u32) {
                 Ok(r) => r,
                 Err(refused) => return (refused, XDP_DROP),
             };
+            events::cookie_syn(ctx, slot, rule, packet, reason);
             conntrack::open(packet, Dir::Ingress, false, limit_ref.or_else(|| crate::limit::guard_ref(slot, rule)));
             (reason, XDP_PASS)
         }

@@ -104,8 +104,11 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             // the host's stack judges the ACK; no flow until it has a
             // connection (an off-path sender can make request sockets).
             // Not for a rule whose limits count connections: the host's
-            // next SYN-ACK rebuilds the flow, whose proof they judge.
-            Socket::Request if guard_of_syn(slot, header, packet) == Judged::ACCEPT => ct = Ct::Established,
+            // next SYN-ACK rebuilds the flow, whose proof they judge. (A
+            // rate alone was charged at the SYN.)
+            Socket::Request if guard_of_syn(slot, header, packet).verdict().is_ok_and(|r| r.is_none_or(|r| !crate::limit::counts_conns(r))) => {
+                ct = Ct::Established
+            }
             Socket::Request | Socket::None | Socket::Listener | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
@@ -122,16 +125,25 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // socket decides itself, so no cookie answers for it.
         Ct::SynReuse | Ct::SynInFlow | Ct::SynInClosed => match conntrack::socket_state(sk, &packet.key) {
             Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
-            Socket::TimeWait => {
-                packet.syn_again = true;
-                packet.replaces = ct == Ct::SynReuse;
-                packet.tw_syn = true;
-                ct = Ct::New;
-            }
             // A live flow whose port the host does not serve: not the
             // host's connection to judge by its sockets (see
             // `Ct::SynInFlow`), so a blind SYN cannot end it.
             Socket::None if ct == Ct::SynInFlow => ct = Ct::Established,
+            // The host's TIME-WAIT socket decides (it may take the SYN by
+            // timestamps), or the DNAT destination's does: the rules judge
+            // the SYN as new, the old flow stays (see `Packet::keeps_flow`).
+            Socket::TimeWait | Socket::None if ct != Ct::SynReuse => {
+                packet.syn_again = true;
+                packet.keeps_flow = true;
+                ct = Ct::New;
+            }
+            // Beyond the old sequence: a new connection, for the TIME-WAIT
+            // socket to take (no cookie answers for it).
+            Socket::TimeWait => {
+                packet.syn_again = true;
+                packet.replaces = true;
+                ct = Ct::New;
+            }
             Socket::None | Socket::Listener => {
                 packet.replaces = true;
                 ct = Ct::New;
@@ -218,7 +230,7 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     // Before any state: a refused SYN opens no flow and gets no cookie.
     // Charged only for what opens a flow: not a retransmitted SYN of a
     // tracked handshake, nor another datagram of an unreplied UDP flow.
-    let opens = packet.no_flow || packet.replaces || packet.tw_syn || conntrack::untracked(&packet.key);
+    let opens = packet.no_flow || packet.replaces || packet.keeps_flow || conntrack::untracked(&packet.key);
     // The dead flow first: its count must not refuse its successor.
     if packet.replaces {
         conntrack::forget(packet);
@@ -234,23 +246,25 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
         && FW_LOCAL_ADDRS.get_ptr(&packet.key.dst).is_some()
         && handoff_works()
         && (mode == SYNCOOKIE_ALWAYS || cookie_engaged(slot, rule));
-    if cookie_service {
+    // Dropped before any limit: a source no host can have is charged
+    // nothing (it has no bucket to fill, nor a ban to earn).
+    if martian {
         cookie::count(slot, rule, Event::Syn);
-        // Dropped before any limit: a source no host can have is charged
-        // nothing (it has no bucket to fill, nor a ban to earn).
-        if martian {
-            return Reason::CookieMartian;
-        }
+        return Reason::CookieMartian;
     }
     let mut limit_ref = None;
     if limited && opens {
-        // A SYN answered with a cookie leaves its rate to the valid ACK.
-        match crate::limit::admit(slot, service.0, &packet.key.src, answer) {
+        // A SYN answered with a cookie leaves its rate to the valid ACK,
+        // one that keeps its old flow to its proof.
+        match crate::limit::admit(slot, service.0, &packet.key.src, answer || packet.keeps_flow) {
             Ok(r) => limit_ref = r,
             Err(reason) => return reason,
         }
     }
     if cookie_service {
+        // After the limits: a SYN they refuse does not count towards
+        // engaging an `auto` service's cookies.
+        cookie::count(slot, rule, Event::Syn);
         if answer {
             if let Some(arg) = FW_COOKIE_ARG.get_ptr_mut(0) {
                 // SAFETY: this CPU's slot; the tail-called program reads it.
@@ -276,7 +290,7 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
 /// What the rules say of the SYN `packet` follows, for a handshake or
 /// connection whose SYN they did not judge here (its flow was lost, or it
 /// is older than the firewall): dropped, or accepted with the
-/// `limit_ref` of the rule when its limits count connections.
+/// `limit_ref` of the rule when it has limits.
 #[inline(always)]
 fn guard_of_syn(slot: u32, header: &firewall_common::PolicyHeader, packet: &Packet) -> Judged {
     if packet.key.proto != parse::IPPROTO_TCP {
