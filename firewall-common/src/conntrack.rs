@@ -230,11 +230,15 @@ pub const FLOW_UNJUDGED: u8 = 8;
 pub const FLOW_PROVEN: u8 = 16;
 /// `Flow::flags`: counted, and the host's own stack had its socket when
 /// it was (a request or connected socket at the proof, a cookie handed
-/// to a listener, a connection the host had), or sent a segment of it
-/// from its own socket since: one the controller may
+/// to a listener, a connection the host had), or has a connected socket
+/// for its tuple when the host first sends on it (TC egress): one the
+/// controller may
 /// stop counting when that socket is gone. Not for a connection DNAT or
 /// a proxy takes elsewhere, whose socket this namespace never shows.
 pub const FLOW_LOCAL: u8 = 32;
+/// `Flow::flags`: a counted flow not known as the host's own whose tuple
+/// TC egress has looked up already (once per flow: see FLOW_LOCAL).
+pub const FLOW_SOCKET_ASKED: u8 = 64;
 
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;

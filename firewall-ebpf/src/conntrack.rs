@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_LOCAL, FLOW_PROVEN, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
+    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_LOCAL, FLOW_PROVEN, FLOW_SOCKET_ASKED, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
@@ -30,15 +30,14 @@ pub enum Ct {
     /// A retransmitted SYN of a handshake the table already follows: new
     /// to the rules, but never answered with a cookie (the flow exists).
     SynAgain,
-    /// A SYN on the tuple of a live flow: a new connection only
-    /// if the host serves the port and has no socket for the tuple any
-    /// more (the old one died unseen), else for the host to answer (RFC
-    /// 5961 challenge ACK, or the TIME-WAIT socket's ACK). When the host
-    /// does not even listen there (DNAT to a container, a forwarded flow),
-    /// the lookup cannot tell: the SYN passes with the flow unchanged, as
-    /// nf_conntrack ignores a SYN on an established connection, and the
-    /// destination's answer decides (its SYN-ACK is `SynReuse` on egress).
-    /// The caller decides with `socket_state`.
+    /// A SYN on the tuple of a live flow: it never ends the flow. It passes
+    /// with the flow unchanged, as nf_conntrack ignores a SYN on an
+    /// established connection, for the host (or the DNAT destination, whose
+    /// socket no lookup here shows) to answer: an RFC 5961 challenge ACK
+    /// while the connection lives, the TIME-WAIT socket's decision, or a
+    /// SYN-ACK with a new ISN when the old connection died unseen, which is
+    /// `SynReuse` on egress and starts the new handshake. The caller
+    /// decides with `socket_state`.
     SynInFlow,
     /// A SYN on a `time_wait`/`close` flow whose sequence is not beyond the
     /// old connection's: as `SynInFlow`, except that where the host has no
@@ -516,10 +515,18 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
         return Ct::Invalid(Reason::InvalidDirection);
     }
     // A counted connection proven with no socket for its tuple (the
-    // kernel's own cookies keep no request socket) whose segments the
-    // host's own socket sends: the host's (see FLOW_LOCAL).
-    if !ingress && frame.local_socket && f.flags & (FLOW_COUNTED | FLOW_LOCAL) == FLOW_COUNTED {
-        f.flags |= FLOW_LOCAL;
+    // kernel's own cookies keep no request socket) is the host's own (see
+    // FLOW_LOCAL) once the host has a connected socket for the tuple on
+    // the wire, asked once, when a socket of the host's first sends on it.
+    // The skb's socket alone is not enough: REDIRECT or DNAT to a local
+    // port gives the socket another tuple, and macvlan, ipvlan or a bridge
+    // bring other namespaces' skbs here with their socket.
+    if !ingress && frame.local_socket && f.flags & (FLOW_COUNTED | FLOW_LOCAL | FLOW_SOCKET_ASKED) == FLOW_COUNTED {
+        f.flags |= FLOW_SOCKET_ASKED;
+        let k = &packet.key;
+        if matches!(socket_state_of(frame.ctx, &k.dst, &k.src, k.dport, k.sport), Socket::Connected | Socket::Opening) {
+            f.flags |= FLOW_LOCAL;
+        }
     }
 
     if rst {
@@ -966,6 +973,15 @@ pub fn mark_counted(packet: &Packet, limit_ref: u32) -> bool {
 
 /// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
 #[inline(always)]
+/// Whether the main table's flow of `key`'s tuple is counted against a
+/// `max_conns` (`FLOW_COUNTED`).
+#[inline(always)]
+pub fn counted(key: &Key) -> bool {
+    let (fk, _) = flow_key(key, 0);
+    // SAFETY: read at once.
+    unsafe { FW_FLOWS.get(&fk) }.is_some_and(|f| f.flags & FLOW_COUNTED != 0)
+}
+
 pub fn forget(packet: &Packet) {
     let (fk, _) = flow_key(&packet.key, 0);
     // Only proven flows (the main table) are counted; released only if
@@ -984,23 +1000,29 @@ pub fn forget(packet: &Packet) {
 /// helpers (IPv4 or IPv6 part of the union).
 #[inline(always)]
 pub fn sock_tuple(key: &Key) -> (bpf_sock_tuple, u32) {
+    tuple_of(&key.src, &key.dst, key.sport, key.dport)
+}
+
+/// `sock_tuple` of a segment from `src`:`sport` to `dst`:`dport`.
+#[inline(always)]
+fn tuple_of(src: &U128, dst: &U128, sport: u16, dport: u16) -> (bpf_sock_tuple, u32) {
     // SAFETY: an all-zero tuple is valid.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if crate::parse::is_v4_mapped(&key.src) {
+    let size = if crate::parse::is_v4_mapped(src) {
         tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: (key.src.lo as u32).to_be(),
-            daddr: (key.dst.lo as u32).to_be(),
-            sport: key.sport.to_be(),
-            dport: key.dport.to_be(),
+            saddr: (src.lo as u32).to_be(),
+            daddr: (dst.lo as u32).to_be(),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
         };
         core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
     } else {
         let words = |a: U128| [((a.hi >> 32) as u32).to_be(), (a.hi as u32).to_be(), ((a.lo >> 32) as u32).to_be(), (a.lo as u32).to_be()];
         tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-            saddr: words(key.src),
-            daddr: words(key.dst),
-            sport: key.sport.to_be(),
-            dport: key.dport.to_be(),
+            saddr: words(*src),
+            daddr: words(*dst),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
         };
         core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
     };
@@ -1039,7 +1061,14 @@ pub enum Socket {
 /// also sees TIME-WAIT and request sockets). `ctx` is the XDP context.
 #[inline(always)]
 pub fn socket_state(ctx: *mut c_void, key: &Key) -> Socket {
-    let (mut tuple, size) = sock_tuple(key);
+    socket_state_of(ctx, &key.src, &key.dst, key.sport, key.dport)
+}
+
+/// `socket_state` of an inbound segment from `src`:`sport` to
+/// `dst`:`dport` (from TC too, for the reverse of an outbound one).
+#[inline(always)]
+fn socket_state_of(ctx: *mut c_void, src: &U128, dst: &U128, sport: u16, dport: u16) -> Socket {
+    let (mut tuple, size) = tuple_of(src, dst, sport, dport);
     // SAFETY: helper call with a tuple of the size passed; the socket it
     // returns is released on every path.
     unsafe {

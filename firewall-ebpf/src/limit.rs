@@ -38,7 +38,7 @@ fn now_ns() -> u64 {
 /// while its source has `max_conns` connections. `Ok(Some(r))`: the flow
 /// is to carry `limit_ref` `r`.
 #[inline(always)]
-pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool) -> Result<Option<u32>, Reason> {
+pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool, leaving: bool) -> Result<Option<u32>, Reason> {
     let index = slot * MAX_RULES + rule;
     let Some(limit) = FW_RULE_LIMIT.get(index) else { return Ok(None) };
     if limit.interval_ns != 0 && limit.ban_set == 0 && !cookie && !take(limit, index, src) {
@@ -50,18 +50,11 @@ pub fn admit(slot: u32, rule: u32, src: &U128, cookie: bool) -> Result<Option<u3
     if limit.max_conns != 0 {
         let Some(key) = conn_key(limit, index, src) else { return Ok(None) };
         // SAFETY: read at once.
-        if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| full(n, limit.max_conns)) {
+        if unsafe { FW_CONNS.get(key) }.is_some_and(|&n| full(n.wrapping_sub(leaving as u64), limit.max_conns)) {
             return Err(refuse(index, Reason::ConnLimited));
         }
     }
     Ok(Some(conn_ref(index, conn_epoch(limit.epoch))))
-}
-
-/// Whether the limits `limit_ref` names count connections (`max_conns`,
-/// or a rate a `ban` charges at the proof).
-#[inline(always)]
-pub fn counts_conns(limit_ref: u32) -> bool {
-    limits_of(limit_ref).is_some_and(|(_, l)| l.max_conns != 0 || l.ban_set != 0)
 }
 
 /// The `limit_ref` a flow of rule `rule` carries, if it has limits (for a
@@ -90,24 +83,27 @@ pub fn prove(limit_ref: u32, key: &Key, cookie: bool) -> Result<bool, Reason> {
     // force, or was written again): its limits, and its ban set's id, are
     // no longer what they were.
     let Some((index, limit)) = limits_of(limit_ref).filter(|&(i, _)| in_force(i)) else { return Ok(false) };
+    // The cap first: a proof it refuses (a client's resent last ACKs
+    // while it is at its cap) spends no rate.
+    let ckey = if limit.max_conns == 0 { None } else { conn_key(limit, index, src) };
+    let count = ckey.and_then(|k| FW_CONNS.get_ptr_mut(k));
+    // SAFETY: a value of this map (see the module's note on races).
+    if count.is_some_and(|n| full(unsafe { *n }, limit.max_conns)) {
+        ban(limit, index, key, Reason::ConnLimited);
+        return Err(refuse(index, Reason::ConnLimited));
+    }
     if (limit.ban_set != 0 || cookie) && limit.interval_ns != 0 && !take(limit, index, src) {
         ban(limit, index, key, Reason::RateLimited);
         return Err(refuse(index, Reason::RateLimited));
     }
-    if limit.max_conns == 0 {
-        return Ok(false);
-    }
-    let Some(ckey) = conn_key(limit, index, src) else { return Ok(false) };
-    if let Some(n) = FW_CONNS.get_ptr_mut(ckey) {
-        // SAFETY: a value of this map (see the module's note on races).
-        if full(unsafe { *n }, limit.max_conns) {
-            ban(limit, index, key, Reason::ConnLimited);
-            return Err(refuse(index, Reason::ConnLimited));
+    match (ckey, count) {
+        (None, _) => Ok(false),
+        (Some(_), Some(n)) => {
+            counters::atomic_add(n, 1);
+            Ok(true)
         }
-        counters::atomic_add(n, 1);
-        return Ok(true);
+        (Some(k), None) => Ok(first(k)),
     }
-    Ok(first(ckey))
 }
 
 /// Counts a refusal by rule `index`'s limits; `reason`, for the caller.

@@ -894,10 +894,11 @@ fn a_cookie_syn_the_host_answers_instead_is_charged_at_the_syn() {
 
 /// A SYN to an `always` port is looked up in the main table only when
 /// that table's hint slot for its tuple is not empty (`maps::FLOW_HINTS`):
-/// a SYN on the tuple of a connection a cookie proved still finds it (the
-/// host listens on the port but has no socket for the tuple here, so it
-/// replaces it: the old flow is deleted and the new SYN answered), and the
-/// slot follows.
+/// a SYN on the tuple of a connection a cookie proved still finds it, and
+/// passes to the host with the flow unchanged (not answered with a cookie,
+/// as a SYN of no flow would be; the host listens on the port but has no
+/// socket for the tuple here). The host's SYN-ACK for it, a new
+/// connection, replaces the flow, and the slot follows.
 #[test]
 fn a_syn_on_a_cookie_connections_tuple_still_finds_its_flow() {
     // The service's listener (dual-stack: both families).
@@ -911,9 +912,12 @@ fn a_syn_on_a_cookie_connections_tuple_still_finds_its_flow() {
         h.expect(&ack(client, server, cport, sport, isn, s.seq, Some(tsval)), XDP_PASS, Reason::CookieValid);
         assert_eq!((h.flow_state(cport, sport), h.table_sizes()), (Some("established"), (1, 0)));
         assert_eq!(h.hint_mismatches(), []);
-        // The client's new SYN on the tuple: the flow is found and replaced.
-        answer(&h, &syn(client, server, cport, sport, isn + 5_000_000, 0, b"", &[]), client, server, cport, sport, false);
-        assert_eq!(h.table_sizes(), (0, 0), "the old flow was found and deleted");
+        // The client's new SYN on the tuple: the flow is found.
+        let new_isn = isn + 5_000_000;
+        h.expect(&syn(client, server, cport, sport, new_isn, 0, b"", &[]), XDP_PASS, Reason::Established);
+        assert_eq!((h.flow_state(cport, sport), h.table_sizes()), (Some("established"), (1, 0)), "unchanged");
+        assert_eq!(h.egress(&seg(server, client, sport, cport, SYN | ACK, s.seq.wrapping_add(0x4000_0000), new_isn + 1, b"")), Reason::EgressTracked);
+        assert_eq!(h.table_sizes(), (0, 1), "the old flow was deleted; the new handshake is not proven yet");
         assert_eq!(h.hint_mismatches(), [], "its slot is back at 0");
     }
 }

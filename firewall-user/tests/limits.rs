@@ -612,12 +612,11 @@ fn an_idle_connection_the_host_no_longer_has_stops_counting() {
 }
 
 /// An off-path sender who knows a counted connection's tuple sends a SYN
-/// on it. Where the host does not serve the port (nothing listens: DNAT
-/// elsewhere, whose socket no lookup here shows), the SYN passes with the
-/// flow unchanged, so it neither ends the connection nor frees its slot
-/// (the destination answers it with a challenge ACK). Where the host
-/// listens and has no socket for the tuple, the old connection is gone:
-/// the SYN is a new one, judged and limited as any.
+/// on it. Whether the host listens on the port or not (DNAT elsewhere,
+/// whose socket no lookup here shows), the SYN passes with the flow
+/// unchanged, so it neither ends the connection nor frees its slot (the
+/// destination answers it with a challenge ACK). Only the answer's SYN-ACK
+/// with a new ISN (the old connection had died unseen) replaces the flow.
 #[test]
 fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
     let src = "10.0.0.1";
@@ -633,8 +632,10 @@ fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
     assert_eq!(syn_from(&h, src, 40002), (XDP_DROP, Reason::ConnLimited));
     assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, 5001, b"")), ESTABLISHED, "the connection goes on");
 
-    // The host listens on the port: a SYN on a tuple it has no socket for
-    // replaces the flow (its count freed first), as a new connection.
+    // The host listens on the port and has no socket for the tuple (a
+    // listener alone, as docker-proxy beside DNAT, proves nothing): still no
+    // change at the SYN. The host's SYN-ACK for it, a new connection,
+    // replaces the flow (the old count freed), and its proof counts again.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let h = Harness::new(&CAPPED.replace("dport = 80", &format!("dport = {port}")).replace("max_conns = 2", "max_conns = 1"));
@@ -643,9 +644,15 @@ fn a_blind_syn_neither_ends_a_connection_nor_frees_its_slot() {
     assert_eq!(h.egress(&seg(lo, lo, port, 5, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
     assert_eq!(h.judged(&seg(lo, lo, 5, port, ACK, 1001, 5001, b"")), ESTABLISHED);
     assert_eq!(count(&h, lo), 1);
-    assert_eq!(h.judged(&seg(lo, lo, 5, port, SYN, 77, 0, b"")), (XDP_PASS, Reason::RuleAccept));
-    assert_eq!(h.flow_state(5, port), Some("syn_sent"));
-    assert_eq!(count(&h, lo), 0, "the dead connection's slot is free; the new one is not proven yet");
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, SYN, 77, 0, b"")), ESTABLISHED, "passed to the host");
+    assert_eq!(h.flow_state(5, port), Some("established"));
+    assert_eq!(count(&h, lo), 1, "no slot freed by the SYN");
+    let isn = 5000u32.wrapping_add(0x4000_0000);
+    assert_eq!(h.egress(&seg(lo, lo, port, 5, SYN | ACK, isn, 78, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(5, port), Some("syn_recv"));
+    assert_eq!(count(&h, lo), 0, "the host's answer ended the old connection");
+    assert_eq!(h.judged(&seg(lo, lo, 5, port, ACK, 78, isn + 1, b"")), ESTABLISHED);
+    assert_eq!(count(&h, lo), 1, "the new one counts");
     drop(listener);
 }
 
@@ -720,6 +727,21 @@ fn a_listener_alone_does_not_make_a_connection_the_hosts_own() {
         assert_eq!(h.judged(&seg(lo, lo, sport, port, ACK, 1001, 5001, b"")), ESTABLISHED);
     }
     assert_eq!(count(&h, lo), 2);
+    // The host sends on both (as a local socket would after REDIRECT to
+    // another port, or docker-proxy for hairpin traffic): the tuple on the
+    // wire has no connected socket here, so neither becomes the host's own.
+    for sport in [5, 6] {
+        assert_eq!(h.egress(&seg(lo, lo, port, sport, ACK | PSH, 5001, 1001, b"hi")), Reason::EgressTracked);
+    }
+    let flags = |sport: u16| {
+        let main = h.flows_map(firewall_common::maps::FLOWS);
+        main.iter().map(|e| e.unwrap()).find(|(k, _)| k.port_a.min(k.port_b) == sport).map(|(_, f)| f.flags).unwrap()
+    };
+    for sport in [5, 6] {
+        let f = flags(sport);
+        assert_ne!(f & firewall_common::FLOW_SOCKET_ASKED, 0, "egress asked for the tuple's socket");
+        assert_eq!(f & firewall_common::FLOW_LOCAL, 0, "and found none");
+    }
     assert_eq!(h.judged(&seg(lo, lo, 5, port, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h.flow_state(5, port), Some("close"));
     h.age_flows(DEAD_IDLE_SECS + 5);
@@ -727,6 +749,54 @@ fn a_listener_alone_does_not_make_a_connection_the_hosts_own() {
     assert_eq!(count(&h, lo), 2, "neither the closed nor the idle one is freed");
     assert_eq!(h.judged(&seg(lo, lo, 7, port, SYN, 1000, 0, b"")), (XDP_DROP, Reason::ConnLimited));
     drop(listener);
+}
+
+/// A client at its cap that reconnects on a closed tuple (its own RST
+/// closed the old flow, which counts until the host's answer or the sweep
+/// says the connection is gone) is not refused by that old count: the
+/// destination's SYN-ACK replaces the old flow, freeing it, and the new
+/// connection takes the slot.
+#[test]
+fn a_reconnect_on_a_closed_tuple_is_not_refused_by_its_own_old_count() {
+    let h = Harness::new(&CAPPED.replace("max_conns = 2", "max_conns = 1"));
+    let src = "10.0.0.1";
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, RST, 1001, 0, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 1, "an RST from outside frees nothing yet");
+    assert_eq!(syn_from(&h, src, 40001), (XDP_DROP, Reason::ConnLimited), "another tuple: at the cap");
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, SYN, 1000, 0, b"")), (XDP_PASS, Reason::RuleAccept), "its own tuple: the old count leaves");
+    let isn = 5001u32.wrapping_add(0x4000_0000);
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, isn, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(count(&h, src), 0);
+    assert_eq!(h.judged(&seg(src, HOST, 40000, 80, ACK, 1001, isn + 1, b"")), ESTABLISHED);
+    assert_eq!(count(&h, src), 1);
+}
+
+/// A proof the cap refuses spends no rate: a client whose handshake waits
+/// for a slot (its last ACK resent) still has its rate when one frees.
+#[test]
+fn a_proof_refused_by_the_cap_spends_no_rate() {
+    let mut h = Harness::new(&CAPPED.replace("limit = { max_conns = 2 }", "limit = { max_conns = 1, rate = \"1/m\", burst = 3 }"));
+    let src = "10.0.0.1";
+    // Two handshakes (two of the three tokens spent at their SYNs); the
+    // second's flow is lost and rebuilt from the host's SYN-ACK, so its
+    // proof is charged (the third token) once counted.
+    assert_eq!(syn_from(&h, src, 40001), (XDP_PASS, Reason::RuleAccept));
+    assert_eq!(connect(&h, src, 40000), ESTABLISHED);
+    {
+        let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
+        let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
+        assert_eq!(keys.len(), 1);
+        remote.remove(&keys[0]).unwrap();
+    }
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
+    for _ in 0..3 {
+        assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
+    }
+    assert_eq!(h.egress(&seg(HOST, src, 80, 40000, RST | ACK, 5001, 1001, b"")), Reason::EgressTracked);
+    assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), ESTABLISHED, "the third token was still there");
+    assert_eq!(h.refused("web"), (0, 3));
 }
 
 /// Polls `ready` (bounded: 5 s), for state outside the firewall.

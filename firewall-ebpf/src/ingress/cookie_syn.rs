@@ -36,7 +36,7 @@ pub fn answer(ctx: &XdpContext) -> (Reason, u32) {
             // The frame is still the SYN: let the host answer, tracked as
             // usual, and charged to the rate as such a SYN is (the rules
             // left it to a valid cookie ACK that will not come).
-            let limit_ref = match crate::limit::admit(slot, rule, &packet.key.src, false) {
+            let limit_ref = match crate::limit::admit(slot, rule, &packet.key.src, false, false) {
                 Ok(r) => r,
                 Err(refused) => return (refused, XDP_DROP),
             };

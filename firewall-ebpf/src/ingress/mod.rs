@@ -103,12 +103,10 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             // A half-open handshake of the host's own (the table lost it):
             // the host's stack judges the ACK; no flow until it has a
             // connection (an off-path sender can make request sockets).
-            // Not for a rule whose limits count connections: the host's
-            // next SYN-ACK rebuilds the flow, whose proof they judge. (A
-            // rate alone was charged at the SYN.)
-            Socket::Request if guard_of_syn(slot, header, packet).verdict().is_ok_and(|r| r.is_none_or(|r| !crate::limit::counts_conns(r))) => {
-                ct = Ct::Established
-            }
+            // Not for a rule with limits: the host's next SYN-ACK rebuilds
+            // the flow, whose proof they judge and charge (a handshake kept
+            // waiting until its flow expired would pass uncharged).
+            Socket::Request if guard_of_syn(slot, header, packet) == Judged::ACCEPT => ct = Ct::Established,
             Socket::Request | Socket::None | Socket::Listener | Socket::TimeWait | Socket::Opening => {}
         },
         // The table holds a handshake for a tuple the host has a live
@@ -125,10 +123,11 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
         // socket decides itself, so no cookie answers for it.
         Ct::SynReuse | Ct::SynInFlow | Ct::SynInClosed => match conntrack::socket_state(sk, &packet.key) {
             Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
-            // A live flow whose port the host does not serve: not the
-            // host's connection to judge by its sockets (see
-            // `Ct::SynInFlow`), so a blind SYN cannot end it.
-            Socket::None if ct == Ct::SynInFlow => ct = Ct::Established,
+            // A live flow the host has no socket for: a SYN from outside
+            // never ends it (see `Ct::SynInFlow`), the answer's SYN-ACK
+            // does. A listener proves nothing: docker-proxy listens where
+            // DNAT takes the connections elsewhere.
+            Socket::None | Socket::Listener if ct == Ct::SynInFlow => ct = Ct::Established,
             // The host's TIME-WAIT socket decides (it may take the SYN by
             // timestamps), or the DNAT destination's does: the rules judge
             // the SYN as new, the old flow stays (see `Packet::keeps_flow`).
@@ -255,8 +254,10 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
     let mut limit_ref = None;
     if limited && opens {
         // A SYN answered with a cookie leaves its rate to the valid ACK,
-        // one that keeps its old flow to its proof.
-        match crate::limit::admit(slot, service.0, &packet.key.src, answer || packet.keeps_flow) {
+        // one that keeps its old flow to its proof. The old flow's count
+        // goes when the answer replaces it: not one more against its cap.
+        let leaving = packet.keeps_flow && conntrack::counted(&packet.key);
+        match crate::limit::admit(slot, service.0, &packet.key.src, answer || packet.keeps_flow, leaving) {
             Ok(r) => limit_ref = r,
             Err(reason) => return reason,
         }
@@ -277,7 +278,7 @@ fn judge_new(ctx: &XdpContext, slot: u32, header: &firewall_common::PolicyHeader
             // the array): the host answers the SYN itself, so the rate
             // the valid ACK would have paid is charged now.
             if limited && opens {
-                if let Err(reason) = crate::limit::admit(slot, rule, &packet.key.src, false) {
+                if let Err(reason) = crate::limit::admit(slot, rule, &packet.key.src, false, false) {
                     return reason;
                 }
             }
