@@ -208,6 +208,27 @@ struct Series {
     live_ns: Vec<f64>,
 }
 
+/// `kernel.bpf_stats_enabled` on while this lives, and back as it was, even
+/// when the bench panics: left on, it adds two clock reads to every
+/// program run, `BPF_PROG_TEST_RUN`'s included (about 45 ns here).
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Self {
+        let was = std::fs::read_to_string(Self::PATH).unwrap_or_default().trim().to_owned();
+        std::fs::write(Self::PATH, "1").expect("kernel.bpf_stats_enabled");
+        Self(if was.is_empty() { "0".into() } else { was })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
 /// (run time ns, runs) of the firewall's XDP program (`kernel.bpf_stats_enabled` on).
 fn xdp_run_stats(h: &Harness) -> (u64, u64) {
     let id = h.fw.program_ids().into_iter().find(|(_, n, _)| *n == maps::XDP_PROGRAM).expect("the XDP program").2;
@@ -306,14 +327,12 @@ fn main() {
     // In-kernel run time of the firewall under the live floods (its cost
     // is two clock reads a run, part of the figure: a bare XDP_DROP reads
     // about 57 ns this way here).
-    let stats_were = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("kernel.bpf_stats_enabled");
+    let _stats = BpfStats::on();
 
     // 1. SYN flood.
     let syn = syn_frame(&pair, [bench::SPOOF_NET[0], bench::SPOOF_NET[1], 0, 1], PORT);
     if std::env::var_os("FW_BENCH_LIVE_ONLY").is_some() {
         live_only(&pair, &syn, rounds, &answered_by(&sink));
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if stats_were.trim().is_empty() { "0" } else { stats_were.trim() });
         return;
     }
     let (mut ceiling, mut fw, mut kernel, mut proxy, mut reflector, mut plain) =
@@ -480,7 +499,7 @@ fn main() {
             sh(&pair.client, "nft", &["flush", "ruleset"]);
         }
     }
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if stats_were.trim().is_empty() { "0" } else { stats_were.trim() });
+    drop(_stats);
     let legit_json: Vec<Value> = legit
         .iter()
         .map(|(id, label, q, f)| {
