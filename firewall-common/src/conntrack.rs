@@ -239,6 +239,10 @@ pub const FLOW_LOCAL: u8 = 32;
 /// `Flow::flags`: a counted flow not known as the host's own whose tuple
 /// TC egress has looked up already (once per flow: see FLOW_LOCAL).
 pub const FLOW_SOCKET_ASKED: u8 = 64;
+/// `Flow::flags`: a SYN from outside passed with the flow unchanged
+/// (`Flow::syn_end`): the host's SYN-ACK answering it starts a new
+/// handshake on the tuple; no other SYN-ACK does.
+pub const FLOW_SYN_PASSED: u8 = 128;
 
 /// Who opened the flow.
 pub const ORIGIN_REMOTE: u8 = 0;
@@ -259,7 +263,7 @@ pub struct Flow {
     /// Bit per side: `last_ack` of that side is known.
     pub ack_known: u8,
     /// `FLOW_BOTH_SYNS`, `FLOW_GUARDED`, `FLOW_COUNTED`, `FLOW_UNJUDGED`,
-    /// `FLOW_PROVEN`.
+    /// `FLOW_PROVEN`, `FLOW_LOCAL`, `FLOW_SOCKET_ASKED`, `FLOW_SYN_PASSED`.
     pub flags: u8,
     /// The side (`SIDE_A`/`SIDE_B`) that is this host: on ingress a
     /// packet must come from the other one.
@@ -281,6 +285,11 @@ pub struct Flow {
     pub max_end: [u32; 2],
     /// With `FLOW_GUARDED`: the limit it is counted under (`conn_ref`).
     pub limit_ref: u32,
+    /// With `FLOW_SYN_PASSED`: the ISN + 1 of the last SYN from outside
+    /// that passed on this tuple with the flow unchanged, which only a
+    /// SYN-ACK acknowledging it may replace (nf_conntrack's `last_end`).
+    pub syn_end: u32,
+    pub _pad3: u32,
     /// `bpf_ktime_get_ns()` when created and when last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -298,5 +307,6 @@ impl Flow {
     }
 }
 
-// `limit_ref` took what was padding: the pinned table's layout is unchanged.
-const _: () = assert!(core::mem::size_of::<Flow>() == 80);
+// The pinned tables' value size: a change needs a `LAYOUT_VERSION` bump
+// (88 bytes since layout 9, for `syn_end`).
+const _: () = assert!(core::mem::size_of::<Flow>() == 88);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use firewall_common::{
     Flow, FlowKey, MAX_ACK_WINDOW, ORIGIN_LOCAL, ORIGIN_REMOTE, Reason, SIDE_A, SIDE_B, TCP_CLOSE, U128, WSCALE_UNKNOWN,
     TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, Timeouts,
-    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_LOCAL, FLOW_PROVEN, FLOW_SOCKET_ASKED, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
+    FLOW_BOTH_SYNS, FLOW_COUNTED, FLOW_GUARDED, FLOW_LOCAL, FLOW_PROVEN, FLOW_SOCKET_ASKED, FLOW_SYN_PASSED, FLOW_UNJUDGED, UDP_REPLIED, UDP_UNREPLIED, WSCALE_NONE, tcp_flags::{ACK, FIN, RST, SYN},
 };
 
 use crate::{
@@ -41,11 +41,12 @@ pub enum Ct {
     SynInFlow,
     /// A SYN on a `time_wait`/`close` flow whose sequence is not beyond the
     /// old connection's: as `SynInFlow`, except that where the host has no
-    /// socket and no listener (DNAT), the rules judge it as new (as
-    /// nf_conntrack reopens from TIME_WAIT and CLOSE: a closed flow has no
-    /// connection left to protect, and an unjudged SYN would pass the
-    /// rule's limits), the old flow kept: the destination's TIME-WAIT
-    /// socket decides, and the client's RST may still need to meet it.
+    /// connection for the tuple (a TIME-WAIT socket, a listener or nothing:
+    /// DNAT), the rules judge it as new (as nf_conntrack reopens from
+    /// TIME_WAIT and CLOSE: a closed flow has no connection left to protect,
+    /// and an unjudged SYN would pass the rule's limits), the old flow kept:
+    /// the TIME-WAIT socket (the host's or the destination's) decides, and
+    /// the client's RST may still need to meet the old flow.
     SynInClosed,
     /// A SYN on a `time_wait`/`close` flow whose sequence lies beyond
     /// everything the old connection sent: the kernel's TIME-WAIT reuse
@@ -362,6 +363,20 @@ fn in_window(f: &Flow, s: usize, packet: &Packet) -> bool {
     true
 }
 
+/// How far past a passed SYN's ISN + 1 the SYN-ACK answering it may
+/// acknowledge: the SYN's data (TCP Fast Open), at most a segment.
+const MAX_SYN_DATA: u32 = 65_535;
+
+/// A SYN from outside that passes with the flow unchanged: its ISN + 1,
+/// for the one SYN-ACK that may replace the flow (`FLOW_SYN_PASSED`).
+#[inline(always)]
+fn note_passed_syn(f: &mut Flow, ingress: bool, packet: &Packet) {
+    if ingress {
+        f.syn_end = packet.tcp.seq.wrapping_add(1);
+        f.flags |= FLOW_SYN_PASSED;
+    }
+}
+
 /// Remembers a SYN's ISN + 1 for the SYN-ACK check, in the other side's
 /// `max_end` slot, which means nothing until that side's limit is known
 /// (`end_known` clear) and is then overwritten by `note_segment`.
@@ -607,8 +622,16 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             {
                 return Ct::SynReuse;
             }
-            TCP_TIME_WAIT | TCP_CLOSE => return Ct::SynInClosed,
-            _ => return Ct::SynInFlow,
+            // Passed with the flow unchanged (the caller may still open a
+            // new one): remembered for the answer's SYN-ACK.
+            TCP_TIME_WAIT | TCP_CLOSE => {
+                note_passed_syn(f, ingress, packet);
+                return Ct::SynInClosed;
+            }
+            _ => {
+                note_passed_syn(f, ingress, packet);
+                return Ct::SynInFlow;
+            }
         }
     } else if syn {
         // SYN-ACK: from the responder (or either side after simultaneous
@@ -641,14 +664,19 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
                 touch(f, frame, now);
                 return Ct::Established;
             }
-            // The host's TIME-WAIT socket took a new SYN on the tuple (the
-            // kernel also allows that by timestamps): the host is the truth.
-            TCP_TIME_WAIT | TCP_CLOSE if !ingress => return Ct::SynReuse,
-            // The host's SYN-ACK with a new ISN on a synchronized flow: it
-            // has no connection on the tuple any more and answers a SYN
-            // that passed as in-flow (see `Ct::SynInFlow`). The host is the
-            // truth, as for TIME-WAIT.
-            TCP_ESTABLISHED | TCP_FIN_WAIT if !ingress => return Ct::SynReuse,
+            // The host's SYN-ACK answering the SYN that passed on the tuple
+            // (see `Ct::SynInFlow`): its TIME-WAIT socket took it (the
+            // kernel allows that by timestamps), or it had no connection
+            // left there. The host is the truth. Only that answer, as
+            // nf_conntrack reopens only on a SYN-ACK acknowledging the SYN
+            // it ignored: one of anything else leaving through here (a
+            // container spoofing its neighbour's tuple) changes nothing.
+            TCP_TIME_WAIT | TCP_CLOSE | TCP_ESTABLISHED | TCP_FIN_WAIT if !ingress => {
+                if f.flags & FLOW_SYN_PASSED != 0 && ack && packet.tcp.ack.wrapping_sub(f.syn_end) <= MAX_SYN_DATA {
+                    return Ct::SynReuse;
+                }
+                return Ct::Established;
+            }
             _ => return Ct::Invalid(Reason::InvalidSynAck),
         }
     } else {
@@ -971,8 +999,6 @@ pub fn mark_counted(packet: &Packet, limit_ref: u32) -> bool {
     true
 }
 
-/// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
-#[inline(always)]
 /// Whether the main table's flow of `key`'s tuple is counted against a
 /// `max_conns` (`FLOW_COUNTED`).
 #[inline(always)]
@@ -982,6 +1008,8 @@ pub fn counted(key: &Key) -> bool {
     unsafe { FW_FLOWS.get(&fk) }.is_some_and(|f| f.flags & FLOW_COUNTED != 0)
 }
 
+/// Forgets the flow of `packet` (a SYN reusing a dead flow's tuple).
+#[inline(always)]
 pub fn forget(packet: &Packet) {
     let (fk, _) = flow_key(&packet.key, 0);
     // Only proven flows (the main table) are counted; released only if

@@ -102,7 +102,8 @@ pub fn prove(limit_ref: u32, key: &Key, cookie: bool) -> Result<bool, Reason> {
             counters::atomic_add(n, 1);
             Ok(true)
         }
-        (Some(k), None) => Ok(first(k)),
+        // The key again: `take` wrote its own into the same per-CPU slot.
+        (Some(_), None) => Ok(conn_key(limit, index, src).is_some_and(first)),
     }
 }
 

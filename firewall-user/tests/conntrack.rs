@@ -120,6 +120,11 @@ fn packets_of_no_flow_and_out_of_state_are_invalid() {
         h.expect(&seg(remote, host, 40000, 80, SYN | ACK, 1000, 1, b""), XDP_DROP, Reason::InvalidSynAck);
         h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 5000, 1001, b""));
         h.expect(&seg(remote, host, 40000, 80, ACK, 1001, 5001, b""), XDP_PASS, Reason::Established);
+        // A SYN-ACK leaving through the host that answers no SYN from
+        // outside (a container spoofing its neighbour's tuple) changes
+        // nothing.
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 9000, 78, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
         // A SYN on an established flow's tuple whose port the host does
         // not serve (no socket, not even a listener: DNAT elsewhere, or a
         // forwarded flow) cannot end it: it passes with the flow unchanged,
@@ -587,7 +592,15 @@ fn a_closed_flows_tuple_is_reused_as_the_kernel_allows() {
     h.egress(&seg(host, remote, 80, c, FIN | ACK, sseq, cseq, b""));
     h.expect(&seg(remote, host, c, 80, FIN | ACK, cseq, sseq + 1, b""), XDP_PASS, Reason::Established);
     assert_eq!(h.flow_state(c, 80), Some("time_wait"));
-    // The host's SYN-ACK for a new connection on the tuple.
+    // A SYN-ACK that answers no SYN that passed changes nothing (something
+    // else leaving through the host, spoofing the tuple)...
+    assert_eq!(h.egress(&seg(host, remote, 80, c, SYN | ACK, 90_000, 7, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(c, 80), Some("time_wait"));
+    // ...the host's for a new connection's SYN on the tuple does (its
+    // TIME-WAIT socket took it, by timestamps).
+    h.expect(&seg(remote, host, c, 80, SYN, 6, 0, b""), XDP_PASS, Reason::RuleAccept);
+    assert_eq!(h.egress(&seg(host, remote, 80, c, SYN | ACK, 90_000, 200_000, b"")), Reason::EgressTracked);
+    assert_eq!(h.flow_state(c, 80), Some("time_wait"), "not the answer to that SYN");
     assert_eq!(h.egress(&seg(host, remote, 80, c, SYN | ACK, 90_000, 7, b"")), Reason::EgressTracked);
     assert_eq!(h.flow_state(c, 80), Some("syn_recv"));
     h.expect(&seg(remote, host, c, 80, ACK, 7, 90_001, b""), XDP_PASS, Reason::Established);

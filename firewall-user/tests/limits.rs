@@ -279,10 +279,12 @@ fn an_rst_before_the_proof_does_not_let_the_last_ack_through_uncounted() {
     assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, RST, 1001, 0, b"")), ESTABLISHED);
     assert_eq!(h2.flow_state(40001, 80), Some("close"));
     assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::InvalidState), "never proven: nothing more passes");
-    // The host answers again (its request lives on): the flow is rebuilt
-    // from its SYN-ACK and the proof is judged by the rules.
+    // The host answers again (its request lives on: it dropped the RST).
+    // That SYN-ACK answers no SYN that passed on the closed flow, so it
+    // changes nothing, and the last ACK still meets the closed flow.
     assert_eq!(h2.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
-    assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
+    assert_eq!(h2.flow_state(40001, 80), Some("close"));
+    assert_eq!(h2.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::InvalidState));
     assert_eq!(count(&h2, src), 1);
 }
 

@@ -117,10 +117,12 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             adopt_judged(slot, header, frame, packet);
             ct = Ct::Established;
         }
-        // A SYN on a known tuple: a new connection if the host has none
-        // there (the old flow is replaced once the rules accept it); the
-        // host's stack answers it when it still has one; a TIME-WAIT
-        // socket decides itself, so no cookie answers for it.
+        // A SYN on a known tuple: for the host's stack to answer where it
+        // has a socket for the tuple; past a live flow unchanged where it
+        // has none (the answer's SYN-ACK replaces it); on a closed flow,
+        // judged by the rules as new, the old flow replaced at once only
+        // when the SYN is beyond the old sequence (TIME-WAIT reuse). No
+        // cookie answers a SYN a TIME-WAIT socket is to decide.
         Ct::SynReuse | Ct::SynInFlow | Ct::SynInClosed => match conntrack::socket_state(sk, &packet.key) {
             Socket::Connected | Socket::Request | Socket::Opening => ct = Ct::Established,
             // A live flow the host has no socket for: a SYN from outside
@@ -129,9 +131,10 @@ pub fn decide(ctx: &XdpContext, frame: &Frame) -> Reason {
             // DNAT takes the connections elsewhere.
             Socket::None | Socket::Listener if ct == Ct::SynInFlow => ct = Ct::Established,
             // The host's TIME-WAIT socket decides (it may take the SYN by
-            // timestamps), or the DNAT destination's does: the rules judge
-            // the SYN as new, the old flow stays (see `Packet::keeps_flow`).
-            Socket::TimeWait | Socket::None if ct != Ct::SynReuse => {
+            // timestamps), or the DNAT destination's does (a listener here
+            // proves nothing): the rules judge the SYN as new, the old flow
+            // stays (see `Packet::keeps_flow`).
+            Socket::TimeWait | Socket::None | Socket::Listener if ct != Ct::SynReuse => {
                 packet.syn_again = true;
                 packet.keeps_flow = true;
                 ct = Ct::New;
