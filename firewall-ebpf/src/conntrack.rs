@@ -536,6 +536,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     // The skb's socket alone is not enough: REDIRECT or DNAT to a local
     // port gives the socket another tuple, and macvlan, ipvlan or a bridge
     // bring other namespaces' skbs here with their socket.
+    // The host's answer to a SYN that passed is its next segment: any other
+    // (a challenge ACK: its connection lives) ends what that SYN allowed.
+    if !ingress && !syn {
+        f.flags &= !FLOW_SYN_PASSED;
+    }
     if !ingress && frame.local_socket && f.flags & (FLOW_COUNTED | FLOW_LOCAL | FLOW_SOCKET_ASKED) == FLOW_COUNTED {
         f.flags |= FLOW_SOCKET_ASKED;
         let k = &packet.key;
@@ -669,8 +674,10 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
             // kernel allows that by timestamps), or it had no connection
             // left there. The host is the truth. Only that answer, as
             // nf_conntrack reopens only on a SYN-ACK acknowledging the SYN
-            // it ignored: one of anything else leaving through here (a
-            // container spoofing its neighbour's tuple) changes nothing.
+            // it ignored: any other changes nothing. (What leaves through
+            // here is believed otherwise, RSTs included: a sender behind
+            // this host that spoofs a neighbour's tuple is not defended
+            // against.)
             TCP_TIME_WAIT | TCP_CLOSE | TCP_ESTABLISHED | TCP_FIN_WAIT if !ingress => {
                 if f.flags & FLOW_SYN_PASSED != 0 && ack && packet.tcp.ack.wrapping_sub(f.syn_end) <= MAX_SYN_DATA {
                     return Ct::SynReuse;
@@ -859,7 +866,15 @@ pub fn open(packet: &Packet, dir: Dir, proven: bool, limit_ref: Option<u32>) -> 
         note_segment(&mut flow, side, packet);
         note_syn(&mut flow, (side & 1) as usize, packet);
     }
-    insert(&fk, &flow, if egress && proven { Table::Main } else { Table::Remote });
+    // A SYN from outside whose tuple has an unproven flow that its lookup
+    // skipped (`syn_main_only`): that flow passes it on unchanged, so the
+    // answer's SYN-ACK may replace it (see `note_passed_syn`).
+    if !insert(&fk, &flow, if egress && proven { Table::Main } else { Table::Remote }) && !egress && k == Kind::Tcp {
+        if let Some(old) = FW_REMOTE_FLOWS.get_ptr_mut(&fk) {
+            // SAFETY: a value of this map, for this program's run.
+            note_passed_syn(unsafe { &mut *old }, true, packet);
+        }
+    }
     true
 }
 

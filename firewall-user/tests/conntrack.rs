@@ -125,6 +125,12 @@ fn packets_of_no_flow_and_out_of_state_are_invalid() {
         // nothing.
         assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 9000, 78, b"")), Reason::EgressTracked);
         assert_eq!(h.flow_state(40000, 80), Some("established"));
+        // Nor one after the host answered the SYN that passed with a
+        // challenge ACK (its connection lives).
+        h.expect(&seg(remote, host, 40000, 80, SYN, 55, 0, b""), XDP_PASS, Reason::Established);
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, ACK, 5001, 1001, b"")), Reason::EgressTracked);
+        assert_eq!(h.egress(&seg(host, remote, 80, 40000, SYN | ACK, 9000, 56, b"")), Reason::EgressTracked);
+        assert_eq!(h.flow_state(40000, 80), Some("established"));
         // A SYN on an established flow's tuple whose port the host does
         // not serve (no socket, not even a listener: DNAT elsewhere, or a
         // forwarded flow) cannot end it: it passes with the flow unchanged,
