@@ -529,6 +529,11 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     if ingress == (side == f.local_side) {
         return Ct::Invalid(Reason::InvalidDirection);
     }
+    // The host's answer to a SYN that passed is its next segment: any other
+    // (a challenge ACK: its connection lives) ends what that SYN allowed.
+    if !ingress && !syn {
+        f.flags &= !FLOW_SYN_PASSED;
+    }
     // A counted connection proven with no socket for its tuple (the
     // kernel's own cookies keep no request socket) is the host's own (see
     // FLOW_LOCAL) once the host has a connected socket for the tuple on
@@ -536,11 +541,6 @@ fn track_tcp(frame: &Frame, packet: &Packet, timeouts: &Timeouts, dir: Dir, syn_
     // The skb's socket alone is not enough: REDIRECT or DNAT to a local
     // port gives the socket another tuple, and macvlan, ipvlan or a bridge
     // bring other namespaces' skbs here with their socket.
-    // The host's answer to a SYN that passed is its next segment: any other
-    // (a challenge ACK: its connection lives) ends what that SYN allowed.
-    if !ingress && !syn {
-        f.flags &= !FLOW_SYN_PASSED;
-    }
     if !ingress && frame.local_socket && f.flags & (FLOW_COUNTED | FLOW_LOCAL | FLOW_SOCKET_ASKED) == FLOW_COUNTED {
         f.flags |= FLOW_SOCKET_ASKED;
         let k = &packet.key;

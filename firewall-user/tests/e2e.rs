@@ -1495,6 +1495,18 @@ fn connect_to(pair: &Pair, port: u16, limit: Duration) -> std::io::Result<TcpStr
     Pair::within(&pair.client, move || TcpStream::connect_timeout(&addr, limit)).join().unwrap()
 }
 
+/// The `capped` rule's three connections on 7001, each echoing; a fourth
+/// is refused (its SYN, and again on the client's retransmission).
+fn fill_the_cap(pair: &Pair) -> Vec<TcpStream> {
+    let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
+    for s in &mut open {
+        assert!(echoes(s), "each of the three connections works");
+    }
+    let err = connect_to(pair, 7001, Duration::from_millis(1500)).expect_err("a fourth connection is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    open
+}
+
 /// Closes `s` with an RST rather than a FIN.
 fn close_with_rst(s: TcpStream) {
     use std::os::fd::AsRawFd as _;
@@ -1541,14 +1553,7 @@ fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_i
     assert!(fw(&["set", "del", "extra", "7003"]).status.success());
     assert!(connect_to(&pair, 7003, Duration::from_millis(1500)).is_err(), "7003 is out of the set again");
     drop(extra);
-    let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(&pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
-    for s in &mut open {
-        assert!(echoes(s), "each of the three connections works");
-    }
-    // A fourth: its SYN is refused while three are open (and again on the
-    // client's retransmission).
-    let err = connect_to(&pair, 7001, Duration::from_millis(1500)).expect_err("a fourth connection is refused");
-    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let mut open = fill_the_cap(&pair);
     // One closes (both ways): a slot frees.
     drop(open.remove(0));
     let mut fourth = wait_for("a slot after a close", Duration::from_secs(10), || connect_to(&pair, 7001, Duration::from_secs(1)).ok());
@@ -1597,7 +1602,8 @@ fn a_client_gets_its_max_conns_then_a_slot_when_one_closes_and_a_proven_abuser_i
 /// With the kernel's own SYN cookies (`tcp_syncookies = 2`: no request
 /// socket, so the handshake's proof finds only the listener), a counted
 /// connection is still known as the host's own once the host's socket
-/// sends on it (TC egress sees the skb's socket): an RST close from the
+/// sends on it (TC egress then finds a connected socket for the tuple on
+/// the wire): an RST close from the
 /// client frees its slot at the controller's next sweep, not 10 minutes
 /// later as for a connection DNAT takes elsewhere.
 #[test]
@@ -1608,12 +1614,7 @@ fn a_connection_the_kernels_own_cookies_made_frees_its_slot_at_an_rst_close() {
     start_holding_servers(&pair, &[7001]);
     let (_dir, policy) = temp_policy(CAPPED);
     let _fw = start_firewall(&pair, &policy);
-    let mut open: Vec<TcpStream> = (0..3).map(|i| connect_to(&pair, 7001, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
-    for s in &mut open {
-        assert!(echoes(s), "each of the three connections works");
-    }
-    let err = connect_to(&pair, 7001, Duration::from_millis(1500)).expect_err("a fourth connection is refused");
-    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let mut open = fill_the_cap(&pair);
     close_with_rst(open.remove(0));
     let mut fourth = wait_for("a slot after an RST close", Duration::from_secs(25), || connect_to(&pair, 7001, Duration::from_secs(1)).ok());
     assert!(echoes(&mut fourth));

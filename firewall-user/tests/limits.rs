@@ -179,6 +179,17 @@ fn connect(h: &Harness, src: &str, sport: u16) -> (u32, Reason) {
 
 const ESTABLISHED: (u32, Reason) = (XDP_PASS, Reason::Established);
 
+/// Deletes the one flow of the unproven table, as a flood of spoofed SYNs
+/// would evict it: the host's SYN-ACK retransmission then rebuilds it
+/// without the rules having judged its SYN.
+fn evict_the_unproven_flow(h: &mut Harness) {
+    let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
+        aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
+    let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(keys.len(), 1, "one unproven flow");
+    remote.remove(&keys[0]).unwrap();
+}
+
 /// The counts in `FW_CONNS`, summed per source prefix.
 fn conns(h: &Harness) -> std::collections::BTreeMap<String, u64> {
     let map: aya::maps::HashMap<_, firewall_common::BucketKey, u64> =
@@ -297,13 +308,7 @@ fn a_handshake_whose_flow_was_lost_is_judged_at_its_proof() {
     // 40001's flow is evicted (as a flood of spoofed SYNs would evict it
     // from the unproven table); the host's SYN-ACK retransmission rebuilds
     // it without the rules having judged its SYN.
-    {
-        let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
-            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
-        let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
-        assert_eq!(keys.len(), 1);
-        remote.remove(&keys[0]).unwrap();
-    }
+    evict_the_unproven_flow(&mut h);
     assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
     assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited), "the rules' cap still applies");
     // Once a slot frees, the retransmitted last ACK is counted.
@@ -486,12 +491,7 @@ fn a_rebuilt_handshake_whose_syn_the_rules_now_drop_does_not_complete() {
     let mut h = Harness::new(CAPPED);
     let src = "10.0.0.1";
     assert_eq!(syn_from(&h, src, 40000), (XDP_PASS, Reason::RuleAccept));
-    {
-        let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
-            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
-        let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
-        remote.remove(&keys[0]).unwrap();
-    }
+    evict_the_unproven_flow(&mut h);
     let mut sets = h.fw.sets().unwrap();
     sets.add("offenders", &[firewall_user::sets::parse_element(src).unwrap()], None, firewall_user::conntrack::monotonic_ns()).unwrap();
     assert_eq!(h.egress(&seg(HOST, src, 80, 40000, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
@@ -785,13 +785,7 @@ fn a_proof_refused_by_the_cap_spends_no_rate() {
     // proof is charged (the third token) once counted.
     assert_eq!(syn_from(&h, src, 40001), (XDP_PASS, Reason::RuleAccept));
     assert_eq!(connect(&h, src, 40000), ESTABLISHED);
-    {
-        let mut remote: aya::maps::HashMap<_, firewall_common::FlowKey, firewall_common::Flow> =
-            aya::maps::HashMap::try_from(h.fw.ebpf.map_mut(firewall_common::maps::REMOTE_FLOWS).unwrap()).unwrap();
-        let keys: Vec<_> = remote.keys().map(|k| k.unwrap()).collect();
-        assert_eq!(keys.len(), 1);
-        remote.remove(&keys[0]).unwrap();
-    }
+    evict_the_unproven_flow(&mut h);
     assert_eq!(h.egress(&seg(HOST, src, 80, 40001, SYN | ACK, 5000, 1001, b"")), Reason::EgressTracked);
     for _ in 0..3 {
         assert_eq!(h.judged(&seg(src, HOST, 40001, 80, ACK, 1001, 5001, b"")), (XDP_DROP, Reason::ConnLimited));
